@@ -1,0 +1,838 @@
+#!/usr/bin/env python3
+"""Fault-recovery benchmark: the same DDP job under torchrun and under bulsajo,
+with the same fault schedule, in one invocation.
+
+    python3 bench/faults.py --out bench-results.json            # full run
+    python3 bench/faults.py --steps 300 --kill-every 4 --timeout 60 --out /tmp/short.json
+
+Scenarios (--scenarios, comma-separated):
+
+  fault-free  no faults: the baseline for goodput and for bulsajo's overhead.
+  sigkill     one worker SIGKILLed every --kill-every seconds, the first at
+              --kill-every seconds after the launcher starts, until the job ends.
+  sigstop     one worker SIGSTOPped once, --stop-at seconds after the start
+              (a hang: torchrun never recovers from it; the run is capped at
+              --timeout and reported as "did not finish").
+
+A worker is a process of the launcher's session whose command line contains
+the training script and whose environment holds RANK=.  The environment is
+read as the process sees it now: bulsajo starts workers through a "standby"
+shim that imports torch first and sets RANK etc. with os.environ.update once it
+is given a rank, and /proc/PID/environ only ever shows the environment a
+process was exec'd with; so, when /proc/PID/environ has no RANK=, the harness
+reads libc's `environ` array out of /proc/PID/mem (needs the same user as the
+workers, or root).  Standbys that have not been given a rank yet have no RANK
+and are never chosen.
+
+Which worker: a seeded random.Random(--seed + repeat index) draws a rank for
+every fault in advance, so both launchers get the same ranks in the same
+order; a fault goes to that rank in the newest generation
+(TORCHELASTIC_RESTART_COUNT).  If no worker is alive at the scheduled time
+(between generations), the harness retries every 50 ms.
+
+Stdlib only; runs with any python3 >= 3.6.  Every launcher is started in its
+own session (start_new_session=True) and, when the run ends for any reason,
+every process left in that session is SIGKILLed (bulsajo puts each worker in
+its own process group, so killing the launcher's group alone is not enough).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SCRIPT = os.path.join(REPO, "examples", "ddp_train.py")
+SCENARIOS = ("fault-free", "sigkill", "sigstop")
+LAUNCHERS = ("torchrun", "bulsajo")
+
+DONE_RE = re.compile(r"done steps=(\d+) loss=(\S+) params_sha256=([0-9a-f]+)")
+RESUMED_RE = re.compile(r"resumed from \S+ at step (\d+)")
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+# Variables a launcher sets for its workers: never inherit them from the caller.
+SCRUB_PREFIXES = ("TORCHELASTIC_", "BULSAJO_")
+SCRUB_NAMES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+               "GROUP_WORLD_SIZE", "ROLE_NAME", "ROLE_RANK", "ROLE_WORLD_SIZE",
+               "MASTER_ADDR", "MASTER_PORT"}
+
+
+def log(msg):
+    sys.stderr.write("[bench %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def proc_stat(pid):
+    """(ppid, pgrp, session, state) of pid, or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            s = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = s[s.rfind(")") + 2:].split()
+    # state ppid pgrp session ...
+    return int(rest[1]), int(rest[2]), int(rest[3]), rest[0]
+
+
+def all_pids():
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            out.append(int(name))
+    return out
+
+
+def session_members(sid):
+    """Every live process whose session id is sid (the launcher's pid)."""
+    out = []
+    for pid in all_pids():
+        st = proc_stat(pid)
+        if st is not None and st[2] == sid and st[3] != "Z":
+            out.append(pid)
+    return out
+
+
+def proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def exec_environ(pid):
+    """The environment pid was exec'd with (/proc/PID/environ)."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    env = {}
+    for kv in raw.split(b"\0"):
+        if b"=" in kv:
+            k, _, v = kv.partition(b"=")
+            env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+    return env
+
+
+_elf_cache = {}
+
+
+def _elf_environ_symbol(path):
+    """(st_value, e_type) of a defined __environ/environ in path's .dynsym, or None.
+
+    The main executable usually holds the live copy (a copy relocation), so it
+    is tried before libc."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st.st_mtime, st.st_size)
+    if key in _elf_cache:
+        return _elf_cache[key]
+    result = None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1:  # ELF64 LE
+            e_type, = struct.unpack_from("<H", data, 0x10)
+            e_shoff, = struct.unpack_from("<Q", data, 0x28)
+            e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
+            secs = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
+                    for i in range(e_shnum)]
+            for sh in secs:
+                if sh[1] != 11:  # SHT_DYNSYM
+                    continue
+                str_off = secs[sh[6]][4]
+                off, size, ent = sh[4], sh[5], sh[9] or 24
+                for j in range(size // ent):
+                    name_off, _info, _other, shndx, value, _sz = struct.unpack_from(
+                        "<IBBHQQ", data, off + j * ent)
+                    if not value or shndx == 0:
+                        continue
+                    a = str_off + name_off
+                    nm = data[a:data.index(b"\0", a)]
+                    if nm in (b"__environ", b"environ", b"_environ"):
+                        result = (value, e_type)
+                        break
+                if result:
+                    break
+    except (OSError, ValueError, struct.error):
+        result = None
+    _elf_cache[key] = result
+    return result
+
+
+def _read_cstring(mem, addr, limit=1 << 16):
+    out = b""
+    while len(out) < limit:
+        mem.seek(addr)
+        n = 4096 - (addr % 4096)  # never read across a page we may not have
+        chunk = mem.read(n)
+        if not chunk:
+            break
+        i = chunk.find(b"\0")
+        if i >= 0:
+            return out + chunk[:i]
+        out += chunk
+        addr += len(chunk)
+    return out
+
+
+def live_environ(pid):
+    """The environment as the process sees it now (libc's environ array, read
+    from /proc/PID/mem), or None when it cannot be read."""
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+        bases = {}
+        with open("/proc/%d/maps" % pid) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 6 or int(parts[2], 16) != 0:
+                    continue
+                lo = int(parts[0].split("-")[0], 16)
+                if parts[5] not in bases or lo < bases[parts[5]]:
+                    bases[parts[5]] = lo
+        addr = None
+        for path in [exe] + [p for p in bases if "/libc.so" in p or "/libc-" in p]:
+            sym = _elf_environ_symbol(path)
+            if sym:
+                value, e_type = sym
+                addr = value if e_type == 2 else bases.get(path, 0) + value  # ET_EXEC: absolute
+                break
+        if addr is None:
+            return None
+        env = {}
+        with open("/proc/%d/mem" % pid, "rb", buffering=0) as mem:
+            mem.seek(addr)
+            arr, = struct.unpack("<Q", mem.read(8))
+            for i in range(8192):
+                mem.seek(arr + 8 * i)
+                ptr, = struct.unpack("<Q", mem.read(8))
+                if ptr == 0:
+                    break
+                kv = _read_cstring(mem, ptr)
+                k, _, v = kv.partition(b"=")
+                env[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
+        return env
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def _activation_pipe_pending(pid, fd):
+    """True when pid's fd is a pipe whose other end its parent still holds:
+    a bulsajo standby that has not read its activation yet."""
+    try:
+        link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        if not link.startswith("pipe:"):
+            return False
+        st = proc_stat(pid)
+        pdir = "/proc/%d/fd" % st[0]
+        return any(os.readlink(os.path.join(pdir, x)) == link for x in os.listdir(pdir))
+    except (OSError, TypeError):
+        return False
+
+
+def worker_env(pid):
+    """(env, how) for pid: how says where RANK came from."""
+    env = exec_environ(pid)
+    if env is None:
+        return None, "gone"
+    if "RANK" in env:
+        return env, "environ"
+    live = live_environ(pid)
+    if live is not None:
+        return live, "live-environ"
+    # Last resort (e.g. /proc/PID/mem not readable): a bulsajo shim process
+    # whose activation pipe is closed has been given a rank; which one, unknown.
+    fd = env.get("BULSAJO_ACTIVATE_FD")
+    if fd and not _activation_pipe_pending(pid, fd):
+        env = dict(env)
+        env["RANK"] = "-1"
+        return env, "fd-heuristic"
+    return env, "environ"
+
+
+def find_workers(sid, script):
+    """Workers (processes holding a rank) in session sid."""
+    out = []
+    for pid in session_members(sid):
+        if pid == sid:
+            continue
+        if not any(a.endswith(script) or a == script for a in proc_cmdline(pid)):
+            continue
+        env, how = worker_env(pid)
+        if not env or "RANK" not in env:
+            continue
+        try:
+            rank = int(env["RANK"])
+            gen = int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        except ValueError:
+            continue
+        out.append({"pid": pid, "rank": rank, "restart": gen, "how": how})
+    return out
+
+
+def kill_session(sid, pgid=None):
+    """SIGKILL every process of session sid (and pgid); return how many were left."""
+    left = 0
+    for attempt in range(50):
+        members = session_members(sid)
+        if attempt == 0:
+            left = len([p for p in members if p != sid])
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+        if not members:
+            return left
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    log("WARNING: processes of session %d survive SIGKILL: %s" % (sid, session_members(sid)))
+    return left
+
+
+# ---------------------------------------------------------------- one run
+
+LIVE = {}  # pid -> Popen of running launchers, for cleanup on exit
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def clean_env():
+    env = {}
+    for k, v in os.environ.items():
+        if k in SCRUB_NAMES or k.startswith(SCRUB_PREFIXES):
+            continue
+        env[k] = v
+    return env
+
+
+def launcher_cmd(cfg, launcher, rundir, ckpt):
+    train = [cfg.script, "--steps", str(cfg.steps), "--ckpt-dir", ckpt]
+    if launcher == "torchrun":
+        return [cfg.python, cfg.torchrun,
+                "--nproc_per_node=%d" % cfg.nproc, "--max_restarts=100",
+                "--redirects=1", "--tee=1",
+                "--master_port=%d" % free_port(),
+                "--log_dir=%s" % os.path.join(rundir, "torchrun-logs")] + train
+    return [cfg.bulsajo_bin, "run", "--nproc-per-node", str(cfg.nproc), "--max-restarts", "100",
+            "--run-dir", os.path.join(rundir, "run"), "--", cfg.python] + train
+
+
+def parse_time(s):
+    """Seconds since the epoch from an RFC 3339 time with up to 9 fraction digits."""
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", s)
+    if not m:
+        return None
+    y, mo, d, h, mi, sec = (int(x) for x in m.groups()[:6])
+    frac = float("0." + m.group(7)) if m.group(7) else 0.0
+    tz = m.group(8)
+    off = 0
+    if tz != "Z":
+        off = (int(tz[1:3]) * 60 + int(tz[4:6])) * 60 * (1 if tz[0] == "+" else -1)
+    dt = datetime.datetime(y, mo, d, h, mi, sec, tzinfo=datetime.timezone.utc)
+    return dt.timestamp() + frac - off
+
+
+def read_events(path):
+    evs = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    evs.append(json.loads(line))
+                except ValueError:
+                    pass  # a torn last line
+    except OSError:
+        pass
+    return evs
+
+
+def run_one(cfg, launcher, scenario, rep, workdir):
+    name = "%s-%s-r%d" % (launcher, scenario, rep)
+    rundir = os.path.join(workdir, name)
+    if os.path.exists(rundir):
+        shutil.rmtree(rundir)
+    os.makedirs(rundir)
+    ckpt = os.path.join(rundir, "ckpt")  # fresh for every run
+    cmd = launcher_cmd(cfg, launcher, rundir, ckpt)
+
+    # The fault plan: the same for both launchers (seed + repeat).
+    rng = random.Random(cfg.seed + rep)
+    plan_ranks = [rng.randrange(cfg.nproc) for _ in range(10000)]
+    if scenario == "sigkill":
+        next_at, every, sig = float(cfg.kill_every), float(cfg.kill_every), signal.SIGKILL
+    elif scenario == "sigstop":
+        next_at, every, sig = float(cfg.stop_at), None, signal.SIGSTOP
+    else:
+        next_at, every, sig = None, None, None
+
+    out_path = os.path.join(rundir, "output.log")
+    outf = open(out_path, "w")
+    lines = []  # (t since start, wall time, text)
+    done = threading.Event()
+    ended = {}
+
+    log("%s: %s" % (name, " ".join(cmd)))
+    t0_wall = time.time()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    LIVE[p.pid] = p
+
+    def reader():
+        for raw in iter(p.stdout.readline, b""):
+            t = time.monotonic() - t0
+            text = ANSI_RE.sub("", raw.decode("utf-8", "replace").rstrip("\r\n"))
+            lines.append((t, t0_wall + t, text))
+            outf.write("%9.3f %s\n" % (t, text))
+        outf.flush()
+
+    def waiter():
+        rc = p.wait()
+        ended["t"] = time.monotonic() - t0
+        ended["rc"] = rc
+        done.set()
+
+    rt = threading.Thread(target=reader, daemon=True)
+    wt = threading.Thread(target=waiter, daemon=True)
+    rt.start()
+    wt.start()
+
+    injections = []
+    timed_out = False
+    fault_index = 0
+    try:
+        while True:
+            now = time.monotonic() - t0
+            if now >= cfg.timeout:
+                timed_out = True
+                break
+            wait = cfg.timeout - now
+            if next_at is not None:
+                wait = min(wait, max(0.0, next_at - now))
+            if done.wait(wait):
+                break
+            now = time.monotonic() - t0
+            if next_at is None or now < next_at:
+                continue
+            # Inject a fault now (or retry in 50 ms if there is no worker).
+            ws = find_workers(p.pid, cfg.script_match)
+            if not ws:
+                next_at = now + 0.05
+                continue
+            newest = max(w["restart"] for w in ws)
+            ws = sorted((w for w in ws if w["restart"] == newest), key=lambda w: (w["rank"], w["pid"]))
+            want = plan_ranks[fault_index % len(plan_ranks)]
+            pick = [w for w in ws if w["rank"] == want]
+            w = pick[0] if pick else ws[want % len(ws)]
+            t_inj = time.monotonic() - t0
+            try:
+                os.kill(w["pid"], sig)
+            except OSError:
+                next_at = time.monotonic() - t0 + 0.05
+                continue
+            fault_index += 1
+            injections.append({"t": round(t_inj, 3), "wall": t0_wall + t_inj,
+                               "signal": signal.Signals(sig).name, "pid": w["pid"],
+                               "rank": w["rank"], "planned_rank": want,
+                               "restart_count": newest, "found_by": w["how"]})
+            log("%s: t=%.1fs %s rank %d (pid %d, restart %d, via %s)" % (
+                name, t_inj, signal.Signals(sig).name, w["rank"], w["pid"], newest, w["how"]))
+            if every is None:
+                next_at = None
+            else:
+                while next_at <= time.monotonic() - t0:
+                    next_at += every
+    finally:
+        stragglers = kill_session(p.pid, p.pid)
+        done.wait(10)
+        rt.join(10)
+        outf.close()
+        LIVE.pop(p.pid, None)
+
+    finished_ok = (not timed_out) and ended.get("rc") == 0
+    wall = ended["t"] if not timed_out and "t" in ended else float(cfg.timeout)
+    rec = {
+        "name": name, "launcher": launcher, "scenario": scenario, "repeat": rep,
+        "command": cmd, "output_log": out_path,
+        "exit_code": None if timed_out else ended.get("rc"),
+        "timed_out": timed_out, "wall_s": round(wall, 3),
+        "faults_injected": len(injections), "injections": injections,
+        # processes still in the launcher's session after it exited by itself
+        "stragglers_after_exit": 0 if timed_out else stragglers,
+    }
+    donem = None
+    for _t, _w, text in lines:
+        m = DONE_RE.search(text)
+        if m:
+            donem = m
+    rec["done_steps"] = int(donem.group(1)) if donem else None
+    rec["loss"] = donem.group(2) if donem else None
+    rec["params_sha256"] = donem.group(3) if donem else None
+    rec["finished"] = bool(finished_ok and donem)
+
+    # Fault -> first "resumed from" line after it: training back, for both launchers.
+    resumed = [(t, text) for t, _w, text in lines if RESUMED_RE.search(text)]
+    for inj in injections:
+        nxt = [t for t, _ in resumed if t > inj["t"]]
+        inj["to_resumed_s"] = round(nxt[0] - inj["t"], 3) if nxt else None
+
+    if launcher == "bulsajo":
+        evs = read_events(os.path.join(rundir, "run", "events.jsonl"))
+        faults = [e for e in evs if e.get("type") == "fault"]
+        recov = [e for e in evs if e.get("type") == "recovered"]
+        fin = [e for e in evs if e.get("type") == "run_finished"]
+        rec["bulsajo"] = {
+            "faults": [{"time": e.get("time"), "cause": e.get("cause"), "rank": e.get("rank"),
+                        "detect_ms": e.get("detect_ms", 0.0), "detail": e.get("detail")}
+                       for e in faults],
+            "recovered": [{"time": e.get("time"), "recover_ms": e.get("recover_ms", 0.0),
+                           "rolled_back_steps": e.get("rolled_back_steps", 0)} for e in recov],
+            "summary": fin[-1].get("summary") if fin else None,
+        }
+        # Harness-measured detection: injection -> the first fault event after it.
+        used = set()
+        for inj in injections:
+            inj["to_fault_event_ms"] = None
+            for i, e in enumerate(faults):
+                te = parse_time(e.get("time", ""))
+                if i in used or te is None or te < inj["wall"] - 0.001:
+                    continue
+                used.add(i)
+                inj["to_fault_event_ms"] = round((te - inj["wall"]) * 1000, 1)
+                inj["fault_event_rank"] = e.get("rank")
+                inj["fault_event_cause"] = e.get("cause")
+                break
+    for inj in injections:
+        inj["wall"] = round(inj["wall"], 3)
+
+    if cfg.keep_ckpt is False:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    log("%s: %s in %.1fs, %d faults, exit %s%s" % (
+        name, "finished" if rec["finished"] else "DID NOT FINISH", wall, len(injections),
+        rec["exit_code"], ", timed out" if timed_out else ""))
+    return rec
+
+
+# ---------------------------------------------------------------- machine
+
+def read_first(path, pattern=None):
+    try:
+        with open(path) as f:
+            for line in f:
+                if pattern is None:
+                    return line.strip()
+                m = re.match(pattern, line)
+                if m:
+                    return m.group(1).strip()
+    except OSError:
+        pass
+    return None
+
+
+def machine_info(cfg):
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": read_first("/proc/cpuinfo", r"model name\s*:\s*(.*)"),
+        "mem_total": read_first("/proc/meminfo", r"MemTotal:\s*(.*)"),
+        "kernel": "%s %s" % (platform.system(), platform.release()),
+        "loadavg_start": read_first("/proc/loadavg"),
+    }
+    quota = read_first("/sys/fs/cgroup/cpu.max") or None
+    if quota is None:
+        q = read_first("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        per = read_first("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if q is not None:
+            quota = "%s %s" % (q, per)
+    info["cgroup_cpu_quota"] = quota
+    try:
+        info["torch"] = subprocess.run(
+            [cfg.python, "-c", "import sys, torch; print(torch.__version__, 'python', sys.version.split()[0])"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+            env=clean_env()).stdout.decode().strip().splitlines()[-1]
+    except (OSError, subprocess.TimeoutExpired, IndexError) as e:
+        info["torch"] = "unknown (%s)" % e
+    try:
+        info["bulsajo"] = subprocess.run([cfg.bulsajo_bin, "version"], stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, timeout=30
+                                         ).stdout.decode().strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["bulsajo"] = None
+    info["torchrun"] = cfg.torchrun
+    info["python"] = cfg.python
+    return info
+
+
+# ---------------------------------------------------------------- results
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec="%.1f", none="—"):
+    return none if x is None else spec % x
+
+
+def aggregate(runs, cfg):
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["launcher"], r["scenario"]), []).append(r)
+    agg = {}
+    for (launcher, scenario), rs in groups.items():
+        fin = [r for r in rs if r["finished"]]
+        injs = [i for r in rs for i in r["injections"]]
+        a = {
+            "launcher": launcher, "scenario": scenario, "runs": len(rs), "finished": len(fin),
+            "wall_s": med([r["wall_s"] for r in fin]) if len(fin) == len(rs) else None,
+            "wall_s_all": [r["wall_s"] for r in rs],
+            "faults": med([r["faults_injected"] for r in rs]),
+            "to_resumed_s_median": med([i.get("to_resumed_s") for i in injs]),
+            "to_resumed_s_max": max([i["to_resumed_s"] for i in injs if i.get("to_resumed_s") is not None] or [None],
+                                    key=lambda x: -1 if x is None else x),
+            "loss": fin[0]["loss"] if fin else None,
+            "params_sha256": sorted({r["params_sha256"] for r in fin}) if fin else [],
+        }
+        if launcher == "bulsajo":
+            det = [f["detect_ms"] for r in rs for f in r.get("bulsajo", {}).get("faults", [])]
+            recm = [x["recover_ms"] for r in rs for x in r.get("bulsajo", {}).get("recovered", [])]
+            rb = [x["rolled_back_steps"] for r in rs for x in r.get("bulsajo", {}).get("recovered", [])]
+            hm = [i.get("to_fault_event_ms") for i in injs if i.get("to_fault_event_ms") is not None]
+            a.update({
+                "detect_ms_median": med(det), "detect_ms_max": max(det) if det else None,
+                "recover_ms_median": med(recm), "recover_ms_max": max(recm) if recm else None,
+                "rolled_back_steps_median": med(rb),
+                "injection_to_fault_event_ms_median": med(hm),
+                "injection_to_fault_event_ms_max": max(hm) if hm else None,
+                "bulsajo_faults_detected": med([len(r.get("bulsajo", {}).get("faults", [])) for r in rs]),
+            })
+        agg[(launcher, scenario)] = a
+    # Goodput and per-fault cost against the same launcher's fault-free wall.
+    for (launcher, scenario), a in agg.items():
+        base = agg.get((launcher, "fault-free"), {}).get("wall_s")
+        a["goodput"] = None
+        a["per_fault_cost_s"] = None
+        if base and a["wall_s"]:
+            a["goodput"] = base / a["wall_s"]
+            if a["faults"]:
+                a["per_fault_cost_s"] = (a["wall_s"] - base) / a["faults"]
+        ff = agg.get((launcher, "fault-free"), {}).get("params_sha256") or []
+        a["params_match_fault_free"] = (bool(ff) and a["params_sha256"] == ff) if a["params_sha256"] else None
+    overhead = None
+    t = agg.get(("torchrun", "fault-free"), {}).get("wall_s")
+    b = agg.get(("bulsajo", "fault-free"), {}).get("wall_s")
+    if t and b:
+        overhead = b / t - 1
+    return agg, overhead
+
+
+def render(machine, cfg, agg, overhead):
+    L = []
+    L.append("## Fault benchmark: torchrun vs bulsajo")
+    L.append("")
+    L.append("- date: %s" % machine["date_utc"])
+    L.append("- machine: %s CPUs (%s usable), %s, %s, memory %s, cgroup CPU quota %s" % (
+        machine["nproc"], machine["cpus_usable"], machine["cpu_model"], machine["kernel"],
+        machine["mem_total"], machine["cgroup_cpu_quota"]))
+    L.append("- torch: %s (%s); torchrun: %s; %s" % (machine["torch"], machine["python"],
+                                                  machine["torchrun"], machine["bulsajo"]))
+    L.append("- load average at start: %s; at end: %s" % (machine["loadavg_start"],
+                                                         machine.get("loadavg_end")))
+    L.append("- job: examples/ddp_train.py --steps %d, %d workers, checkpoint every 20 steps; "
+             "SIGKILL every %gs from %gs; SIGSTOP at %gs; timeout %ds; seed %d; %d repeat(s), medians"
+             % (cfg.steps, cfg.nproc, cfg.kill_every, cfg.kill_every, cfg.stop_at, cfg.timeout,
+                cfg.seed, cfg.repeat))
+    L.append("")
+    L.append("| launcher | scenario | finished | wall s | faults | goodput | s lost / fault "
+             "| fault→resumed s (med / max) | detect ms (med / max) | recover ms (med / max) "
+             "| final loss | params sha256 | = fault-free |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    order = [(l, s) for s in SCENARIOS for l in LAUNCHERS]
+    for key in order:
+        a = agg.get(key)
+        if not a:
+            continue
+        if a["finished"] == a["runs"]:
+            fin = "yes" if a["runs"] == 1 else "%d/%d" % (a["finished"], a["runs"])
+            wall = fmt(a["wall_s"])
+        else:
+            fin = "**did not finish**" if a["finished"] == 0 else "%d/%d" % (a["finished"], a["runs"])
+            wall = ">= %s (cap)" % fmt(max(a["wall_s_all"]), "%.0f") if a["finished"] == 0 else "—"
+        res = "—"
+        if a["to_resumed_s_median"] is not None:
+            res = "%.1f / %.1f" % (a["to_resumed_s_median"], a["to_resumed_s_max"])
+        det = rcv = "—"
+        if a["launcher"] == "bulsajo":
+            if a["scenario"] == "sigstop" and a.get("injection_to_fault_event_ms_median") is not None:
+                det = "%.0f / %.0f ‡" % (a["injection_to_fault_event_ms_median"],
+                                         a["injection_to_fault_event_ms_max"])
+            elif a.get("detect_ms_median") is not None:
+                det = "%.0f / %.0f" % (a["detect_ms_median"], a["detect_ms_max"])
+            if a.get("recover_ms_median") is not None:
+                rcv = "%.0f / %.0f" % (a["recover_ms_median"], a["recover_ms_max"])
+        h = ", ".join(x[:12] for x in a["params_sha256"]) or "—"
+        match = {True: "yes", False: "**no**", None: "—"}[a["params_match_fault_free"]]
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            a["launcher"], a["scenario"], fin, wall, fmt(a["faults"], "%g"),
+            fmt(a["goodput"], "%.2f"), fmt(a["per_fault_cost_s"], "%.1f"), res, det, rcv,
+            a["loss"] or "—", h, match))
+    L.append("")
+    if overhead is not None:
+        L.append("Fault-free overhead of bulsajo vs torchrun: %+.1f%% (bulsajo %.1f s / torchrun %.1f s − 1)."
+                 % (100 * overhead, agg[("bulsajo", "fault-free")]["wall_s"],
+                    agg[("torchrun", "fault-free")]["wall_s"]))
+    ks = agg.get(("bulsajo", "sigkill"))
+    if ks and ks.get("injection_to_fault_event_ms_median") is not None:
+        L.append("bulsajo SIGKILL → fault event, measured by the harness: median %.0f ms, max %.0f ms."
+                 % (ks["injection_to_fault_event_ms_median"], ks["injection_to_fault_event_ms_max"]))
+    ss = agg.get(("bulsajo", "sigstop"))
+    if ss and ss.get("injection_to_fault_event_ms_median") is not None:
+        L.append("‡ bulsajo SIGSTOP detection: from the harness's SIGSTOP to bulsajo's fault event "
+                 "(median %.1f s, max %.1f s)." % (ss["injection_to_fault_event_ms_median"] / 1000,
+                                                  ss["injection_to_fault_event_ms_max"] / 1000))
+    L.append("")
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="torchrun vs bulsajo under injected worker faults",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--nproc", type=int, default=4)
+    ap.add_argument("--kill-every", type=float, default=15.0,
+                    help="sigkill scenario: seconds between kills (the first at this time too)")
+    ap.add_argument("--stop-at", type=float, default=None,
+                    help="sigstop scenario: when to SIGSTOP (default: --kill-every)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per launcher and scenario (medians)")
+    ap.add_argument("--only", choices=LAUNCHERS, default=None)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated subset of " + ",".join(SCENARIOS))
+    ap.add_argument("--bulsajo-bin", default=os.path.join(REPO, "bin", "bulsajo"))
+    ap.add_argument("--torchrun", default=shutil.which("torchrun") or "/usr/bin/torchrun",
+                    help="torchrun script (run with --python)")
+    ap.add_argument("--python", default="/usr/bin/python3", help="interpreter with torch")
+    ap.add_argument("--script", default=DEFAULT_SCRIPT)
+    ap.add_argument("--timeout", type=float, default=300.0, help="cap on every run, seconds")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write JSON results here")
+    ap.add_argument("--markdown", default=None, help="also write the markdown table here")
+    ap.add_argument("--work-dir", default=None,
+                    help="run dirs, logs, checkpoints (default: a new dir under the temp dir)")
+    ap.add_argument("--keep-ckpt", action="store_true", help="keep checkpoints after each run")
+    cfg = ap.parse_args(argv)
+    if cfg.stop_at is None:
+        cfg.stop_at = cfg.kill_every
+    cfg.scenarios = [s.strip() for s in cfg.scenarios.split(",") if s.strip()]
+    for s in cfg.scenarios:
+        if s not in SCENARIOS:
+            ap.error("unknown scenario %r (want %s)" % (s, ", ".join(SCENARIOS)))
+    cfg.launchers = [cfg.only] if cfg.only else list(LAUNCHERS)
+    cfg.script = os.path.abspath(cfg.script)
+    cfg.script_match = os.path.join(os.path.basename(os.path.dirname(cfg.script)),
+                                    os.path.basename(cfg.script))
+    if "bulsajo" in cfg.launchers and not os.access(cfg.bulsajo_bin, os.X_OK):
+        ap.error("%s is not executable: build it with `go build -o bin/bulsajo ./cmd/bulsajo`"
+                 % cfg.bulsajo_bin)
+    if "torchrun" in cfg.launchers and not os.path.exists(cfg.torchrun):
+        ap.error("torchrun not found at %s (use --torchrun)" % cfg.torchrun)
+    return cfg
+
+
+def cleanup_all():
+    for pid in list(LIVE):
+        kill_session(pid, pid)
+        LIVE.pop(pid, None)
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        sys.exit("bench/faults.py needs Linux (/proc)")
+    workdir = cfg.work_dir or tempfile.mkdtemp(prefix="bulsajo-bench-")
+    os.makedirs(workdir, exist_ok=True)
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    machine = machine_info(cfg)
+    log("work dir %s; torch %s; %d run(s)" % (
+        workdir, machine["torch"], cfg.repeat * len(cfg.scenarios) * len(cfg.launchers)))
+    runs = []
+    started = time.monotonic()
+    try:
+        # Interleave launchers within each scenario so slow drift in machine
+        # load hits both alike.
+        for rep in range(cfg.repeat):
+            for scenario in cfg.scenarios:
+                for launcher in cfg.launchers:
+                    runs.append(run_one(cfg, launcher, scenario, rep, workdir))
+    except KeyboardInterrupt:
+        log("interrupted: killing launchers and writing what was measured")
+    finally:
+        cleanup_all()
+    machine["loadavg_end"] = read_first("/proc/loadavg")
+    machine["bench_duration_s"] = round(time.monotonic() - started, 1)
+
+    agg, overhead = aggregate(runs, cfg)
+    table = render(machine, cfg, agg, overhead)
+    print(table)
+    result = {
+        "machine": machine,
+        "config": {k: v for k, v in vars(cfg).items()},
+        "work_dir": workdir,
+        "runs": runs,
+        "aggregate": [agg[k] for k in sorted(agg)],
+        "bulsajo_fault_free_overhead": overhead,
+        "markdown": table,
+    }
+    if cfg.out:
+        with open(cfg.out, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=False)
+            f.write("\n")
+        log("wrote %s" % cfg.out)
+    if cfg.markdown:
+        with open(cfg.markdown, "w") as f:
+            f.write(table + "\n")
+    log("done in %.0f s; logs in %s" % (machine["bench_duration_s"], workdir))
+
+
+if __name__ == "__main__":
+    main()

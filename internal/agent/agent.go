@@ -1,0 +1,743 @@
+// Package agent starts, watches and stops the worker processes of each
+// generation on one node. It reports what happens to them as Events; it
+// decides nothing (that is the policy's job).
+//
+// Workers run in their own process groups with the parent-death signal set,
+// so none outlives the agent. For `python SCRIPT` commands the agent keeps a
+// pool of standby workers that have already imported torch and wait for their
+// rank assignment, taking the import off the critical path of a restart.
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/health"
+)
+
+// Config is what the agent needs to run workers.
+type Config struct {
+	Command       []string
+	RunID         string
+	RunDir        string
+	MaxRestarts   int
+	SDKDir        string         // directory put on workers' PYTHONPATH (holds bulsajo/)
+	ProgressRegex *regexp.Regexp // optional: progress read from worker output
+	Standby       bool           // keep pre-started workers ready for the next generation
+	StandbyCount  int            // how many (the node's slots)
+	Preload       string         // modules a standby imports; "" = the shim's default
+	StopGrace     time.Duration  // SIGTERM to SIGKILL
+	Console       *console.Console
+}
+
+// Events the agent reports.
+type (
+	Event interface{ agentEvent() }
+	// Launched: every worker of Gen has started; Warm of them were standbys.
+	Launched struct {
+		Gen, Warm int
+		At        time.Time
+	}
+	// Exited: a worker of Gen ended.
+	Exited struct {
+		Gen, Rank, Code int
+		Signal          string
+		LastError       string
+		At              time.Time
+	}
+	// Progress: a worker reported a step (SDK or output regex).
+	Progress struct {
+		Gen, Rank, Step int
+		At              time.Time
+	}
+	// Stopped: every worker of Gen has been reaped.
+	Stopped struct {
+		Gen int
+		At  time.Time
+	}
+)
+
+func (Launched) agentEvent() {}
+func (Exited) agentEvent()   {}
+func (Progress) agentEvent() {}
+func (Stopped) agentEvent()  {}
+
+// ErrClosed is returned by calls on a closed agent.
+var ErrClosed = errors.New("agent: closed")
+
+// Agent runs the workers of one node.
+type Agent struct {
+	cfg          Config
+	base         []string // worker base environment
+	shim         []string // command through the standby shim, or nil
+	events       chan Event
+	quit         chan struct{}
+	progress     *net.UnixConn
+	progressAddr string
+
+	mu            sync.Mutex
+	gens          map[int]*generation
+	standbys      []*worker
+	standbyFailed int
+	noStagger     atomic.Bool
+	closed        bool
+	waiters       sync.WaitGroup
+}
+
+type generation struct {
+	gen       int
+	workers   []*worker
+	remaining int
+	stopping  bool
+	killTimer *time.Timer
+}
+
+// New creates the agent and its local progress endpoint.
+func New(cfg Config) (*Agent, error) {
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 3 * time.Second
+	}
+	a := &Agent{
+		cfg:    cfg,
+		events: make(chan Event, 4096),
+		quit:   make(chan struct{}),
+		gens:   map[int]*generation{},
+	}
+	// A Linux abstract socket: no path length limit, nothing left on disk.
+	a.progressAddr = fmt.Sprintf("@bulsajo-%s-%d", cfg.RunID, os.Getpid())
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: a.progressAddr, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("agent: progress endpoint: %w", err)
+	}
+	a.progress = conn
+	a.base = a.baseEnv()
+	if cfg.Standby {
+		a.shim = shimArgs(cfg.Command, cfg.SDKDir)
+	}
+	for _, d := range []string{"logs", "errors", "pids"} {
+		if err := os.MkdirAll(filepath.Join(cfg.RunDir, d), 0o755); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	go a.readProgress()
+	return a, nil
+}
+
+// Events is the stream of what happens to workers.
+func (a *Agent) Events() <-chan Event { return a.events }
+
+func (a *Agent) emit(e Event) {
+	select {
+	case a.events <- e:
+	case <-a.quit:
+	}
+}
+
+// StartGeneration starts (or activates standbys for) every local slot of
+// spec. Rank 0 goes first, and the others once its store listens (listen.go).
+func (a *Agent) StartGeneration(spec GenerationSpec) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	if err := os.MkdirAll(filepath.Dir(a.errorFile(spec.Gen, 0)), 0o755); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent: %w", err)
+	}
+	// remaining counts every slot from the start, so that an early exit of
+	// the first ranks cannot look like the end of the generation.
+	g := &generation{gen: spec.Gen, remaining: len(spec.Ranks)}
+	a.gens[spec.Gen] = g
+	warmBefore := len(a.standbys)
+	// Start missing shim workers now, all together, so their imports overlap
+	// while rank 0 comes up; they are activated below like standbys.
+	for a.shim != nil && len(a.standbys) < len(spec.Ranks) {
+		w, err := a.startProcess(a.shim, false, 0, -1, nil)
+		if err != nil {
+			break
+		}
+		a.standbys = append(a.standbys, w)
+	}
+	a.mu.Unlock()
+
+	order := make([]int, 0, len(spec.Ranks))
+	for slot, r := range spec.Ranks {
+		if r == 0 {
+			order = append([]int{slot}, order...)
+		} else {
+			order = append(order, slot)
+		}
+	}
+	for i, slot := range order {
+		if i == 1 && a.shim != nil && spec.Ranks[order[0]] == 0 && !a.noStagger.Load() {
+			if !waitListening(spec.MasterPort, rendezvousWait) {
+				a.noStagger.Store(true) // this script meets some other way
+			}
+		}
+		if err := a.startSlot(g, spec, slot); err != nil {
+			a.mu.Lock()
+			g.remaining -= len(order) - i // slots that will never run
+			a.mu.Unlock()
+			a.StopGeneration(spec.Gen, 0)
+			return err
+		}
+	}
+	a.emit(Launched{Gen: spec.Gen, Warm: min(warmBefore, len(spec.Ranks)), At: time.Now()})
+	if a.shim != nil {
+		go a.refillStandbys()
+	}
+	return nil
+}
+
+// rendezvousWait caps how long the other ranks wait for rank 0's store.
+const rendezvousWait = 2 * time.Second
+
+// startSlot starts one slot's worker, from a waiting shim process when
+// there is one.
+func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	rank := spec.Ranks[slot]
+	env := a.rankEnv(spec, slot)
+	log := a.openRankLog(spec.Gen, rank)
+	w := a.takeStandby()
+	if w == nil || w.activateAs(spec.Gen, rank, env, log) != nil {
+		var err error
+		if w, err = a.spawn(spec.Gen, rank, env, log); err != nil {
+			if log != nil {
+				log.Close()
+			}
+			return err
+		}
+	}
+	g.workers = append(g.workers, w)
+	// For operators and tools (py-spy, a fault script): which pid holds a
+	// rank now. A standby's /proc/PID/environ predates its rank, so this file
+	// is the place to look.
+	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(w.pid)+"\n"), 0o644)
+	return nil
+}
+
+// StopGeneration stops every worker of gen: SIGTERM (and SIGCONT, so a
+// stopped worker can act on it), then SIGKILL after grace. Stopped follows
+// once all are reaped.
+func (a *Agent) StopGeneration(gen int, grace time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := a.gens[gen]
+	if g == nil || g.stopping {
+		return
+	}
+	g.stopping = true
+	if g.remaining == 0 {
+		delete(a.gens, gen)
+		go a.emit(Stopped{Gen: gen, At: time.Now()})
+		return
+	}
+	sig := syscall.SIGTERM
+	if grace <= 0 {
+		sig = syscall.SIGKILL
+	}
+	for _, w := range g.workers {
+		if !w.hasExited() {
+			signalGroup(w.pid, sig)
+			signalGroup(w.pid, syscall.SIGCONT)
+		}
+	}
+	if grace > 0 {
+		g.killTimer = time.AfterFunc(grace, func() { a.killGeneration(g) })
+	}
+}
+
+func (a *Agent) killGeneration(g *generation) {
+	for _, w := range g.workers {
+		if !w.hasExited() {
+			signalGroup(w.pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// Signal delivers sig to one worker process (for fault injection).
+func (a *Agent) Signal(gen, rank int, sig syscall.Signal) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if g := a.gens[gen]; g != nil {
+		for _, w := range g.workers {
+			if w.rank == rank && !w.hasExited() {
+				return syscall.Kill(w.pid, sig)
+			}
+		}
+	}
+	return fmt.Errorf("agent: no live rank %d in generation %d", rank, gen)
+}
+
+// LiveRanks lists the ranks of gen whose process is running.
+func (a *Agent) LiveRanks(gen int) []int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []int
+	if g := a.gens[gen]; g != nil && !g.stopping {
+		for _, w := range g.workers {
+			if !w.hasExited() {
+				out = append(out, w.rank)
+			}
+		}
+	}
+	return out
+}
+
+// Culprit names the rank most likely to blame for a hang of gen, and why: a
+// stopped process first; else, when sampleCPU, the one rank whose CPU time
+// moves while the others' does not (it spins while they wait for it), or the
+// reverse.
+func (a *Agent) Culprit(gen int, sampleCPU bool) (int, string) {
+	a.mu.Lock()
+	var ws []*worker
+	if g := a.gens[gen]; g != nil {
+		ws = append(ws, g.workers...)
+	}
+	a.mu.Unlock()
+	first := make([]health.ProcStat, len(ws))
+	for i, w := range ws {
+		st, err := health.ReadProcStat(w.pid)
+		if err != nil {
+			continue
+		}
+		if st.Stopped() {
+			return w.rank, "process stopped (state T)"
+		}
+		first[i] = st
+	}
+	if !sampleCPU {
+		return -1, ""
+	}
+	time.Sleep(200 * time.Millisecond)
+	var moving, still []int
+	for i, w := range ws {
+		st, err := health.ReadProcStat(w.pid)
+		if err != nil {
+			continue
+		}
+		if st.CPUTicks > first[i].CPUTicks {
+			moving = append(moving, w.rank)
+		} else {
+			still = append(still, w.rank)
+		}
+	}
+	switch {
+	case len(moving) == 1 && len(still) > 0:
+		return moving[0], "only rank using CPU (busy while the others wait)"
+	case len(still) == 1 && len(moving) > 0:
+		return still[0], "only rank not using CPU"
+	}
+	return -1, ""
+}
+
+// Close kills every worker and standby at once and waits for them.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	for _, g := range a.gens {
+		for _, w := range g.workers {
+			signalGroup(w.pid, syscall.SIGCONT)
+			signalGroup(w.pid, syscall.SIGKILL)
+		}
+	}
+	for _, w := range a.standbys {
+		w.discard()
+	}
+	a.standbys = nil
+	a.mu.Unlock()
+	a.waiters.Wait()
+	close(a.quit)
+	a.progress.Close()
+}
+
+// ---- workers ----
+
+type worker struct {
+	a         *Agent
+	cmd       *exec.Cmd
+	pid       int
+	activate  func(env map[string]string) error // nil for a direct start
+	discardFn func()
+
+	mu      sync.Mutex
+	gen     int
+	rank    int // -1 while a standby
+	log     *os.File
+	tail    []string // last lines of stderr
+	exited  chan struct{}
+	outDone sync.WaitGroup
+}
+
+func (w *worker) hasExited() bool {
+	select {
+	case <-w.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// activateAs hands a standby its rank. The worker's lock is held until the
+// rank is recorded, so an immediate exit is reported against that rank.
+func (w *worker) activateAs(gen, rank int, env map[string]string, log *os.File) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.activate(env); err != nil {
+		return err
+	}
+	w.gen, w.rank, w.log = gen, rank, log
+	return nil
+}
+
+// spawn starts a worker for rank right away (through the shim when the
+// command allows it, so that it can write the same way either path).
+func (a *Agent) spawn(gen, rank int, env map[string]string, log *os.File) (*worker, error) {
+	if a.shim != nil {
+		w, err := a.startProcess(a.shim, false, gen, rank, log)
+		if err != nil {
+			return nil, err
+		}
+		return w, w.activate(env)
+	}
+	return a.startProcessEnv(a.cfg.Command, mergeEnv(a.base, env), nil, gen, rank, log)
+}
+
+// startProcess starts a shim worker that waits for its activation on fd 3.
+// A standby (rank -1) imports at the lowest CPU priority until activated.
+func (a *Agent) startProcess(args []string, standby bool, gen, rank int, log *os.File) (*worker, error) {
+	r, wr, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	env := append(a.base[:len(a.base):len(a.base)], "BULSAJO_ACTIVATE_FD=3")
+	if a.cfg.Preload != "" {
+		env = append(env, "BULSAJO_PRELOAD="+a.cfg.Preload)
+	}
+	w, err := a.startProcessEnv(args, env, r, gen, rank, log)
+	r.Close()
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	if standby {
+		// Import at the lowest priority: it uses the cycles training leaves.
+		syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 19)
+	}
+	w.activate = func(env map[string]string) error {
+		defer wr.Close()
+		if standby {
+			// Back to normal priority; needs privilege, so best effort.
+			syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 0)
+		}
+		b, _ := json.Marshal(map[string]any{"env": env})
+		_, err := wr.Write(append(b, '\n'))
+		return err
+	}
+	w.discardFn = func() { wr.Close() }
+	return w, nil
+}
+
+func (a *Agent) startProcessEnv(args, env []string, activateFD *os.File, gen, rank int, log *os.File) (*worker, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = env
+	if activateFD != nil {
+		cmd.ExtraFiles = []*os.File{activateFD}
+	}
+	outR, outW, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
+	err = startWorkerProcess(cmd)
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return nil, fmt.Errorf("agent: start %s: %w", args[0], err)
+	}
+	w := &worker{a: a, cmd: cmd, pid: cmd.Process.Pid, gen: gen, rank: rank, log: log, exited: make(chan struct{})}
+	w.outDone.Add(2)
+	go w.pump(outR, false)
+	go w.pump(errR, true)
+	a.waiters.Add(1)
+	go w.wait()
+	return w, nil
+}
+
+func (w *worker) pump(r *os.File, isErr bool) {
+	defer w.outDone.Done()
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			w.line(strings.TrimRight(line, "\r\n"), isErr)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (w *worker) line(text string, isErr bool) {
+	w.mu.Lock()
+	gen, rank, log := w.gen, w.rank, w.log
+	if isErr && strings.TrimSpace(text) != "" {
+		if len(w.tail) == 8 {
+			w.tail = w.tail[1:]
+		}
+		w.tail = append(w.tail, text)
+	}
+	w.mu.Unlock()
+	prefix := "[standby] "
+	if rank >= 0 {
+		prefix = "[rank" + strconv.Itoa(rank) + "] "
+	}
+	w.a.cfg.Console.Line(prefix, text)
+	if log != nil {
+		log.WriteString(text + "\n")
+	}
+	if re := w.a.cfg.ProgressRegex; re != nil && rank >= 0 {
+		if m := re.FindStringSubmatch(text); m != nil {
+			step := -1
+			if len(m) > 1 {
+				if n, err := strconv.Atoi(m[1]); err == nil {
+					step = n
+				}
+			}
+			if step >= 0 {
+				w.a.emit(Progress{Gen: gen, Rank: rank, Step: step, At: time.Now()})
+			}
+		}
+	}
+}
+
+func (w *worker) wait() {
+	defer w.a.waiters.Done()
+	err := w.cmd.Wait()
+	at := time.Now()
+	close(w.exited)
+	code, sig := 0, ""
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			sig = signalName(ws.Signal())
+			code = 128 + int(ws.Signal())
+		} else {
+			code = ee.ExitCode()
+		}
+	}
+	// Anything the worker forked goes with it.
+	signalGroup(w.pid, syscall.SIGKILL)
+	// Let the output drain (for the last error line), but do not wait on a
+	// grandchild that still holds the pipe.
+	drained := make(chan struct{})
+	go func() { w.outDone.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(100 * time.Millisecond):
+	}
+	w.a.reaped(w, code, sig, at)
+}
+
+func (a *Agent) reaped(w *worker, code int, sig string, at time.Time) {
+	w.mu.Lock()
+	gen, rank, log := w.gen, w.rank, w.log
+	lastErr := ""
+	if len(w.tail) > 0 {
+		lastErr = w.tail[len(w.tail)-1]
+	}
+	w.mu.Unlock()
+	if rank < 0 { // a standby that died before activation
+		a.mu.Lock()
+		for i, s := range a.standbys {
+			if s == w {
+				a.standbys = append(a.standbys[:i], a.standbys[i+1:]...)
+				break
+			}
+		}
+		if code != 0 {
+			a.standbyFailed++
+		}
+		a.mu.Unlock()
+		return
+	}
+	if msg := readErrorFile(a.errorFile(gen, rank)); msg != "" {
+		lastErr = msg
+	}
+	if log != nil {
+		fmt.Fprintf(log, "--- exited: code %d %s\n", code, sig)
+		log.Close()
+	}
+	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at})
+	a.mu.Lock()
+	g := a.gens[gen]
+	allDone := false
+	if g != nil {
+		g.remaining--
+		if g.remaining == 0 {
+			allDone = true
+			if g.killTimer != nil {
+				g.killTimer.Stop()
+			}
+			delete(a.gens, gen)
+		}
+	}
+	a.mu.Unlock()
+	if allDone {
+		a.emit(Stopped{Gen: gen, At: time.Now()})
+	}
+}
+
+// ---- standbys ----
+
+// takeStandby returns a live standby from the pool, or nil. Called with a.mu held.
+func (a *Agent) takeStandby() *worker {
+	for len(a.standbys) > 0 {
+		w := a.standbys[0]
+		a.standbys = a.standbys[1:]
+		if !w.hasExited() {
+			return w
+		}
+	}
+	return nil
+}
+
+// refillStandbys tops the pool up to StandbyCount. A standby that keeps
+// failing (say, the preload crashes) turns the pool off rather than loop.
+func (a *Agent) refillStandbys() {
+	for {
+		a.mu.Lock()
+		if a.closed || len(a.standbys) >= a.cfg.StandbyCount || a.standbyFailed > 2*a.cfg.StandbyCount {
+			a.mu.Unlock()
+			return
+		}
+		w, err := a.startProcess(a.shim, true, 0, -1, nil)
+		if err != nil {
+			a.standbyFailed++
+			a.mu.Unlock()
+			continue
+		}
+		a.standbys = append(a.standbys, w)
+		a.mu.Unlock()
+	}
+}
+
+func (w *worker) discard() {
+	if w.discardFn != nil {
+		w.discardFn() // EOF on fd 3: the shim exits quietly
+	}
+	signalGroup(w.pid, syscall.SIGKILL)
+}
+
+// ---- progress from the SDK ----
+
+// readProgress serves the local endpoint: datagrams "step GEN RANK STEP".
+func (a *Agent) readProgress() {
+	buf := make([]byte, 512)
+	for {
+		n, _, err := a.progress.ReadFromUnix(buf)
+		if err != nil {
+			return
+		}
+		if p, ok := parseProgress(buf[:n]); ok {
+			p.At = time.Now()
+			a.emit(p)
+		}
+	}
+}
+
+func parseProgress(b []byte) (Progress, bool) {
+	f := strings.Fields(string(b))
+	if len(f) != 4 || f[0] != "step" {
+		return Progress{}, false
+	}
+	var n [3]int
+	for i := range n {
+		v, err := strconv.Atoi(f[i+1])
+		if err != nil {
+			return Progress{}, false
+		}
+		n[i] = v
+	}
+	return Progress{Gen: n[0], Rank: n[1], Step: n[2]}, true
+}
+
+// ---- helpers ----
+
+func (a *Agent) openRankLog(gen, rank int) *os.File {
+	f, err := os.OpenFile(filepath.Join(a.cfg.RunDir, "logs", "rank"+strconv.Itoa(rank)+".log"),
+		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil
+	}
+	fmt.Fprintf(f, "--- generation %d, rank %d, %s\n", gen, rank, time.Now().Format(time.RFC3339Nano))
+	return f
+}
+
+// readErrorFile returns the first line of the error torch's @record wrote to
+// TORCHELASTIC_ERROR_FILE, if any.
+func readErrorFile(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var v struct {
+		Message struct {
+			Message string `json:"message"`
+		} `json:"message"`
+	}
+	if json.Unmarshal(b, &v) != nil {
+		return ""
+	}
+	msg, _, _ := strings.Cut(v.Message.Message, "\n")
+	return msg
+}
+
+func signalName(s syscall.Signal) string {
+	if n := sigNames[s]; n != "" {
+		return n
+	}
+	return "signal " + strconv.Itoa(int(s))
+}
+
+var sigNames = map[syscall.Signal]string{
+	syscall.SIGKILL: "SIGKILL", syscall.SIGTERM: "SIGTERM", syscall.SIGINT: "SIGINT",
+	syscall.SIGSEGV: "SIGSEGV", syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS",
+	syscall.SIGHUP: "SIGHUP", syscall.SIGFPE: "SIGFPE", syscall.SIGPIPE: "SIGPIPE",
+	syscall.SIGQUIT: "SIGQUIT", syscall.SIGILL: "SIGILL", syscall.SIGUSR1: "SIGUSR1",
+	syscall.SIGUSR2: "SIGUSR2",
+}

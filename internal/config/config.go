@@ -1,0 +1,104 @@
+// Package config holds the settings of a `bulsajo run` job: a struct with
+// Default() and Validate(), so every check on user input lives in one place.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/chaos"
+)
+
+// Run is one job on one machine.
+type Run struct {
+	Command     []string
+	NProc       int
+	MaxRestarts int
+	RunID       string
+	RunDir      string // default runs/<run-id>
+	MasterAddr  string
+	MasterPort  int // 0: a fresh free port per generation
+	Recovery    string
+
+	ProgressRegex  string
+	HangTimeout    time.Duration // 0: adaptive
+	HangFloor      time.Duration
+	StartupTimeout time.Duration // 0: adaptive
+	StopGrace      time.Duration
+	CrashLoopLimit int
+	Standby        bool
+	Preload        string
+	Chaos          string
+	Python         string // interpreter for a bare `script.py` command
+}
+
+// Default returns the settings used when no flag says otherwise.
+func Default() Run {
+	return Run{
+		NProc:          1,
+		MaxRestarts:    10,
+		MasterAddr:     "127.0.0.1",
+		Recovery:       "restart",
+		HangFloor:      2 * time.Second,
+		StopGrace:      3 * time.Second,
+		CrashLoopLimit: 3,
+		Standby:        true,
+		Python:         "python3",
+	}
+}
+
+// ErrUsage marks errors in what the user asked for (exit code 2).
+var ErrUsage = errors.New("usage")
+
+func usage(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
+}
+
+// Validate checks the settings and resolves the command: a bare `train.py`
+// runs under the Python interpreter, as torchrun does.
+func (r *Run) Validate() error {
+	if len(r.Command) == 0 {
+		return usage("no command to run (example: bulsajo run --nproc-per-node 4 -- python3 train.py)")
+	}
+	if r.NProc < 1 {
+		return usage("--nproc-per-node must be at least 1, got %d", r.NProc)
+	}
+	if r.MaxRestarts < 0 {
+		return usage("--max-restarts must be >= 0, got %d", r.MaxRestarts)
+	}
+	if r.Recovery != "restart" {
+		return usage("--recovery %q: only \"restart\" is available", r.Recovery)
+	}
+	if r.MasterPort < 0 || r.MasterPort > 65535 {
+		return usage("--master-port %d out of range", r.MasterPort)
+	}
+	if r.HangTimeout < 0 || r.StartupTimeout < 0 || r.StopGrace < 0 || r.HangFloor < 0 {
+		return usage("durations must not be negative")
+	}
+	if r.CrashLoopLimit < 1 {
+		return usage("--crash-loop-limit must be at least 1")
+	}
+	if r.ProgressRegex != "" {
+		re, err := regexp.Compile(r.ProgressRegex)
+		if err != nil {
+			return usage("--progress-regex: %v", err)
+		}
+		if re.NumSubexp() < 1 {
+			return usage("--progress-regex needs a group capturing the step number, e.g. 'step (\\d+)'")
+		}
+	}
+	if _, err := chaos.Parse(r.Chaos); err != nil {
+		return usage("--chaos: %v", err)
+	}
+	if strings.HasSuffix(r.Command[0], ".py") {
+		r.Command = append([]string{r.Python}, r.Command...)
+	}
+	if _, err := exec.LookPath(r.Command[0]); err != nil {
+		return usage("command not found: %s", r.Command[0])
+	}
+	return nil
+}

@@ -1,0 +1,341 @@
+// Package coordinator drives the policy: it feeds it the agent's events and
+// clock ticks, carries out its decisions through the agent, and writes every
+// fault and recovery to the event log and the terminal.
+package coordinator
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/agent"
+	"github.com/bulsajo/bulsajo/internal/chaos"
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/policy"
+)
+
+// Config is the coordinator's part of a job.
+type Config struct {
+	RunID      string
+	Policy     policy.Config
+	MasterAddr string
+	MasterPort int // 0: a free port for every generation
+	StopGrace  time.Duration
+	Tick       time.Duration
+	Chaos      chaos.Plan
+	Console    *console.Console
+	Log        *events.Log
+}
+
+// Node is what the coordinator needs from an agent.
+type Node interface {
+	StartGeneration(agent.GenerationSpec) error
+	StopGeneration(gen int, grace time.Duration)
+	Signal(gen, rank int, sig syscall.Signal) error
+	LiveRanks(gen int) []int
+	Culprit(gen int, sampleCPU bool) (rank int, why string)
+	Events() <-chan agent.Event
+}
+
+// Result is how the job ended.
+type Result struct {
+	Outcome policy.Outcome
+	Reason  string
+	Signal  os.Signal // for Interrupted
+	Summary events.Summary
+}
+
+type injected struct {
+	gen  int
+	rank int
+	sig  syscall.Signal
+	at   time.Time
+}
+
+type run struct {
+	cfg     Config
+	node    Node
+	m       *policy.Machine
+	start   time.Time
+	con     *console.Console
+	log     *events.Log
+	chaos   *chaos.Injector
+	inject  *injected
+	running bool // current generation has made progress (chaos waits for it)
+	lastSig os.Signal
+	result  *Result
+
+	exitAt    map[int]time.Time // rank -> exit time, for detection latency
+	stepTimes []time.Duration   // per-step durations, to price rollbacks
+	lastStep  int
+	lastAt    time.Time
+}
+
+// Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
+// one while stopping kills the workers at once.
+func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
+	if cfg.Tick == 0 {
+		cfg.Tick = 100 * time.Millisecond
+	}
+	if cfg.MasterAddr == "" {
+		cfg.MasterAddr = "127.0.0.1"
+	}
+	r := &run{cfg: cfg, node: node, m: policy.New(cfg.Policy), start: time.Now(), con: cfg.Console,
+		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, lastStep: -1}
+	r.record(events.Event{Type: events.RunStarted, RunID: cfg.RunID, WorldSize: cfg.Policy.WorldSize})
+	r.apply(r.m.Step(0, policy.Start{}))
+	tick := time.NewTicker(cfg.Tick)
+	defer tick.Stop()
+	for r.result == nil {
+		select {
+		case s := <-signals:
+			if r.lastSig != nil {
+				r.con.Printf("! second %s: killing workers now", s)
+				r.node.StopGeneration(r.m.Generation(), 0)
+				continue
+			}
+			r.lastSig = s
+			r.con.Printf("! %s: stopping workers", sigName(s))
+			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: sigName(s)}))
+		case ev := <-node.Events():
+			r.handle(ev)
+		case <-tick.C:
+			r.apply(r.m.Step(r.now(), policy.Tick{}))
+			r.maybeInject()
+		}
+	}
+	return *r.result
+}
+
+func (r *run) now() time.Duration { return time.Since(r.start) }
+
+func (r *run) handle(ev agent.Event) {
+	switch e := ev.(type) {
+	case agent.Launched:
+		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen}))
+	case agent.Progress:
+		if e.Gen == r.m.Generation() {
+			r.running = true
+			r.observeStep(e.Step, e.At)
+		}
+		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
+	case agent.Exited:
+		r.exitAt[e.Rank] = e.At
+		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError}))
+	case agent.Stopped:
+		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
+	}
+}
+
+// observeStep keeps per-step durations (job level: the furthest rank).
+func (r *run) observeStep(step int, at time.Time) {
+	if step > r.lastStep {
+		if r.lastStep >= 0 && !r.lastAt.IsZero() && step-r.lastStep < 1000 {
+			d := at.Sub(r.lastAt) / time.Duration(step-r.lastStep)
+			if len(r.stepTimes) < 100000 {
+				r.stepTimes = append(r.stepTimes, d)
+			}
+		}
+		r.lastStep, r.lastAt = step, at
+	}
+}
+
+func (r *run) medianStep() time.Duration {
+	if len(r.stepTimes) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), r.stepTimes...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func (r *run) apply(ds []policy.Decision) {
+	for _, d := range ds {
+		switch d := d.(type) {
+		case policy.Launch:
+			r.launch(d)
+		case policy.Stop:
+			r.running = false
+			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
+		case policy.Fault:
+			r.fault(d)
+		case policy.Recovered:
+			r.con.Printf("↻ generation %d running %d/%d · recovered in %.1f s · rolled back %d steps",
+				d.Gen, r.cfg.Policy.WorldSize, r.cfg.Policy.WorldSize, d.Took.Seconds(), d.RolledBack)
+			r.record(events.Event{Type: events.Recovered, Gen: d.Gen, RecoverMS: ms(d.Took), RolledBack: d.RolledBack})
+		case policy.Finish:
+			r.finish(d)
+		}
+	}
+}
+
+func (r *run) launch(d policy.Launch) {
+	r.running = false
+	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
+	port := r.cfg.MasterPort
+	if port == 0 {
+		var err error
+		if port, err = freePort(r.cfg.MasterAddr); err != nil {
+			r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
+			return
+		}
+	}
+	ranks := make([]int, d.WorldSize)
+	for i := range ranks {
+		ranks[i] = i
+	}
+	spec := agent.GenerationSpec{Gen: d.Gen, RestartCount: d.RestartCount, WorldSize: d.WorldSize, Ranks: ranks,
+		GroupWorldSize: 1, MasterAddr: r.cfg.MasterAddr, MasterPort: port}
+	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize})
+	if err := r.node.StartGeneration(spec); err != nil {
+		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})
+	}
+}
+
+func (r *run) fault(f policy.Fault) {
+	now := time.Now()
+	ev := events.Event{Type: events.FaultDetected, Gen: f.Gen, Cause: string(f.Kind), Detail: f.Detail}
+	if f.Step >= 0 {
+		ev.Step = events.Int(f.Step)
+	}
+	rank, why := f.Rank, ""
+	var detect time.Duration
+	switch f.Kind {
+	case policy.FaultExit:
+		detect = now.Sub(r.exitAt[f.Rank])
+	case policy.FaultHang:
+		detect = f.Silent
+		// A stopped process is the surest sign; then the rank the policy saw
+		// lagging; then CPU use.
+		if cr, cwhy := r.node.Culprit(f.Gen, rank < 0); cr >= 0 {
+			rank, why = cr, cwhy
+		} else if rank >= 0 {
+			why = "behind the other ranks"
+		}
+	}
+	// An injected fault tells us exactly when it happened.
+	if in := r.inject; in != nil && in.gen == f.Gen {
+		detect = now.Sub(in.at)
+		if rank < 0 {
+			rank = in.rank
+		}
+		r.inject = nil
+	}
+	if rank >= 0 {
+		ev.Rank = events.Int(rank)
+	}
+	ev.DetectMS = ms(detect)
+	switch f.Kind {
+	case policy.FaultExit:
+		r.con.Printf("! rank %d exited (%s) · detected in %s", rank, f.Detail, human(detect))
+	case policy.FaultHang:
+		who := "culprit unknown"
+		if rank >= 0 {
+			who = fmt.Sprintf("rank %d", rank)
+			if why != "" {
+				who += ": " + why
+			}
+		}
+		r.con.Printf("! hang: %s · %s · detected in %s", f.Detail, who, human(detect))
+		if why != "" {
+			ev.Detail += "; rank " + fmt.Sprint(rank) + ": " + why
+		}
+	}
+	r.record(ev)
+}
+
+func (r *run) finish(f policy.Finish) {
+	ev := events.Event{Type: events.RunFinished, Outcome: string(f.Outcome), Detail: f.Reason}
+	if s := r.m.JobStep(); s >= 0 {
+		ev.Step = events.Int(s)
+	}
+	// The summary is computed from the log itself, plus this last event.
+	var evs []events.Event
+	if r.log != nil {
+		evs, _ = events.ReadFile(r.logPath())
+	}
+	ev.Time = time.Now()
+	sum := events.Summarize(append(evs, ev), r.medianStep())
+	sum.Outcome = string(f.Outcome)
+	ev.Summary = &sum
+	r.record(ev)
+	switch f.Outcome {
+	case policy.Succeeded:
+		r.con.Printf("✓ done %s", sum.Line())
+	case policy.Interrupted:
+		r.con.Printf("■ stopped %s", sum.Line())
+	default:
+		r.con.Printf("✗ %s: %s", f.Outcome, f.Reason)
+		r.con.Printf("  %s", sum.Line())
+	}
+	r.result = &Result{Outcome: f.Outcome, Reason: f.Reason, Signal: r.lastSig, Summary: sum}
+}
+
+func (r *run) maybeInject() {
+	gen := r.m.Generation()
+	sig, due := r.chaos.Due(r.now(), r.running && r.inject == nil)
+	if !due {
+		return
+	}
+	live := r.node.LiveRanks(gen)
+	if len(live) == 0 {
+		return
+	}
+	rank := r.chaos.Pick(live)
+	if err := r.node.Signal(gen, rank, sig); err != nil {
+		return
+	}
+	r.inject = &injected{gen: gen, rank: rank, sig: sig, at: time.Now()}
+	r.con.Printf("⚡ chaos: %s to rank %d", sigName(sig), rank)
+	r.record(events.Event{Type: events.FaultInjected, Gen: gen, Rank: events.Int(rank), Cause: sigName(sig)})
+}
+
+func (r *run) record(e events.Event) {
+	if r.log == nil {
+		return
+	}
+	if e.RunID == "" {
+		e.RunID = r.cfg.RunID
+	}
+	if err := r.log.Append(e); err != nil {
+		r.con.Printf("! event log: %v", err)
+	}
+}
+
+func (r *run) logPath() string { return r.log.Path() }
+
+func freePort(addr string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func human(d time.Duration) string {
+	if d < time.Second {
+		return fmt.Sprintf("%d ms", d.Milliseconds())
+	}
+	return fmt.Sprintf("%.1f s", d.Seconds())
+}
+
+func sigName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGSTOP:
+		return "SIGSTOP"
+	}
+	return s.String()
+}

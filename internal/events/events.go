@@ -1,0 +1,148 @@
+// Package events is the job's event log: one JSON object a line, fsynced as
+// it is written so that a kill -9 of bulsajo loses nothing already reported,
+// and read back tolerating a torn last line. It also turns the log into the
+// end-of-run summary (goodput and where the lost time went).
+package events
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// Types of events.
+const (
+	RunStarted       = "run_started"
+	GenerationStart  = "generation_started"
+	FaultDetected    = "fault"
+	FaultInjected    = "fault_injected" // by --chaos, so detection latency is exact
+	Recovered        = "recovered"
+	GenerationStop   = "generation_stopped"
+	RunFinished      = "run_finished"
+	StandbyActivated = "standby_activated"
+)
+
+// Event is one line of the log. Fields that do not apply stay empty.
+type Event struct {
+	Time  time.Time `json:"time"`
+	Type  string    `json:"type"`
+	RunID string    `json:"run_id,omitempty"`
+	Gen   int       `json:"gen,omitempty"`
+	// Rank is a pointer so that rank 0 and "no rank" differ.
+	Rank   *int   `json:"rank,omitempty"`
+	Cause  string `json:"cause,omitempty"`
+	Detail string `json:"detail,omitempty"`
+	Step   *int   `json:"step,omitempty"`
+
+	// DetectMS: from the fault (when known: injection, last progress) to its detection.
+	DetectMS float64 `json:"detect_ms,omitempty"`
+	// RecoverMS: from detection to the next generation's first step.
+	RecoverMS  float64 `json:"recover_ms,omitempty"`
+	RolledBack int     `json:"rolled_back_steps,omitempty"`
+	WorldSize  int     `json:"world_size,omitempty"`
+	Outcome    string  `json:"outcome,omitempty"`
+	// Summary is set on run_finished.
+	Summary *Summary `json:"summary,omitempty"`
+}
+
+// Int returns a pointer to n, for Rank and Step.
+func Int(n int) *int { return &n }
+
+// Log appends events to a file, one fsynced line each.
+type Log struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	sink func(Event) // optional second destination (the store)
+}
+
+// Create opens (appending) the log at path.
+func Create(path string) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	return &Log{f: f, path: path}, nil
+}
+
+// Path is the file the log writes.
+func (l *Log) Path() string { return l.path }
+
+// Tee sends every appended event to fn as well (after it is on disk).
+func (l *Log) Tee(fn func(Event)) { l.sink = fn }
+
+// Append writes e as one line and syncs it to disk before returning.
+func (l *Log) Append(e Event) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	b = append(b, '\n')
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.f.Write(b); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	if l.sink != nil {
+		l.sink(e)
+	}
+	return nil
+}
+
+// Close closes the file.
+func (l *Log) Close() error { return l.f.Close() }
+
+// ErrCorrupt reports a bad line that is not the last one.
+var ErrCorrupt = errors.New("events: corrupt line")
+
+// Read parses a log. A torn last line (bulsajo killed mid-write) is dropped;
+// a bad line anywhere else is an error.
+func Read(r io.Reader) ([]Event, error) {
+	var out []Event
+	br := bufio.NewReader(r)
+	lineNo := 0
+	var pendingErr error
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			lineNo++
+			if pendingErr != nil {
+				return out, pendingErr // the bad line was not the last
+			}
+			var e Event
+			if jerr := json.Unmarshal(line, &e); jerr != nil {
+				pendingErr = fmt.Errorf("%w %d: %v", ErrCorrupt, lineNo, jerr)
+			} else {
+				out = append(out, e)
+			}
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+}
+
+// ReadFile reads the log at path.
+func ReadFile(path string) ([]Event, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return Read(f)
+}

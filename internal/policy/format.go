@@ -1,0 +1,34 @@
+package policy
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// String forms of decisions: one line each, used by the scenario transcripts
+// and by debug logging.
+
+func (d Launch) String() string {
+	return fmt.Sprintf("launch gen=%d world=%d restart=%d", d.Gen, d.WorldSize, d.RestartCount)
+}
+
+func (d Stop) String() string { return fmt.Sprintf("stop gen=%d reason=%s", d.Gen, d.Reason) }
+
+func (d Fault) String() string {
+	s := fmt.Sprintf("fault gen=%d kind=%s rank=%d step=%d", d.Gen, d.Kind, d.Rank, d.Step)
+	if d.Silent > 0 {
+		s += " silent=" + round(d.Silent)
+	}
+	return s + " detail=" + strconv.Quote(d.Detail)
+}
+
+func (d Recovered) String() string {
+	return fmt.Sprintf("recovered gen=%d took=%s rolled-back=%d", d.Gen, round(d.Took), d.RolledBack)
+}
+
+func (d Finish) String() string {
+	return fmt.Sprintf("finish outcome=%s reason=%s", d.Outcome, strconv.Quote(d.Reason))
+}
+
+func round(d time.Duration) string { return d.Round(time.Millisecond).String() }

@@ -1,0 +1,439 @@
+// Package policy is bulsajo's decision procedure: a pure state machine that
+// takes events (worker exits, progress, ticks) with the logical time at which
+// they happened and returns decisions (launch a generation, stop one, record a
+// fault, finish). It does no I/O and reads no clock, so the same code is driven
+// by scripted transcripts in tests, by the simulator, and by the coordinator.
+package policy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/health"
+)
+
+// Config is the part of a job's settings the policy decides by.
+type Config struct {
+	WorldSize   int
+	MaxRestarts int
+
+	// Watchdog holds the hang-detection thresholds; its state is the policy's.
+	Watchdog health.Watchdog
+	// StartupTimeout bounds the time from launch to the first progress of a
+	// generation, once the job is known to report progress. 0 = adaptive:
+	// 4 × the slowest startup seen so far, at least MinStartupTimeout, and
+	// InitialStartupTimeout before any startup has been seen.
+	StartupTimeout time.Duration
+	// ProgressExpected says a progress source is configured (e.g. a regex), so
+	// the watchdog is armed from the first generation's launch. Otherwise it
+	// arms itself when the first progress report arrives (the SDK).
+	ProgressExpected bool
+
+	// CrashLoopLimit is how many consecutive generations may fail the same
+	// way without making progress before the job is declared a crash loop.
+	CrashLoopLimit int
+	// CrashLoopWindow: for a job that reports no progress, a generation that
+	// failed sooner than this after launch counts as having made none.
+	CrashLoopWindow time.Duration
+}
+
+// Defaults for Config fields left zero.
+const (
+	InitialStartupTimeout = 5 * time.Minute
+	MinStartupTimeout     = 15 * time.Second
+	DefaultCrashLoopLimit = 3
+	DefaultCrashWindow    = 10 * time.Second
+)
+
+// FaultKind names what was detected.
+type FaultKind string
+
+const (
+	FaultExit FaultKind = "worker_exit"
+	FaultHang FaultKind = "hang"
+)
+
+// Outcome is how a job ended.
+type Outcome string
+
+const (
+	Succeeded   Outcome = "succeeded"
+	Failed      Outcome = "failed"      // restarts exhausted
+	CrashLoop   Outcome = "crash_loop"  // the same failure without progress, repeatedly
+	Interrupted Outcome = "interrupted" // the user stopped it
+)
+
+// ---- inputs ----
+
+// Input is an event fed to the machine.
+type Input interface{ input() }
+
+// Start begins the job.
+type Start struct{}
+
+// Launched: every worker of Gen has been started.
+type Launched struct{ Gen int }
+
+// Exited: one worker ended. Signal is empty for a normal exit.
+type Exited struct {
+	Gen, Rank, Code int
+	Signal          string
+	LastError       string // last line the worker wrote to stderr, if any
+}
+
+// Progress: a worker (Rank, or -1 when unknown) reported Step.
+type Progress struct{ Gen, Rank, Step int }
+
+// Stopped: every worker of Gen has been reaped.
+type Stopped struct{ Gen int }
+
+// Interrupt: the user asked to stop (Ctrl-C, SIGTERM).
+type Interrupt struct{ Signal string }
+
+// Tick: time passed; lets the watchdog fire.
+type Tick struct{}
+
+func (Start) input()     {}
+func (Launched) input()  {}
+func (Exited) input()    {}
+func (Progress) input()  {}
+func (Stopped) input()   {}
+func (Interrupt) input() {}
+func (Tick) input()      {}
+
+// ---- decisions ----
+
+// Decision is something the driver must do or record.
+type Decision interface{ decision() }
+
+// Launch the workers of generation Gen.
+type Launch struct{ Gen, WorldSize, RestartCount int }
+
+// Stop every worker of generation Gen.
+type Stop struct {
+	Gen    int
+	Reason string
+}
+
+// Fault records a detected fault. Rank is -1 when no single rank is to blame.
+// Silent is, for a hang, how long the job had made no progress.
+type Fault struct {
+	Gen    int
+	Kind   FaultKind
+	Rank   int
+	Detail string
+	Step   int // last step the job reached
+	Silent time.Duration
+}
+
+// Recovered: the generation that replaced a faulty one made its first
+// progress (or, for a job without progress reports, was launched).
+// Took is measured from the fault's detection.
+type Recovered struct {
+	Gen        int
+	Took       time.Duration
+	RolledBack int // steps repeated because the script resumed from a checkpoint
+}
+
+// Finish ends the job.
+type Finish struct {
+	Outcome Outcome
+	Reason  string
+}
+
+func (Launch) decision()    {}
+func (Stop) decision()      {}
+func (Fault) decision()     {}
+func (Recovered) decision() {}
+func (Finish) decision()    {}
+
+// ---- machine ----
+
+type phase int
+
+const (
+	idle     phase = iota
+	starting       // Launch issued, waiting for Launched
+	running
+	stopping // Stop issued, waiting for Stopped
+	done
+)
+
+// Machine is the policy state. Use New, then Step for every input.
+type Machine struct {
+	cfg Config
+
+	phase phase
+	gen   int
+
+	launchedAt   time.Duration
+	progressed   bool // the current generation has reported progress
+	everProgress bool // any generation has
+	maxStartup   time.Duration
+	rankStep     map[int]int
+	doneRanks    map[int]bool
+	jobStep      int // highest step the job has reached, across generations
+	genStep      int // highest step reached in the current generation
+
+	// set while a fault's recovery is pending
+	recovering   bool
+	faultAt      time.Duration
+	stepAtFault  int
+	restarts     int
+	sameFailures int
+	lastSig      string
+	finishAfter  *Finish // decided while stopping; emitted on Stopped
+}
+
+// New returns a machine for cfg, filling defaults.
+func New(cfg Config) *Machine {
+	if cfg.CrashLoopLimit == 0 {
+		cfg.CrashLoopLimit = DefaultCrashLoopLimit
+	}
+	if cfg.CrashLoopWindow == 0 {
+		cfg.CrashLoopWindow = DefaultCrashWindow
+	}
+	if cfg.Watchdog.Floor == 0 && cfg.Watchdog.Timeout == 0 {
+		w := health.DefaultWatchdog()
+		w.Timeout = cfg.Watchdog.Timeout
+		cfg.Watchdog = w
+	}
+	return &Machine{cfg: cfg, jobStep: -1}
+}
+
+// Generation is the current generation number (0 before the first launch).
+func (m *Machine) Generation() int { return m.gen }
+
+// Restarts is how many restarts have been decided.
+func (m *Machine) Restarts() int { return m.restarts }
+
+// JobStep is the highest step the job has reached (-1 before any progress).
+func (m *Machine) JobStep() int { return m.jobStep }
+
+// Done reports whether the machine has finished.
+func (m *Machine) Done() bool { return m.phase == done }
+
+// HangThreshold is the watchdog's current threshold.
+func (m *Machine) HangThreshold() time.Duration { return m.cfg.Watchdog.Threshold() }
+
+// Step advances the machine by one input at logical time now.
+func (m *Machine) Step(now time.Duration, in Input) []Decision {
+	if m.phase == done {
+		return nil
+	}
+	switch ev := in.(type) {
+	case Start:
+		if m.phase == idle {
+			return m.launch(now)
+		}
+	case Launched:
+		if ev.Gen == m.gen && m.phase == starting {
+			m.phase = running
+			m.launchedAt = now
+			if m.recovering && !m.cfg.ProgressExpected && !m.everProgress {
+				// No progress reports to wait for: launch is the best we know.
+				return []Decision{m.recovered(now, -1)}
+			}
+		}
+	case Progress:
+		return m.progress(now, ev)
+	case Exited:
+		return m.exited(now, ev)
+	case Tick:
+		return m.tick(now)
+	case Stopped:
+		if ev.Gen == m.gen && m.phase == stopping {
+			if m.finishAfter != nil {
+				m.phase = done
+				return []Decision{*m.finishAfter}
+			}
+			return m.launch(now)
+		}
+	case Interrupt:
+		return m.interrupt(ev)
+	}
+	return nil
+}
+
+func (m *Machine) launch(now time.Duration) []Decision {
+	m.gen++
+	m.phase = starting
+	m.progressed = false
+	m.genStep = -1
+	m.rankStep = map[int]int{}
+	m.doneRanks = map[int]bool{}
+	m.cfg.Watchdog.Reset()
+	return []Decision{Launch{Gen: m.gen, WorldSize: m.cfg.WorldSize, RestartCount: m.gen - 1}}
+}
+
+func (m *Machine) progress(now time.Duration, ev Progress) []Decision {
+	if ev.Gen != m.gen || m.phase != running {
+		return nil
+	}
+	var out []Decision
+	if !m.progressed {
+		m.progressed = true
+		if st := now - m.launchedAt; st > m.maxStartup {
+			m.maxStartup = st
+		}
+		if m.recovering {
+			out = append(out, m.recovered(now, ev.Step))
+		}
+	}
+	m.everProgress = true
+	if ev.Rank >= 0 {
+		if prev, ok := m.rankStep[ev.Rank]; !ok || ev.Step > prev {
+			m.rankStep[ev.Rank] = ev.Step
+		}
+	}
+	// Job-level progress: the highest step any rank has reached in this
+	// generation advanced (steps re-done after a rollback count: they are
+	// the job working). Several ranks reporting the same step count once.
+	if ev.Step > m.genStep {
+		m.genStep = ev.Step
+		m.cfg.Watchdog.Observe(now)
+	}
+	m.jobStep = max(m.jobStep, ev.Step)
+	return out
+}
+
+func (m *Machine) recovered(now time.Duration, firstStep int) Decision {
+	m.recovering = false
+	rb := 0
+	if firstStep >= 0 && m.stepAtFault >= 0 && firstStep <= m.stepAtFault {
+		rb = m.stepAtFault - firstStep + 1
+	}
+	return Recovered{Gen: m.gen, Took: now - m.faultAt, RolledBack: rb}
+}
+
+func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
+	if ev.Gen != m.gen || (m.phase != running && m.phase != starting) {
+		return nil // a stale generation, or the consequence of a stop
+	}
+	if ev.Code == 0 && ev.Signal == "" {
+		m.doneRanks[ev.Rank] = true
+		if len(m.doneRanks) == m.cfg.WorldSize {
+			m.phase = done
+			return []Decision{Finish{Outcome: Succeeded, Reason: "all ranks exited 0"}}
+		}
+		return nil
+	}
+	detail := fmt.Sprintf("exit code %d", ev.Code)
+	if ev.Signal != "" {
+		detail = ev.Signal
+	}
+	sig := detail
+	if ev.LastError != "" {
+		detail += ": " + ev.LastError
+		sig += ": " + ev.LastError
+	}
+	return m.fail(now, Fault{Gen: m.gen, Kind: FaultExit, Rank: ev.Rank, Detail: detail, Step: m.jobStep}, sig)
+}
+
+func (m *Machine) tick(now time.Duration) []Decision {
+	if m.phase != running {
+		return nil
+	}
+	w := &m.cfg.Watchdog
+	if w.Armed() {
+		if stalled, silent := w.Stalled(now); stalled {
+			return m.fail(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: m.laggingRank(),
+				Detail: fmt.Sprintf("no progress for %.1fs (threshold %.1fs)", silent.Seconds(), w.Threshold().Seconds()),
+				Step:   m.jobStep, Silent: silent}, "hang")
+		}
+		return nil
+	}
+	if !m.cfg.ProgressExpected && !m.everProgress {
+		return nil // nothing tells us what progress looks like
+	}
+	if since := now - m.launchedAt; since > m.startupTimeout() {
+		return m.fail(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: -1,
+			Detail: fmt.Sprintf("no progress %.1fs after launch", since.Seconds()),
+			Step:   m.jobStep, Silent: since}, "startup hang")
+	}
+	return nil
+}
+
+func (m *Machine) startupTimeout() time.Duration {
+	if m.cfg.StartupTimeout > 0 {
+		return m.cfg.StartupTimeout
+	}
+	if m.maxStartup == 0 {
+		return InitialStartupTimeout
+	}
+	return max(MinStartupTimeout, 4*m.maxStartup)
+}
+
+// laggingRank names the one rank whose last step is behind all others (it
+// never reached the collective the others wait in), or -1.
+func (m *Machine) laggingRank() int {
+	if len(m.rankStep) < m.cfg.WorldSize || m.cfg.WorldSize < 2 {
+		return -1
+	}
+	low, lowRank, count := 0, -1, 0
+	for r, s := range m.rankStep {
+		switch {
+		case lowRank == -1 || s < low:
+			low, lowRank, count = s, r, 1
+		case s == low:
+			count++
+		}
+	}
+	if count != 1 {
+		return -1
+	}
+	return lowRank
+}
+
+// fail records f and stops the generation; whether a new one follows is
+// decided here, and carried out when the stop completes.
+func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision {
+	madeProgress := m.progressed || (!m.cfg.ProgressExpected && !m.everProgress && now-m.launchedAt >= m.cfg.CrashLoopWindow)
+	if !madeProgress && signature == m.lastSig {
+		m.sameFailures++
+	} else {
+		m.sameFailures = 1
+	}
+	m.lastSig = signature
+	if madeProgress {
+		m.lastSig = "" // a generation that progressed starts the count over
+		m.sameFailures = 0
+	}
+
+	m.phase = stopping
+	out := []Decision{f}
+	switch {
+	case m.sameFailures >= m.cfg.CrashLoopLimit:
+		m.finishAfter = &Finish{Outcome: CrashLoop, Reason: fmt.Sprintf(
+			"crash loop: %d generations in a row failed without progress (rank %d, %s)", m.sameFailures, f.Rank, f.Detail)}
+	case m.restarts >= m.cfg.MaxRestarts:
+		m.finishAfter = &Finish{Outcome: Failed, Reason: fmt.Sprintf(
+			"max restarts (%d) exhausted; last fault: rank %d %s", m.cfg.MaxRestarts, f.Rank, f.Detail)}
+	default:
+		m.restarts++
+		if !m.recovering {
+			// A fault during recovery keeps the first fault's clock and step:
+			// the job has been down since then.
+			m.faultAt = now
+			m.stepAtFault = m.jobStep
+		}
+		m.recovering = true
+	}
+	return append(out, Stop{Gen: m.gen, Reason: string(f.Kind)})
+}
+
+func (m *Machine) interrupt(ev Interrupt) []Decision {
+	fin := &Finish{Outcome: Interrupted, Reason: "stopped by " + ev.Signal}
+	switch m.phase {
+	case idle:
+		m.phase = done
+		return []Decision{*fin}
+	case starting, running:
+		m.phase = stopping
+		m.finishAfter = fin
+		return []Decision{Stop{Gen: m.gen, Reason: "interrupted"}}
+	case stopping:
+		m.finishAfter = fin // still waiting for the stop; then finish
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+# bulsajo standby worker shim.
+#
+# Why this exists: after a fault, the bulsajo agent has to start fresh
+# workers, and each fresh Python worker pays ~1-2 s just for `import torch`
+# before it can even reach init_process_group.  To take that off the recovery
+# critical path the agent starts this shim *before* it is needed:
+#
+#     python3 .../bulsajo/_standby.py SCRIPT ARGS...
+#     python3 .../bulsajo/_standby.py -m MODULE ARGS...
+#
+# The shim preloads heavy modules (env BULSAJO_PRELOAD, comma-separated;
+# default "torch,torch.distributed,torch.nn.parallel"; "" = none), then blocks
+# reading one line from the file descriptor named by env BULSAJO_ACTIVATE_FD.
+# That line is a JSON object {"env": {"NAME": "value", ...}}: the shim applies
+# the env (RANK, MASTER_PORT, BULSAJO_GENERATION, ...) and becomes the user's
+# script exactly as `python3 SCRIPT ARGS` (or `python3 -m MODULE ARGS`) would.
+# EOF before a full line means the agent discarded this standby: exit 0.
+#
+# Exit codes: 2 = usage / protocol error (no args, no BULSAJO_ACTIVATE_FD,
+# unreadable fd, malformed activation); otherwise whatever the target does.
+# Keep this file tiny: it is on the recovery path.
+
+import os
+import sys
+
+
+def _fail(msg):
+    sys.stderr.write("bulsajo standby: %s\n" % msg)
+    sys.stderr.flush()
+    os._exit(2)
+
+
+def _drop_own_dir():
+    # sys.path[0] is this file's directory (python/bulsajo); drop it so that
+    # `bulsajo` and every other module resolve as they would for the target.
+    here = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path
+                   if not (p and os.path.realpath(p) == here)]
+
+
+def _preload():
+    names = os.environ.get("BULSAJO_PRELOAD")
+    if names is None:
+        names = "torch,torch.distributed,torch.nn.parallel"
+    for name in names.split(","):
+        name = name.strip()
+        if not name:
+            continue
+        try:
+            __import__(name)
+        except Exception:
+            pass
+
+
+def _read_activation():
+    """Return the activation line (bytes, without the newline) or None on EOF."""
+    raw = os.environ.get("BULSAJO_ACTIVATE_FD")
+    if raw is None or raw.strip() == "":
+        _fail("BULSAJO_ACTIVATE_FD is not set (this shim is started by the bulsajo agent)")
+    try:
+        fd = int(raw)
+    except ValueError:
+        _fail("BULSAJO_ACTIVATE_FD=%r is not a file descriptor number" % raw)
+    buf = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                import select
+                select.select([fd], [], [])
+                continue
+            if not chunk:
+                return None  # EOF: standby discarded
+            buf += chunk
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                return buf[:nl]
+    except OSError as e:
+        _fail("cannot read activation fd %d: %s" % (fd, e))
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def main():
+    _drop_own_dir()
+    args = sys.argv[1:]
+    if not args or (args[0] == "-m" and len(args) < 2):
+        _fail("usage: _standby.py SCRIPT [ARGS...] | -m MODULE [ARGS...]")
+
+    _preload()
+
+    line = _read_activation()
+    if line is None:
+        sys.exit(0)
+    os.environ.pop("BULSAJO_ACTIVATE_FD", None)
+    os.environ.pop("BULSAJO_PRELOAD", None)
+
+    import json
+    try:
+        msg = json.loads(line.decode("utf-8"))
+        env = msg.get("env") or {}
+        if not isinstance(env, dict):
+            raise ValueError("env is not an object")
+        env = {str(k): str(v) for k, v in env.items()}
+    except Exception as e:
+        _fail("malformed activation %r: %s" % (line[:200], e))
+    os.environ.update(env)
+
+    import runpy
+    if args[0] == "-m":
+        mod = args[1]
+        sys.argv = [mod] + args[2:]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(mod, run_name="__main__", alter_sys=True)
+    else:
+        script = args[0]
+        sys.argv = [script] + args[1:]
+        if not os.path.exists(script):
+            # Same message and exit status as `python3 missing.py`.
+            sys.stderr.write("%s: can't open file %r: [Errno 2] No such file "
+                             "or directory\n" % (sys.executable, os.path.abspath(script)))
+            sys.exit(2)
+        if os.path.isdir(script):
+            # Directory app (__main__.py inside): run_path handles sys.path.
+            runpy.run_path(script, run_name="__main__")
+            return
+        sys.path.insert(0, os.path.dirname(os.path.realpath(script)))
+        _run_file(script)
+
+
+def _run_file(script):
+    # Like runpy.run_path(script, run_name="__main__"), but exactly what
+    # `python3 SCRIPT` does: argv[0] stays as given (run_path would rewrite
+    # it), __file__ is absolute (Python >= 3.9), and the script's module stays
+    # sys.modules["__main__"] (pickling, atexit, multiprocessing spawn).
+    import builtins
+    import io
+    import types
+    from importlib.machinery import SourceFileLoader
+    path = os.path.abspath(script)
+    with io.open_code(path) as f:
+        source = f.read()
+    code = compile(source, path, "exec", dont_inherit=True)
+    mod = types.ModuleType("__main__")
+    mod.__file__ = path
+    mod.__cached__ = None
+    mod.__loader__ = SourceFileLoader("__main__", path)
+    mod.__builtins__ = builtins
+    sys.modules["__main__"] = mod
+    exec(code, mod.__dict__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+// Package e2e runs the real bulsajo binary against real processes: the
+// scripted fake worker (tools/fakeworker) and, where torch is installed, real
+// PyTorch DDP jobs over gloo.
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/events"
+)
+
+var (
+	bulsajoBin string
+	fakeBin    string
+	repoRoot   string
+)
+
+const torchPython = "/usr/bin/python3"
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "bulsajo-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	_, file, _, _ := runtime.Caller(0)
+	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
+	bulsajoBin = filepath.Join(dir, "bulsajo")
+	fakeBin = filepath.Join(dir, "fakeworker")
+	for bin, pkg := range map[string]string{bulsajoBin: "./cmd/bulsajo", fakeBin: "./tools/fakeworker"} {
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// result is one finished bulsajo run.
+type result struct {
+	code   int
+	out    string // stdout and stderr together
+	runDir string
+}
+
+func (r result) events(t *testing.T) []events.Event {
+	t.Helper()
+	evs, err := events.ReadFile(filepath.Join(r.runDir, "events.jsonl"))
+	if err != nil {
+		t.Fatalf("read events: %v", err)
+	}
+	return evs
+}
+
+func (r result) count(typ string, evs []events.Event) int {
+	n := 0
+	for _, e := range evs {
+		if e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// bulsajo runs the binary to completion (or the timeout) in a fresh run dir.
+func bulsajo(t *testing.T, timeout time.Duration, args ...string) result {
+	t.Helper()
+	cmd, out, runDir := startBulsajo(t, args...)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return result{code: exitCode(err), out: out.String(), runDir: runDir}
+	case <-time.After(timeout):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		t.Fatalf("bulsajo %v did not finish in %v; output:\n%s", args, timeout, out.String())
+	}
+	return result{}
+}
+
+// startBulsajo starts `bulsajo run --run-dir DIR ARGS...` in its own process
+// group. The "run" subcommand is implied when args start with a flag.
+func startBulsajo(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string) {
+	t.Helper()
+	runDir := filepath.Join(t.TempDir(), "run")
+	if len(args) > 0 && strings.HasPrefix(args[0], "-") {
+		args = append([]string{"run", "--run-dir", runDir}, args...)
+	}
+	cmd := exec.Command(bulsajoBin, args...)
+	cmd.Dir = t.TempDir()
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	return cmd, out, runDir
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// processesWithEnv lists live (not zombie) processes whose environment holds kv.
+func processesWithEnv(kv string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !bytes.Contains(env, []byte(kv+"\x00")) {
+			continue
+		}
+		if alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// waitNone waits until no process matches kv, failing the test otherwise.
+func waitNone(t *testing.T, kv string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		pids := processesWithEnv(kv)
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			t.Fatalf("orphaned workers still running after %v: %v", within, pids)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitFor polls cond until it holds or the time runs out.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func requireTorch(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("real PyTorch test skipped in -short mode")
+	}
+	if err := exec.Command(torchPython, "-c", "import torch.distributed").Run(); err != nil {
+		t.Fatalf("PyTorch is required (apt-get install -y python3-torch; `make test` does this): %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
