@@ -608,6 +608,10 @@ def fmt(x, spec="%.1f", none="—"):
     return none if x is None else spec % x
 
 
+def short_ms(x):
+    return "%.1f" % x if x < 10 else "%.0f" % x
+
+
 def aggregate(runs, cfg):
     groups = {}
     for r in runs:
@@ -622,8 +626,8 @@ def aggregate(runs, cfg):
             "wall_s_all": [r["wall_s"] for r in rs],
             "faults": med([r["faults_injected"] for r in rs]),
             "to_resumed_s_median": med([i.get("to_resumed_s") for i in injs]),
-            "to_resumed_s_max": max([i["to_resumed_s"] for i in injs if i.get("to_resumed_s") is not None] or [None],
-                                    key=lambda x: -1 if x is None else x),
+            "to_resumed_s_max": max([i["to_resumed_s"] for i in injs
+                                     if i.get("to_resumed_s") is not None] or [None]),
             "loss": fin[0]["loss"] if fin else None,
             "params_sha256": sorted({r["params_sha256"] for r in fin}) if fin else [],
         }
@@ -651,7 +655,7 @@ def aggregate(runs, cfg):
             if a["faults"]:
                 a["per_fault_cost_s"] = (a["wall_s"] - base) / a["faults"]
         ff = agg.get((launcher, "fault-free"), {}).get("params_sha256") or []
-        a["params_match_fault_free"] = (bool(ff) and a["params_sha256"] == ff) if a["params_sha256"] else None
+        a["params_match_fault_free"] = (a["params_sha256"] == ff) if (ff and a["params_sha256"]) else None
     overhead = None
     t = agg.get(("torchrun", "fault-free"), {}).get("wall_s")
     b = agg.get(("bulsajo", "fault-free"), {}).get("wall_s")
@@ -678,9 +682,10 @@ def render(machine, cfg, agg, overhead):
                 cfg.seed, cfg.repeat))
     L.append("")
     L.append("| launcher | scenario | finished | wall s | faults | goodput | s lost / fault "
-             "| fault→resumed s (med / max) | detect ms (med / max) | recover ms (med / max) "
+             "| fault→resumed s (med / max) | signal→fault event ms (med / max) "
+             "| detect_ms (med / max) | recover_ms (med / max) "
              "| final loss | params sha256 | = fault-free |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = [(l, s) for s in SCENARIOS for l in LAUNCHERS]
     for key in order:
         a = agg.get(key)
@@ -695,35 +700,31 @@ def render(machine, cfg, agg, overhead):
         res = "—"
         if a["to_resumed_s_median"] is not None:
             res = "%.1f / %.1f" % (a["to_resumed_s_median"], a["to_resumed_s_max"])
-        det = rcv = "—"
+        sig = det = rcv = "—"
         if a["launcher"] == "bulsajo":
-            if a["scenario"] == "sigstop" and a.get("injection_to_fault_event_ms_median") is not None:
-                det = "%.0f / %.0f ‡" % (a["injection_to_fault_event_ms_median"],
-                                         a["injection_to_fault_event_ms_max"])
-            elif a.get("detect_ms_median") is not None:
-                det = "%.0f / %.0f" % (a["detect_ms_median"], a["detect_ms_max"])
+            if a.get("injection_to_fault_event_ms_median") is not None:
+                sig = "%.0f / %.0f" % (a["injection_to_fault_event_ms_median"],
+                                       a["injection_to_fault_event_ms_max"])
+            if a.get("detect_ms_median") is not None:
+                det = "%s / %s" % (short_ms(a["detect_ms_median"]), short_ms(a["detect_ms_max"]))
             if a.get("recover_ms_median") is not None:
                 rcv = "%.0f / %.0f" % (a["recover_ms_median"], a["recover_ms_max"])
         h = ", ".join(x[:12] for x in a["params_sha256"]) or "—"
         match = {True: "yes", False: "**no**", None: "—"}[a["params_match_fault_free"]]
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             a["launcher"], a["scenario"], fin, wall, fmt(a["faults"], "%g"),
-            fmt(a["goodput"], "%.2f"), fmt(a["per_fault_cost_s"], "%.1f"), res, det, rcv,
+            fmt(a["goodput"], "%.2f"), fmt(a["per_fault_cost_s"], "%.1f"), res, sig, det, rcv,
             a["loss"] or "—", h, match))
     L.append("")
     if overhead is not None:
         L.append("Fault-free overhead of bulsajo vs torchrun: %+.1f%% (bulsajo %.1f s / torchrun %.1f s − 1)."
                  % (100 * overhead, agg[("bulsajo", "fault-free")]["wall_s"],
                     agg[("torchrun", "fault-free")]["wall_s"]))
-    ks = agg.get(("bulsajo", "sigkill"))
-    if ks and ks.get("injection_to_fault_event_ms_median") is not None:
-        L.append("bulsajo SIGKILL → fault event, measured by the harness: median %.0f ms, max %.0f ms."
-                 % (ks["injection_to_fault_event_ms_median"], ks["injection_to_fault_event_ms_max"]))
     ss = agg.get(("bulsajo", "sigstop"))
     if ss and ss.get("injection_to_fault_event_ms_median") is not None:
-        L.append("‡ bulsajo SIGSTOP detection: from the harness's SIGSTOP to bulsajo's fault event "
-                 "(median %.1f s, max %.1f s)." % (ss["injection_to_fault_event_ms_median"] / 1000,
-                                                  ss["injection_to_fault_event_ms_max"] / 1000))
+        L.append("bulsajo SIGSTOP detection (harness's SIGSTOP → bulsajo's fault event): "
+                 "median %.2f s, max %.2f s." % (ss["injection_to_fault_event_ms_median"] / 1000,
+                                                ss["injection_to_fault_event_ms_max"] / 1000))
     L.append("")
     return "\n".join(L)
 

@@ -258,6 +258,10 @@ func (a *Agent) StopGeneration(gen int, grace time.Duration) {
 		sig = syscall.SIGKILL
 	}
 	for _, w := range g.workers {
+		// What a stopping generation prints (survivors' tracebacks from the
+		// broken collective) goes to the rank logs only: the terminal keeps
+		// the fault line and the failing rank's own error.
+		w.quiet.Store(true)
 		if !w.hasExited() {
 			signalGroup(w.pid, sig)
 			signalGroup(w.pid, syscall.SIGCONT)
@@ -384,6 +388,8 @@ type worker struct {
 	pid       int
 	activate  func(env map[string]string) error // nil for a direct start
 	discardFn func()
+
+	quiet atomic.Bool // output to the rank log only
 
 	mu      sync.Mutex
 	gen     int
@@ -526,7 +532,9 @@ func (w *worker) line(text string, isErr bool) {
 	if rank >= 0 {
 		prefix = "[rank" + strconv.Itoa(rank) + "] "
 	}
-	w.a.cfg.Console.Line(prefix, text)
+	if !w.quiet.Load() {
+		w.a.cfg.Console.Line(prefix, text)
+	}
 	if log != nil {
 		log.WriteString(text + "\n")
 	}

@@ -1,0 +1,286 @@
+"""Tests for the standby worker shim python/bulsajo/_standby.py, run as a real
+subprocess with a real pipe as its activation fd.
+
+Run from the repository root:
+    PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests -t python
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIM = os.path.join(PYDIR, "bulsajo", "_standby.py")
+
+# The target script reports what it sees as one JSON line on stdout.
+PROBE = textwrap.dedent("""\
+    import json, os, sys
+    fd_closed = None
+    if os.environ.get("CHECK_FD"):
+        try:
+            os.fstat(int(os.environ["CHECK_FD"]))
+            fd_closed = False
+        except OSError:
+            fd_closed = True
+    try:
+        import bulsajo
+        bulsajo_file = bulsajo.__file__
+    except ImportError:
+        bulsajo_file = None
+    print(json.dumps({
+        "argv": sys.argv,
+        "name": __name__,
+        "file": __file__,
+        "path0": sys.path[0],
+        "path": sys.path,
+        "main_is_me": sys.modules["__main__"].__dict__ is globals(),
+        "env": {k: os.environ.get(k) for k in
+                ("RANK", "WORLD_SIZE", "FOO", "EMPTY", "BULSAJO_ACTIVATE_FD",
+                 "BULSAJO_PRELOAD", "KEEP")},
+        "modules": [m for m in ("colorsys", "torch", "torch.distributed",
+                                "torch.nn.parallel") if m in sys.modules],
+        "fd_closed": fd_closed,
+        "bulsajo_file": bulsajo_file,
+    }))
+    sys.stdout.flush()
+    if os.environ.get("RAISE"):
+        raise ValueError(os.environ["RAISE"])
+    if os.environ.get("MARKER"):
+        open(os.environ["MARKER"], "w").close()
+    sys.exit(int(os.environ.get("EXIT_CODE", "0")))
+""")
+
+
+class StandbyTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="bulsajo-standby-")
+        self.script = os.path.join(self.tmp, "probe.py")
+        with open(self.script, "w") as f:
+            f.write(PROBE)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def base_env(self, **extra):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("BULSAJO_") and k not in ("RANK", "PYTHONPATH")}
+        env["PYTHONPATH"] = PYDIR
+        env["BULSAJO_PRELOAD"] = ""
+        env.update(extra)
+        return env
+
+    def start(self, args, env=None, cwd=None, with_fd=True):
+        """Start the shim; return (proc, write end of the activation pipe or None)."""
+        env = self.base_env() if env is None else env
+        if not with_fd:
+            p = subprocess.Popen([sys.executable, SHIM] + args, env=env, cwd=cwd,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return p, None
+        r, w = os.pipe()
+        env["BULSAJO_ACTIVATE_FD"] = str(r)
+        try:
+            p = subprocess.Popen([sys.executable, SHIM] + args, env=env, cwd=cwd,
+                                 pass_fds=(r,), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        finally:
+            os.close(r)
+        self.fd_number = r
+        return p, w
+
+    def finish(self, p, w=None, data=None, timeout=60):
+        if w is not None:
+            if data is not None:
+                os.write(w, data)
+            os.close(w)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
+        return p.returncode, out.decode(), err.decode()
+
+    def activate(self, args, env_vars, env=None, cwd=None):
+        p, w = self.start(args, env=env, cwd=cwd)
+        env_vars = dict(env_vars)
+        env_vars.setdefault("CHECK_FD", str(self.fd_number))
+        line = json.dumps({"env": env_vars}).encode() + b"\n"
+        return self.finish(p, w, line)
+
+    @staticmethod
+    def report(out):
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        assert len(lines) == 1, out
+        return json.loads(lines[0])
+
+    # --- script mode -----------------------------------------------------
+
+    def test_env_argv_and_path(self):
+        rc, out, err = self.activate([self.script, "--steps", "3", "a b"],
+                                     {"RANK": "3", "WORLD_SIZE": "8", "FOO": "bar=baz",
+                                      "EMPTY": ""},
+                                     env=self.base_env(KEEP="kept"))
+        self.assertEqual(rc, 0, err)
+        r = self.report(out)
+        self.assertEqual(r["argv"], [self.script, "--steps", "3", "a b"])
+        self.assertEqual(r["name"], "__main__")
+        self.assertTrue(r["main_is_me"])
+        self.assertEqual(r["file"], os.path.abspath(self.script))
+        self.assertEqual(r["path0"], os.path.dirname(os.path.realpath(self.script)))
+        shim_dir = os.path.dirname(os.path.realpath(SHIM))
+        self.assertNotIn(shim_dir, [os.path.realpath(p) for p in r["path"] if p])
+        self.assertEqual(r["env"]["RANK"], "3")
+        self.assertEqual(r["env"]["WORLD_SIZE"], "8")
+        self.assertEqual(r["env"]["FOO"], "bar=baz")
+        self.assertEqual(r["env"]["EMPTY"], "")
+        self.assertEqual(r["env"]["KEEP"], "kept")  # the standby's own env survives
+        self.assertIsNone(r["env"]["BULSAJO_ACTIVATE_FD"])
+        self.assertIsNone(r["env"]["BULSAJO_PRELOAD"])
+        self.assertTrue(r["fd_closed"])
+        # `import bulsajo` resolves to the package, not to something in its dir
+        self.assertEqual(os.path.realpath(r["bulsajo_file"]),
+                         os.path.realpath(os.path.join(PYDIR, "bulsajo", "__init__.py")))
+        self.assertEqual(r["modules"], [])  # BULSAJO_PRELOAD="" preloads nothing
+
+    def test_matches_plain_python(self):
+        """argv, __file__ and sys.path[0] are what `python3 probe.py ARGS` gives."""
+        link_dir = os.path.join(self.tmp, "link")
+        os.symlink(self.tmp, link_dir)
+        rel = os.path.join("link", "probe.py")  # relative and through a symlink
+        env = self.base_env()
+        plain = subprocess.run([sys.executable, rel, "x", "-m", "y"], cwd=self.tmp,
+                               env=env, capture_output=True, timeout=60)
+        self.assertEqual(plain.returncode, 0, plain.stderr)
+        want = self.report(plain.stdout.decode())
+        rc, out, err = self.activate([rel, "x", "-m", "y"], {}, cwd=self.tmp)
+        self.assertEqual(rc, 0, err)
+        got = self.report(out)
+        for key in ("argv", "name", "file", "path0", "main_is_me"):
+            self.assertEqual(got[key], want[key], key)
+        self.assertEqual(got["argv"][0], rel)
+
+    def test_exit_code_propagates(self):
+        rc, out, err = self.activate([self.script], {"EXIT_CODE": "7"})
+        self.assertEqual(rc, 7, err)
+        self.report(out)
+
+    def test_exception_exits_1_with_traceback(self):
+        rc, out, err = self.activate([self.script], {"RAISE": "boom-42"})
+        self.assertEqual(rc, 1)
+        self.assertIn("Traceback", err)
+        self.assertIn("ValueError: boom-42", err)
+        self.assertIn(os.path.abspath(self.script), err)
+
+    def test_missing_script_like_python(self):
+        rc, out, err = self.activate([os.path.join(self.tmp, "nope.py")], {})
+        self.assertEqual(rc, 2)
+        self.assertIn("can't open file", err)
+
+    def test_waits_for_activation_split_writes(self):
+        marker = os.path.join(self.tmp, "ran")
+        p, w = self.start([self.script])
+        time.sleep(0.5)
+        self.assertIsNone(p.poll(), "standby must wait for its activation")
+        self.assertFalse(os.path.exists(marker))
+        line = json.dumps({"env": {"RANK": "1", "MARKER": marker}}).encode() + b"\n"
+        os.write(w, line[:5])
+        time.sleep(0.2)
+        self.assertIsNone(p.poll(), "a partial line must not activate")
+        os.write(w, line[5:] + b"ignored trailing data\n")
+        rc, out, err = self.finish(p, w)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.report(out)["env"]["RANK"], "1")
+        self.assertTrue(os.path.exists(marker))
+
+    # --- discard / errors -------------------------------------------------
+
+    def test_eof_exits_0_without_running(self):
+        marker = os.path.join(self.tmp, "ran")
+        p, w = self.start([self.script], env=self.base_env(MARKER=marker))
+        rc, out, err = self.finish(p, w)  # close without writing
+        self.assertEqual((rc, out, err), (0, "", ""))
+        self.assertFalse(os.path.exists(marker))
+
+    def test_partial_line_then_eof_exits_0(self):
+        marker = os.path.join(self.tmp, "ran")
+        p, w = self.start([self.script], env=self.base_env(MARKER=marker))
+        rc, out, err = self.finish(p, w, b'{"env": {"RANK": "1"}}')  # no newline
+        self.assertEqual((rc, out, err), (0, "", ""))
+        self.assertFalse(os.path.exists(marker))
+
+    def test_missing_fd_env_exits_2(self):
+        p, _ = self.start([self.script], with_fd=False)
+        rc, out, err = self.finish(p)
+        self.assertEqual(rc, 2)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("BULSAJO_ACTIVATE_FD", err)
+
+    def test_no_args_exits_2(self):
+        for args in ([], ["-m"]):
+            p, w = self.start(args)
+            rc, out, err = self.finish(p, w, b'{"env": {}}\n')
+            self.assertEqual(rc, 2, args)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            self.assertIn("usage", err)
+
+    def test_malformed_activation_exits_2(self):
+        for line in (b"not json\n", b'{"env": ["A"]}\n'):
+            p, w = self.start([self.script])
+            rc, out, err = self.finish(p, w, line)
+            self.assertEqual(rc, 2, line)
+            self.assertEqual(out, "")
+
+    # --- module mode -------------------------------------------------------
+
+    def test_module_mode(self):
+        pkg = os.path.join(self.tmp, "mypkg")
+        os.mkdir(pkg)
+        open(os.path.join(pkg, "__init__.py"), "w").close()
+        shutil.copy(self.script, os.path.join(pkg, "train.py"))
+        rc, out, err = self.activate(["-m", "mypkg.train", "--lr", "0.1"],
+                                     {"RANK": "5", "EXIT_CODE": "3"}, cwd=self.tmp)
+        self.assertEqual(rc, 3, err)
+        r = self.report(out)
+        # like `python3 -m mypkg.train --lr 0.1`
+        self.assertEqual(r["argv"], [os.path.join(self.tmp, "mypkg", "train.py"),
+                                     "--lr", "0.1"])
+        self.assertEqual(r["name"], "__main__")
+        self.assertEqual(r["path0"], self.tmp)
+        self.assertEqual(r["env"]["RANK"], "5")
+        self.assertTrue(r["fd_closed"])
+
+    # --- preload ------------------------------------------------------------
+
+    def test_preload_named_modules_and_ignore_failures(self):
+        with open(os.path.join(self.tmp, "badmod.py"), "w") as f:
+            f.write("raise ValueError('broken at import')\n")
+        env = self.base_env(BULSAJO_PRELOAD="colorsys, no_such_module_xyz,badmod,")
+        env["PYTHONPATH"] = PYDIR + os.pathsep + self.tmp
+        rc, out, err = self.activate([self.script], {}, env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.report(out)["modules"], ["colorsys"])
+
+    def test_default_preload_imports_torch(self):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            self.skipTest("torch not installed for this interpreter")
+        env = self.base_env()
+        del env["BULSAJO_PRELOAD"]
+        p, w = self.start([self.script], env=env)
+        time.sleep(0.2)
+        rc, out, err = self.finish(p, w, b'{"env": {}}\n', timeout=120)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.report(out)["modules"],
+                         ["torch", "torch.distributed", "torch.nn.parallel"])
+
+
+if __name__ == "__main__":
+    unittest.main()

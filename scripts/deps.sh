@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need on a fresh Debian 12 machine:
+# PyTorch from Debian (no PyPI here). Go modules come through `go build`.
+set -euo pipefail
+PYTHON=${PYTHON:-/usr/bin/python3}
+missing=()
+"$PYTHON" -c 'import torch.distributed' 2>/dev/null || missing+=(python3-torch)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps: need ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
