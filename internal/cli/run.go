@@ -25,6 +25,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/policy"
+	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/python"
 )
 
@@ -156,6 +157,8 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	st := store.NewMemory() // one machine: the embedded store lives in this process
+	defer st.Close()
 	plan, _ := chaos.Parse(c.Chaos) // validated
 	wd := health.DefaultWatchdog()
 	wd.Floor, wd.Timeout = c.HangFloor, c.HangTimeout
@@ -170,7 +173,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 			StartupTimeout: c.StartupTimeout, ProgressExpected: re != nil, CrashLoopLimit: c.CrashLoopLimit,
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
-		Chaos: plan, Console: con, Log: log,
+		Chaos: plan, Console: con, Log: log, Store: st,
 	}, ag, sigs)
 
 	switch res.Outcome {

@@ -4,6 +4,8 @@
 package coordinator
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/policy"
+	"github.com/bulsajo/bulsajo/internal/store"
 )
 
 // Config is the coordinator's part of a job.
@@ -29,6 +32,10 @@ type Config struct {
 	Chaos      chaos.Plan
 	Console    *console.Console
 	Log        *events.Log
+	// Store receives the job's state: every event under
+	// /bulsajo/runs/ID/events/SEQ and the current generation under
+	// /bulsajo/runs/ID/generation. Optional.
+	Store store.Store
 }
 
 // Node is what the coordinator needs from an agent.
@@ -73,6 +80,7 @@ type run struct {
 	stepTimes []time.Duration   // per-step durations, to price rollbacks
 	lastStep  int
 	lastAt    time.Time
+	seq       int // events written to the store
 }
 
 // Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
@@ -304,7 +312,17 @@ func (r *run) record(e events.Event) {
 	if err := r.log.Append(e); err != nil {
 		r.con.Printf("! event log: %v", err)
 	}
+	if r.cfg.Store != nil {
+		r.seq++
+		b, _ := json.Marshal(e)
+		r.cfg.Store.Put(context.Background(), fmt.Sprintf("%s/events/%08d", r.prefix(), r.seq), b)
+		if e.Type == events.GenerationStart {
+			r.cfg.Store.Put(context.Background(), r.prefix()+"/generation", b)
+		}
+	}
 }
+
+func (r *run) prefix() string { return "/bulsajo/runs/" + r.cfg.RunID }
 
 func (r *run) logPath() string { return r.log.Path() }
 

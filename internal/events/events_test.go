@@ -226,16 +226,72 @@ func TestReadFileTornTail(t *testing.T) {
 		t.Errorf("got %d events (%+v), want the 3 whole ones", len(got), got)
 	}
 
-	// An event appended after the torn one makes it a corrupt middle line.
-	if err := l.Append(evs[3]); err != nil {
+	// A damaged line that is followed by a whole one is corruption, not a tear.
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = ReadFile(path)
+	if _, err := f.WriteString("\n" + `{"time":"2025-03-01T12:00:20Z","type":"run_finished"}` + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, err = ReadFile(path)
 	if !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("ReadFile with corrupt middle line: %v, want ErrCorrupt", err)
 	}
 	if !strings.Contains(err.Error(), "line 4") {
 		t.Errorf("error %q does not name line 4", err)
+	}
+	if len(got) != 3 {
+		t.Errorf("ReadFile returned %d events before the corrupt line, want 3", len(got))
+	}
+}
+
+// BUG: Create opens an existing log for appending, and a log whose writer was
+// killed mid-line ends in a torn line. Appending to such a log glues the next
+// event onto the torn fragment: the new event is lost (the merged line is a
+// "torn last line" and is dropped), and once one more event follows, the
+// merged line sits in the middle and the whole log reads as ErrCorrupt.
+func TestCreateAfterTornTailKeepsNewEvents(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	l, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := sampleEvents()
+	for _, e := range evs[:2] {
+		if err := l.Append(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	// The first bulsajo is SIGKILLed halfway through writing an event.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"time":"2025-03-01T12:00:10Z","type":"fau`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	// The run is started again with the same run dir.
+	l, err = Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, e := range evs[2:4] {
+		if err := l.Append(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := ReadFile(path)
+	if err != nil {
+		t.Fatalf("ReadFile after appending to a torn log: %v", err)
+	}
+	if len(got) != 4 {
+		t.Fatalf("ReadFile = %d events, want the 2 before the tear and the 2 appended after", len(got))
 	}
 }
 

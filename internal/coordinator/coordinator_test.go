@@ -1,0 +1,105 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/agent"
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/policy"
+	"github.com/bulsajo/bulsajo/internal/store"
+)
+
+// scriptedNode is a Node whose workers exist only as events: a unit-test
+// double for the coordinator's wiring (the real agent is tested end to end).
+type scriptedNode struct {
+	mu     sync.Mutex
+	ev     chan agent.Event
+	specs  []agent.GenerationSpec
+	stops  []int
+	onGen  func(n *scriptedNode, spec agent.GenerationSpec)
+	signal []syscall.Signal
+}
+
+func (n *scriptedNode) StartGeneration(s agent.GenerationSpec) error {
+	n.mu.Lock()
+	n.specs = append(n.specs, s)
+	n.mu.Unlock()
+	go n.onGen(n, s)
+	return nil
+}
+
+func (n *scriptedNode) StopGeneration(gen int, _ time.Duration) {
+	n.mu.Lock()
+	n.stops = append(n.stops, gen)
+	n.mu.Unlock()
+	go func() { n.ev <- agent.Stopped{Gen: gen, At: time.Now()} }()
+}
+
+func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
+func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
+func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }
+func (n *scriptedNode) Events() <-chan agent.Event            { return n.ev }
+
+func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {
+	node := &scriptedNode{ev: make(chan agent.Event, 64), onGen: func(n *scriptedNode, s agent.GenerationSpec) {
+		now := time.Now()
+		n.ev <- agent.Launched{Gen: s.Gen, At: now}
+		for r := 0; r < s.WorldSize; r++ {
+			n.ev <- agent.Progress{Gen: s.Gen, Rank: r, Step: 5, At: now}
+		}
+		if s.Gen == 1 {
+			n.ev <- agent.Exited{Gen: 1, Rank: 1, Code: 137, Signal: "SIGKILL", At: time.Now()}
+			return
+		}
+		for r := 0; r < s.WorldSize; r++ {
+			n.ev <- agent.Exited{Gen: s.Gen, Rank: r, At: time.Now()}
+		}
+	}}
+	dir := t.TempDir()
+	log, err := events.Create(filepath.Join(dir, "events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := store.NewMemory()
+	res := Run(Config{RunID: "t", Policy: policy.Config{WorldSize: 2, MaxRestarts: 3},
+		Console: console.New(io.Discard), Log: log, Store: st}, node, nil)
+	if res.Outcome != policy.Succeeded {
+		t.Fatalf("outcome %v (%s)", res.Outcome, res.Reason)
+	}
+	if len(node.specs) != 2 || node.specs[1].RestartCount != 1 || node.specs[0].MasterPort == 0 {
+		t.Fatalf("specs %+v: want 2 generations, the second with restart count 1", node.specs)
+	}
+	if len(node.stops) != 1 || node.stops[0] != 1 {
+		t.Errorf("stops %v, want [1]", node.stops)
+	}
+	evs, err := events.ReadFile(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fault events.Event
+	for _, e := range evs {
+		if e.Type == events.FaultDetected {
+			fault = e
+		}
+	}
+	if fault.Rank == nil || *fault.Rank != 1 || fault.Detail != "SIGKILL" || fault.DetectMS < 0 {
+		t.Errorf("fault %+v: want rank 1 SIGKILL with a detection latency", fault)
+	}
+	stored, _ := st.List(context.Background(), "/bulsajo/runs/t/events/")
+	if len(stored) != len(evs) {
+		t.Errorf("%d events in the store, %d in the log", len(stored), len(evs))
+	}
+	gen, err := st.Get(context.Background(), "/bulsajo/runs/t/generation")
+	var g events.Event
+	if err != nil || json.Unmarshal(gen.Value, &g) != nil || g.Gen != 2 {
+		t.Errorf("stored generation %s (%v), want gen 2", gen.Value, err)
+	}
+}
