@@ -221,7 +221,7 @@ func TestIsListening(t *testing.T) {
 		t.Errorf("isListening(%d) = true after the listener closed", port)
 	}
 
-	// A port something is connected to but nothing listens on.
+	// A port freed before it is probed at all.
 	ln2, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

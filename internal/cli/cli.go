@@ -83,8 +83,8 @@ func isCobraUsage(err error) bool {
 		return false
 	}
 	s := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires ", "invalid argument"} {
-		if strings.Contains(s, p) {
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires "} {
+		if strings.HasPrefix(s, p) {
 			return true
 		}
 	}

@@ -58,6 +58,8 @@ func usage(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
 }
 
+var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
 // Validate checks the settings and resolves the command: a bare `train.py`
 // runs under the Python interpreter, as torchrun does.
 func (r *Run) Validate() error {
@@ -69,6 +71,9 @@ func (r *Run) Validate() error {
 	}
 	if r.MaxRestarts < 0 {
 		return usage("--max-restarts must be >= 0, got %d", r.MaxRestarts)
+	}
+	if r.RunID != "" && (!runIDPattern.MatchString(r.RunID) || r.RunID == "." || r.RunID == "..") {
+		return usage("--run-id %q: use 1-64 letters, digits, '.', '_' or '-'", r.RunID)
 	}
 	if r.Recovery != "restart" {
 		return usage("--recovery %q: only \"restart\" is available", r.Recovery)

@@ -62,11 +62,19 @@ type Log struct {
 	sink func(Event) // optional second destination (the store)
 }
 
-// Create opens (appending) the log at path.
+// Create opens (appending) the log at path. A torn last line left by a
+// killed writer is cut off first: that event was never fully reported, and
+// appending after it would glue the next event onto the fragment.
 func Create(path string) (*Log, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("events: %w", err)
+	}
+	if b, err := os.ReadFile(path); err == nil && len(b) > 0 && b[len(b)-1] != '\n' {
+		if err := f.Truncate(int64(bytes.LastIndexByte(b, '\n') + 1)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("events: cut torn line: %w", err)
+		}
 	}
 	return &Log{f: f, path: path}, nil
 }

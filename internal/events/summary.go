@@ -33,7 +33,8 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 	for _, e := range evs {
 		switch e.Type {
 		case RunStarted:
-			start = e.Time
+			// A run dir used again: account the latest run only.
+			s, start, end = Summary{}, e.Time, e.Time
 		case GenerationStart:
 			s.Generations++
 		case FaultDetected:
