@@ -288,6 +288,23 @@ def find_workers(sid, script):
     return out
 
 
+def session_snapshot(sid):
+    """pid, ppid, state, wchan and command of every process in session sid."""
+    out = []
+    for pid in session_members(sid):
+        st = proc_stat(pid)
+        try:
+            with open("/proc/%d/wchan" % pid) as f:
+                wchan = f.read().strip()
+        except OSError:
+            wchan = None
+        env, how = worker_env(pid)
+        out.append({"pid": pid, "ppid": st[0] if st else None, "state": st[3] if st else None,
+                    "wchan": wchan, "rank": (env or {}).get("RANK"),
+                    "cmd": " ".join(proc_cmdline(pid))[:300]})
+    return out
+
+
 def kill_session(sid, pgid=None):
     """SIGKILL every process of session sid (and pgid); return how many were left."""
     left = 0
@@ -476,6 +493,7 @@ def run_one(cfg, launcher, scenario, rep, workdir):
                 while next_at <= time.monotonic() - t0:
                     next_at += every
     finally:
+        snapshot = session_snapshot(p.pid) if timed_out else None
         stragglers = kill_session(p.pid, p.pid)
         done.wait(10)
         rt.join(10)
@@ -492,6 +510,8 @@ def run_one(cfg, launcher, scenario, rep, workdir):
         "faults_injected": len(injections), "injections": injections,
         # processes still in the launcher's session after it exited by itself
         "stragglers_after_exit": 0 if timed_out else stragglers,
+        # what was left when the run was capped: which process hung, and where
+        "processes_at_timeout": snapshot,
     }
     donem = None
     for _t, _w, text in lines:

@@ -42,6 +42,7 @@ type Config struct {
 	Preload       string         // modules a standby imports; "" = the shim's default
 	StopGrace     time.Duration  // SIGTERM to SIGKILL
 	Console       *console.Console
+	Live          bool // workers use the SDK's live recovery (BULSAJO_RECOVERY=live)
 }
 
 // Events the agent reports.
@@ -88,6 +89,7 @@ type Agent struct {
 	quit         chan struct{}
 	progress     *net.UnixConn
 	progressAddr string
+	ctl          *control
 
 	mu            sync.Mutex
 	gens          map[int]*generation
@@ -124,6 +126,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: progress endpoint: %w", err)
 	}
 	a.progress = conn
+	if err := a.startControl(); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	a.base = a.baseEnv()
 	if cfg.Standby {
 		a.shim = shimArgs(cfg.Command, cfg.SDKDir)
@@ -190,7 +196,7 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 				a.noStagger.Store(true) // this script meets some other way
 			}
 		}
-		if err := a.startSlot(g, spec, slot); err != nil {
+		if err := a.startSlot(g, spec, slot, a.rankEnv(spec, slot), false); err != nil {
 			a.mu.Lock()
 			g.remaining -= len(order) - i // slots that will never run
 			a.mu.Unlock()
@@ -208,16 +214,15 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 // rendezvousWait caps how long the other ranks wait for rank 0's store.
 const rendezvousWait = 2 * time.Second
 
-// startSlot starts one slot's worker, from a waiting shim process when
-// there is one.
-func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int) error {
+// startSlot starts the worker of one slot with env, from a waiting shim
+// process when there is one. join marks a live-mode replacement.
+func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int, env map[string]string, join bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return ErrClosed
 	}
 	rank := spec.Ranks[slot]
-	env := a.rankEnv(spec, slot)
 	log := a.openRankLog(spec.Gen, rank)
 	w := a.takeStandby()
 	if w == nil || w.activateAs(spec.Gen, rank, env, log) != nil {
@@ -229,12 +234,18 @@ func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int) error {
 			return err
 		}
 	}
+	w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: rank, WorldSize: spec.WorldSize,
+		MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, Join: join})
+	w.localRank, _ = strconv.Atoi(env["LOCAL_RANK"])
 	g.workers = append(g.workers, w)
-	// For operators and tools (py-spy, a fault script): which pid holds a
-	// rank now. A standby's /proc/PID/environ predates its rank, so this file
-	// is the place to look.
-	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(w.pid)+"\n"), 0o644)
+	a.writePID(rank, w.pid)
 	return nil
+}
+
+// writePID records which process holds rank now, for operators and tools
+// (py-spy, a fault script): a standby's /proc/PID/environ predates its rank.
+func (a *Agent) writePID(rank, pid int) {
+	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }
 
 // StopGeneration stops every worker of gen: SIGTERM (and SIGCONT, so a
@@ -378,6 +389,7 @@ func (a *Agent) Close() {
 	a.waiters.Wait()
 	close(a.quit)
 	a.progress.Close()
+	a.ctl.ln.Close()
 }
 
 // ---- workers ----
@@ -389,7 +401,9 @@ type worker struct {
 	activate  func(env map[string]string) error // nil for a direct start
 	discardFn func()
 
-	quiet atomic.Bool // output to the rank log only
+	quiet     atomic.Bool // output to the rank log only
+	localRank int         // slot on this node (its GPU); kept across regroups
+	as        Assignment  // current generation, for the control endpoint (under mu)
 
 	mu      sync.Mutex
 	gen     int
@@ -407,6 +421,25 @@ func (w *worker) hasExited() bool {
 	default:
 		return false
 	}
+}
+
+func (w *worker) assignment() (Assignment, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.as, w.as.Gen > 0
+}
+
+func (w *worker) current() (gen, rank int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gen, w.rank
+}
+
+// reassign moves the worker to a generation (a regroup renumbers survivors).
+func (w *worker) reassign(as Assignment) {
+	w.mu.Lock()
+	w.as, w.gen, w.rank = as, as.Gen, as.Rank
+	w.mu.Unlock()
 }
 
 // activateAs hands a standby its rank. The worker's lock is held until the

@@ -32,12 +32,16 @@ func (a *Agent) baseEnv() []string {
 		"BULSAJO_RUN_ID":            a.cfg.RunID,
 		"BULSAJO_RUN_DIR":           a.cfg.RunDir,
 		"BULSAJO_AGENT_SOCK":        a.progressAddr,
+		"BULSAJO_AGENT_CTL":         a.ctl.addr,
 		"TORCHELASTIC_RUN_ID":       a.cfg.RunID,
 		"TORCHELASTIC_MAX_RESTARTS": strconv.Itoa(a.cfg.MaxRestarts),
 		// Rank 0 hosts the rendezvous store itself (torchrun hosts it in its
 		// agent process, the single point of failure bulsajo avoids).
 		"TORCHELASTIC_USE_AGENT_STORE": "False",
 		"NCCL_ASYNC_ERROR_HANDLING":    "1",
+	}
+	if a.cfg.Live {
+		set["BULSAJO_RECOVERY"] = "live"
 	}
 	if os.Getenv("OMP_NUM_THREADS") == "" {
 		set["OMP_NUM_THREADS"] = "1"

@@ -77,7 +77,9 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.StringVar(&c.RunDir, "run-dir", "", "where events, logs and the SDK go (default runs/RUN_ID)")
 	f.StringVar(&c.MasterAddr, "master-addr", c.MasterAddr, "address the workers rendezvous at (MASTER_ADDR)")
 	f.IntVar(&c.MasterPort, "master-port", 0, "MASTER_PORT (default: a free port, new for every generation)")
-	f.StringVar(&c.Recovery, "recovery", c.Recovery, "recovery mode: restart (stop every worker, start the next generation)")
+	f.StringVar(&c.Recovery, "recovery", c.Recovery, "restart: stop every worker, start the next generation from the checkpoint; live: survivors keep training (needs the SDK, bulsajo.torch)")
+	f.IntVar(&c.MinNProc, "min-nproc", 0, "live: smallest number of workers to keep training with before a full restart")
+	f.BoolVar(&c.Replace, "replace", c.Replace, "live: start a replacement for each lost worker (false: continue with fewer)")
 	f.StringVar(&c.ProgressRegex, "progress-regex", "", "regex on worker output whose first group is the step number, e.g. 'step (\\d+)'")
 	f.DurationVar(&c.HangTimeout, "hang-timeout", 0, "no progress for this long is a hang (default: adaptive, 5 x p99 step time, at least --hang-floor)")
 	f.DurationVar(&c.HangFloor, "hang-floor", c.HangFloor, "lowest adaptive hang threshold")
@@ -144,7 +146,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	ag, err := agent.New(agent.Config{
 		Command: c.Command, RunID: c.RunID, RunDir: runDir, MaxRestarts: c.MaxRestarts,
 		SDKDir: sdkDir, ProgressRegex: re, Standby: c.Standby, StandbyCount: c.NProc,
-		Preload: c.Preload, StopGrace: c.StopGrace, Console: con,
+		Preload: c.Preload, StopGrace: c.StopGrace, Console: con, Live: c.Recovery == "live",
 	})
 	if err != nil {
 		return err
@@ -171,6 +173,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 		Policy: policy.Config{
 			WorldSize: c.NProc, MaxRestarts: c.MaxRestarts, Watchdog: wd,
 			StartupTimeout: c.StartupTimeout, ProgressExpected: re != nil, CrashLoopLimit: c.CrashLoopLimit,
+			Live: c.Recovery == "live", Replace: c.Replace, MinWorld: c.MinNProc,
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
 		Chaos: plan, Console: con, Log: log, Store: st,

@@ -21,8 +21,10 @@ type Run struct {
 	RunID       string
 	RunDir      string // default runs/<run-id>
 	MasterAddr  string
-	MasterPort  int // 0: a fresh free port per generation
-	Recovery    string
+	MasterPort  int    // 0: a fresh free port per generation
+	Recovery    string // restart | live
+	MinNProc    int    // live: smallest world to continue with (0: 1)
+	Replace     bool   // live: start replacements for lost workers
 
 	ProgressRegex  string
 	HangTimeout    time.Duration // 0: adaptive
@@ -43,6 +45,7 @@ func Default() Run {
 		MaxRestarts:    10,
 		MasterAddr:     "127.0.0.1",
 		Recovery:       "restart",
+		Replace:        true,
 		HangFloor:      2 * time.Second,
 		StopGrace:      3 * time.Second,
 		CrashLoopLimit: 3,
@@ -75,8 +78,11 @@ func (r *Run) Validate() error {
 	if r.RunID != "" && (!runIDPattern.MatchString(r.RunID) || r.RunID == "." || r.RunID == "..") {
 		return usage("--run-id %q: use 1-64 letters, digits, '.', '_' or '-'", r.RunID)
 	}
-	if r.Recovery != "restart" {
-		return usage("--recovery %q: only \"restart\" is available", r.Recovery)
+	if r.Recovery != "restart" && r.Recovery != "live" {
+		return usage("--recovery %q: want restart or live", r.Recovery)
+	}
+	if r.MinNProc < 0 || r.MinNProc > r.NProc {
+		return usage("--min-nproc %d: want 0..%d (--nproc-per-node)", r.MinNProc, r.NProc)
 	}
 	if r.MasterPort < 0 || r.MasterPort > 65535 {
 		return usage("--master-port %d out of range", r.MasterPort)

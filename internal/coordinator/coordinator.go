@@ -41,6 +41,7 @@ type Config struct {
 // Node is what the coordinator needs from an agent.
 type Node interface {
 	StartGeneration(agent.GenerationSpec) error
+	Regroup(agent.RegroupSpec) error
 	StopGeneration(gen int, grace time.Duration)
 	Signal(gen, rank int, sig syscall.Signal) error
 	LiveRanks(gen int) []int
@@ -136,6 +137,8 @@ func (r *run) handle(ev agent.Event) {
 		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError}))
 	case agent.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
+	case agent.CollectiveFailed:
+		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
 	}
 }
 
@@ -166,6 +169,14 @@ func (r *run) apply(ds []policy.Decision) {
 		switch d := d.(type) {
 		case policy.Launch:
 			r.launch(d)
+		case policy.Regroup:
+			r.regroup(d)
+		case policy.Diagnose:
+			rank, why := r.node.Culprit(d.Gen, true)
+			if rank >= 0 {
+				r.con.Printf("  culprit: rank %d (%s)", rank, why)
+			}
+			r.apply(r.m.Step(r.now(), policy.Diagnosed{Gen: d.Gen, Rank: rank}))
 		case policy.Stop:
 			r.running = false
 			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
@@ -184,13 +195,10 @@ func (r *run) apply(ds []policy.Decision) {
 func (r *run) launch(d policy.Launch) {
 	r.running = false
 	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
-	port := r.cfg.MasterPort
-	if port == 0 {
-		var err error
-		if port, err = freePort(r.cfg.MasterAddr); err != nil {
-			r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
-			return
-		}
+	port, err := r.port()
+	if err != nil {
+		r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
+		return
 	}
 	ranks := make([]int, d.WorldSize)
 	for i := range ranks {
@@ -199,9 +207,36 @@ func (r *run) launch(d policy.Launch) {
 	spec := agent.GenerationSpec{Gen: d.Gen, RestartCount: d.RestartCount, WorldSize: d.WorldSize, Ranks: ranks,
 		GroupWorldSize: 1, MasterAddr: r.cfg.MasterAddr, MasterPort: port}
 	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize})
-	if err := r.node.StartGeneration(spec); err != nil {
+	if err = r.node.StartGeneration(spec); err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})
 	}
+}
+
+func (r *run) regroup(d policy.Regroup) {
+	r.running = false
+	r.lastStep, r.lastAt = -1, time.Time{}
+	port, err := r.port()
+	if err != nil {
+		r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
+		return
+	}
+	r.con.Printf("↻ regroup: generation %d · %d survivors keep training state · %d replacements", d.Gen, len(d.Survivors), d.Replacements)
+	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize, Cause: "regroup",
+		Detail: fmt.Sprintf("survivors (old ranks) %v, %d replacements", d.Survivors, d.Replacements)})
+	err = r.node.Regroup(agent.RegroupSpec{From: d.Gen - 1, Gen: d.Gen, WorldSize: d.WorldSize, Survivors: d.Survivors,
+		Replacements: d.Replacements, Kill: d.Kill, MasterAddr: r.cfg.MasterAddr, MasterPort: port})
+	if err != nil {
+		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})
+	}
+}
+
+// port is the rendezvous port of a new generation: fresh each time, so a
+// new generation never meets the old one's store.
+func (r *run) port() (int, error) {
+	if r.cfg.MasterPort != 0 {
+		return r.cfg.MasterPort, nil
+	}
+	return freePort(r.cfg.MasterAddr)
 }
 
 func (r *run) fault(f policy.Fault) {

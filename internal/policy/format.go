@@ -32,3 +32,9 @@ func (d Finish) String() string {
 }
 
 func round(d time.Duration) string { return d.Round(time.Millisecond).String() }
+
+func (d Regroup) String() string {
+	return fmt.Sprintf("regroup gen=%d world=%d survivors=%v replacements=%d kill=%v", d.Gen, d.WorldSize, d.Survivors, d.Replacements, d.Kill)
+}
+
+func (d Diagnose) String() string { return fmt.Sprintf("diagnose gen=%d", d.Gen) }

@@ -35,6 +35,14 @@ type Config struct {
 	// CrashLoopWindow: for a job that reports no progress, a generation that
 	// failed sooner than this after launch counts as having made none.
 	CrashLoopWindow time.Duration
+
+	// Live recovery (workers use the SDK): survivors of a fault keep their
+	// processes and re-form the group; Replace starts replacements to get
+	// back to WorldSize; without them the job shrinks, down to MinWorld,
+	// below which it falls back to a full restart.
+	Live     bool
+	Replace  bool
+	MinWorld int
 }
 
 // Defaults for Config fields left zero.
@@ -49,8 +57,9 @@ const (
 type FaultKind string
 
 const (
-	FaultExit FaultKind = "worker_exit"
-	FaultHang FaultKind = "hang"
+	FaultExit       FaultKind = "worker_exit"
+	FaultHang       FaultKind = "hang"
+	FaultCollective FaultKind = "collective_failed" // a worker's collective failed, no cause seen
 )
 
 // Outcome is how a job ended.
@@ -93,13 +102,25 @@ type Interrupt struct{ Signal string }
 // Tick: time passed; lets the watchdog fire.
 type Tick struct{}
 
-func (Start) input()     {}
-func (Launched) input()  {}
-func (Exited) input()    {}
-func (Progress) input()  {}
-func (Stopped) input()   {}
-func (Interrupt) input() {}
-func (Tick) input()      {}
+// Diagnosed answers Diagnose: the rank to blame for a hang, or -1.
+type Diagnosed struct{ Gen, Rank int }
+
+// CollectiveFailed: a live-mode worker reports that a collective failed and
+// no new generation came.
+type CollectiveFailed struct {
+	Gen, Rank int
+	Detail    string
+}
+
+func (Start) input()            {}
+func (Launched) input()         {}
+func (Exited) input()           {}
+func (Progress) input()         {}
+func (Stopped) input()          {}
+func (Interrupt) input()        {}
+func (Tick) input()             {}
+func (Diagnosed) input()        {}
+func (CollectiveFailed) input() {}
 
 // ---- decisions ----
 
@@ -135,6 +156,22 @@ type Recovered struct {
 	RolledBack int // steps repeated because the script resumed from a checkpoint
 }
 
+// Regroup (live mode): generation Gen is formed in place from the
+// survivors of the current one — Survivors[i] (an old rank) becomes rank i —
+// plus Replacements new workers as ranks len(Survivors)... Kill lists old
+// ranks to kill first (a hung culprit).
+type Regroup struct {
+	Gen          int
+	WorldSize    int
+	Survivors    []int
+	Replacements int
+	Kill         []int
+}
+
+// Diagnose asks the driver who is to blame for the hang of Gen; it answers
+// with Diagnosed.
+type Diagnose struct{ Gen int }
+
 // Finish ends the job.
 type Finish struct {
 	Outcome Outcome
@@ -146,6 +183,8 @@ func (Stop) decision()      {}
 func (Fault) decision()     {}
 func (Recovered) decision() {}
 func (Finish) decision()    {}
+func (Regroup) decision()   {}
+func (Diagnose) decision()  {}
 
 // ---- machine ----
 
@@ -155,7 +194,8 @@ const (
 	idle     phase = iota
 	starting       // Launch issued, waiting for Launched
 	running
-	stopping // Stop issued, waiting for Stopped
+	stopping   // Stop issued, waiting for Stopped
+	diagnosing // live mode: waiting for Diagnosed
 	done
 )
 
@@ -165,6 +205,7 @@ type Machine struct {
 
 	phase phase
 	gen   int
+	world int // world size of the current generation
 
 	launchedAt   time.Duration
 	progressed   bool // the current generation has reported progress
@@ -251,19 +292,36 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 		}
 	case Interrupt:
 		return m.interrupt(ev)
+	case Diagnosed:
+		if ev.Gen == m.gen && m.phase == diagnosing {
+			if ev.Rank >= 0 {
+				return m.regroup([]int{ev.Rank}, []int{ev.Rank})
+			}
+			return m.restartAll()
+		}
+	case CollectiveFailed:
+		if ev.Gen == m.gen && m.phase == running {
+			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
+				Detail: fmt.Sprintf("rank %d: %s", ev.Rank, ev.Detail), Step: m.jobStep}, "collective")
+		}
 	}
 	return nil
 }
 
 func (m *Machine) launch(now time.Duration) []Decision {
+	m.newGeneration(m.cfg.WorldSize)
+	return []Decision{Launch{Gen: m.gen, WorldSize: m.world, RestartCount: m.gen - 1}}
+}
+
+func (m *Machine) newGeneration(world int) {
 	m.gen++
+	m.world = world
 	m.phase = starting
 	m.progressed = false
 	m.genStep = -1
 	m.rankStep = map[int]int{}
 	m.doneRanks = map[int]bool{}
 	m.cfg.Watchdog.Reset()
-	return []Decision{Launch{Gen: m.gen, WorldSize: m.cfg.WorldSize, RestartCount: m.gen - 1}}
 }
 
 func (m *Machine) progress(now time.Duration, ev Progress) []Decision {
@@ -312,7 +370,7 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 	}
 	if ev.Code == 0 && ev.Signal == "" {
 		m.doneRanks[ev.Rank] = true
-		if len(m.doneRanks) == m.cfg.WorldSize {
+		if len(m.doneRanks) == m.world {
 			m.phase = done
 			return []Decision{Finish{Outcome: Succeeded, Reason: "all ranks exited 0"}}
 		}
@@ -367,7 +425,7 @@ func (m *Machine) startupTimeout() time.Duration {
 // laggingRank names the one rank whose last step is behind all others (it
 // never reached the collective the others wait in), or -1.
 func (m *Machine) laggingRank() int {
-	if len(m.rankStep) < m.cfg.WorldSize || m.cfg.WorldSize < 2 {
+	if len(m.rankStep) < m.world || m.world < 2 {
 		return -1
 	}
 	low, lowRank, count := 0, -1, 0
@@ -402,6 +460,7 @@ func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision 
 
 	m.phase = stopping
 	out := []Decision{f}
+	recover := false
 	switch {
 	case m.sameFailures >= m.cfg.CrashLoopLimit:
 		m.finishAfter = &Finish{Outcome: CrashLoop, Reason: fmt.Sprintf(
@@ -418,8 +477,54 @@ func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision 
 			m.stepAtFault = m.jobStep
 		}
 		m.recovering = true
+		recover = true
+	}
+	if recover && m.cfg.Live {
+		switch {
+		case f.Kind == FaultExit:
+			return append(out, m.regroup([]int{f.Rank}, nil)...)
+		case f.Kind == FaultCollective:
+			return append(out, m.regroup(nil, nil)...)
+		case f.Kind == FaultHang && f.Rank >= 0:
+			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
+		case f.Kind == FaultHang:
+			m.phase = diagnosing
+			return append(out, Diagnose{Gen: m.gen})
+		}
 	}
 	return append(out, Stop{Gen: m.gen, Reason: string(f.Kind)})
+}
+
+// regroup forms the next generation from the current one's survivors (all
+// ranks but dead), with replacements when configured. Too few survivors:
+// a full restart instead.
+func (m *Machine) regroup(dead, kill []int) []Decision {
+	gone := map[int]bool{}
+	for _, r := range dead {
+		gone[r] = true
+	}
+	var survivors []int
+	for r := 0; r < m.world; r++ {
+		if !gone[r] && !m.doneRanks[r] {
+			survivors = append(survivors, r)
+		}
+	}
+	repl := 0
+	if m.cfg.Replace {
+		repl = m.cfg.WorldSize - len(survivors)
+	}
+	if len(survivors) == 0 || len(survivors)+repl < max(1, m.cfg.MinWorld) {
+		return m.restartAll()
+	}
+	m.newGeneration(len(survivors) + repl)
+	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Replacements: repl, Kill: kill}}
+}
+
+// restartAll stops the whole generation; the next is launched in full once
+// it has stopped (restart mode's recovery, live mode's fallback).
+func (m *Machine) restartAll() []Decision {
+	m.phase = stopping
+	return []Decision{Stop{Gen: m.gen, Reason: "restart"}}
 }
 
 func (m *Machine) interrupt(ev Interrupt) []Decision {
@@ -428,7 +533,7 @@ func (m *Machine) interrupt(ev Interrupt) []Decision {
 	case idle:
 		m.phase = done
 		return []Decision{*fin}
-	case starting, running:
+	case starting, running, diagnosing:
 		m.phase = stopping
 		m.finishAfter = fin
 		return []Decision{Stop{Gen: m.gen, Reason: "interrupted"}}

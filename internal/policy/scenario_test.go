@@ -130,6 +130,12 @@ func parseConfig(t *testing.T, a map[string]string) Config {
 			c.StartupTimeout = dur(t, v)
 		case "crash-loop-limit":
 			c.CrashLoopLimit = atoi(t, v)
+		case "live":
+			c.Live = v == "true"
+		case "replace":
+			c.Replace = v == "true"
+		case "min-world":
+			c.MinWorld = atoi(t, v)
 		default:
 			t.Fatalf("unknown config key %q", k)
 		}
@@ -163,6 +169,10 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return Interrupt{Signal: a["signal"]}
 	case "tick":
 		return Tick{}
+	case "diagnosed":
+		return Diagnosed{Gen: get("gen"), Rank: get("rank")}
+	case "collective_failed":
+		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}
 	t.Fatalf("unknown input %q", name)
 	return nil

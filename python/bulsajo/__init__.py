@@ -62,7 +62,7 @@ def _init():
         except ValueError:
             rank = -1
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        pass
+        s.setblocking(False)
         _prefix = ("step %d %d " % (gen, rank)).encode("ascii")
         _addr = addr
         _sock = s

@@ -7,6 +7,8 @@ Run from the repository root:
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -14,6 +16,7 @@ import uuid
 
 import bulsajo
 
+PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV_KEYS = ("BULSAJO_AGENT_SOCK", "BULSAJO_GENERATION", "RANK")
 
 
@@ -185,11 +188,20 @@ class SDKTest(unittest.TestCase):
 
     def test_full_receive_queue_does_not_block(self):
         s, path = self.listen_path()  # bound but never read: its queue fills up
-        os.environ["BULSAJO_AGENT_SOCK"] = path
-        t0 = time.monotonic()
-        for i in range(20000):
-            bulsajo.step(i)
-        self.assertLess(time.monotonic() - t0, 10.0)
+        # In a subprocess, so that a step() that blocks fails the test instead
+        # of hanging it.
+        code = ("import bulsajo, time\n"
+                "t0 = time.monotonic()\n"
+                "for i in range(20000): bulsajo.step(i)\n"
+                "print(time.monotonic() - t0)\n")
+        env = dict(os.environ, BULSAJO_AGENT_SOCK=path, PYTHONPATH=PYDIR)
+        try:
+            out = subprocess.run([sys.executable, "-c", code], env=env,
+                                 capture_output=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            self.fail("step() blocked on a full receive queue")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertLess(float(out.stdout), 10.0)
         # the first datagrams were queued intact
         self.assertEqual(s.recv(4096), b"step 0 -1 0\n")
 

@@ -1,0 +1,276 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The control endpoint is the live-mode SDK's line to its agent: a unix
+// stream socket (BULSAJO_AGENT_CTL) carrying JSON lines. A worker says hello
+// once; the agent answers with its current assignment and sends a new one
+// whenever the worker's generation changes (a regroup). Workers report
+// committed steps and failed collectives on the same connection. The peer's
+// pid (SO_PEERCRED) ties a connection to the worker process, so a process
+// cannot speak for another.
+
+// Assignment is what a worker is told about its generation.
+type Assignment struct {
+	Type       string `json:"type"` // "generation"
+	Gen        int    `json:"gen"`
+	Rank       int    `json:"rank"`
+	WorldSize  int    `json:"world_size"`
+	MasterAddr string `json:"master_addr"`
+	MasterPort int    `json:"master_port"`
+	Join       bool   `json:"join"` // a replacement: it must receive state
+}
+
+// ctlMsg is a message from a worker.
+type ctlMsg struct {
+	Type   string `json:"type"` // hello, step, collective_failed
+	Gen    int    `json:"gen"`
+	Rank   int    `json:"rank"`
+	Step   int    `json:"step"`
+	Detail string `json:"detail"`
+}
+
+// CollectiveFailed is reported by a live-mode worker whose collective failed
+// without a new generation following.
+type CollectiveFailed struct {
+	Gen, Rank int
+	Detail    string
+	At        time.Time
+}
+
+func (CollectiveFailed) agentEvent() {}
+
+type control struct {
+	ln    *net.UnixListener
+	addr  string
+	mu    sync.Mutex
+	conns map[int]*ctlConn // by worker pid
+}
+
+type ctlConn struct {
+	mu sync.Mutex
+	c  *net.UnixConn
+}
+
+func (c *ctlConn) send(v any) {
+	b, _ := json.Marshal(v)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	c.c.Write(append(b, '\n'))
+}
+
+func (a *Agent) startControl() error {
+	addr := fmt.Sprintf("@bulsajo-%s-%d-ctl", a.cfg.RunID, os.Getpid())
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("agent: control endpoint: %w", err)
+	}
+	a.ctl = &control{ln: ln, addr: addr, conns: map[int]*ctlConn{}}
+	go a.acceptControl()
+	return nil
+}
+
+func (a *Agent) acceptControl() {
+	for {
+		c, err := a.ctl.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go a.serveControl(c)
+	}
+}
+
+func (a *Agent) serveControl(c *net.UnixConn) {
+	defer c.Close()
+	pid, err := peerPID(c)
+	if err != nil {
+		return
+	}
+	w := a.workerByPID(pid)
+	if w == nil {
+		return // not one of ours
+	}
+	cc := &ctlConn{c: c}
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 4096), 64<<10)
+	for sc.Scan() {
+		var m ctlMsg
+		if json.Unmarshal(sc.Bytes(), &m) != nil {
+			continue
+		}
+		switch m.Type {
+		case "hello":
+			a.ctl.mu.Lock()
+			a.ctl.conns[pid] = cc
+			a.ctl.mu.Unlock()
+			if as, ok := w.assignment(); ok {
+				cc.send(as)
+			}
+		case "step":
+			gen, rank := w.current()
+			if m.Gen == gen {
+				a.emit(Progress{Gen: gen, Rank: rank, Step: m.Step, At: time.Now()})
+			}
+		case "collective_failed":
+			gen, rank := w.current()
+			if m.Gen == gen {
+				a.emit(CollectiveFailed{Gen: gen, Rank: rank, Detail: m.Detail, At: time.Now()})
+			}
+		}
+	}
+	a.ctl.mu.Lock()
+	if a.ctl.conns[pid] == cc {
+		delete(a.ctl.conns, pid)
+	}
+	a.ctl.mu.Unlock()
+}
+
+// tell sends w its assignment, if it has said hello (else it gets it then).
+func (a *Agent) tell(w *worker) {
+	as, ok := w.assignment()
+	if !ok || a.ctl == nil {
+		return
+	}
+	a.ctl.mu.Lock()
+	cc := a.ctl.conns[w.pid]
+	a.ctl.mu.Unlock()
+	if cc != nil {
+		cc.send(as)
+	}
+}
+
+func peerPID(c *net.UnixConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if cerr != nil {
+		return 0, cerr
+	}
+	return int(cred.Pid), nil
+}
+
+func (a *Agent) workerByPID(pid int) *worker {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range a.gens {
+		for _, w := range g.workers {
+			if w.pid == pid {
+				return w
+			}
+		}
+	}
+	return nil
+}
+
+// ---- regroup ----
+
+// RegroupSpec forms generation Gen in place: the worker holding old rank
+// Survivors[i] of generation From becomes rank i; Replacements new workers
+// take the ranks after them. Kill lists old ranks to kill first.
+type RegroupSpec struct {
+	From, Gen    int
+	WorldSize    int
+	Survivors    []int
+	Replacements int
+	Kill         []int
+	MasterAddr   string
+	MasterPort   int
+}
+
+// Regroup carries out a live-mode regroup on this node.
+func (a *Agent) Regroup(spec RegroupSpec) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	old := a.gens[spec.From]
+	if old == nil {
+		a.mu.Unlock()
+		return fmt.Errorf("agent: regroup from unknown generation %d", spec.From)
+	}
+	for _, r := range spec.Kill {
+		for _, w := range old.workers {
+			if w.rank == r && !w.hasExited() {
+				signalGroup(w.pid, syscall.SIGKILL)
+			}
+		}
+	}
+	g := &generation{gen: spec.Gen, remaining: spec.WorldSize}
+	a.gens[spec.Gen] = g
+	base := GenerationSpec{Gen: spec.Gen, WorldSize: spec.WorldSize, GroupWorldSize: 1,
+		MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, RestartCount: spec.Gen - 1}
+	var moved []*worker
+	for newRank, oldRank := range spec.Survivors {
+		for i, w := range old.workers {
+			if w.rank != oldRank || w.hasExited() {
+				continue
+			}
+			// The survivor now belongs to the new generation: its exit is
+			// reported there, and the old one no longer waits for it.
+			old.workers = append(old.workers[:i], old.workers[i+1:]...)
+			old.remaining--
+			w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: newRank, WorldSize: spec.WorldSize,
+				MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort})
+			g.workers = append(g.workers, w)
+			moved = append(moved, w)
+			break
+		}
+	}
+	// Survivors that died meanwhile count as slots that will never report.
+	g.remaining -= len(spec.Survivors) - len(moved)
+	if old.remaining == 0 {
+		delete(a.gens, spec.From)
+	}
+	a.mu.Unlock()
+	for _, w := range moved {
+		a.writePID(w.rank, w.pid)
+		a.tell(w)
+	}
+	ranks := make([]int, spec.Replacements)
+	for i := range ranks {
+		ranks[i] = len(spec.Survivors) + i
+	}
+	base.Ranks = ranks
+	// A replacement takes a local slot (a GPU) no survivor holds.
+	used := map[int]bool{}
+	for _, w := range moved {
+		used[w.localRank] = true
+	}
+	nextLocal := 0
+	for slot := range ranks {
+		for used[nextLocal] {
+			nextLocal++
+		}
+		used[nextLocal] = true
+		env := a.rankEnv(base, slot)
+		env["BULSAJO_JOIN"] = "1"
+		env["LOCAL_RANK"] = strconv.Itoa(nextLocal)
+		env["LOCAL_WORLD_SIZE"] = strconv.Itoa(spec.WorldSize)
+		if err := a.startSlot(g, base, slot, env, true); err != nil {
+			return err
+		}
+	}
+	a.emit(Launched{Gen: spec.Gen, At: time.Now()})
+	if a.shim != nil {
+		go a.refillStandbys()
+	}
+	return nil
+}
