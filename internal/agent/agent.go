@@ -94,6 +94,7 @@ type Agent struct {
 	mu            sync.Mutex
 	gens          map[int]*generation
 	standbys      []*worker
+	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
 	noStagger     atomic.Bool
 	closed        bool
@@ -166,6 +167,11 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 		a.mu.Unlock()
 		return fmt.Errorf("agent: %w", err)
 	}
+	// A full (re)start: replacements waiting for a live regroup are moot.
+	for _, w := range a.joiners {
+		w.discard()
+	}
+	a.joiners = nil
 	// remaining counts every slot from the start, so that an early exit of
 	// the first ranks cannot look like the end of the generation.
 	g := &generation{gen: spec.Gen, remaining: len(spec.Ranks)}
@@ -381,10 +387,9 @@ func (a *Agent) Close() {
 			signalGroup(w.pid, syscall.SIGKILL)
 		}
 	}
-	for _, w := range a.standbys {
+	for _, w := range append(a.standbys, a.joiners...) {
 		w.discard()
 	}
-	a.standbys = nil
 	a.mu.Unlock()
 	a.waiters.Wait()
 	close(a.quit)
@@ -402,6 +407,8 @@ type worker struct {
 	discardFn func()
 
 	quiet     atomic.Bool // output to the rank log only
+	joiner    bool        // a replacement waiting for admission (under Agent.mu)
+	ready     atomic.Bool // a joiner that has said hello
 	localRank int         // slot on this node (its GPU); kept across regroups
 	as        Assignment  // current generation, for the control endpoint (under mu)
 
@@ -622,6 +629,16 @@ func (a *Agent) reaped(w *worker, code int, sig string, at time.Time) {
 		lastErr = w.tail[len(w.tail)-1]
 	}
 	w.mu.Unlock()
+	a.mu.Lock()
+	for i, j := range a.joiners {
+		if j == w {
+			a.joiners = append(a.joiners[:i], a.joiners[i+1:]...)
+			a.mu.Unlock()
+			a.emit(JoinerLost{At: at})
+			return
+		}
+	}
+	a.mu.Unlock()
 	if rank < 0 { // a standby that died before activation
 		a.mu.Lock()
 		for i, s := range a.standbys {

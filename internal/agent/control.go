@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -31,6 +32,8 @@ type Assignment struct {
 	MasterAddr string `json:"master_addr"`
 	MasterPort int    `json:"master_port"`
 	Join       bool   `json:"join"` // a replacement: it must receive state
+	Grow       bool   `json:"grow"` // no member lost: switch after step AtStep
+	AtStep     int    `json:"at_step"`
 }
 
 // ctlMsg is a message from a worker.
@@ -51,6 +54,15 @@ type CollectiveFailed struct {
 }
 
 func (CollectiveFailed) agentEvent() {}
+
+// JoinerReady: a replacement process is up and waiting to be admitted.
+type JoinerReady struct{ At time.Time }
+
+// JoinerLost: a replacement process exited before it was admitted.
+type JoinerLost struct{ At time.Time }
+
+func (JoinerReady) agentEvent() {}
+func (JoinerLost) agentEvent()  {}
 
 type control struct {
 	ln    *net.UnixListener
@@ -118,6 +130,8 @@ func (a *Agent) serveControl(c *net.UnixConn) {
 			a.ctl.mu.Unlock()
 			if as, ok := w.assignment(); ok {
 				cc.send(as)
+			} else if w.joiner && !w.ready.Swap(true) {
+				a.emit(JoinerReady{At: time.Now()})
 			}
 		case "step":
 			gen, rank := w.current()
@@ -169,6 +183,11 @@ func peerPID(c *net.UnixConn) (int, error) {
 func (a *Agent) workerByPID(pid int) *worker {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for _, w := range a.joiners {
+		if w.pid == pid {
+			return w
+		}
+	}
 	for _, g := range a.gens {
 		for _, w := range g.workers {
 			if w.pid == pid {
@@ -182,16 +201,21 @@ func (a *Agent) workerByPID(pid int) *worker {
 // ---- regroup ----
 
 // RegroupSpec forms generation Gen in place: the worker holding old rank
-// Survivors[i] of generation From becomes rank i; Replacements new workers
-// take the ranks after them. Kill lists old ranks to kill first.
+// Survivors[i] of generation From becomes rank i; Admit ready joiners take
+// the ranks after them; Spawn new joiners are started. Kill lists old ranks
+// to kill first. Grow marks a regroup without a fault, which members carry
+// out after step AtStep instead of abandoning the step in flight.
 type RegroupSpec struct {
-	From, Gen    int
-	WorldSize    int
-	Survivors    []int
-	Replacements int
-	Kill         []int
-	MasterAddr   string
-	MasterPort   int
+	From, Gen  int
+	WorldSize  int
+	Survivors  []int
+	Admit      int
+	Spawn      int
+	Kill       []int
+	Grow       bool
+	AtStep     int
+	MasterAddr string
+	MasterPort int
 }
 
 // Regroup carries out a live-mode regroup on this node.
@@ -215,9 +239,12 @@ func (a *Agent) Regroup(spec RegroupSpec) error {
 	}
 	g := &generation{gen: spec.Gen, remaining: spec.WorldSize}
 	a.gens[spec.Gen] = g
-	base := GenerationSpec{Gen: spec.Gen, WorldSize: spec.WorldSize, GroupWorldSize: 1,
-		MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, RestartCount: spec.Gen - 1}
-	var moved []*worker
+	assign := func(w *worker, rank int, join bool) {
+		w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: rank, WorldSize: spec.WorldSize,
+			MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, Join: join, Grow: spec.Grow, AtStep: spec.AtStep})
+		g.workers = append(g.workers, w)
+	}
+	var members []*worker
 	for newRank, oldRank := range spec.Survivors {
 		for i, w := range old.workers {
 			if w.rank != oldRank || w.hasExited() {
@@ -227,50 +254,103 @@ func (a *Agent) Regroup(spec RegroupSpec) error {
 			// reported there, and the old one no longer waits for it.
 			old.workers = append(old.workers[:i], old.workers[i+1:]...)
 			old.remaining--
-			w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: newRank, WorldSize: spec.WorldSize,
-				MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort})
-			g.workers = append(g.workers, w)
-			moved = append(moved, w)
+			assign(w, newRank, false)
+			members = append(members, w)
 			break
 		}
 	}
-	// Survivors that died meanwhile count as slots that will never report.
-	g.remaining -= len(spec.Survivors) - len(moved)
+	for i := 0; i < spec.Admit; i++ {
+		w := a.takeReadyJoiner()
+		if w == nil {
+			break
+		}
+		log := a.openRankLog(spec.Gen, len(members))
+		w.mu.Lock()
+		w.log = log
+		w.mu.Unlock()
+		assign(w, len(members), true)
+		members = append(members, w)
+	}
+	// Members that died meanwhile count as slots that will never report.
+	g.remaining -= len(spec.Survivors) + spec.Admit - len(members)
 	if old.remaining == 0 {
 		delete(a.gens, spec.From)
 	}
 	a.mu.Unlock()
-	for _, w := range moved {
-		a.writePID(w.rank, w.pid)
+	for _, w := range members {
+		_, rank := w.current()
+		a.writePID(rank, w.pid)
 		a.tell(w)
 	}
-	ranks := make([]int, spec.Replacements)
-	for i := range ranks {
-		ranks[i] = len(spec.Survivors) + i
+	a.emit(Launched{Gen: spec.Gen, At: time.Now()})
+	return a.SpawnJoiners(spec.Spawn)
+}
+
+// SpawnJoiners starts n replacement processes. A joiner runs the script up
+// to the SDK's init and waits there, outside every generation, until a
+// regroup admits it; it then receives the training state from a member.
+func (a *Agent) SpawnJoiners(n int) error {
+	for i := 0; i < n; i++ {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return ErrClosed
+		}
+		local := a.freeLocalRank()
+		env := map[string]string{
+			"RANK": "-1", "LOCAL_RANK": strconv.Itoa(local), "BULSAJO_GENERATION": "0", "BULSAJO_JOIN": "1",
+			"WORLD_SIZE": "0", "LOCAL_WORLD_SIZE": strconv.Itoa(a.cfg.StandbyCount),
+			"TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_ERROR_FILE": filepath.Join(a.cfg.RunDir, "errors", "joiner.json"),
+		}
+		w := a.takeStandby()
+		if w == nil || w.activateAs(0, -1, env, nil) != nil {
+			var err error
+			if w, err = a.spawn(0, -1, env, nil); err != nil {
+				a.mu.Unlock()
+				return err
+			}
+		}
+		w.joiner = true
+		w.localRank = local
+		a.joiners = append(a.joiners, w)
+		a.mu.Unlock()
 	}
-	base.Ranks = ranks
-	// A replacement takes a local slot (a GPU) no survivor holds.
+	if n > 0 && a.shim != nil {
+		go a.refillStandbys()
+	}
+	return nil
+}
+
+// freeLocalRank is the lowest local slot (GPU) no member or joiner holds.
+// Called with a.mu held.
+func (a *Agent) freeLocalRank() int {
 	used := map[int]bool{}
-	for _, w := range moved {
+	for _, g := range a.gens {
+		for _, w := range g.workers {
+			if !w.hasExited() {
+				used[w.localRank] = true
+			}
+		}
+	}
+	for _, w := range a.joiners {
 		used[w.localRank] = true
 	}
-	nextLocal := 0
-	for slot := range ranks {
-		for used[nextLocal] {
-			nextLocal++
-		}
-		used[nextLocal] = true
-		env := a.rankEnv(base, slot)
-		env["BULSAJO_JOIN"] = "1"
-		env["LOCAL_RANK"] = strconv.Itoa(nextLocal)
-		env["LOCAL_WORLD_SIZE"] = strconv.Itoa(spec.WorldSize)
-		if err := a.startSlot(g, base, slot, env, true); err != nil {
-			return err
-		}
+	n := 0
+	for used[n] {
+		n++
 	}
-	a.emit(Launched{Gen: spec.Gen, At: time.Now()})
-	if a.shim != nil {
-		go a.refillStandbys()
+	return n
+}
+
+// takeReadyJoiner removes and returns the first joiner that said hello.
+// Called with a.mu held.
+func (a *Agent) takeReadyJoiner() *worker {
+	for i, w := range a.joiners {
+		if w.ready.Load() && !w.hasExited() {
+			a.joiners = append(a.joiners[:i], a.joiners[i+1:]...)
+			w.joiner = false
+			return w
+		}
 	}
 	return nil
 }

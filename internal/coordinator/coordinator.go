@@ -42,6 +42,7 @@ type Config struct {
 type Node interface {
 	StartGeneration(agent.GenerationSpec) error
 	Regroup(agent.RegroupSpec) error
+	SpawnJoiners(n int) error
 	StopGeneration(gen int, grace time.Duration)
 	Signal(gen, rank int, sig syscall.Signal) error
 	LiveRanks(gen int) []int
@@ -137,6 +138,10 @@ func (r *run) handle(ev agent.Event) {
 		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError}))
 	case agent.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
+	case agent.JoinerReady:
+		r.apply(r.m.Step(r.now(), policy.JoinerReady{}))
+	case agent.JoinerLost:
+		r.apply(r.m.Step(r.now(), policy.JoinerLost{}))
 	case agent.CollectiveFailed:
 		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
 	}
@@ -171,6 +176,10 @@ func (r *run) apply(ds []policy.Decision) {
 			r.launch(d)
 		case policy.Regroup:
 			r.regroup(d)
+		case policy.SpawnJoiners:
+			if err := r.node.SpawnJoiners(d.N); err != nil {
+				r.con.Printf("! starting a replacement: %v", err)
+			}
 		case policy.Diagnose:
 			rank, why := r.node.Culprit(d.Gen, true)
 			if rank >= 0 {
@@ -183,8 +192,8 @@ func (r *run) apply(ds []policy.Decision) {
 		case policy.Fault:
 			r.fault(d)
 		case policy.Recovered:
-			r.con.Printf("↻ generation %d running %d/%d · recovered in %.1f s · rolled back %d steps",
-				d.Gen, r.cfg.Policy.WorldSize, r.cfg.Policy.WorldSize, d.Took.Seconds(), d.RolledBack)
+			r.con.Printf("↻ generation %d running %d/%d · recovered in %.1f s · rolled back %d %s",
+				d.Gen, d.WorldSize, r.cfg.Policy.WorldSize, d.Took.Seconds(), d.RolledBack, plural(d.RolledBack, "step", "steps"))
 			r.record(events.Event{Type: events.Recovered, Gen: d.Gen, RecoverMS: ms(d.Took), RolledBack: d.RolledBack})
 		case policy.Finish:
 			r.finish(d)
@@ -220,11 +229,19 @@ func (r *run) regroup(d policy.Regroup) {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
 		return
 	}
-	r.con.Printf("↻ regroup: generation %d · %d survivors keep training state · %d replacements", d.Gen, len(d.Survivors), d.Replacements)
-	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize, Cause: "regroup",
-		Detail: fmt.Sprintf("survivors (old ranks) %v, %d replacements", d.Survivors, d.Replacements)})
+	if d.Grow {
+		r.con.Printf("↻ grow: generation %d · %d replacement(s) join after step %d · %d workers", d.Gen, d.Admit, d.AtStep, d.WorldSize)
+	} else {
+		r.con.Printf("↻ regroup: generation %d · %d survivors continue in place · %d joining, %d starting", d.Gen, len(d.Survivors), d.Admit, d.Spawn)
+	}
+	cause := "regroup"
+	if d.Grow {
+		cause = "grow"
+	}
+	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize, Cause: cause,
+		Detail: fmt.Sprintf("members (old ranks) %v, %d admitted, %d spawned", d.Survivors, d.Admit, d.Spawn)})
 	err = r.node.Regroup(agent.RegroupSpec{From: d.Gen - 1, Gen: d.Gen, WorldSize: d.WorldSize, Survivors: d.Survivors,
-		Replacements: d.Replacements, Kill: d.Kill, MasterAddr: r.cfg.MasterAddr, MasterPort: port})
+		Admit: d.Admit, Spawn: d.Spawn, Kill: d.Kill, Grow: d.Grow, AtStep: d.AtStep, MasterAddr: r.cfg.MasterAddr, MasterPort: port})
 	if err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})
 	}
@@ -368,6 +385,13 @@ func freePort(addr string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

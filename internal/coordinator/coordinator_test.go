@@ -44,6 +44,7 @@ func (n *scriptedNode) StopGeneration(gen int, _ time.Duration) {
 }
 
 func (n *scriptedNode) Regroup(agent.RegroupSpec) error       { return nil }
+func (n *scriptedNode) SpawnJoiners(int) error                { return nil }
 func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
 func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
 func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }

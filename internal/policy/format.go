@@ -34,7 +34,13 @@ func (d Finish) String() string {
 func round(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
 func (d Regroup) String() string {
-	return fmt.Sprintf("regroup gen=%d world=%d survivors=%v replacements=%d kill=%v", d.Gen, d.WorldSize, d.Survivors, d.Replacements, d.Kill)
+	s := fmt.Sprintf("regroup gen=%d world=%d survivors=%v admit=%d spawn=%d kill=%v", d.Gen, d.WorldSize, d.Survivors, d.Admit, d.Spawn, d.Kill)
+	if d.Grow {
+		s += fmt.Sprintf(" grow at-step=%d", d.AtStep)
+	}
+	return s
 }
 
 func (d Diagnose) String() string { return fmt.Sprintf("diagnose gen=%d", d.Gen) }
+
+func (d SpawnJoiners) String() string { return fmt.Sprintf("spawn joiners=%d", d.N) }

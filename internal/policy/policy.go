@@ -105,6 +105,12 @@ type Tick struct{}
 // Diagnosed answers Diagnose: the rank to blame for a hang, or -1.
 type Diagnosed struct{ Gen, Rank int }
 
+// JoinerReady: a spawned replacement is up and waiting to be admitted.
+type JoinerReady struct{}
+
+// JoinerLost: a spawned replacement exited before it was admitted.
+type JoinerLost struct{}
+
 // CollectiveFailed: a live-mode worker reports that a collective failed and
 // no new generation came.
 type CollectiveFailed struct {
@@ -152,21 +158,32 @@ type Fault struct {
 // Took is measured from the fault's detection.
 type Recovered struct {
 	Gen        int
+	WorldSize  int
 	Took       time.Duration
 	RolledBack int // steps repeated because the script resumed from a checkpoint
 }
 
 // Regroup (live mode): generation Gen is formed in place from the
-// survivors of the current one — Survivors[i] (an old rank) becomes rank i —
-// plus Replacements new workers as ranks len(Survivors)... Kill lists old
-// ranks to kill first (a hung culprit).
+// members of the current one — Survivors[i] (an old rank) becomes rank i —
+// plus Admit ready joiners as the ranks after them. Kill lists old ranks to
+// kill first (a hung culprit). Spawn asks for that many new joiners:
+// replacement processes that start, receive nothing yet, and are admitted
+// by a later Regroup once ready, so survivors never wait for a replacement
+// to start. A regroup with no lost member (Grow) happens at a step
+// boundary: AtStep is the last step of the old generation.
 type Regroup struct {
-	Gen          int
-	WorldSize    int
-	Survivors    []int
-	Replacements int
-	Kill         []int
+	Gen       int
+	WorldSize int
+	Survivors []int
+	Admit     int
+	Spawn     int
+	Kill      []int
+	Grow      bool
+	AtStep    int
 }
+
+// SpawnJoiners starts N more replacement processes (to be admitted later).
+type SpawnJoiners struct{ N int }
 
 // Diagnose asks the driver who is to blame for the hang of Gen; it answers
 // with Diagnosed.
@@ -206,6 +223,9 @@ type Machine struct {
 	phase phase
 	gen   int
 	world int // world size of the current generation
+
+	joiners      int // live: replacements spawned and not yet admitted
+	joinersReady int // of which ready
 
 	launchedAt   time.Duration
 	progressed   bool // the current generation has reported progress
@@ -299,6 +319,24 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 			}
 			return m.restartAll()
 		}
+	case JoinerReady:
+		if m.joinersReady < m.joiners {
+			m.joinersReady++
+		}
+		return m.admit()
+	case JoinerLost:
+		if m.joiners == 0 {
+			return nil // not one we are waiting for
+		}
+		if m.joinersReady == m.joiners {
+			m.joinersReady--
+		}
+		m.joiners--
+		if m.cfg.Live && m.cfg.Replace && m.restarts < m.cfg.MaxRestarts && m.phase != stopping {
+			m.restarts++
+			m.joiners++
+			return []Decision{SpawnJoiners{N: 1}}
+		}
 	case CollectiveFailed:
 		if ev.Gen == m.gen && m.phase == running {
 			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
@@ -324,11 +362,10 @@ func (m *Machine) newGeneration(world int) {
 	m.cfg.Watchdog.Reset()
 }
 
-func (m *Machine) progress(now time.Duration, ev Progress) []Decision {
+func (m *Machine) progress(now time.Duration, ev Progress) (out []Decision) {
 	if ev.Gen != m.gen || m.phase != running {
 		return nil
 	}
-	var out []Decision
 	if !m.progressed {
 		m.progressed = true
 		if st := now - m.launchedAt; st > m.maxStartup {
@@ -338,6 +375,7 @@ func (m *Machine) progress(now time.Duration, ev Progress) []Decision {
 			out = append(out, m.recovered(now, ev.Step))
 		}
 	}
+	defer func() { out = append(out, m.admit()...) }()
 	m.everProgress = true
 	if ev.Rank >= 0 {
 		if prev, ok := m.rankStep[ev.Rank]; !ok || ev.Step > prev {
@@ -355,13 +393,36 @@ func (m *Machine) progress(now time.Duration, ev Progress) []Decision {
 	return out
 }
 
+// admit grows the running generation by the ready joiners, at a step
+// boundary a few steps ahead (so every member reaches it before switching).
+func (m *Machine) admit() []Decision {
+	n := min(m.joinersReady, m.cfg.WorldSize-m.world)
+	if n <= 0 || m.phase != running || !m.progressed {
+		return nil
+	}
+	survivors := make([]int, m.world)
+	for i := range survivors {
+		survivors[i] = i
+	}
+	m.joiners -= n
+	m.joinersReady -= n
+	at := m.genStep + admitAhead
+	m.newGeneration(m.world + n)
+	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Admit: n, Grow: true, AtStep: at}}
+}
+
+// admitAhead: how many steps after the latest reported one a grow takes
+// effect. Reports reach the agent in microseconds and a step takes
+// milliseconds or more, so every member learns of the switch before it.
+const admitAhead = 2
+
 func (m *Machine) recovered(now time.Duration, firstStep int) Decision {
 	m.recovering = false
 	rb := 0
 	if firstStep >= 0 && m.stepAtFault >= 0 && firstStep <= m.stepAtFault {
 		rb = m.stepAtFault - firstStep + 1
 	}
-	return Recovered{Gen: m.gen, Took: now - m.faultAt, RolledBack: rb}
+	return Recovered{Gen: m.gen, WorldSize: m.world, Took: now - m.faultAt, RolledBack: rb}
 }
 
 func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
@@ -509,21 +570,27 @@ func (m *Machine) regroup(dead, kill []int) []Decision {
 			survivors = append(survivors, r)
 		}
 	}
-	repl := 0
-	if m.cfg.Replace {
-		repl = m.cfg.WorldSize - len(survivors)
-	}
-	if len(survivors) == 0 || len(survivors)+repl < max(1, m.cfg.MinWorld) {
+	if len(survivors) == 0 || len(survivors) < max(1, m.cfg.MinWorld) {
 		return m.restartAll()
 	}
-	m.newGeneration(len(survivors) + repl)
-	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Replacements: repl, Kill: kill}}
+	spawn := 0
+	if m.cfg.Replace {
+		spawn = max(0, m.cfg.WorldSize-len(survivors)-m.joiners)
+		m.joiners += spawn
+	}
+	// Joiners already waiting come in with this regroup.
+	admit := min(m.joinersReady, m.cfg.WorldSize-len(survivors))
+	m.joiners -= admit
+	m.joinersReady -= admit
+	m.newGeneration(len(survivors) + admit)
+	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Admit: admit, Spawn: spawn, Kill: kill}}
 }
 
 // restartAll stops the whole generation; the next is launched in full once
 // it has stopped (restart mode's recovery, live mode's fallback).
 func (m *Machine) restartAll() []Decision {
 	m.phase = stopping
+	m.joiners, m.joinersReady = 0, 0 // the agent discards them with the generation
 	return []Decision{Stop{Gen: m.gen, Reason: "restart"}}
 }
 
@@ -542,3 +609,8 @@ func (m *Machine) interrupt(ev Interrupt) []Decision {
 	}
 	return nil
 }
+
+func (JoinerReady) input() {}
+func (JoinerLost) input()  {}
+
+func (SpawnJoiners) decision() {}

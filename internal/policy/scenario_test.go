@@ -171,6 +171,10 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return Tick{}
 	case "diagnosed":
 		return Diagnosed{Gen: get("gen"), Rank: get("rank")}
+	case "joiner_ready":
+		return JoinerReady{}
+	case "joiner_lost":
+		return JoinerLost{}
 	case "collective_failed":
 		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}
