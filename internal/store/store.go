@@ -39,6 +39,10 @@ var (
 	ErrNotFound = errors.New("store: key not found")
 	ErrConflict = errors.New("store: revision conflict")
 	ErrClosed   = errors.New("store: closed")
+	// ErrUnavailable: the backend cannot serve the request now (no etcd
+	// endpoint answered, no leader). The caller may retry; a write that
+	// failed this way may or may not have been applied.
+	ErrUnavailable = errors.New("store: unavailable")
 )
 
 // Memory is the in-process store used by `bulsajo run` on one machine: the

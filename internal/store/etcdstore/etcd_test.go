@@ -1,4 +1,4 @@
-package store_test
+package etcdstore_test
 
 import (
 	"bytes"
@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
 	"github.com/bulsajo/bulsajo/internal/store/storetest"
 )
 
@@ -31,9 +32,9 @@ var prefixSeq atomic.Int64
 // storetest's fresh, empty store on a shared cluster.
 func openPrefixed(t *testing.T, endpoints []string) store.Store {
 	t.Helper()
-	s, err := store.OpenEtcd(context.Background(), endpoints,
-		store.WithPrefix(fmt.Sprintf("/storetest/%d/", prefixSeq.Add(1))),
-		store.WithDialTimeout(5*time.Second))
+	s, err := etcdstore.OpenEtcd(context.Background(), endpoints,
+		etcdstore.WithPrefix(fmt.Sprintf("/storetest/%d/", prefixSeq.Add(1))),
+		etcdstore.WithDialTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,9 +42,9 @@ func openPrefixed(t *testing.T, endpoints []string) store.Store {
 	return s
 }
 
-func startEmbedded(t *testing.T, dir string, opts ...store.EmbeddedOption) *store.Embedded {
+func startEmbedded(t *testing.T, dir string, opts ...etcdstore.EmbeddedOption) *etcdstore.Embedded {
 	t.Helper()
-	e, err := store.StartEmbedded(context.Background(), dir, opts...)
+	e, err := etcdstore.StartEmbedded(context.Background(), dir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func TestEmbeddedRestartKeepsData(t *testing.T) {
 
 	// Again, on given ports this time.
 	ports := freePorts(t, 2)
-	e = startEmbedded(t, dir, store.WithPorts(ports[0], ports[1]))
+	e = startEmbedded(t, dir, etcdstore.WithPorts(ports[0], ports[1]))
 	if want := fmt.Sprintf("http://127.0.0.1:%d", ports[0]); e.ClientURL() != want {
 		t.Errorf("ClientURL = %s, want %s", e.ClientURL(), want)
 	}
@@ -101,11 +102,11 @@ func TestEmbeddedRestartKeepsData(t *testing.T) {
 
 func TestEmbeddedStoreOptions(t *testing.T) {
 	ctx := context.Background()
-	e := startEmbedded(t, t.TempDir(), store.WithStoreOptions(store.WithPrefix("/bulsajo/run1/")))
+	e := startEmbedded(t, t.TempDir(), etcdstore.WithStoreOptions(etcdstore.WithPrefix("/bulsajo/run1/")))
 	if _, err := e.Store().Put(ctx, "/gen", []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := store.OpenEtcd(ctx, []string{e.ClientURL()})
+	raw, err := etcdstore.OpenEtcd(ctx, []string{e.ClientURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestOpenEtcdNoEndpoint(t *testing.T) {
 		fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
 	}
 	start := time.Now()
-	s, err := store.OpenEtcd(context.Background(), eps, store.WithDialTimeout(300*time.Millisecond))
+	s, err := etcdstore.OpenEtcd(context.Background(), eps, etcdstore.WithDialTimeout(300*time.Millisecond))
 	took := time.Since(start)
 	if err == nil {
 		s.Close()
@@ -136,7 +137,7 @@ func TestOpenEtcdNoEndpoint(t *testing.T) {
 	}
 	t.Logf("%v after %v", err, took.Round(time.Millisecond))
 
-	if _, err := store.OpenEtcd(context.Background(), nil); err == nil {
+	if _, err := etcdstore.OpenEtcd(context.Background(), nil); err == nil {
 		t.Error("OpenEtcd with no endpoints succeeded")
 	}
 }
@@ -151,7 +152,7 @@ func TestExternalClusterConformance(t *testing.T) {
 func TestExternalClusterSurvivesMemberLoss(t *testing.T) {
 	ctx := context.Background()
 	c := startCluster(t, 3)
-	s, err := store.OpenEtcd(ctx, c.endpoints())
+	s, err := etcdstore.OpenEtcd(ctx, c.endpoints())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,6 +314,7 @@ func tryStartCluster(t *testing.T, n int) (*cluster, error) {
 		c.members = append(c.members, m)
 		initial = append(initial, m.name+"="+m.peerURL)
 	}
+	token := fmt.Sprintf("bulsajo-test-%d-%d", os.Getpid(), prefixSeq.Add(1))
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "ETCD") {
@@ -349,7 +351,7 @@ func tryStartCluster(t *testing.T, n int) (*cluster, error) {
 			"--initial-advertise-peer-urls", m.peerURL,
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new",
-			"--initial-cluster-token", filepath.Base(root),
+			"--initial-cluster-token", token,
 			// Loopback: elect fast (defaults 100/1000 ms are for networks).
 			"--heartbeat-interval", "25",
 			"--election-timeout", "250",
@@ -378,7 +380,7 @@ func tryStartCluster(t *testing.T, n int) (*cluster, error) {
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		s, err := store.OpenEtcd(ctx, c.endpoints(), store.WithDialTimeout(500*time.Millisecond))
+		s, err := etcdstore.OpenEtcd(ctx, c.endpoints(), etcdstore.WithDialTimeout(500*time.Millisecond))
 		if err == nil {
 			_, err = s.Get(ctx, "/ready")
 			s.Close()

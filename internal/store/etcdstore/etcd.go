@@ -1,10 +1,12 @@
-package store
+package etcdstore
 
 import (
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -15,17 +17,14 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-)
 
-// ErrUnavailable is returned (wrapped) when etcd cannot serve a request: no
-// endpoint answered, or the cluster has no leader (lost quorum). The caller
-// may retry; a write that failed this way may or may not have been applied.
-var ErrUnavailable = errors.New("store: etcd unavailable")
+	"github.com/bulsajo/bulsajo/internal/store"
+)
 
 // DefaultDialTimeout bounds how long OpenEtcd waits for an endpoint.
 const DefaultDialTimeout = 5 * time.Second
 
-// Etcd is a Store over an etcd v3 cluster (embedded or external). Revisions
+// Etcd is a store.Store over an etcd v3 cluster (embedded or external). Revisions
 // are etcd's: Put and CompareAndPut return the cluster revision of the
 // write, Get and List report each key's ModRevision.
 type Etcd struct {
@@ -34,7 +33,7 @@ type Etcd struct {
 	closed atomic.Bool
 }
 
-var _ Store = (*Etcd)(nil)
+var _ store.Store = (*Etcd)(nil)
 
 type etcdConfig struct {
 	dialTimeout time.Duration
@@ -80,7 +79,7 @@ func WithLogger(lg *zap.Logger) EtcdOption {
 
 // OpenEtcd connects to the etcd cluster at endpoints ("http://host:2379";
 // give every member so that the client fails over) and returns once one
-// of them has answered, or fails (with ErrUnavailable) when none has
+// of them has answered, or fails (with store.ErrUnavailable) when none has
 // within the dial timeout or ctx is done first.
 func OpenEtcd(ctx context.Context, endpoints []string, opts ...EtcdOption) (*Etcd, error) {
 	if err := ctx.Err(); err != nil {
@@ -138,6 +137,11 @@ func probe(parent context.Context, c *clientv3.Client, timeout time.Duration) er
 		go func() {
 			_, err := c.Status(ctx, ep)
 			if err != nil {
+				// gRPC waits for a connection and reports only the
+				// deadline; a plain dial says why (refused, no route...).
+				if derr := dialCheck(ep); derr != nil {
+					err = derr
+				}
 				err = fmt.Errorf("%s: %w", ep, err)
 			}
 			errc <- err
@@ -154,7 +158,24 @@ func probe(parent context.Context, c *clientv3.Client, timeout time.Duration) er
 	if err := parent.Err(); err != nil {
 		return fmt.Errorf("store: etcd %v: %w", eps, err)
 	}
-	return fmt.Errorf("%w: no endpoint answered within %v: %s", ErrUnavailable, timeout, strings.Join(errs, "; "))
+	return fmt.Errorf("%w: no endpoint answered within %v: %s", store.ErrUnavailable, timeout, strings.Join(errs, "; "))
+}
+
+// dialCheck opens (and closes) a TCP connection to an http(s)://host:port
+// or host:port endpoint; other forms pass.
+func dialCheck(ep string) error {
+	host := ep
+	if u, err := url.Parse(ep); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		host = u.Host
+	} else if strings.Contains(ep, "://") || strings.HasPrefix(ep, "unix") {
+		return nil
+	}
+	conn, err := net.DialTimeout("tcp", host, time.Second)
+	if err != nil {
+		return err
+	}
+	conn.Close()
+	return nil
 }
 
 // Endpoints returns the endpoints the client was opened with.
@@ -165,22 +186,22 @@ func (e *Etcd) check(ctx context.Context) error {
 		return err
 	}
 	if e.closed.Load() {
-		return ErrClosed
+		return store.ErrClosed
 	}
 	return nil
 }
 
-// fail maps a client error: ErrClosed after Close, ctx's own error when it
-// is done, ErrUnavailable (wrapped with the cause) when etcd could not serve.
+// fail maps a client error: store.ErrClosed after Close, ctx's own error when it
+// is done, store.ErrUnavailable (wrapped with the cause) when etcd could not serve.
 func (e *Etcd) fail(ctx context.Context, op, key string, err error) error {
 	if e.closed.Load() {
-		return ErrClosed
+		return store.ErrClosed
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
 	}
 	if unavailable(err) {
-		return fmt.Errorf("store: etcd %s %q: %w: %w", op, key, ErrUnavailable, err)
+		return fmt.Errorf("store: etcd %s %q: %w: %w", op, key, store.ErrUnavailable, err)
 	}
 	return fmt.Errorf("store: etcd %s %q: %w", op, key, err)
 }
@@ -193,7 +214,7 @@ func unavailable(err error) bool {
 	return status.Code(err) == codes.Unavailable
 }
 
-// Put implements Store.
+// Put implements store.Store.
 func (e *Etcd) Put(ctx context.Context, key string, value []byte) (int64, error) {
 	if err := e.check(ctx); err != nil {
 		return 0, err
@@ -205,25 +226,25 @@ func (e *Etcd) Put(ctx context.Context, key string, value []byte) (int64, error)
 	return resp.Header.Revision, nil
 }
 
-// Get implements Store.
-func (e *Etcd) Get(ctx context.Context, key string) (KV, error) {
+// Get implements store.Store.
+func (e *Etcd) Get(ctx context.Context, key string) (store.KV, error) {
 	if err := e.check(ctx); err != nil {
-		return KV{}, err
+		return store.KV{}, err
 	}
 	resp, err := e.kv.Get(ctx, key)
 	if err != nil {
-		return KV{}, e.fail(ctx, "get", key, err)
+		return store.KV{}, e.fail(ctx, "get", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return KV{}, ErrNotFound
+		return store.KV{}, store.ErrNotFound
 	}
 	kv := resp.Kvs[0]
-	return KV{Key: string(kv.Key), Value: kv.Value, Revision: kv.ModRevision}, nil
+	return store.KV{Key: string(kv.Key), Value: kv.Value, Revision: kv.ModRevision}, nil
 }
 
-// List implements Store. It reads all the keys under prefix in one
+// List implements store.Store. It reads all the keys under prefix in one
 // consistent request (one revision); keep prefixes small.
-func (e *Etcd) List(ctx context.Context, prefix string) ([]KV, error) {
+func (e *Etcd) List(ctx context.Context, prefix string) ([]store.KV, error) {
 	if err := e.check(ctx); err != nil {
 		return nil, err
 	}
@@ -232,14 +253,14 @@ func (e *Etcd) List(ctx context.Context, prefix string) ([]KV, error) {
 	if err != nil {
 		return nil, e.fail(ctx, "list", prefix, err)
 	}
-	var out []KV
+	var out []store.KV
 	for _, kv := range resp.Kvs {
-		out = append(out, KV{Key: string(kv.Key), Value: kv.Value, Revision: kv.ModRevision})
+		out = append(out, store.KV{Key: string(kv.Key), Value: kv.Value, Revision: kv.ModRevision})
 	}
 	return out, nil
 }
 
-// CompareAndPut implements Store with one transaction: the key's
+// CompareAndPut implements store.Store with one transaction: the key's
 // ModRevision must be rev, or for rev 0 the key must not exist
 // (CreateRevision 0).
 func (e *Etcd) CompareAndPut(ctx context.Context, key string, value []byte, rev int64) (int64, error) {
@@ -255,13 +276,13 @@ func (e *Etcd) CompareAndPut(ctx context.Context, key string, value []byte, rev 
 		return 0, e.fail(ctx, "compare-and-put", key, err)
 	}
 	if !resp.Succeeded {
-		return 0, ErrConflict
+		return 0, store.ErrConflict
 	}
 	return resp.Header.Revision, nil
 }
 
-// Close implements Store. It is safe to call more than once; calls made
-// after it return ErrClosed.
+// Close implements store.Store. It is safe to call more than once; calls made
+// after it return store.ErrClosed.
 func (e *Etcd) Close() error {
 	if e.closed.Swap(true) {
 		return nil
