@@ -61,6 +61,7 @@ LAUNCHERS = ("torchrun", "bulsajo")
 
 DONE_RE = re.compile(r"done steps=(\d+) loss=(\S+) params_sha256=([0-9a-f]+)")
 RESUMED_RE = re.compile(r"resumed from \S+ at step (\d+)")
+STEP_RE = re.compile(r"\bstep (\d+) loss ")
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 # Variables a launcher sets for its workers: never inherit them from the caller.
@@ -415,7 +416,7 @@ def run_one(cfg, launcher, scenario, rep, workdir):
         next_at, every, sig = None, None, None
 
     out_path = os.path.join(rundir, "output.log")
-    outf = open(out_path, "w")
+    outf = open(out_path, "w", buffering=1)  # line-buffered: tail -f works
     lines = []  # (t since start, wall time, text)
     done = threading.Event()
     ended = {}
@@ -428,12 +429,20 @@ def run_one(cfg, launcher, scenario, rep, workdir):
                          start_new_session=True)
     LIVE[p.pid] = p
 
+    first_done = {}  # "t": when the first `done` line was read
+    last_step = {}   # "step", "t": the last `step N loss X` line (rank 0 logs every 10)
+
     def reader():
         for raw in iter(p.stdout.readline, b""):
             t = time.monotonic() - t0
             text = ANSI_RE.sub("", raw.decode("utf-8", "replace").rstrip("\r\n"))
             lines.append((t, t0_wall + t, text))
             outf.write("%9.3f %s\n" % (t, text))
+            if "t" not in first_done and DONE_RE.search(text):
+                first_done["t"] = t
+            m = STEP_RE.search(text)
+            if m:
+                last_step["step"], last_step["t"] = int(m.group(1)), t
         outf.flush()
 
     def waiter():
@@ -448,7 +457,8 @@ def run_one(cfg, launcher, scenario, rep, workdir):
     wt.start()
 
     injections = []
-    timed_out = False
+    timed_out = False     # capped at --timeout
+    hung_after_done = False  # `done` printed, launcher still running --exit-grace later
     fault_index = 0
     try:
         while True:
@@ -456,13 +466,20 @@ def run_one(cfg, launcher, scenario, rep, workdir):
             if now >= cfg.timeout:
                 timed_out = True
                 break
-            wait = cfg.timeout - now
+            deadline = cfg.timeout
+            if "t" in first_done:
+                if now >= first_done["t"] + cfg.exit_grace:
+                    timed_out = hung_after_done = True
+                    break
+                deadline = min(deadline, first_done["t"] + cfg.exit_grace)
+                next_at = None  # training is over: no more faults
+            wait = deadline - now
             if next_at is not None:
-                wait = min(wait, max(0.0, next_at - now))
-            if done.wait(wait):
+                wait = min(wait, max(0.0, next_at - now), 0.5)
+            if done.wait(max(0.0, wait)):
                 break
             now = time.monotonic() - t0
-            if next_at is None or now < next_at:
+            if next_at is None or now < next_at or "t" in first_done:
                 continue
             # Inject a fault now (or retry in 50 ms if there is no worker).
             ws = find_workers(p.pid, cfg.script_match)
@@ -484,7 +501,11 @@ def run_one(cfg, launcher, scenario, rep, workdir):
             injections.append({"t": round(t_inj, 3), "wall": t0_wall + t_inj,
                                "signal": signal.Signals(sig).name, "pid": w["pid"],
                                "rank": w["rank"], "planned_rank": want,
-                               "restart_count": newest, "found_by": w["how"]})
+                               "restart_count": newest, "found_by": w["how"],
+                               # training state when it hit: the last logged step and its age
+                               "last_logged_step": last_step.get("step"),
+                               "last_step_age_s": round(t_inj - last_step["t"], 3)
+                               if "t" in last_step else None})
             log("%s: t=%.1fs %s rank %d (pid %d, restart %d, via %s)" % (
                 name, t_inj, signal.Signals(sig).name, w["rank"], w["pid"], newest, w["how"]))
             if every is None:
@@ -501,12 +522,18 @@ def run_one(cfg, launcher, scenario, rep, workdir):
         LIVE.pop(p.pid, None)
 
     finished_ok = (not timed_out) and ended.get("rc") == 0
-    wall = ended["t"] if not timed_out and "t" in ended else float(cfg.timeout)
+    wall = ended["t"] if not timed_out and "t" in ended else time.monotonic() - t0
+    to_done = first_done.get("t")
     rec = {
         "name": name, "launcher": launcher, "scenario": scenario, "repeat": rep,
         "command": cmd, "output_log": out_path,
         "exit_code": None if timed_out else ended.get("rc"),
-        "timed_out": timed_out, "wall_s": round(wall, 3),
+        "timed_out": timed_out, "hung_after_done": hung_after_done,
+        "wall_s": round(wall, 3),
+        # start -> the first `done` line: training complete, before teardown
+        "to_done_s": round(to_done, 3) if to_done is not None else None,
+        # `done` line -> launcher exit (torchrun polls its workers every 5 s)
+        "exit_tail_s": round(wall - to_done, 3) if (to_done is not None and not timed_out) else None,
         "faults_injected": len(injections), "injections": injections,
         # processes still in the launcher's session after it exited by itself
         "stragglers_after_exit": 0 if timed_out else stragglers,
@@ -542,27 +569,40 @@ def run_one(cfg, launcher, scenario, rep, workdir):
                            "rolled_back_steps": e.get("rolled_back_steps", 0)} for e in recov],
             "summary": fin[-1].get("summary") if fin else None,
         }
-        # Harness-measured detection: injection -> the first fault event after it.
+        # Harness-measured detection: injection -> the first fault event after
+        # it (and before the next injection).
         used = set()
-        for inj in injections:
+        for k, inj in enumerate(injections):
             inj["to_fault_event_ms"] = None
+            until = injections[k + 1]["wall"] if k + 1 < len(injections) else float("inf")
             for i, e in enumerate(faults):
                 te = parse_time(e.get("time", ""))
-                if i in used or te is None or te < inj["wall"] - 0.001:
+                if i in used or te is None or te < inj["wall"] - 0.001 or te >= until:
                     continue
                 used.add(i)
                 inj["to_fault_event_ms"] = round((te - inj["wall"]) * 1000, 1)
                 inj["fault_event_rank"] = e.get("rank")
                 inj["fault_event_cause"] = e.get("cause")
                 break
+        # Faults bulsajo saw that the harness did not cause (e.g. a worker
+        # that hangs at exit after `done`).
+        rec["bulsajo"]["faults_not_injected"] = [
+            {"time": e.get("time"), "cause": e.get("cause"), "detail": e.get("detail")}
+            for i, e in enumerate(faults) if i not in used]
     for inj in injections:
         inj["wall"] = round(inj["wall"], 3)
 
     if cfg.keep_ckpt is False:
         shutil.rmtree(ckpt, ignore_errors=True)
-    log("%s: %s in %.1fs, %d faults, exit %s%s" % (
-        name, "finished" if rec["finished"] else "DID NOT FINISH", wall, len(injections),
-        rec["exit_code"], ", timed out" if timed_out else ""))
+    why = ""
+    if hung_after_done:
+        why = ", printed `done` at %.1fs but did not exit within --exit-grace %gs" % (
+            to_done, cfg.exit_grace)
+    elif timed_out:
+        why = ", capped at --timeout"
+    log("%s: %s in %.1fs (done line at %s), %d faults, exit %s%s" % (
+        name, "finished" if rec["finished"] else "DID NOT FINISH", wall,
+        fmt(to_done, "%.1fs"), len(injections), rec["exit_code"], why))
     return rec
 
 
@@ -640,48 +680,75 @@ def aggregate(runs, cfg):
     for (launcher, scenario), rs in groups.items():
         fin = [r for r in rs if r["finished"]]
         injs = [i for r in rs for i in r["injections"]]
+        resumed = [i["to_resumed_s"] for i in injs if i.get("to_resumed_s") is not None]
         a = {
             "launcher": launcher, "scenario": scenario, "runs": len(rs), "finished": len(fin),
-            "wall_s": med([r["wall_s"] for r in fin]) if len(fin) == len(rs) else None,
+            "hung_after_done": sum(1 for r in rs if r.get("hung_after_done")),
+            "capped": sum(1 for r in rs if r["timed_out"] and not r.get("hung_after_done")),
+            # medians over the runs that finished
+            "wall_s": med([r["wall_s"] for r in fin]),
+            "exit_tail_s": med([r.get("exit_tail_s") for r in fin]),
             "wall_s_all": [r["wall_s"] for r in rs],
+            # over every run that printed `done` (hung at exit or not)
+            "to_done_s": med([r.get("to_done_s") for r in rs]),
             "faults": med([r["faults_injected"] for r in rs]),
-            "to_resumed_s_median": med([i.get("to_resumed_s") for i in injs]),
-            "to_resumed_s_max": max([i["to_resumed_s"] for i in injs
-                                     if i.get("to_resumed_s") is not None] or [None]),
-            "loss": fin[0]["loss"] if fin else None,
-            "params_sha256": sorted({r["params_sha256"] for r in fin}) if fin else [],
+            "to_resumed_s_median": med(resumed),
+            "to_resumed_s_max": max(resumed) if resumed else None,
+            "loss": sorted({r["loss"] for r in rs if r["loss"]}),
+            "params_sha256": sorted({r["params_sha256"] for r in rs if r["params_sha256"]}),
         }
         if launcher == "bulsajo":
-            det = [f["detect_ms"] for r in rs for f in r.get("bulsajo", {}).get("faults", [])]
-            recm = [x["recover_ms"] for r in rs for x in r.get("bulsajo", {}).get("recovered", [])]
-            rb = [x["rolled_back_steps"] for r in rs for x in r.get("bulsajo", {}).get("recovered", [])]
-            hm = [i.get("to_fault_event_ms") for i in injs if i.get("to_fault_event_ms") is not None]
+            b = [r.get("bulsajo", {}) for r in rs]
+            det = [f["detect_ms"] for x in b for f in x.get("faults", [])]
+            recm = [y["recover_ms"] for x in b for y in x.get("recovered", [])]
+            rb = [y["rolled_back_steps"] for x in b for y in x.get("recovered", [])]
+            hm = [i["to_fault_event_ms"] for i in injs if i.get("to_fault_event_ms") is not None]
             a.update({
                 "detect_ms_median": med(det), "detect_ms_max": max(det) if det else None,
                 "recover_ms_median": med(recm), "recover_ms_max": max(recm) if recm else None,
                 "rolled_back_steps_median": med(rb),
                 "injection_to_fault_event_ms_median": med(hm),
                 "injection_to_fault_event_ms_max": max(hm) if hm else None,
-                "bulsajo_faults_detected": med([len(r.get("bulsajo", {}).get("faults", [])) for r in rs]),
+                "bulsajo_faults_detected": med([len(x.get("faults", [])) for x in b]),
+                "bulsajo_faults_not_injected": [f for x in b for f in x.get("faults_not_injected", [])],
             })
         agg[(launcher, scenario)] = a
     # Goodput and per-fault cost against the same launcher's fault-free wall.
     for (launcher, scenario), a in agg.items():
-        base = agg.get((launcher, "fault-free"), {}).get("wall_s")
-        a["goodput"] = None
-        a["per_fault_cost_s"] = None
+        ffa = agg.get((launcher, "fault-free"), {})
+        base = ffa.get("wall_s")
+        a["goodput"] = a["per_fault_cost_s"] = a["goodput_to_done"] = None
         if base and a["wall_s"]:
             a["goodput"] = base / a["wall_s"]
             if a["faults"]:
                 a["per_fault_cost_s"] = (a["wall_s"] - base) / a["faults"]
-        ff = agg.get((launcher, "fault-free"), {}).get("params_sha256") or []
+        if ffa.get("to_done_s") and a["to_done_s"]:
+            a["goodput_to_done"] = ffa["to_done_s"] / a["to_done_s"]
+        ff = ffa.get("params_sha256") or []
         a["params_match_fault_free"] = (a["params_sha256"] == ff) if (ff and a["params_sha256"]) else None
-    overhead = None
-    t = agg.get(("torchrun", "fault-free"), {}).get("wall_s")
-    b = agg.get(("bulsajo", "fault-free"), {}).get("wall_s")
-    if t and b:
-        overhead = b / t - 1
+    overhead = {"wall": None, "to_done": None}
+    t = agg.get(("torchrun", "fault-free"), {})
+    b = agg.get(("bulsajo", "fault-free"), {})
+    if t.get("wall_s") and b.get("wall_s"):
+        overhead["wall"] = b["wall_s"] / t["wall_s"] - 1
+    if t.get("to_done_s") and b.get("to_done_s"):
+        overhead["to_done"] = b["to_done_s"] / t["to_done_s"] - 1
     return agg, overhead
+
+
+def finished_cell(a, cfg):
+    if a["finished"] == a["runs"]:
+        return "yes" if a["runs"] == 1 else "%d/%d" % (a["finished"], a["runs"])
+    why = []
+    if a["hung_after_done"]:
+        why.append("%shung at exit after `done` †" % ("" if a["runs"] == 1 else "%d " % a["hung_after_done"]))
+    if a["capped"]:
+        why.append("%scapped at %gs" % ("" if a["runs"] == 1 else "%d " % a["capped"], cfg.timeout))
+    other = a["runs"] - a["finished"] - a["hung_after_done"] - a["capped"]
+    if other:
+        why.append("%d exited with an error" % other)
+    head = "**no**" if a["finished"] == 0 else "%d/%d" % (a["finished"], a["runs"])
+    return "%s (%s)" % (head, ", ".join(why))
 
 
 def render(machine, cfg, agg, overhead):
@@ -692,31 +759,32 @@ def render(machine, cfg, agg, overhead):
     L.append("- machine: %s CPUs (%s usable), %s, %s, memory %s, cgroup CPU quota %s" % (
         machine["nproc"], machine["cpus_usable"], machine["cpu_model"], machine["kernel"],
         machine["mem_total"], machine["cgroup_cpu_quota"]))
-    L.append("- torch: %s (%s); torchrun: %s; %s" % (machine["torch"], machine["python"],
-                                                  machine["torchrun"], machine["bulsajo"]))
+    L.append("- torch %s (%s); torchrun %s; %s" % (machine["torch"], machine["python"],
+                                                machine["torchrun"], machine["bulsajo"]))
     L.append("- load average at start: %s; at end: %s" % (machine["loadavg_start"],
                                                          machine.get("loadavg_end")))
-    L.append("- job: examples/ddp_train.py --steps %d, %d workers, checkpoint every 20 steps; "
-             "SIGKILL every %gs from %gs; SIGSTOP at %gs; timeout %ds; seed %d; %d repeat(s), medians"
-             % (cfg.steps, cfg.nproc, cfg.kill_every, cfg.kill_every, cfg.stop_at, cfg.timeout,
-                cfg.seed, cfg.repeat))
+    L.append("- job: %s --steps %d, %d workers; SIGKILL every %gs from %gs; SIGSTOP at %gs; "
+             "timeout %gs; exit grace %gs; seed %d; %d repeat(s), medians; bench took %ss"
+             % (os.path.relpath(cfg.script, REPO), cfg.steps, cfg.nproc, cfg.kill_every,
+                cfg.kill_every, cfg.stop_at, cfg.timeout, cfg.exit_grace, cfg.seed, cfg.repeat,
+                machine.get("bench_duration_s")))
     L.append("")
-    L.append("| launcher | scenario | finished | wall s | faults | goodput | s lost / fault "
-             "| fault→resumed s (med / max) | signal→fault event ms (med / max) "
+    L.append("| launcher | scenario | finished | wall s | to `done` s | faults | goodput "
+             "| s lost / fault | fault→resumed s (med / max) | signal→fault event ms (med / max) "
              "| detect_ms (med / max) | recover_ms (med / max) "
              "| final loss | params sha256 | = fault-free |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    order = [(l, s) for s in SCENARIOS for l in LAUNCHERS]
-    for key in order:
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    notes = []
+    for key in [(l, s) for s in SCENARIOS for l in LAUNCHERS]:
         a = agg.get(key)
         if not a:
             continue
-        if a["finished"] == a["runs"]:
-            fin = "yes" if a["runs"] == 1 else "%d/%d" % (a["finished"], a["runs"])
+        if a["wall_s"] is not None:
             wall = fmt(a["wall_s"])
+        elif a["capped"]:
+            wall = "> %g" % cfg.timeout
         else:
-            fin = "**did not finish**" if a["finished"] == 0 else "%d/%d" % (a["finished"], a["runs"])
-            wall = ">= %s (cap)" % fmt(max(a["wall_s_all"]), "%.0f") if a["finished"] == 0 else "—"
+            wall = "—"
         res = "—"
         if a["to_resumed_s_median"] is not None:
             res = "%.1f / %.1f" % (a["to_resumed_s_median"], a["to_resumed_s_max"])
@@ -729,22 +797,36 @@ def render(machine, cfg, agg, overhead):
                 det = "%s / %s" % (short_ms(a["detect_ms_median"]), short_ms(a["detect_ms_max"]))
             if a.get("recover_ms_median") is not None:
                 rcv = "%.0f / %.0f" % (a["recover_ms_median"], a["recover_ms_max"])
+            extra = a.get("bulsajo_faults_not_injected") or []
+            if extra:
+                notes.append("bulsajo %s: %d fault(s) detected that the harness did not inject: %s."
+                             % (a["scenario"], len(extra), "; ".join(
+                                 "%s (%s)" % (f.get("cause"), f.get("detail")) for f in extra)))
         h = ", ".join(x[:12] for x in a["params_sha256"]) or "—"
         match = {True: "yes", False: "**no**", None: "—"}[a["params_match_fault_free"]]
-        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            a["launcher"], a["scenario"], fin, wall, fmt(a["faults"], "%g"),
-            fmt(a["goodput"], "%.2f"), fmt(a["per_fault_cost_s"], "%.1f"), res, sig, det, rcv,
-            a["loss"] or "—", h, match))
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            a["launcher"], a["scenario"], finished_cell(a, cfg), wall, fmt(a["to_done_s"]),
+            fmt(a["faults"], "%g"), fmt(a["goodput"], "%.2f"), fmt(a["per_fault_cost_s"], "%.1f"),
+            res, sig, det, rcv, ", ".join(a["loss"]) or "—", h, match))
     L.append("")
-    if overhead is not None:
-        L.append("Fault-free overhead of bulsajo vs torchrun: %+.1f%% (bulsajo %.1f s / torchrun %.1f s − 1)."
-                 % (100 * overhead, agg[("bulsajo", "fault-free")]["wall_s"],
-                    agg[("torchrun", "fault-free")]["wall_s"]))
+    if overhead["wall"] is not None or overhead["to_done"] is not None:
+        L.append("Fault-free overhead of bulsajo vs torchrun (bulsajo / torchrun − 1): wall %s; "
+                 "start → `done` %s." % (
+                     fmt(100 * overhead["wall"], "%+.1f%%")
+                     if overhead["wall"] is not None else "—",
+                     fmt(100 * overhead["to_done"], "%+.1f%%")
+                     if overhead["to_done"] is not None else "—"))
     ss = agg.get(("bulsajo", "sigstop"))
     if ss and ss.get("injection_to_fault_event_ms_median") is not None:
-        L.append("bulsajo SIGSTOP detection (harness's SIGSTOP → bulsajo's fault event): "
+        L.append("bulsajo SIGSTOP detection (the harness's SIGSTOP → bulsajo's fault event): "
                  "median %.2f s, max %.2f s." % (ss["injection_to_fault_event_ms_median"] / 1000,
                                                 ss["injection_to_fault_event_ms_max"] / 1000))
+    if any(a["hung_after_done"] for a in agg.values()):
+        notes.append("† rank 0 printed `done` (training complete) but the launcher had not exited "
+                     "%gs later; the run was stopped. See processes_at_timeout in the JSON." % cfg.exit_grace)
+    for n in notes:
+        L.append("")
+        L.append(n)
     L.append("")
     return "\n".join(L)
 
@@ -770,6 +852,9 @@ def parse_args(argv=None):
     ap.add_argument("--python", default="/usr/bin/python3", help="interpreter with torch")
     ap.add_argument("--script", default=DEFAULT_SCRIPT)
     ap.add_argument("--timeout", type=float, default=300.0, help="cap on every run, seconds")
+    ap.add_argument("--exit-grace", type=float, default=60.0,
+                    help="a run that printed `done` but whose launcher has not exited this many "
+                         "seconds later is stopped and reported as hung at exit")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="write JSON results here")
     ap.add_argument("--markdown", default=None, help="also write the markdown table here")
@@ -841,7 +926,7 @@ def main(argv=None):
         "work_dir": workdir,
         "runs": runs,
         "aggregate": [agg[k] for k in sorted(agg)],
-        "bulsajo_fault_free_overhead": overhead,
+        "bulsajo_fault_free_overhead": overhead,  # bulsajo / torchrun - 1
         "markdown": table,
     }
     if cfg.out:

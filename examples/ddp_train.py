@@ -90,19 +90,28 @@ def per_param_allreduce(process_group, bucket):
     iteration = initial layout) would drift from a fault-free run in the last
     bits.  Reducing every parameter's gradient separately makes the rounding
     independent of the bucket layout, so resumed runs stay bit-identical.
+
+    Exit-hang workaround (PyTorch 1.13 + gloo, seen with gdb): the tensors
+    handed to gloo here are Python objects; if a gloo worker thread drops the
+    last reference to one it needs the GIL, while the main thread holds the
+    GIL joining that very thread in ~ProcessGroupGloo when DDP is freed at
+    exit.  So the gradient views stay referenced from Python (_HOOK_TENSORS)
+    until the next backward.  The all_reduces are synchronous, which also
+    keeps Python callbacks (fut.then) off gloo's threads.  A failed all_reduce
+    (a peer died) raises and fails the step.
     """
     world = dist.get_world_size(process_group)
-    futs = []
-    for g in bucket.gradients():
+    grads = bucket.gradients()
+    _HOOK_TENSORS[bucket.index()] = grads
+    for g in grads:
         g.div_(world)
-        futs.append(dist.all_reduce(g, group=process_group, async_op=True).get_future())
+        dist.all_reduce(g, group=process_group)
+    fut = torch.futures.Future()
+    fut.set_result(bucket.buffer())
+    return fut
 
-    def done(all_futs):
-        for f in all_futs.value():
-            f.value()  # re-raise a failed all_reduce (e.g. a peer died)
-        return bucket.buffer()
 
-    return torch.futures.collect_all(futs).then(done)
+_HOOK_TENSORS = {}
 
 
 def params_sha256(model):
