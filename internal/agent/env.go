@@ -38,7 +38,11 @@ func (a *Agent) baseEnv() []string {
 		// Rank 0 hosts the rendezvous store itself (torchrun hosts it in its
 		// agent process, the single point of failure bulsajo avoids).
 		"TORCHELASTIC_USE_AGENT_STORE": "False",
-		"NCCL_ASYNC_ERROR_HANDLING":    "1",
+	}
+	if !a.cfg.Live {
+		// torchrun's setting: NCCL's watchdog kills a process whose
+		// collective failed. In live mode that process is a survivor.
+		set["NCCL_ASYNC_ERROR_HANDLING"] = "1"
 	}
 	if a.cfg.Live {
 		set["BULSAJO_RECOVERY"] = "live"

@@ -35,6 +35,10 @@ type Config struct {
 	// CrashLoopWindow: for a job that reports no progress, a generation that
 	// failed sooner than this after launch counts as having made none.
 	CrashLoopWindow time.Duration
+	// ExitGrace: once a rank has finished (exit 0), the others have this
+	// long to finish too; meanwhile the hang watchdog is off (the job is
+	// tearing down, not training). Default 30 s.
+	ExitGrace time.Duration
 
 	// Live recovery (workers use the SDK): survivors of a fault keep their
 	// processes and re-form the group; Replace starts replacements to get
@@ -51,6 +55,7 @@ const (
 	MinStartupTimeout     = 15 * time.Second
 	DefaultCrashLoopLimit = 3
 	DefaultCrashWindow    = 10 * time.Second
+	DefaultExitGrace      = 30 * time.Second
 )
 
 // FaultKind names what was detected.
@@ -233,6 +238,8 @@ type Machine struct {
 	maxStartup   time.Duration
 	rankStep     map[int]int
 	doneRanks    map[int]bool
+	firstDone    int           // the first rank of this generation to finish
+	firstDoneAt  time.Duration // and when
 	jobStep      int // highest step the job has reached, across generations
 	genStep      int // highest step reached in the current generation
 
@@ -253,6 +260,9 @@ func New(cfg Config) *Machine {
 	}
 	if cfg.CrashLoopWindow == 0 {
 		cfg.CrashLoopWindow = DefaultCrashWindow
+	}
+	if cfg.ExitGrace == 0 {
+		cfg.ExitGrace = DefaultExitGrace
 	}
 	if cfg.Watchdog.Floor == 0 && cfg.Watchdog.Timeout == 0 {
 		w := health.DefaultWatchdog()
@@ -430,6 +440,9 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 		return nil // a stale generation, or the consequence of a stop
 	}
 	if ev.Code == 0 && ev.Signal == "" {
+		if len(m.doneRanks) == 0 {
+			m.firstDone, m.firstDoneAt = ev.Rank, now
+		}
 		m.doneRanks[ev.Rank] = true
 		if len(m.doneRanks) == m.world {
 			m.phase = done
@@ -452,6 +465,21 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 func (m *Machine) tick(now time.Duration) []Decision {
 	if m.phase != running {
 		return nil
+	}
+	if len(m.doneRanks) > 0 {
+		if now-m.firstDoneAt <= m.cfg.ExitGrace {
+			return nil
+		}
+		var left []int
+		for r := 0; r < m.world; r++ {
+			if !m.doneRanks[r] {
+				left = append(left, r)
+			}
+		}
+		m.phase = stopping
+		m.finishAfter = &Finish{Outcome: Failed, Reason: fmt.Sprintf(
+			"ranks %v still running %s after rank %d finished (hung at exit?)", left, m.cfg.ExitGrace, m.firstDone)}
+		return []Decision{Stop{Gen: m.gen, Reason: "exit timeout"}}
 	}
 	w := &m.cfg.Watchdog
 	if w.Armed() {
@@ -546,9 +574,10 @@ func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision 
 			return append(out, m.regroup([]int{f.Rank}, nil)...)
 		case f.Kind == FaultCollective:
 			return append(out, m.regroup(nil, nil)...)
-		case f.Kind == FaultHang && f.Rank >= 0:
-			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
 		case f.Kind == FaultHang:
+			// Survivors blocked in a collective look like the hung rank
+			// (same step), so steps cannot tell whom to kill: ask for the
+			// process state.
 			m.phase = diagnosing
 			return append(out, Diagnose{Gen: m.gen})
 		}

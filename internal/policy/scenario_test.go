@@ -130,6 +130,8 @@ func parseConfig(t *testing.T, a map[string]string) Config {
 			c.StartupTimeout = dur(t, v)
 		case "crash-loop-limit":
 			c.CrashLoopLimit = atoi(t, v)
+		case "exit-grace":
+			c.ExitGrace = dur(t, v)
 		case "live":
 			c.Live = v == "true"
 		case "replace":

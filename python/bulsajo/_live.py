@@ -1,0 +1,388 @@
+"""Private machinery of live recovery (standard library only; see bulsajo.torch).
+
+Two pieces live here because neither needs torch:
+
+* :class:`AgentLink` — the worker's end of the agent control connection: one
+  unix STREAM socket (``BULSAJO_AGENT_CTL``; ``@name`` = Linux abstract socket)
+  carrying JSON lines both ways.  A daemon thread reads the agent's lines for
+  the life of the process; sends from the training thread never block.
+* :class:`Generations` — the latest generation assignment the agent sent, and
+  the record of which sockets belong to which generation's process group, so
+  that a newer generation can *abandon* an older group: every TCP connection
+  the group opened is ``shutdown(SHUT_RDWR)``, which makes a collective blocked
+  on that group (a peer SIGSTOPped, or itself blocked) fail at once instead of
+  after the 60 s timeout.  The sockets of a group are found by diffing this
+  process's socket inodes (``/proc/self/fd``) just before and just after the
+  group is created; listening sockets are never touched (the TCPStore server
+  thread treats an event on its listening socket as fatal), nor are non-TCP
+  sockets (the agent connection is a unix socket).
+"""
+
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import time
+
+TCP_LISTEN = "0A"  # state column of /proc/net/tcp
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def socket_fds():
+    """{fd: inode} for every socket file descriptor of this process."""
+    out = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            link = os.readlink("/proc/self/fd/" + name)
+        except OSError:
+            continue  # closed meanwhile (or the listdir fd itself)
+        if link.startswith("socket:[") and link.endswith("]"):
+            try:
+                out[int(name)] = int(link[8:-1])
+            except ValueError:
+                pass
+    return out
+
+
+def tcp_states():
+    """{inode: state} for the TCP sockets of this network namespace (v4 + v6)."""
+    out = {}
+    for path in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(path) as f:
+                f.readline()
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 9:
+                        try:
+                            out[int(parts[9])] = parts[3]
+                        except ValueError:
+                            pass
+        except OSError:
+            pass
+    return out
+
+
+def shutdown_fd(fd, inode):
+    """shutdown(SHUT_RDWR) the socket at ``fd`` if it still is socket ``inode``.
+
+    Works on a dup so the original descriptor stays open (its owner closes
+    it); the inode check on the dup guards against the number having been
+    closed and reused meanwhile.  Returns True when it shut the socket down.
+    """
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        return False
+    try:
+        if os.fstat(dup).st_ino != inode:
+            return False
+        s = socket.socket(fileno=dup)
+        dup = None  # owned by s now
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+            return True
+        except OSError:
+            return False  # e.g. ENOTCONN: nothing to interrupt
+        finally:
+            s.close()  # closes the dup only
+    except OSError:
+        return False
+    finally:
+        if dup is not None:
+            os.close(dup)
+
+
+# ---------------------------------------------------------- process-group sockets
+
+class GroupSockets(object):
+    """The sockets one process group opened, for abandoning it later."""
+
+    def __init__(self, gen, before):
+        self.gen = gen
+        self.before = before      # set of socket inodes that predate the group
+        self.sockets = None       # [(fd, inode)] once creation finished
+        self.abandoned = False
+        self.shut = 0             # how many sockets an abandon shut down
+
+    def _candidates(self):
+        if self.sockets is not None:
+            return self.sockets
+        # Still being created: everything opened since the snapshot.
+        return [(fd, ino) for fd, ino in socket_fds().items() if ino not in self.before]
+
+    def shutdown(self, keep=()):
+        tcp = tcp_states()
+        n = 0
+        for fd, ino in self._candidates():
+            if ino in keep:
+                continue
+            state = tcp.get(ino)
+            if state is None or state == TCP_LISTEN:
+                continue
+            if shutdown_fd(fd, ino):
+                n += 1
+        self.shut += n
+        return n
+
+
+class Superseded(Exception):
+    """A newer generation arrived while this one was being formed."""
+
+
+class Generations(object):
+    """Latest assignment from the agent + the groups that may need abandoning.
+
+    ``offer`` runs on the reader thread; everything else on the training
+    thread.  All state is guarded by ``cv``; socket shutdowns happen under it
+    too (a few syscalls), which makes "creation finished" and "abandoned"
+    mutually ordered.
+    """
+
+    def __init__(self, keep_inodes=()):
+        self.cv = threading.Condition()
+        self.latest = None        # the newest generation message (dict)
+        self.groups = []          # live GroupSockets, oldest first
+        self.keep = set(keep_inodes)
+        self.abandons = []        # (monotonic time, gen, sockets shut) for diagnostics
+
+    def offer(self, msg, committed=None):
+        """A generation message arrived.  Newer than every known one: adopt it
+        and abandon every group of an older generation.  Returns True if adopted.
+
+        A *grow* message (no member was lost: replacements join) is carried
+        out at a step boundary instead: the group is not abandoned while this
+        process has not yet committed step ``at_step`` (``committed()``, read
+        under ``cv`` so that a commit and this check are ordered); the steps
+        loop regroups after committing it.  A process already past the
+        boundary abandons at once, as for a fault (at most one step lost)."""
+        try:
+            gen = int(msg["gen"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        with self.cv:
+            if self.latest is not None and gen <= int(self.latest["gen"]):
+                return False
+            self.latest = msg
+            at = msg.get("at_step")
+            boundary = (msg.get("grow") and committed is not None and at is not None
+                        and committed() < int(at))
+            if not boundary:
+                for g in self.groups:
+                    if g.gen < gen and not g.abandoned:
+                        g.abandoned = True
+                        self.abandons.append((time.monotonic(), g.gen, g.shutdown(self.keep)))
+            self.cv.notify_all()
+        return True
+
+    def pending_boundary(self, gen):
+        """The step after which to switch to a newer grow generation, or None
+        when the newer generation (if any) must be joined now."""
+        with self.cv:
+            m = self.latest
+            if m is None or int(m["gen"]) <= gen or not m.get("grow") or m.get("at_step") is None:
+                return None
+            if any(g.abandoned for g in self.groups if g.gen == gen):
+                return None  # abandoned after all (a fault came too)
+            return int(m["at_step"])
+
+    def latest_gen(self):
+        with self.cv:
+            return None if self.latest is None else int(self.latest["gen"])
+
+    def newer_than(self, gen):
+        with self.cv:
+            return self.latest is not None and int(self.latest["gen"]) > gen
+
+    def wait_newer(self, after, timeout):
+        """The latest message if its gen > after, waiting up to timeout s; else None."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while self.latest is None or (after is not None and int(self.latest["gen"]) <= after):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cv.wait(left)
+            return dict(self.latest)
+
+    def begin_group(self, gen):
+        """Snapshot sockets before creating generation ``gen``'s group."""
+        before = set(socket_fds().values())
+        with self.cv:
+            if self.latest is not None and int(self.latest["gen"]) > gen:
+                raise Superseded("generation %d superseded by %s" % (gen, self.latest["gen"]))
+            g = GroupSockets(gen, before)
+            self.groups.append(g)
+            return g
+
+    def end_group(self, g):
+        """Creation returned (or failed): record the group's sockets.
+        Returns False when the group was abandoned meanwhile."""
+        after = socket_fds()
+        with self.cv:
+            g.sockets = [(fd, ino) for fd, ino in after.items() if ino not in g.before]
+            if g.abandoned:
+                g.shutdown(self.keep)  # sockets opened after the abandon too
+                return False
+            return True
+
+    def abandon(self, g):
+        """Leave a group on purpose: shut its sockets so peers blocked on this
+        process fail at once and its destructor cannot wait on a dead peer."""
+        with self.cv:
+            g.abandoned = True
+            return g.shutdown(self.keep)
+
+    def forget(self, g):
+        with self.cv:
+            if g in self.groups:
+                self.groups.remove(g)
+
+
+# ------------------------------------------------------------------ agent link
+
+def ctl_address(value):
+    """BULSAJO_AGENT_CTL -> address for AF_UNIX connect ("@x" is abstract)."""
+    if value.startswith("@"):
+        return "\0" + value[1:]
+    return value
+
+
+def encode(msg):
+    return (json.dumps(msg, separators=(",", ":"), sort_keys=True) + "\n").encode("utf-8")
+
+
+class AgentLink(object):
+    """The worker's JSON-lines connection to the agent.
+
+    ``on_message(dict)`` runs on the reader thread for every line.  When the
+    agent closes the connection (or it breaks) and :meth:`close` was not
+    called, ``on_lost()`` runs; by default it exits the process at once,
+    because a worker without its agent has nobody to tell it where to go.
+    """
+
+    def __init__(self, address, on_message, on_lost=None):
+        self.address = address
+        self.on_message = on_message
+        self.on_lost = on_lost or _exit_lost
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.connect(ctl_address(address))
+        except OSError:
+            self.sock.close()
+            raise
+        self.inode = os.fstat(self.sock.fileno()).st_ino
+        self._lock = threading.Lock()
+        self._pending = b""     # tail of a partially sent line
+        self._closing = False
+        self._thread = None
+        self.dropped = 0        # best-effort messages dropped
+
+    def start(self):
+        t = threading.Thread(target=self._read_loop, name="bulsajo-agent-link", daemon=True)
+        self._thread = t
+        t.start()
+
+    def _read_loop(self):
+        buf = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    break
+                line, buf = buf[:nl], buf[nl + 1:]
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    msg = json.loads(line.decode("utf-8"))
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                try:
+                    self.on_message(msg)
+                except Exception as e:  # never let the reader die
+                    _warn("bulsajo: error handling agent message %r: %r" % (msg, e))
+        if not self._closing:
+            self.on_lost()
+
+    def _write(self, data, deadline):
+        """Write all of data; None deadline = one non-blocking attempt.
+        Returns the unsent tail."""
+        while data:
+            try:
+                n = self.sock.send(data, socket.MSG_DONTWAIT)
+                data = data[n:]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            if deadline is None:
+                return data
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return data
+            select.select([], [self.sock], [], left)
+        return b""
+
+    def send(self, msg, timeout=None):
+        """Send one JSON line.  timeout None: best effort, never blocks (the
+        message is dropped if the socket is busy).  Otherwise wait up to
+        timeout seconds.  Returns True when the whole line went out.  Never
+        raises."""
+        data = encode(msg)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            try:
+                if self._pending:
+                    self._pending = self._write(self._pending, deadline)
+                    if self._pending:
+                        self.dropped += 1
+                        return False
+                rest = self._write(data, deadline)
+                if rest == data:
+                    self.dropped += 1
+                    return False  # nothing sent: dropping is clean
+                self._pending = rest  # partial line: finish it before the next
+                return not rest
+            except OSError:
+                self.dropped += 1
+                return False
+
+    def close(self):
+        self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _warn(msg):
+    try:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _exit_lost():
+    _warn("bulsajo: lost the connection to the bulsajo agent; exiting")
+    os._exit(1)

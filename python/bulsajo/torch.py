@@ -1,0 +1,896 @@
+"""bulsajo.torch: live recovery for PyTorch DDP training.
+
+Under ``bulsajo run --recovery live`` a worker that dies (or hangs and is
+killed) does not take the others down: the surviving processes re-form the
+process group in-process under a new *generation*, a replacement process
+joins and receives the full training state from a survivor, and training
+continues, losing at most the step that was in flight::
+
+    import torch, bulsajo.torch as bj
+    job = bj.init()                                   # process group of the generation the agent assigns
+    model = bj.DistributedDataParallel(Net())         # DDP, rebuilt on every regroup
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    state = bj.State(model=model, optimizer=opt)      # what a replacement receives (+ state.extra[...])
+    sampler = bj.ElasticSampler(len(dataset), global_batch=128, seed=0)
+    for step in job.steps(total_steps, state):        # re-yields a step that failed, after regrouping
+        idx = sampler.indices(step, job.rank, job.world_size)
+        loss = loss_fn(model(x[idx]), y[idx]); opt.zero_grad(); loss.backward(); opt.step()
+    job.close()
+
+Outside bulsajo's live mode (no ``BULSAJO_AGENT_CTL``) the same script runs
+under torchrun or plain python: ``init()`` makes a static ``env://`` group and
+a failed collective raises as usual.
+
+Rules for the loop body:
+
+* Gradients are averaged by the wrapper's comm hook; when that all-reduce
+  fails the step is marked failed, ``optimizer.step()`` does nothing, and the
+  next iteration regroups and yields the same step again.
+* Your own collectives should use :meth:`Job.all_reduce`, which returns False
+  instead of raising when the group broke (a plain ``dist.all_reduce`` may
+  raise or hang until the agent moves everyone to a new generation).
+* Anything that must happen exactly once per committed step (logging which
+  samples were used, metrics) belongs in a :meth:`Job.on_commit` callback.
+* Ranks must not differ in whether they call ``optimizer.step()``.
+
+Only gloo is exercised by the tests; the nccl path uses the same calls with
+CUDA tensors, but a hung NCCL kernel is not interrupted by abandoning sockets.
+"""
+
+import atexit
+import contextlib
+import ctypes
+import datetime
+import gc
+import hashlib
+import io
+import os
+import socket
+import time
+import types
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as _TorchDDP
+
+from . import _live
+
+__all__ = ["init", "current_job", "Job", "DistributedDataParallel", "State",
+           "ElasticSampler", "StateDivergedError"]
+
+FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling the agent
+GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
+GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
+
+_JOB = None
+
+
+class StateDivergedError(RuntimeError):
+    """After a recovery the ranks' parameters/optimizer state differ (a bug)."""
+
+
+def current_job():
+    """The Job made by :func:`init` in this process, or None."""
+    return _JOB
+
+
+def init(backend="auto"):
+    """Join the job: returns the process's :class:`Job` (idempotent).
+
+    Under bulsajo live recovery (``BULSAJO_AGENT_CTL`` set) this connects to
+    the agent, waits for the generation it assigns and creates the default
+    process group for it.  Otherwise it creates (or adopts) a static
+    ``env://`` group as torchrun expects; plain ``python script.py`` gets a
+    world of one.  ``backend``: "auto" (nccl with CUDA, else gloo), "gloo" or
+    "nccl".
+    """
+    global _JOB
+    if _JOB is not None:
+        return _JOB
+    _JOB = Job(backend)
+    atexit.register(_close_at_exit)
+    return _JOB
+
+
+def _close_at_exit():
+    # A process group left to interpreter shutdown can abort the process
+    # ("terminate called without an active exception"): close it first.
+    job = _JOB
+    if job is not None:
+        try:
+            job.close()
+        except Exception:
+            pass
+
+
+def _env_int(name, default):
+    try:
+        return int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+
+
+def _now():
+    return time.monotonic()
+
+
+class Job(object):
+    """A worker's membership in the training job (made by :func:`init`).
+
+    Attributes: ``rank``, ``world_size``, ``generation`` (current), ``live``
+    (True under bulsajo live recovery), ``regroups`` (recoveries the job has
+    been through, agreed by all ranks), ``history`` (one dict per recovery
+    this process took part in: generation, seconds, source rank, bytes
+    transferred, resumed step, steps lost, verified digest).
+    """
+
+    def __init__(self, backend="auto"):
+        if backend in (None, "auto"):
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.backend = backend
+        self.live = bool(os.environ.get("BULSAJO_AGENT_CTL"))
+        self.regroups = 0
+        self.history = []
+        self._t_start = _now()
+        self._device = torch.device("cpu")
+        if backend == "nccl":
+            local = _env_int("LOCAL_RANK", 0)
+            torch.cuda.set_device(local)
+            self._device = torch.device("cuda", local)
+        self._wrappers = []
+        self._commit_cbs = []
+        self._state = None
+        self._pg = None
+        self._group = None          # _live.GroupSockets of the current group (live)
+        self._synced = False
+        self._closed = False
+        # per-step bookkeeping (training thread; the comm hook may set _broken
+        # from a gloo thread)
+        self._in_step = False
+        self._broken = None         # why the current group is unusable, or None
+        self._opt_called = False
+        self._applied = False
+        self._skipped = False
+        self._dirty = False         # an optimizer step was applied in a step that failed
+        self._inflight = None       # (step, rank, world, gen) of the step being run
+        self._gen = None
+        self._rank = None
+        self._world = None
+        self.replacement = False
+        self._has_state = True
+        if self.live:
+            self._init_live()
+        else:
+            self._init_static()
+
+    # ------------------------------------------------------------ properties
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world
+
+    @property
+    def generation(self):
+        return self._gen
+
+    # ---------------------------------------------------------------- static
+    def _init_static(self):
+        if not dist.is_initialized():
+            if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
+                # plain `python script.py`: a world of one on a free port
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+            os.environ.setdefault("LOCAL_RANK", "0")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            dist.init_process_group(self.backend, init_method="env://")
+            self._owns_pg = True
+        else:
+            self._owns_pg = False
+        self._pg = dist.group.WORLD
+        self._rank = dist.get_rank()
+        self._world = dist.get_world_size()
+        self._gen = _env_int("BULSAJO_GENERATION", _env_int("TORCHELASTIC_RESTART_COUNT", 0))
+
+    # ------------------------------------------------------------------ live
+    def _init_live(self):
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "False"  # rank 0 hosts each store
+        self._gens = _live.Generations()
+        self._link = _live.AgentLink(os.environ["BULSAJO_AGENT_CTL"], self._on_message)
+        self._gens.keep.add(self._link.inode)
+        self._link.send({"type": "hello", "pid": os.getpid(),
+                         "gen": _env_int("BULSAJO_GENERATION", 0),
+                         "rank": _env_int("RANK", -1)}, timeout=10.0)
+        self._link.start()
+        first = self._gens.wait_newer(None, GENERATION_WAIT_S)
+        if first is None:
+            raise RuntimeError("bulsajo: the agent sent no generation within %d s of hello"
+                               % GENERATION_WAIT_S)
+        self.replacement = bool(first.get("join")) or os.environ.get("BULSAJO_JOIN") == "1"
+        self._has_state = not self.replacement
+        msg = first
+        while True:
+            try:
+                self._create_group(msg)
+                return
+            except Exception as e:  # the generation broke while forming
+                detail = "forming generation %s: %r" % (msg.get("gen"), e)
+                self._leave_group()
+                msg = self._wait_generation(int(msg["gen"]), _now(), detail,
+                                            rank=msg.get("rank"))
+
+    def _on_message(self, msg):  # reader thread
+        if msg.get("type") == "generation":
+            self._gens.offer(msg, committed=self._committed_step)
+
+    def _committed_step(self):  # called under self._gens.cv
+        return -1 if self._state is None else self._state.step
+
+    def _send(self, msg, timeout=None):
+        if self.live and not self._closed:
+            self._link.send(msg, timeout=timeout)
+
+    def _wait_generation(self, after, t_fault, detail, rank=None):
+        """Wait for a generation newer than ``after``; tell the agent after 3 s."""
+        told = False
+        t0 = _now()
+        while True:
+            msg = self._gens.wait_newer(after, 0.1 if not told else 1.0)
+            if msg is not None:
+                return msg
+            waited = _now() - t0
+            if not told and waited >= FAILED_NOTICE_S:
+                told = True
+                self._send({"type": "collective_failed", "gen": after,
+                            "rank": self._rank if rank is None else rank,
+                            "detail": str(detail)[:500]}, timeout=5.0)
+            if waited >= GENERATION_WAIT_S:
+                raise RuntimeError(
+                    "bulsajo: the process group of generation %s failed (%s) and the agent "
+                    "assigned no new generation within %d s" % (after, detail, GENERATION_WAIT_S))
+
+    def _wait_store(self, addr, port, gen):
+        """Non-zero ranks: wait until rank 0's store listens (torch would retry
+        for the whole timeout), giving up as soon as a newer generation exists."""
+        deadline = _now() + GROUP_TIMEOUT_S
+        while True:
+            if self._gens.newer_than(gen):
+                raise _live.Superseded("generation %d superseded" % gen)
+            try:
+                s = socket.create_connection((addr, port), timeout=1.0)
+                s.close()
+                return
+            except OSError:
+                pass
+            if _now() > deadline:
+                raise RuntimeError("bulsajo: store %s:%s of generation %d never listened"
+                                   % (addr, port, gen))
+            time.sleep(0.02)
+
+    def _create_group(self, msg):
+        gen = int(msg["gen"])
+        rank = int(msg["rank"])
+        world = int(msg["world_size"])
+        addr = str(msg.get("master_addr") or "127.0.0.1")
+        port = int(msg["master_port"])
+        group = self._gens.begin_group(gen)
+        self._group = group
+        self._gen, self._rank, self._world = gen, rank, world
+        ok = False
+        timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
+        try:
+            # What init_method="tcp://addr:port" does (rank 0 hosts the
+            # TCPStore, the others connect), except that nothing here blocks
+            # while holding the GIL: torch's TCPStore constructor keeps the
+            # GIL while the server waits for workers and while a client
+            # retries its connect, which would stop the reader thread from
+            # abandoning this group when a newer generation arrives.  The
+            # waiting is done by our probe (rank > 0) and by torch's
+            # store-based barrier and gloo's rendezvous (both release the GIL).
+            if rank == 0:
+                store = dist.TCPStore(addr, port, world, True, timeout,
+                                      wait_for_workers=False)
+            else:
+                self._wait_store(addr, port, gen)
+                store = dist.TCPStore(addr, port, world, False,
+                                      datetime.timedelta(seconds=5), wait_for_workers=False)
+                store.set_timeout(timeout)
+            dist.init_process_group(self.backend, store=store, rank=rank,
+                                    world_size=world, timeout=timeout)
+            del store
+            ok = True
+        finally:
+            if not self._gens.end_group(group) and ok:
+                raise _live.Superseded("generation %d superseded while forming" % gen)
+        self._pg = dist.group.WORLD
+        self._broken = None
+
+    def _leave_group(self, abandon=True):
+        """Drop the current group (ignoring errors): shut its sockets so that
+        no collective or destructor can wait on a dead peer (abandon), drop
+        the DDP wrappers' inner modules, destroy the default group."""
+        for w in self._wrappers:
+            w._drop()
+        group, self._group = self._group, None
+        if group is not None and abandon:
+            self._gens.abandon(group)
+        self._pg = None
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:
+            pass
+        _reset_group_counter()
+        gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+        if group is not None:
+            self._gens.forget(group)
+
+    # ------------------------------------------------------------- failures
+    def _note_failure(self, what, exc):
+        """A collective failed (any thread). The step will not commit."""
+        if self._broken is None:
+            self._broken = "%s: %s" % (what, str(exc).splitlines()[0] if str(exc) else repr(exc))
+
+    def _superseded(self):
+        """A newer generation must be joined now (a grow waits for its step)."""
+        if not (self.live and self._gen is not None and self._gens.newer_than(self._gen)):
+            return False
+        at = self._gens.pending_boundary(self._gen)
+        return at is None or self._state is None or self._state.step >= at
+
+    def all_reduce(self, tensor, op=None):
+        """All-reduce ``tensor`` in place over the current group.
+
+        Returns True on success.  Under live recovery a failure returns False
+        (the step will not commit and the job regroups at the next
+        iteration); outside it the exception propagates.
+        """
+        if op is None:
+            op = dist.ReduceOp.SUM
+        if self.live and (self._broken is not None or self._pg is None):
+            return False
+        try:
+            dist.all_reduce(tensor, op=op, group=self._pg)
+            return True
+        except Exception as e:
+            if not self.live:
+                raise
+            self._note_failure("all_reduce", e)
+            return False
+
+    def on_commit(self, callback):
+        """Call ``callback(step, rank, world_size, generation)`` once for every
+        step whose result this rank's share of the batch went into.
+
+        It runs right after the step commits, with the rank, world size and
+        generation the step ran under.  When this rank's copy of a step failed
+        but the step committed on other ranks (the failure hit the very end of
+        the gradient all-reduce), it runs during the regroup that adopts that
+        step, still with the rank/world/generation the step ran under.  A step
+        that failed and is redone is reported once, for the run that committed.
+        """
+        self._commit_cbs.append(callback)
+        return callback
+
+    def _committed(self, step, rank, world, gen):
+        for cb in self._commit_cbs:
+            cb(step, rank, world, gen)
+
+    # ---------------------------------------------------------------- steps
+    def steps(self, total, state):
+        """Yield the global step numbers state.step+1 .. total-1.
+
+        After each step the job checks whether it committed (no collective
+        failed before ``optimizer.step()``).  On a fault (live mode) it
+        regroups under the next generation, reconciles the state and yields
+        the first uncommitted step again.
+        """
+        if not isinstance(state, State):
+            raise TypeError("steps() needs a bulsajo.torch.State")
+        self._state = state
+        state._job = self
+        if not self._synced:
+            self._first_sync()
+        while True:
+            step = state.step + 1
+            # A newer generation is joined before anything else; at the end
+            # even a grow whose boundary lies beyond the last step (the
+            # joiners must not be left waiting for members that are done).
+            if self._superseded() or (step >= total and self.live and self._gens.newer_than(self._gen)):
+                self._recover("generation %d superseded" % self._gen)
+                continue
+            if step >= total:
+                if self._finish(total):
+                    return
+                continue
+            self._broken = None
+            self._opt_called = self._applied = self._skipped = False
+            self._inflight = (step, self._rank, self._world, self._gen)
+            self._in_step = True
+            try:
+                yield step
+            finally:
+                self._in_step = False
+            committed = self._applied or (not self._opt_called and self._broken is None)
+            if self._applied and self._skipped:
+                committed = False
+                self._dirty = True
+            if committed:
+                if self.live:
+                    with self._gens.cv:  # ordered with a grow message's boundary check
+                        state.step = step
+                else:
+                    state.step = step
+                self._inflight = None
+                self._committed(step, self._rank, self._world, self._gen)
+                if self.live:
+                    self._send({"type": "step", "gen": self._gen, "rank": self._rank,
+                                "step": step})
+                else:
+                    _report_static_progress(step)
+            if self._broken is not None or self._superseded():
+                if not self.live:
+                    raise RuntimeError("bulsajo: collective failed: %s" % self._broken)
+                self._recover(self._broken or "generation %d superseded" % self._gen)
+
+    def _finish(self, total):
+        """All ranks agree the last step committed everywhere (live mode)."""
+        if not self.live:
+            return True
+        t = torch.tensor([self._state.step], dtype=torch.int64, device=self._device)
+        if self.all_reduce(t, op=dist.ReduceOp.MIN) and int(t.item()) >= total - 1:
+            return True
+        self._recover(self._broken or "final check: a rank is behind")
+        return False
+
+    def _first_sync(self):
+        if not self.live:
+            self._sync(counting=False, t0=self._t_start)
+            return
+        try:
+            self._sync(counting=self.replacement, t0=self._t_start)
+        except StateDivergedError:
+            raise
+        except Exception as e:
+            self._recover("first sync: %r" % (e,), t0=self._t_start)
+
+    def _recover(self, reason, t0=None):
+        """Regroup under the next generation; loops until a group formed,
+        the state is reconciled and verified."""
+        t_fault = _now() if t0 is None else t0
+        failed_gen, failed_rank = self._gen, self._rank
+        attempts = 0
+        detail = reason
+        while True:
+            self._leave_group()
+            msg = self._wait_generation(failed_gen, t_fault, detail, rank=failed_rank)
+            attempts += 1
+            try:
+                self._create_group(msg)
+                self._sync(counting=True, t0=t_fault, attempts=attempts)
+                return
+            except StateDivergedError:
+                raise
+            except Exception as e:
+                detail = "regroup into generation %s: %r" % (msg.get("gen"), e)
+                failed_gen, failed_rank = int(msg["gen"]), int(msg["rank"])
+
+    def _sync(self, counting, t0, attempts=1):
+        """Reconcile the state over the new group, rebuild DDP, verify."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("bulsajo: job.steps() was not started")
+        dev = self._device
+        holder = self._has_state and not self._dirty
+        mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
+                             1 if counting else 0], dtype=torch.int64, device=dev)
+        rows = [torch.zeros_like(mine) for _ in range(self._world)]
+        dist.all_gather(rows, mine, group=self._pg)
+        rows = [[int(v) for v in r.tolist()] for r in rows]
+        holders = [(r, row[0]) for r, row in enumerate(rows) if row[1] == 0]
+        if not holders:
+            raise StateDivergedError("bulsajo: no rank of generation %d holds the training "
+                                     "state (all are replacements)" % self._gen)
+        best = max(s for _, s in holders)
+        source = min(r for r, s in holders if s == best)
+        transfer = any(row[0] != best or row[1] for row in rows)
+        counting = any(row[3] for row in rows)
+        nbytes = 0
+        if transfer:
+            if self._rank == source:
+                payload = state._serialize()
+                n = torch.tensor([len(payload)], dtype=torch.int64, device=dev)
+            else:
+                n = torch.zeros(1, dtype=torch.int64, device=dev)
+            dist.broadcast(n, src=source, group=self._pg)
+            nbytes = int(n.item())
+            if self._rank == source:
+                buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(dev)
+            else:
+                buf = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+            dist.broadcast(buf, src=source, group=self._pg)
+            if self._rank != source:
+                state._load(_tensor_bytes(buf))
+        self._has_state = True
+        self._dirty = False
+        for w in self._wrappers:
+            w._build(self._pg)
+        digest = state.digest()
+        d = torch.tensor(list(digest), dtype=torch.uint8, device=dev)
+        ds = [torch.zeros_like(d) for _ in range(self._world)]
+        dist.all_gather(ds, d, group=self._pg)
+        if any(not torch.equal(x.cpu(), d.cpu()) for x in ds):
+            raise StateDivergedError(
+                "bulsajo: after recovery into generation %d the ranks' parameters and "
+                "optimizer state are not bit-identical" % self._gen)
+        # Success: account for it.
+        self._synced = True
+        self._broken = None
+        inflight, self._inflight = self._inflight, None
+        lost = 0
+        if inflight is not None:
+            if state.step >= inflight[0]:
+                self._committed(*inflight)   # committed elsewhere: adopted, not redone
+            else:
+                lost = 1                      # the step in flight is redone
+        if counting:
+            self.regroups = max(row[2] for row in rows) + 1
+            self.history.append({
+                "gen": self._gen, "rank": self._rank, "world_size": self._world,
+                "seconds": round(_now() - t0, 4), "attempts": attempts,
+                "replacement": not holder,
+                "source": source, "transferred_bytes": nbytes, "step": state.step,
+                "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
+            })
+        return True
+
+    def close(self):
+        """Leave the job: destroy the group, close the agent connection."""
+        global _JOB
+        if self._closed:
+            return
+        if self.live:
+            self._leave_group(abandon=False)  # graceful: peers may still be finishing
+            self._closed = True
+            self._link.close()
+        else:
+            self._closed = True
+            for w in self._wrappers:
+                w._drop()
+            self._pg = None
+            if getattr(self, "_owns_pg", False) and dist.is_initialized():
+                try:
+                    dist.destroy_process_group()
+                except Exception:
+                    pass
+            gc.collect()  # the group goes now, not during interpreter shutdown
+        if _JOB is self:
+            _JOB = None
+
+
+def _reset_group_counter():
+    """torch names a group's store prefix and barrier key after a private
+    counter that only destroy_process_group() resets; an init_process_group
+    that failed half-way leaves it raised, and the next group's rendezvous
+    would then never meet a fresh replacement's.  Put it back to 0."""
+    if dist.is_initialized():
+        return
+    c10d = dist.distributed_c10d
+    try:
+        if hasattr(c10d, "_group_count"):          # torch <= 2.0
+            c10d._group_count = 0
+            for name in ("_pg_map", "_pg_names", "_pg_group_ranks"):
+                d = getattr(c10d, name, None)
+                if isinstance(d, dict):
+                    d.clear()
+        w = getattr(c10d, "_world", None)          # newer torch
+        if w is not None and hasattr(w, "group_count"):
+            w.group_count = 0
+    except Exception:
+        pass
+
+
+def _report_static_progress(step):
+    """Restart mode under bulsajo: the datagram progress SDK (a no-op elsewhere)."""
+    try:
+        import bulsajo
+        bulsajo.step(step)
+    except Exception:
+        pass
+
+
+def _tensor_bytes(t):
+    t = t.detach().cpu().contiguous()
+    return ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
+
+
+# ------------------------------------------------------------------ DDP wrapper
+
+class _HookState(object):
+    # Deliberately no reference to the process group: the hook's callback
+    # runs, and is destroyed, on a gloo worker thread, and if it held the last
+    # reference to the group, ~ProcessGroupGloo would run there and join its
+    # own thread (std::system_error "Resource deadlock avoided" -> abort).
+    # The group is read from the job, which only drops it on the main thread.
+    __slots__ = ("job", "gen", "world", "live")
+
+    def __init__(self, job, world):
+        self.job = job
+        self.gen = job._gen
+        self.world = world
+        self.live = job.live
+
+
+def _done_future(t):
+    f = torch.futures.Future()
+    f.set_result(t)
+    return f
+
+
+def _allreduce_hook(hs, bucket):
+    """Average the bucket over the group.  Live mode: a failed all-reduce marks
+    the step failed and returns the local gradient, so backward() completes."""
+    buf = bucket.buffer()
+    job = hs.job
+    live = hs.live
+    if live and (job._broken is not None or job._pg is None or job._gen != hs.gen):
+        job._note_failure("gradient all-reduce", RuntimeError("group is gone"))
+        return _done_future(buf)  # the group is already known broken
+    buf.div_(hs.world)
+    try:
+        fut = dist.all_reduce(buf, group=job._pg, async_op=True).get_future()
+    except Exception as e:
+        if not live:
+            raise
+        job._note_failure("gradient all-reduce", e)
+        return _done_future(buf)
+    return fut.then(_make_done(job, buf, live))
+
+
+def _make_done(job, buf, live):
+    def done(f):
+        try:
+            return f.value()[0]
+        except Exception as e:
+            if not live:
+                raise
+            job._note_failure("gradient all-reduce", e)
+            return buf
+    return done
+
+
+class DistributedDataParallel(nn.Module):
+    """DDP that survives regroups.
+
+    Wraps ``module`` (``self.module``; ``parameters()`` are the module's own
+    tensors, so an optimizer made from them keeps working across regroups)
+    and builds a ``torch.nn.parallel.DistributedDataParallel`` on the current
+    group when training starts and after every regroup.  ``ddp_kwargs`` are
+    passed to torch's DDP (e.g. ``device_ids=[local_rank]`` for nccl).
+    Needs :func:`init` first.
+    """
+
+    def __init__(self, module, **ddp_kwargs):
+        super().__init__()
+        job = _JOB
+        if job is None:
+            raise RuntimeError("call bulsajo.torch.init() before DistributedDataParallel()")
+        self.module = module
+        object.__setattr__(self, "_ddp", None)
+        object.__setattr__(self, "_ddp_kwargs", dict(ddp_kwargs))
+        object.__setattr__(self, "_job", job)
+        job._wrappers.append(self)
+
+    def _build(self, pg):
+        self._drop()
+        ddp = _TorchDDP(self.module, process_group=pg, **self._ddp_kwargs)
+        ddp.register_comm_hook(_HookState(self._job, dist.get_world_size(pg)), _allreduce_hook)
+        object.__setattr__(self, "_ddp", ddp)
+
+    def _drop(self):
+        object.__setattr__(self, "_ddp", None)
+
+    def forward(self, *args, **kwargs):
+        job = self._job
+        if self._ddp is None and job._pg is not None and job._broken is None \
+                and (job._synced or not job.live):
+            self._build(job._pg)  # static group, used before job.steps(): build now
+        ddp = self._ddp
+        if ddp is None or (job.live and job._broken is not None):
+            return self.module(*args, **kwargs)  # this step will not commit anyway
+        if not job.live:
+            return ddp(*args, **kwargs)
+        try:
+            return ddp(*args, **kwargs)
+        except Exception as e:
+            # DDP's forward may run collectives (bucket rebuild, buffer sync).
+            # Run the module alone: if it raises too, the error was the
+            # user's and propagates; otherwise the group broke.
+            out = self.module(*args, **kwargs)
+            job._note_failure("DDP forward", e)
+            return out
+
+    def no_sync(self):
+        """torch DDP's no_sync() (gradient accumulation without all-reduce)."""
+        if self._ddp is None:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
+
+
+# ------------------------------------------------------------------------ state
+
+def _unwrap(model):
+    if isinstance(model, (DistributedDataParallel, _TorchDDP)):
+        return model.module
+    return model
+
+
+class State(object):
+    """What a replacement must receive: model, optimizer, step, RNG, extras.
+
+    ``step`` is the last committed global step (-1 before the first); set it
+    after loading a checkpoint.  ``extra`` holds picklable values; a value
+    with ``state_dict()``/``load_state_dict()`` (an LR scheduler, a second
+    optimizer) is transferred through those.  ``optimizer.step`` is wrapped
+    (instance attribute) so that it does nothing in a step that failed.
+    """
+
+    def __init__(self, model, optimizer=None, **extra):
+        self.model = model
+        self.optimizer = optimizer
+        self.extra = dict(extra)
+        self.step = -1
+        self._job = None
+        if optimizer is not None:
+            self._wrap(optimizer)
+
+    def _wrap(self, opt):
+        orig = opt.step
+        st = self
+
+        def step(_opt, *args, **kwargs):
+            job = st._job or _JOB
+            if job is None or not job._in_step:
+                return orig(*args, **kwargs)
+            job._opt_called = True
+            if job.live and job._broken is not None:
+                job._skipped = True
+                return None
+            out = orig(*args, **kwargs)
+            job._applied = True
+            return out
+
+        step.__wrapped__ = orig
+        # a bound method, as LR schedulers expect (they re-wrap opt.step)
+        opt.step = types.MethodType(step, opt)
+
+    def _serialize(self):
+        extra = {}
+        for k, v in self.extra.items():
+            if callable(getattr(v, "state_dict", None)) and callable(getattr(v, "load_state_dict", None)):
+                extra[k] = ("state_dict", v.state_dict())
+            else:
+                extra[k] = ("value", v)
+        payload = {
+            "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "step": self.step,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available()
+            and torch.cuda.is_initialized() else None,
+            "extra": extra,
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    def _load(self, data):
+        try:
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        except TypeError:  # torch without weights_only
+            payload = torch.load(io.BytesIO(data), map_location="cpu")
+        _unwrap(self.model).load_state_dict(payload["model"])
+        if self.optimizer is not None and payload["optimizer"] is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        torch.set_rng_state(payload["rng"])
+        if payload.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(payload["cuda_rng"])
+        for k, (kind, v) in payload["extra"].items():
+            cur = self.extra.get(k)
+            if kind == "state_dict" and callable(getattr(cur, "load_state_dict", None)):
+                cur.load_state_dict(v)
+            else:
+                self.extra[k] = v
+        for p in _unwrap(self.model).parameters():
+            p.grad = None
+
+    def digest(self):
+        """SHA-256 over all parameters and optimizer state tensors (fixed order)."""
+        h = hashlib.sha256()
+        h.update(str(self.step).encode())
+        params = list(_unwrap(self.model).parameters())
+        for p in params:
+            _hash_tensor(h, p)
+        opt = self.optimizer
+        if opt is not None:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    st = opt.state.get(p, {})
+                    for k in sorted(st, key=str):
+                        h.update(str(k).encode())
+                        v = st[k]
+                        if torch.is_tensor(v):
+                            _hash_tensor(h, v)
+                        else:
+                            h.update(repr(v).encode())
+        return h.digest()
+
+
+def _hash_tensor(h, t):
+    t = t.detach().cpu().contiguous()
+    h.update(str(t.dtype).encode())
+    h.update(str(tuple(t.shape)).encode())
+    if t.numel():
+        h.update(ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()))
+
+
+# ---------------------------------------------------------------------- sampler
+
+class ElasticSampler(object):
+    """Deterministic sample order that survives changes of the world size.
+
+    The global batch of step s is positions [s*B, (s+1)*B) of an endless
+    stream made of one permutation of range(N) per epoch (epoch e's
+    permutation is seeded by (seed, e)); a batch that crosses an epoch
+    boundary takes the tail of one permutation and the head of the next.
+    Rank r of w gets ``global_indices(s)[r::w]``, so the ranks of any world
+    size together use exactly the global batch, and a step redone after a
+    regroup uses the same samples.
+    """
+
+    def __init__(self, num_samples, global_batch, seed=0):
+        if num_samples <= 0 or global_batch <= 0:
+            raise ValueError("num_samples and global_batch must be positive")
+        self.num_samples = int(num_samples)
+        self.global_batch = int(global_batch)
+        self.seed = int(seed)
+        self._cache = {}
+
+    def permutation(self, epoch):
+        perm = self._cache.get(epoch)
+        if perm is None:
+            g = torch.Generator()
+            g.manual_seed((self.seed * 1000003 + epoch) & 0x7FFFFFFFFFFFFFFF)
+            perm = torch.randperm(self.num_samples, generator=g).tolist()
+            if len(self._cache) >= 2:
+                self._cache.pop(min(self._cache))
+            self._cache[epoch] = perm
+        return perm
+
+    def epoch(self, step):
+        return (step * self.global_batch) // self.num_samples
+
+    def global_indices(self, step):
+        n, b = self.num_samples, self.global_batch
+        pos = step * b
+        out = []
+        while len(out) < b:
+            epoch, off = divmod(pos + len(out), n)
+            take = min(b - len(out), n - off)
+            out.extend(self.permutation(epoch)[off:off + take])
+        return out
+
+    def indices(self, step, rank, world_size):
+        """This rank's share (a list) of the global batch of ``step``."""
+        if not 0 <= rank < world_size:
+            raise ValueError("rank %d outside world of %d" % (rank, world_size))
+        return self.global_indices(step)[rank::world_size]

@@ -1,0 +1,287 @@
+"""Unit tests of live recovery (bulsajo.torch, bulsajo._live): the elastic
+sampler, abandoning a group's sockets, the comm hook that marks a step failed
+instead of raising, and a blocked all_reduce released by a new generation.
+
+Run from the repository root:
+    PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests -t python
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+from bulsajo import _live
+from tests.test_live_agent import FakeAgent, free_port, have_torch, proc_state
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class ElasticSamplerTest(unittest.TestCase):
+    def sampler(self, n=1000, b=64, seed=0):
+        from bulsajo.torch import ElasticSampler
+        return ElasticSampler(n, b, seed=seed)
+
+    def test_ranks_partition_the_global_batch(self):
+        s = self.sampler()
+        for step in (0, 1, 7, 15, 16, 40):
+            g = s.global_indices(step)
+            self.assertEqual(len(g), 64)
+            for world in (1, 2, 3, 5, 7):
+                shares = [s.indices(step, r, world) for r in range(world)]
+                self.assertTrue(all(isinstance(x, list) for x in shares))
+                flat = [i for sh in shares for i in sh]
+                self.assertEqual(len(flat), len(set(flat)), "overlap, world %d" % world)
+                self.assertEqual(sorted(flat), sorted(g), "gap, world %d" % world)
+                sizes = [len(sh) for sh in shares]
+                self.assertLessEqual(max(sizes) - min(sizes), 1)
+
+    def test_epoch_is_a_permutation_even_when_the_world_changes(self):
+        n, b = 960, 64          # 15 steps per epoch exactly
+        s = self.sampler(n, b)
+        worlds = [3] * 4 + [2] * 5 + [4] * 6   # regroups at steps 4 and 9
+        seen = []
+        for step, world in enumerate(worlds):
+            for r in range(world):
+                seen.extend(s.indices(step, r, world))
+        self.assertEqual(sorted(seen), list(range(n)))
+
+    def test_epoch_wrap(self):
+        n, b = 10, 4
+        s = self.sampler(n, b, seed=3)
+        p0, p1, p2 = s.permutation(0), s.permutation(1), s.permutation(2)
+        self.assertEqual(sorted(p0), list(range(n)))
+        self.assertNotEqual(p0, p1)
+        self.assertEqual(s.global_indices(0), p0[0:4])
+        self.assertEqual(s.global_indices(1), p0[4:8])
+        self.assertEqual(s.global_indices(2), p0[8:10] + p1[0:2])   # crosses the boundary
+        self.assertEqual(s.global_indices(4), p1[6:10])
+        self.assertEqual(s.global_indices(5), p2[0:4])
+        self.assertEqual(s.epoch(2), 0)
+        self.assertEqual(s.epoch(3), 1)
+        # every position of the stream is used once: 5 steps = 2 epochs exactly
+        stream = [i for st in range(5) for i in s.global_indices(st)]
+        self.assertEqual(sorted(stream[:10]), list(range(n)))
+        self.assertEqual(sorted(stream[10:]), list(range(n)))
+        # a batch larger than the data set spans several epochs
+        big = self.sampler(3, 7, seed=1)
+        self.assertEqual(big.global_indices(0),
+                         big.permutation(0) + big.permutation(1) + big.permutation(2)[:1])
+
+    def test_deterministic(self):
+        a, b = self.sampler(seed=5), self.sampler(seed=5)
+        for step in (0, 3, 100, 15, 2):   # out of order: no dependence on history
+            self.assertEqual(a.indices(step, 1, 3), b.indices(step, 1, 3))
+        self.assertNotEqual(self.sampler(seed=6).global_indices(0), a.global_indices(0))
+
+    def test_bad_rank(self):
+        with self.assertRaises(ValueError):
+            self.sampler().indices(0, 3, 3)
+
+
+class AbandonSocketsTest(unittest.TestCase):
+    """_live.Generations shuts down exactly the sockets a group opened."""
+
+    def test_newer_generation_shuts_the_groups_connections(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        unrelated = socket.socket()          # opened before the group: untouched
+        unrelated.connect(("127.0.0.1", port))
+        u_peer, _ = listener.accept()
+
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 1})
+        g = gens.begin_group(1)
+        mine = socket.socket()               # "the group's" connection
+        mine.connect(("127.0.0.1", port))
+        m_peer, _ = listener.accept()
+        own_listener = socket.socket()       # a listening socket of the group
+        own_listener.bind(("127.0.0.1", 0))
+        own_listener.listen(1)
+        self.assertTrue(gens.end_group(g))
+        ino = os.fstat(mine.fileno()).st_ino
+        self.assertIn(ino, [i for _, i in g.sockets])
+
+        got = []
+        t = threading.Thread(target=lambda: got.append(mine.recv(10)))
+        t.start()                            # blocked like a gloo recv
+        time.sleep(0.1)
+        self.assertFalse(gens.offer({"type": "generation", "gen": 1}))  # not newer
+        self.assertTrue(t.is_alive())
+        t0 = time.monotonic()
+        self.assertTrue(gens.offer({"type": "generation", "gen": 2}))
+        t.join(2)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(got, [b""])
+        self.assertLess(time.monotonic() - t0, 1.0)
+        self.assertEqual(m_peer.recv(10), b"")        # the peer sees EOF too
+        self.assertTrue(g.abandoned)
+        # the fd itself stays open (its owner closes it) ...
+        os.fstat(mine.fileno())
+        # ... the unrelated connection and the listener still work
+        unrelated.sendall(b"x")
+        self.assertEqual(u_peer.recv(1), b"x")
+        c = socket.create_connection(("127.0.0.1", own_listener.getsockname()[1]))
+        c.close()
+        for s in (listener, unrelated, u_peer, mine, m_peer, own_listener):
+            s.close()
+
+    def test_inode_guard(self):
+        a = socket.socket()
+        fd, ino = a.fileno(), os.fstat(a.fileno()).st_ino
+        a.close()
+        b = socket.socket()                  # likely reuses the fd number
+        try:
+            self.assertFalse(_live.shutdown_fd(fd, ino))
+        finally:
+            b.close()
+
+    def test_superseded_while_forming(self):
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 5})
+        with self.assertRaises(_live.Superseded):
+            gens.begin_group(4)
+        g = gens.begin_group(5)
+        gens.offer({"type": "generation", "gen": 6})   # arrives during creation
+        self.assertFalse(gens.end_group(g))
+
+
+HOOK_WORKER = textwrap.dedent("""\
+    import json, os, sys, time
+    import torch, torch.nn as nn
+    import bulsajo.torch as bj
+    out = sys.argv[1]
+    job = bj.init()
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    model = bj.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = bj.State(model=model, optimizer=opt)
+    committed = []
+    job.on_commit(lambda step, rank, world, gen: committed.append(step))
+    res = {}
+    for step in job.steps(10, state):
+        x = torch.randn(4, 8)
+        loss = model(x).sum()
+        opt.zero_grad()
+        if step == 3 and job.rank == 1:
+            os._exit(0)   # dies: rank 0 waits for it in the gradient all-reduce
+        before = [p.detach().clone() for p in net.parameters()]
+        t0 = time.monotonic()
+        loss.backward()   # must not raise
+        res = {"step": step, "backward_s": time.monotonic() - t0, "broken": job._broken,
+               "has_grads": all(p.grad is not None for p in net.parameters())}
+        opt.step()
+        res["params_unchanged"] = all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+        if job._broken is not None:
+            break         # leave before the job regroups
+    res["state_step"] = state.step
+    res["committed"] = committed
+    with open(out, "w") as f:
+        json.dump(res, f)
+    os._exit(0)
+""")
+
+ABANDON_WORKER = textwrap.dedent("""\
+    import json, os, signal, sys, time
+    import torch, torch.distributed as dist
+    import bulsajo.torch as bj
+    out = sys.argv[1]
+    job = bj.init()
+    t = torch.ones(4)
+    dist.all_reduce(t)
+    if job.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)   # hangs (until the test kills it)
+        time.sleep(60)
+        os._exit(3)
+    print("blocking", flush=True)
+    res = {}
+    try:
+        dist.all_reduce(t)   # blocks on the stopped peer until generation 2 arrives
+        res["raised"] = False
+    except Exception as e:
+        res.update(raised=True, t_raised=time.monotonic(), error=str(e)[:300])
+    res["abandoned"] = [n for (_, g, n) in job._gens.abandons]
+    res["link_ok"] = job._link.send({"type": "step", "gen": 1, "rank": 0, "step": 777}, timeout=5)
+    with open(out, "w") as f:
+        json.dump(res, f)
+    os._exit(0)
+""")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class CollectiveFailureTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-unit-")
+        self.agent = FakeAgent(self.tmp)
+
+    def tearDown(self):
+        self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def script(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_comm_hook_marks_failure_instead_of_raising(self):
+        a = self.agent
+        w = self.script("hook_worker.py", HOOK_WORKER)
+        out = os.path.join(self.tmp, "hook.json")
+        port = free_port()
+        p0 = a.spawn([w, out], gen=1, rank=0, world=2, port=port)
+        p1 = a.spawn([w, out + ".r1"], gen=1, rank=1, world=2, port=port)
+        codes = a.wait_exit([p0.pid, p1.pid], 30)
+        self.assertEqual(codes[p0.pid], 0, a.dump_logs())
+        with open(out) as f:
+            res = json.load(f)
+        self.assertEqual(res["step"], 3, res)
+        self.assertTrue(res["broken"], res)                 # the failure was noted ...
+        self.assertIn("all-reduce", res["broken"])
+        self.assertTrue(res["has_grads"])                   # ... backward completed ...
+        self.assertLess(res["backward_s"], 5.0)
+        self.assertTrue(res["params_unchanged"], res)       # ... and the update was skipped
+        self.assertEqual(res["state_step"], 2)
+        self.assertEqual(res["committed"], [0, 1, 2])
+
+    def test_new_generation_releases_a_blocked_all_reduce(self):
+        a = self.agent
+        w = self.script("abandon_worker.py", ABANDON_WORKER)
+        out = os.path.join(self.tmp, "abandon.json")
+        port = free_port()
+        p0 = a.spawn([w, out], gen=1, rank=0, world=2, port=port)
+        p1 = a.spawn([w, out + ".r1"], gen=1, rank=1, world=2, port=port)
+        a.wait_for(lambda: proc_state(p1.pid) == "T" and "blocking" in a.log(p0.pid),
+                   30, "rank 1 stopped and rank 0 blocked")
+        time.sleep(0.5)
+        self.assertIsNone(p0.poll())                         # really blocked
+        t_sent = time.monotonic()
+        a.send_generation(p0.pid, a.generation(2, 0, 1, free_port()))
+        codes = a.wait_exit([p0.pid], 20)
+        self.assertEqual(codes[p0.pid], 0, a.dump_logs())
+        with open(out) as f:
+            res = json.load(f)
+        self.assertTrue(res["raised"], res)
+        latency = res["t_raised"] - t_sent
+        self.assertGreater(latency, 0)
+        self.assertLess(latency, 2.0, res)
+        self.assertEqual(len(res["abandoned"]), 1)
+        self.assertGreater(res["abandoned"][0], 0)           # sockets were shut down
+        self.assertTrue(res["link_ok"])                      # the agent connection was not
+        a.wait_for(lambda: any(m.get("step") == 777 for m in a.messages(p0.pid, "step")),
+                   5, "message after the abandon")
+        self.assertEqual(proc_state(p1.pid), "T")
+        print("\n  blocked all_reduce raised %.0f ms after the new generation was sent"
+              % (latency * 1000))
+
+
+if __name__ == "__main__":
+    unittest.main()

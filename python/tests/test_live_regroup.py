@@ -1,0 +1,271 @@
+"""Live recovery end to end, without the Go agent.
+
+A fake agent (test_live_agent.FakeAgent) runs examples/live_ddp.py as 3 real
+gloo workers, injects faults and assigns new generations the way the Go agent
+does; the tests check that training completes with bit-identical parameters
+on every rank, that every committed step's samples were logged exactly once
+(no sample skipped or seen twice across world-size changes), and that at most
+the step in flight was lost per recovery.
+
+Run from the repository root:
+    PYTHONPATH=python /usr/bin/python3 -m unittest discover -s python/tests -t python
+"""
+
+import collections
+import json
+import os
+import shutil
+import signal
+import tempfile
+import textwrap
+import time
+import unittest
+
+from tests.test_live_agent import FakeAgent, example_args, free_port, have_torch, proc_state
+
+STEPS = 60
+GLOBAL_BATCH = 48
+SAMPLES = 50000
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def read_results(tmp):
+    d = os.path.join(tmp, "results")
+    out = {}
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name)) as f:
+            r = json.load(f)
+        out[r["rank"]] = r
+    return out
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class RegroupTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-regroup-")
+        self.agent = FakeAgent(self.tmp)
+        self.args = example_args(STEPS, self.tmp, global_batch=GLOBAL_BATCH, sleep_ms=25)
+
+    def tearDown(self):
+        self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start(self, world=3):
+        port = free_port()
+        return [self.agent.spawn(self.args, gen=1, rank=r, world=world, port=port).pid
+                for r in range(world)]
+
+    def check_samples(self):
+        """Every step 0..STEPS-1 logged exactly its global batch, once."""
+        from bulsajo.torch import ElasticSampler
+        sampler = ElasticSampler(SAMPLES, GLOBAL_BATCH, seed=0)
+        per_step = collections.defaultdict(list)
+        seen = collections.Counter()
+        with open(os.path.join(self.tmp, "samples.log")) as f:
+            for line in f:
+                parts = line.split()
+                step = int(parts[1])
+                ids = [int(x) for x in parts[3:]]
+                per_step[step].extend(ids)
+                seen.update(ids)
+        self.assertEqual(sorted(per_step), list(range(STEPS)), "steps logged")
+        for s in range(STEPS):
+            self.assertEqual(sorted(per_step[s]), sorted(sampler.global_indices(s)),
+                             "samples of step %d" % s)
+        dup = [i for i, n in seen.items() if n > 1]
+        self.assertEqual(dup, [], "sample ids logged twice")
+        self.assertEqual(sum(seen.values()), STEPS * GLOBAL_BATCH)
+
+    def check_results(self, final_pids, regroups):
+        a = self.agent
+        codes = a.wait_exit(final_pids, 40)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = read_results(self.tmp)
+        self.assertEqual(sorted(res), list(range(len(final_pids))), a.dump_logs())
+        hashes = {r["params_sha256"] for r in res.values()}
+        self.assertEqual(len(hashes), 1, "parameters differ across ranks: %r" % res)
+        for r in res.values():
+            self.assertEqual(r["step"], STEPS - 1)
+            self.assertEqual(r["regroups"], regroups, r)
+            for h in r["history"]:
+                self.assertTrue(h["verified"])
+                self.assertLessEqual(h["lost_steps"], 1, h)
+        done = [l for l in a.log(final_pids[0]).splitlines() if l.startswith("done ")]
+        self.assertEqual(len(done), 1, a.log(final_pids[0]))
+        self.assertIn("regroups=%d" % regroups, done[0])
+        self.assertIn(next(iter(hashes)), done[0])
+        self.check_samples()
+        return res
+
+    def test_crash_then_hang(self):
+        a = self.agent
+        p0, p1, p2 = self.start()
+
+        # Fault 1: rank 1 crashes (SIGKILL).  Survivors become ranks 0, 1 of
+        # generation 2; a replacement joins as rank 2 on a new port.
+        a.wait_for(lambda: a.all_reached([p0, p1, p2], 8), 40, "gen 1 steps")
+        a.kill(p1)
+        t_fault1 = time.monotonic()
+        port2 = free_port()
+        a.regroup(2, [p0, p2], port2, world=3)
+        r2 = a.spawn(self.args, gen=2, rank=2, world=3, port=port2, join=True).pid
+        gen2 = [p0, p2, r2]
+        a.wait_for(lambda: a.all_reached(gen2, 0, gen=2), 30, "gen 2 steps")
+        recovered1 = time.monotonic() - t_fault1
+
+        # Fault 2: gen-2 rank 1 (old rank 2) hangs (SIGSTOP).  The others block
+        # in the gradient all-reduce until generation 3 arrives and they
+        # abandon the old group; the stopped process is only killed later.
+        a.wait_for(lambda: a.all_reached(gen2, 25), 30, "gen 2 progress")
+        a.kill(p2, signal.SIGSTOP)
+        a.wait_for(lambda: proc_state(p2) == "T", 5, "SIGSTOP")
+        time.sleep(0.4)  # the others are now blocked waiting for p2
+        stuck_at = max(a.max_step(p, gen=2) for p in gen2)
+        port3 = free_port()
+        t_fault2 = time.monotonic()
+        a.regroup(3, [p0, r2], port3, world=3)
+        r3 = a.spawn(self.args, gen=3, rank=2, world=3, port=port3, join=True).pid
+        gen3 = [p0, r2, r3]
+        a.wait_for(lambda: a.all_reached(gen3, stuck_at + 2, gen=3), 30, "gen 3 steps")
+        recovered2 = time.monotonic() - t_fault2
+        self.assertEqual(proc_state(p2), "T")  # recovered while it was still hung
+        a.kill(p2)
+
+        res = self.check_results(gen3, regroups=2)
+        self.assertEqual(a.messages(type="collective_failed"), [])
+        # rank 0 (p0) went through both regroups; its history says how long they took
+        h = res[0]["history"]
+        self.assertEqual([x["gen"] for x in h], [2, 3])
+        print("\n  regroup seconds (fault -> verified, incl. replacement start): %s; "
+              "fault -> first step: %.2f s, %.2f s"
+              % ([x["seconds"] for x in h], recovered1, recovered2))
+
+    def test_agent_silent_then_fault_during_regroup(self):
+        a = self.agent
+        p0, p1, p2 = self.start()
+        a.wait_for(lambda: a.all_reached([p0, p1, p2], 5), 40, "gen 1 steps")
+
+        # Rank 2 dies and the agent says nothing: the survivors report
+        # collective_failed after ~3 s.
+        a.kill(p2)
+        t_kill = time.monotonic()
+        a.wait_for(lambda: {m["rank"] for m in a.messages(type="collective_failed")} == {0, 1},
+                   15, "collective_failed from both survivors")
+        waited = time.monotonic() - t_kill
+        self.assertGreaterEqual(waited, 2.5)
+        for m in a.messages(type="collective_failed"):
+            self.assertEqual(m["gen"], 1)
+            self.assertEqual(set(m), {"type", "gen", "rank", "detail"})
+            self.assertTrue(m["detail"])
+
+        # Generation 2 = the survivors + a replacement that is never started;
+        # while the survivors wait in the rendezvous, survivor p1 dies too.
+        port2 = free_port()
+        a.send_generation(p1, a.generation(2, 1, 3, port2))
+        a.send_generation(p0, a.generation(2, 0, 3, port2))
+        time.sleep(0.5)
+        a.kill(p1)
+
+        # Generation 3: p0 alone keeps the state; two replacements join.
+        port3 = free_port()
+        a.send_generation(p0, a.generation(3, 0, 3, port3))
+        r1 = a.spawn(self.args, gen=3, rank=1, world=3, port=port3, join=True).pid
+        r2 = a.spawn(self.args, gen=3, rank=2, world=3, port=port3, join=True).pid
+        res = self.check_results([p0, r1, r2], regroups=1)
+        h = res[0]["history"]
+        self.assertEqual(len(h), 1)
+        self.assertEqual(h[0]["gen"], 3)
+        self.assertEqual(h[0]["attempts"], 2)   # generation 2 failed while forming
+        self.assertEqual(h[0]["source"], 0)
+        self.assertTrue(res[1]["history"][0]["replacement"])
+        self.assertGreater(res[1]["history"][0]["transferred_bytes"], 0)
+
+
+RACE_WORKER = textwrap.dedent("""\
+    import hashlib, json, os, sys
+    import torch, torch.nn as nn
+    import bulsajo.torch as bj
+    log, out = sys.argv[1], sys.argv[2]
+    job = bj.init()
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    model = bj.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    state = bj.State(model=model, optimizer=opt)
+    sampler = bj.ElasticSampler(1000, 8, seed=0)
+    data = torch.randn(1000, 8, generator=torch.Generator().manual_seed(1))
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    job.on_commit(lambda step, rank, world, gen: os.write(fd, (
+        "%d %d %d %s\\n" % (gen, step, rank, " ".join(map(str, sampler.indices(step, rank, world))))
+    ).encode()))
+    for step in job.steps(10, state):
+        idx = sampler.indices(step, job.rank, job.world_size)
+        opt.zero_grad()
+        model(data[idx]).pow(2).sum().backward()
+        if step == 4 and job.rank == 1 and job.generation == 1:
+            # as if the all-reduce had failed here at its very end, after
+            # rank 0 had already received everything and committed
+            job._note_failure("injected", RuntimeError("late failure"))
+        opt.step()
+    h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters()))
+    with open(out % job.rank, "w") as f:
+        json.dump({"sha": h.hexdigest(), "history": job.history, "step": state.step}, f)
+    job.close()
+""")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class CommitRaceTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-race-")
+        self.agent = FakeAgent(self.tmp)
+
+    def tearDown(self):
+        self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_step_committed_on_one_rank_is_adopted_not_redone(self):
+        a = self.agent
+        script = os.path.join(self.tmp, "race_worker.py")
+        with open(script, "w") as f:
+            f.write(RACE_WORKER)
+        log = os.path.join(self.tmp, "samples.log")
+        out = os.path.join(self.tmp, "result%d.json")
+        port = free_port()
+        p0, p1 = [a.spawn([script, log, out], gen=1, rank=r, world=2, port=port).pid
+                  for r in range(2)]
+        # rank 1 regroups at once; rank 0 fails step 5; nobody died, so the
+        # agent learns of it from collective_failed and regroups both.
+        a.wait_for(lambda: len(a.messages(type="collective_failed")) >= 1, 20,
+                   "collective_failed")
+        a.regroup(2, [p0, p1], free_port())
+        codes = a.wait_exit([p0, p1], 30)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        r0, r1 = [json.loads(read(out % r)) for r in range(2)]
+        self.assertEqual(r0["sha"], r1["sha"])
+        self.assertEqual((r0["step"], r1["step"]), (9, 9))
+        h0, h1 = r0["history"][0], r1["history"][0]
+        self.assertEqual(h0["source"], 0)
+        self.assertEqual(h0["lost_steps"], 1)     # rank 0's step 5 is redone
+        self.assertEqual(h1["lost_steps"], 0)     # rank 1's step 4 is adopted
+        self.assertGreater(h1["transferred_bytes"], 0)
+        self.assertEqual(a.max_step(p0, gen=1), 4)
+        self.assertEqual(a.max_step(p1, gen=1), 3)
+        # each step's samples logged exactly once; step 4 of rank 1 under gen 1
+        lines = [l.split() for l in read(log).splitlines()]
+        keys = sorted((int(l[1]), int(l[2])) for l in lines)
+        self.assertEqual(keys, [(s, r) for s in range(10) for r in range(2)])
+        self.assertIn(("1", "4", "1"), [tuple(l[:3]) for l in lines])
+        from bulsajo.torch import ElasticSampler
+        sampler = ElasticSampler(1000, 8, seed=0)
+        for step in range(10):
+            ids = sorted(int(x) for l in lines if int(l[1]) == step for x in l[3:])
+            self.assertEqual(ids, sorted(sampler.global_indices(step)))
+
+
+if __name__ == "__main__":
+    unittest.main()

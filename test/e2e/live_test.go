@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/events"
+)
+
+// Live recovery with real PyTorch: survivors keep their processes, a
+// replacement joins and receives the state. The invariants of the issue are
+// checked on what the workers themselves record.
+
+var liveDone = regexp.MustCompile(`done steps=(\d+) loss=([0-9.]+) params_sha256=([0-9a-f]+) regroups=(\d+)`)
+
+type rankResult struct {
+	Rank    int    `json:"rank"`
+	Pid     int    `json:"pid"`
+	Hash    string `json:"params_sha256"`
+	Step    int    `json:"step"`
+	History []struct {
+		Gen         int     `json:"gen"`
+		Seconds     float64 `json:"seconds"`
+		LostSteps   int     `json:"lost_steps"`
+		Verified    bool    `json:"verified"`
+		Replacement bool    `json:"replacement"`
+	} `json:"history"`
+}
+
+func liveRun(t *testing.T, steps int, chaos string) (result, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	samples, results := filepath.Join(dir, "samples.log"), filepath.Join(dir, "results")
+	args := []string{"--recovery", "live", "--nproc-per-node", "4"}
+	if chaos != "" {
+		args = append(args, "--chaos", chaos)
+	}
+	args = append(args, "--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"),
+		"--steps", strconv.Itoa(steps), "--sample-log", samples, "--result-dir", results)
+	r := bulsajo(t, 4*time.Minute, args...)
+	if r.code != 0 {
+		t.Fatalf("live run (chaos %q): exit %d:\n%s", chaos, r.code, r.out)
+	}
+	return r, samples, results
+}
+
+func TestLiveRecoveryInvariants(t *testing.T) {
+	requireTorch(t)
+	const steps, globalBatch = 400, 128
+	clean, _, _ := liveRun(t, steps, "")
+	r, samples, results := liveRun(t, steps, "kill-at=3s,stop-at=8s")
+
+	// The faults were handled by regrouping in place, not by restarting.
+	evs := r.events(t)
+	var faults, regroups, grows int
+	for _, e := range evs {
+		switch {
+		case e.Type == events.FaultDetected:
+			faults++
+		case e.Type == events.GenerationStart && e.Cause == "regroup":
+			regroups++
+		case e.Type == events.GenerationStart && e.Cause == "grow":
+			grows++
+		case e.Type == events.GenerationStart && e.Gen > 1:
+			t.Errorf("a full restart happened (generation %d): %+v", e.Gen, e)
+		}
+	}
+	if faults != 2 || regroups != 2 || grows < 1 {
+		t.Fatalf("faults %d, regroups %d, grows %d; want 2 faults, each regrouped, replacements admitted:\n%s", faults, regroups, grows, r.out)
+	}
+	for _, e := range evs {
+		if e.Type == events.Recovered && e.RolledBack > 1 {
+			t.Errorf("recovery rolled back %d steps, want at most 1", e.RolledBack)
+		}
+	}
+
+	// Every rank ends bit-identical, each regroup was verified, at most one
+	// step was lost per regroup, and a replacement took part.
+	ents, _ := os.ReadDir(results)
+	if len(ents) != 4 {
+		t.Fatalf("%d result files, want 4", len(ents))
+	}
+	var hash string
+	replacement := false
+	for _, e := range ents {
+		var rr rankResult
+		b, _ := os.ReadFile(filepath.Join(results, e.Name()))
+		if err := json.Unmarshal(b, &rr); err != nil {
+			t.Fatal(err)
+		}
+		if hash == "" {
+			hash = rr.Hash
+		} else if rr.Hash != hash {
+			t.Errorf("rank %d parameters %s differ from %s", rr.Rank, rr.Hash, hash)
+		}
+		for _, h := range rr.History {
+			if !h.Verified || h.LostSteps > 1 {
+				t.Errorf("rank %d regroup into gen %d: verified %v, lost %d steps", rr.Rank, h.Gen, h.Verified, h.LostSteps)
+			}
+			replacement = replacement || h.Replacement
+		}
+	}
+	if !replacement {
+		t.Error("no replacement joined")
+	}
+
+	// No sample skipped or seen twice: each step's ids, over all ranks that
+	// committed it, are exactly one global batch of distinct samples. One
+	// exception is inherent to the log, not the training: a rank SIGKILLed
+	// after its gradients went into a step's all-reduce (so the step counts)
+	// but before it wrote its log line leaves its own share unlogged. That
+	// may happen only at a step where a rank was killed, for one share.
+	faultSteps := map[int]bool{}
+	for _, e := range evs {
+		if e.Type == events.FaultDetected && e.Step != nil {
+			for d := -1; d <= 1; d++ {
+				faultSteps[*e.Step+d] = true
+			}
+		}
+	}
+	perStep := map[int]map[string]int{}
+	f, err := os.Open(samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		step, _ := strconv.Atoi(fields[1])
+		if perStep[step] == nil {
+			perStep[step] = map[string]int{}
+		}
+		for _, id := range fields[3:] {
+			perStep[step][id]++
+		}
+	}
+	for s := 0; s < steps; s++ {
+		ids := perStep[s]
+		total := 0
+		for id, n := range ids {
+			total += n
+			if n > 1 {
+				t.Errorf("step %d: sample %s seen %d times", s, id, n)
+			}
+		}
+		switch {
+		case total == globalBatch:
+		case total == globalBatch-globalBatch/4 && faultSteps[s]:
+			t.Logf("step %d: the killed rank's share is unlogged (it died between the all-reduce and its log line)", s)
+		default:
+			t.Errorf("step %d: %d samples, want %d", s, total, globalBatch)
+		}
+	}
+
+	// The result matches a fault-free run within tolerance.
+	cm, fm := liveDone.FindStringSubmatch(clean.out), liveDone.FindStringSubmatch(r.out)
+	if cm == nil || fm == nil {
+		t.Fatalf("missing done lines:\n%s\n%s", clean.out, r.out)
+	}
+	cl, _ := strconv.ParseFloat(cm[2], 64)
+	fl, _ := strconv.ParseFloat(fm[2], 64)
+	if d := cl - fl; d > 0.05 || d < -0.05 {
+		t.Errorf("final loss %.4f with faults vs %.4f without: differ by more than 0.05", fl, cl)
+	}
+	t.Logf("fault-free %s, with faults %s (hash equal: %v)", cm[0], fm[0], cm[3] == fm[3])
+}
