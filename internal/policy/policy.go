@@ -240,8 +240,8 @@ type Machine struct {
 	doneRanks    map[int]bool
 	firstDone    int           // the first rank of this generation to finish
 	firstDoneAt  time.Duration // and when
-	jobStep      int // highest step the job has reached, across generations
-	genStep      int // highest step reached in the current generation
+	jobStep      int           // highest step the job has reached, across generations
+	genStep      int           // highest step reached in the current generation
 
 	// set while a fault's recovery is pending
 	recovering   bool
