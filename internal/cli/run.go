@@ -85,6 +85,7 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.DurationVar(&c.HangFloor, "hang-floor", c.HangFloor, "lowest adaptive hang threshold")
 	f.DurationVar(&c.StartupTimeout, "startup-timeout", 0, "launch to first progress (default: adaptive, 5 min until a startup was seen)")
 	f.DurationVar(&c.StopGrace, "stop-grace", c.StopGrace, "time between SIGTERM and SIGKILL when stopping workers")
+	f.DurationVar(&c.ExitGrace, "exit-grace", c.ExitGrace, "once a rank has finished, how long the others may take to exit (no hang detection meanwhile)")
 	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many generations in a row fail the same way without progress")
 	f.BoolVar(&c.Standby, "standby", c.Standby, "pre-start the next generation's Python workers (torch imported) to restart fast")
 	f.StringVar(&c.Preload, "standby-preload", "", "modules a standby worker imports ahead (default torch,torch.distributed,torch.nn.parallel)")
@@ -173,7 +174,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 		Policy: policy.Config{
 			WorldSize: c.NProc, MaxRestarts: c.MaxRestarts, Watchdog: wd,
 			StartupTimeout: c.StartupTimeout, ProgressExpected: re != nil, CrashLoopLimit: c.CrashLoopLimit,
-			Live: c.Recovery == "live", Replace: c.Replace, MinWorld: c.MinNProc,
+			Live: c.Recovery == "live", Replace: c.Replace, MinWorld: c.MinNProc, ExitGrace: c.ExitGrace,
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
 		Chaos: plan, Console: con, Log: log, Store: st,

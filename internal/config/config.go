@@ -31,6 +31,7 @@ type Run struct {
 	HangFloor      time.Duration
 	StartupTimeout time.Duration // 0: adaptive
 	StopGrace      time.Duration
+	ExitGrace      time.Duration // after a rank finishes, how long the others may take
 	CrashLoopLimit int
 	Standby        bool
 	Preload        string
@@ -48,6 +49,7 @@ func Default() Run {
 		Replace:        true,
 		HangFloor:      2 * time.Second,
 		StopGrace:      3 * time.Second,
+		ExitGrace:      30 * time.Second,
 		CrashLoopLimit: 3,
 		Standby:        true,
 		Python:         "python3",
@@ -87,7 +89,7 @@ func (r *Run) Validate() error {
 	if r.MasterPort < 0 || r.MasterPort > 65535 {
 		return usage("--master-port %d out of range", r.MasterPort)
 	}
-	if r.HangTimeout < 0 || r.StartupTimeout < 0 || r.StopGrace < 0 || r.HangFloor < 0 {
+	if r.HangTimeout < 0 || r.StartupTimeout < 0 || r.StopGrace < 0 || r.HangFloor < 0 || r.ExitGrace < 0 {
 		return usage("durations must not be negative")
 	}
 	if r.CrashLoopLimit < 1 {

@@ -116,10 +116,11 @@ func TestMaxRestartsExhausted(t *testing.T) {
 }
 
 func TestHangIsDetectedAndRecovered(t *testing.T) {
-	// Rank 0 stops reporting at step 10 in generation 1; steps are 20 ms, so
-	// the adaptive threshold is its 2 s floor (lowered here to 1 s).
+	// Rank 0 stops at step 10 in generation 1 and rank 1 waits for it at
+	// step 12, as in a collective; steps are 20 ms, so the adaptive
+	// threshold is its floor (lowered here to 1 s).
 	r := bulsajo(t, 60*time.Second, "--nproc-per-node", "2", "--hang-floor", "1s", "--", fakeBin,
-		"-steps", "30", "-hang-at-step", "10", "-fail-rank", "0", "-fail-gens", "1")
+		"-steps", "30", "-hang-at-step", "10", "-others-hang-at-step", "12", "-fail-rank", "0", "-fail-gens", "1")
 	if r.code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", r.code, r.out)
 	}
@@ -142,11 +143,11 @@ func TestHangIsDetectedAndRecovered(t *testing.T) {
 }
 
 func TestSigstoppedWorkerIsDetected(t *testing.T) {
-	// --chaos sends a real SIGSTOP; the stopped process is named as the
-	// culprit. (Fake workers share no collective, so the job stalls only once
-	// the other rank finishes: detection time is checked with real PyTorch.)
+	// --chaos sends a real SIGSTOP at about step 50; the other rank waits at
+	// step 100 as in a collective. The stopped process is named as the
+	// culprit. (Detection time is checked with real PyTorch.)
 	r := bulsajo(t, 60*time.Second, "--nproc-per-node", "2", "--chaos", "stop-at=1s", "--", fakeBin,
-		"-steps", "150", "-step-time", "20ms")
+		"-steps", "150", "-step-time", "20ms", "-fail-gens", "1", "-hang-at-step", "100")
 	if r.code != 0 {
 		t.Fatalf("exit %d, want 0:\n%s", r.code, r.out)
 	}
@@ -161,6 +162,16 @@ func TestSigstoppedWorkerIsDetected(t *testing.T) {
 	}
 	if !named {
 		t.Errorf("the stopped process was not named as the culprit:\n%s", r.out)
+	}
+}
+
+func TestRankThatNeverExitsEndsTheJob(t *testing.T) {
+	// Rank 0 finishes; rank 1 hangs (forever) at its last step: after the
+	// exit grace the job ends with an error naming it, instead of waiting.
+	r := bulsajo(t, 30*time.Second, "--nproc-per-node", "2", "--exit-grace", "1s", "--", fakeBin,
+		"-steps", "20", "-fail-rank", "1", "-hang-at-step", "19")
+	if r.code != 1 || !strings.Contains(r.out, "ranks [1] still running 1s after rank 0 finished") {
+		t.Fatalf("exit %d, want 1 with the hung rank named:\n%s", r.code, r.out)
 	}
 }
 

@@ -10,6 +10,9 @@
 //	-fail-rank R       only this rank fails (-1: every rank)
 //	-fail-gens LIST    comma-separated generations that fail (empty: every one)
 //	-hang-at-step S    stop reporting progress at step S (sleep forever)
+//	-others-hang-at-step S  in the -fail-gens generations, ranks other than
+//	                   -fail-rank hang at S: they wait for the culprit as
+//	                   ranks blocked in a collective would
 //	-ignore-sigterm    ignore SIGTERM (the agent must escalate to SIGKILL)
 //	-pid-dir DIR       write DIR/<pid> at start (tests look for orphans)
 //	-stderr MSG        write MSG to stderr before failing
@@ -36,6 +39,7 @@ func main() {
 	failRank := flag.Int("fail-rank", -1, "")
 	failGens := flag.String("fail-gens", "", "")
 	hangAt := flag.Int("hang-at-step", -1, "")
+	othersHangAt := flag.Int("others-hang-at-step", -1, "")
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "")
 	pidDir := flag.String("pid-dir", "", "")
 	msg := flag.String("stderr", "", "")
@@ -53,7 +57,9 @@ func main() {
 	if addr := os.Getenv("BULSAJO_AGENT_SOCK"); addr != "" {
 		conn, _ = net.Dial("unixgram", addr)
 	}
-	failsHere := (*failRank < 0 || *failRank == rank) && inList(*failGens, gen)
+	badGen := inList(*failGens, gen)
+	failsHere := (*failRank < 0 || *failRank == rank) && badGen
+	waitsHere := *failRank >= 0 && *failRank != rank && badGen
 	for s := 0; s < *steps; s++ {
 		if failsHere && s == *failAt {
 			if *msg != "" {
@@ -61,7 +67,7 @@ func main() {
 			}
 			os.Exit(*exitCode)
 		}
-		if failsHere && s == *hangAt {
+		if (failsHere && s == *hangAt) || (waitsHere && s == *othersHangAt) {
 			select {}
 		}
 		time.Sleep(*stepTime)
