@@ -16,9 +16,15 @@ Properties the bulsajo tests rely on:
   latest one and resumes at step+1.
 * Progress is reported with bulsajo.step(step) after every optimizer step
   when the bulsajo SDK is importable (a no-op outside bulsajo).
-* Output (rank 0): `step {s} loss {loss:.4f}` every --log-every steps and,
-  at the end, exactly one line
-  `done steps={N} loss={final_loss:.6f} params_sha256={hex}`.
+* Gradients are averaged by a DDP comm hook that all-reduces each parameter
+  separately (see per_param_allreduce): bit-identical resumes with >2 ranks.
+* --fail-at-step S makes rank 0 raise at step S on every run: a deterministic
+  crash loop (a resumed run restarts from a checkpoint before S).
+* Output (rank 0): `step {s} loss {loss:.4f}` every --log-every steps, then
+  `timing steps_run={n} secs={t} step_ms={ms}` for the steps this run did, and
+  finally exactly one line `done steps={N} loss={final_loss:.6f} params_sha256={hex}`.
+  With --sample-log FILE every rank appends `gen step rank id...` per step
+  (gen = $BULSAJO_GENERATION, else $TORCHELASTIC_RESTART_COUNT, else 0).
 """
 
 import argparse
@@ -96,16 +102,19 @@ def per_param_allreduce(process_group, bucket):
     last reference to one it needs the GIL, while the main thread holds the
     GIL joining that very thread in ~ProcessGroupGloo when DDP is freed at
     exit.  So the gradient views stay referenced from Python (_HOOK_TENSORS)
-    until the next backward.  The all_reduces are synchronous, which also
-    keeps Python callbacks (fut.then) off gloo's threads.  A failed all_reduce
-    (a peer died) raises and fails the step.
+    until the next backward, and the hook waits for its all_reduces itself
+    rather than chaining Python callbacks (fut.then) onto gloo's threads.  A
+    failed all_reduce (a peer died) raises from wait() and fails the step.
     """
     world = dist.get_world_size(process_group)
     grads = bucket.gradients()
     _HOOK_TENSORS[bucket.index()] = grads
+    works = []
     for g in grads:
         g.div_(world)
-        dist.all_reduce(g, group=process_group)
+        works.append(dist.all_reduce(g, group=process_group, async_op=True))
+    for w in works:
+        w.wait()
     fut = torch.futures.Future()
     fut.set_result(bucket.buffer())
     return fut
@@ -173,6 +182,12 @@ def main():
     dist.barrier()  # all ranks have read the checkpoint before anyone writes one
     if rank == 0:
         os.makedirs(args.ckpt_dir, exist_ok=True)
+        for name in os.listdir(args.ckpt_dir):  # temp files of a save that was killed
+            if name.startswith("latest.pt.tmp."):
+                try:
+                    os.unlink(os.path.join(args.ckpt_dir, name))
+                except OSError:
+                    pass
 
     sample_fd = None
     if args.sample_log:
