@@ -30,7 +30,7 @@ test: deps build lint
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
 
 bench: deps build
-	python3 bench/faults.py --bulsajo-bin $(BIN)
+	python3 bench/faults.py --bulsajo-bin $(BIN) --live-steps 3000 --out bench/results.json --markdown bench/results.md
 
 clean:
 	rm -rf bin runs
