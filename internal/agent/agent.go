@@ -477,7 +477,7 @@ func (a *Agent) spawn(gen, rank int, env map[string]string, log *os.File) (*work
 // startProcess starts a shim worker that waits for its activation on fd 3.
 // A standby (rank -1) imports at the lowest CPU priority until activated.
 func (a *Agent) startProcess(args []string, standby bool, gen, rank int, log *os.File) (*worker, error) {
-	r, wr, err := pipe()
+	r, wr, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
@@ -515,11 +515,11 @@ func (a *Agent) startProcessEnv(args, env []string, activateFD *os.File, gen, ra
 	if activateFD != nil {
 		cmd.ExtraFiles = []*os.File{activateFD}
 	}
-	outR, outW, err := pipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
-	errR, errW, err := pipe()
+	errR, errW, err := os.Pipe()
 	if err != nil {
 		outR.Close()
 		outW.Close()

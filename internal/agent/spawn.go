@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"os"
 	"os/exec"
 	"runtime"
 	"syscall"
@@ -41,6 +40,3 @@ func startWorkerProcess(cmd *exec.Cmd) error {
 func signalGroup(pid int, sig syscall.Signal) error {
 	return syscall.Kill(-pid, sig)
 }
-
-// pipe returns a pipe whose write end is meant for a child.
-func pipe() (r, w *os.File, err error) { return os.Pipe() }

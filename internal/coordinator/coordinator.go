@@ -316,7 +316,7 @@ func (r *run) finish(f policy.Finish) {
 	// The summary is computed from the log itself, plus this last event.
 	var evs []events.Event
 	if r.log != nil {
-		evs, _ = events.ReadFile(r.logPath())
+		evs, _ = events.ReadFile(r.log.Path())
 	}
 	ev.Time = time.Now()
 	sum := events.Summarize(append(evs, ev), r.medianStep())
@@ -375,8 +375,6 @@ func (r *run) record(e events.Event) {
 }
 
 func (r *run) prefix() string { return "/bulsajo/runs/" + r.cfg.RunID }
-
-func (r *run) logPath() string { return r.log.Path() }
 
 func freePort(addr string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))

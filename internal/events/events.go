@@ -18,14 +18,13 @@ import (
 
 // Types of events.
 const (
-	RunStarted       = "run_started"
-	GenerationStart  = "generation_started"
-	FaultDetected    = "fault"
-	FaultInjected    = "fault_injected" // by --chaos, so detection latency is exact
-	Recovered        = "recovered"
-	GenerationStop   = "generation_stopped"
-	RunFinished      = "run_finished"
-	StandbyActivated = "standby_activated"
+	RunStarted      = "run_started"
+	GenerationStart = "generation_started"
+	FaultDetected   = "fault"
+	FaultInjected   = "fault_injected" // by --chaos, so detection latency is exact
+	Recovered       = "recovered"
+	GenerationStop  = "generation_stopped"
+	RunFinished     = "run_finished"
 )
 
 // Event is one line of the log. Fields that do not apply stay empty.

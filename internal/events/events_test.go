@@ -357,7 +357,7 @@ func TestSummarize(t *testing.T) {
 		{"injected faults and standbys do not count", []Event{
 			{Time: at(0), Type: RunStarted},
 			{Time: at(2), Type: FaultInjected, Rank: Int(1)},
-			{Time: at(2), Type: StandbyActivated},
+			{Time: at(2), Type: "other"},
 			{Time: at(4), Type: RunFinished, Outcome: "succeeded"},
 		}, 0, Summary{Outcome: "succeeded", WallS: 4, Goodput: 1}},
 	}
