@@ -73,7 +73,7 @@ func (s Summary) Line() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "in %.1f s", s.WallS)
 	if s.Steps > 0 {
-		fmt.Fprintf(&b, " · %d steps", s.Steps)
+		fmt.Fprintf(&b, " · last step %d", s.Steps) // the highest step index reported
 	}
 	fmt.Fprintf(&b, " · %d %s, %d %s · %.1f s lost", s.Faults, plural(s.Faults, "fault", "faults"),
 		s.Recoveries, plural(s.Recoveries, "recovery", "recoveries"), s.LostS)
