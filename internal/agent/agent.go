@@ -409,6 +409,7 @@ type worker struct {
 	quiet     atomic.Bool // output to the rank log only
 	joiner    bool        // a replacement waiting for admission (under Agent.mu)
 	ready     atomic.Bool // a joiner that has said hello
+	discarded atomic.Bool // killed on purpose before it held a rank
 	localRank int         // slot on this node (its GPU); kept across regroups
 	as        Assignment  // current generation, for the control endpoint (under mu)
 
@@ -647,8 +648,8 @@ func (a *Agent) reaped(w *worker, code int, sig string, at time.Time) {
 				break
 			}
 		}
-		if code != 0 {
-			a.standbyFailed++
+		if code != 0 && !w.discarded.Load() {
+			a.standbyFailed++ // it failed on its own (e.g. its preload crashed)
 		}
 		a.mu.Unlock()
 		return
@@ -715,6 +716,7 @@ func (a *Agent) refillStandbys() {
 }
 
 func (w *worker) discard() {
+	w.discarded.Store(true)
 	if w.discardFn != nil {
 		w.discardFn() // EOF on fd 3: the shim exits quietly
 	}
