@@ -8,17 +8,15 @@ Run from the repository root:
 
 import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import textwrap
 import threading
 import time
 import unittest
 
 from bulsajo import _live
-from tests.test_live_agent import FakeAgent, free_port, have_torch, proc_state
+from tests.test_live_agent import FakeAgentCase, free_port, have_torch, proc_state
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
@@ -217,20 +215,8 @@ ABANDON_WORKER = textwrap.dedent("""\
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
-class CollectiveFailureTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-unit-")
-        self.agent = FakeAgent(self.tmp)
-
-    def tearDown(self):
-        self.agent.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def script(self, name, text):
-        path = os.path.join(self.tmp, name)
-        with open(path, "w") as f:
-            f.write(text)
-        return path
+class CollectiveFailureTest(FakeAgentCase):
+    tmp_prefix = "bulsajo-live-unit-"
 
     def test_comm_hook_marks_failure_instead_of_raising(self):
         a = self.agent

@@ -279,6 +279,28 @@ def example_args(steps, tmp, **kw):
     return args
 
 
+
+class FakeAgentCase(unittest.TestCase):
+    """A test with a temp dir and a FakeAgent in it, both cleaned up."""
+
+    tmp_prefix = "bulsajo-live-"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix=self.tmp_prefix)
+        self.agent = FakeAgent(self.tmp)
+
+    def tearDown(self):
+        self.agent.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def script(self, name, text):
+        """Write a worker script into the temp dir; returns its path."""
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
 class ProtocolTest(unittest.TestCase):
     """The worker's side of the control protocol, message by message."""

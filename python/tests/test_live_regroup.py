@@ -14,14 +14,12 @@ Run from the repository root:
 import collections
 import json
 import os
-import shutil
 import signal
-import tempfile
 import textwrap
 import time
 import unittest
 
-from tests.test_live_agent import FakeAgent, example_args, free_port, have_torch, proc_state
+from tests.test_live_agent import FakeAgentCase, example_args, free_port, have_torch, proc_state
 
 STEPS = 60
 GLOBAL_BATCH = 48
@@ -44,15 +42,12 @@ def read_results(tmp):
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
-class RegroupTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-regroup-")
-        self.agent = FakeAgent(self.tmp)
-        self.args = example_args(STEPS, self.tmp, global_batch=GLOBAL_BATCH, sleep_ms=25)
+class RegroupTest(FakeAgentCase):
+    tmp_prefix = "bulsajo-live-regroup-"
 
-    def tearDown(self):
-        self.agent.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+    def setUp(self):
+        super().setUp()
+        self.args = example_args(STEPS, self.tmp, global_batch=GLOBAL_BATCH, sleep_ms=25)
 
     def start(self, world=3):
         port = free_port()
@@ -219,20 +214,12 @@ RACE_WORKER = textwrap.dedent("""\
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
-class CommitRaceTest(unittest.TestCase):
-    def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="bulsajo-live-race-")
-        self.agent = FakeAgent(self.tmp)
-
-    def tearDown(self):
-        self.agent.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+class CommitRaceTest(FakeAgentCase):
+    tmp_prefix = "bulsajo-live-race-"
 
     def test_step_committed_on_one_rank_is_adopted_not_redone(self):
         a = self.agent
-        script = os.path.join(self.tmp, "race_worker.py")
-        with open(script, "w") as f:
-            f.write(RACE_WORKER)
+        script = self.script("race_worker.py", RACE_WORKER)
         log = os.path.join(self.tmp, "samples.log")
         out = os.path.join(self.tmp, "result%d.json")
         port = free_port()
