@@ -48,10 +48,10 @@ type Config struct {
 // Events the agent reports.
 type (
 	Event interface{ agentEvent() }
-	// Launched: every worker of Gen has started; Warm of them were standbys.
+	// Launched: every worker of Gen has started.
 	Launched struct {
-		Gen, Warm int
-		At        time.Time
+		Gen int
+		At  time.Time
 	}
 	// Exited: a worker of Gen ended.
 	Exited struct {
@@ -176,7 +176,6 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 	// the first ranks cannot look like the end of the generation.
 	g := &generation{gen: spec.Gen, remaining: len(spec.Ranks)}
 	a.gens[spec.Gen] = g
-	warmBefore := len(a.standbys)
 	// Start missing shim workers now, all together, so their imports overlap
 	// while rank 0 comes up; they are activated below like standbys.
 	for a.shim != nil && len(a.standbys) < len(spec.Ranks) {
@@ -210,7 +209,7 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 			return err
 		}
 	}
-	a.emit(Launched{Gen: spec.Gen, Warm: min(warmBefore, len(spec.Ranks)), At: time.Now()})
+	a.emit(Launched{Gen: spec.Gen, At: time.Now()})
 	if a.shim != nil {
 		go a.refillStandbys()
 	}
