@@ -74,7 +74,6 @@ type run struct {
 	log     *events.Log
 	chaos   *chaos.Injector
 	inject  *injected
-	running bool // current generation has made progress (chaos waits for it)
 	lastSig os.Signal
 	result  *Result
 
@@ -129,7 +128,6 @@ func (r *run) handle(ev agent.Event) {
 		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen}))
 	case agent.Progress:
 		if e.Gen == r.m.Generation() {
-			r.running = true
 			r.observeStep(e.Step, e.At)
 		}
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
@@ -187,7 +185,6 @@ func (r *run) apply(ds []policy.Decision) {
 			}
 			r.apply(r.m.Step(r.now(), policy.Diagnosed{Gen: d.Gen, Rank: rank}))
 		case policy.Stop:
-			r.running = false
 			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
 		case policy.Fault:
 			r.fault(d)
@@ -202,7 +199,6 @@ func (r *run) apply(ds []policy.Decision) {
 }
 
 func (r *run) launch(d policy.Launch) {
-	r.running = false
 	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
 	port, err := r.port()
 	if err != nil {
@@ -222,7 +218,6 @@ func (r *run) launch(d policy.Launch) {
 }
 
 func (r *run) regroup(d policy.Regroup) {
-	r.running = false
 	r.lastStep, r.lastAt = -1, time.Time{}
 	port, err := r.port()
 	if err != nil {
@@ -337,7 +332,7 @@ func (r *run) finish(f policy.Finish) {
 
 func (r *run) maybeInject() {
 	gen := r.m.Generation()
-	sig, due := r.chaos.Due(r.now(), r.running && r.inject == nil)
+	sig, due := r.chaos.Due(r.now(), r.m.Training() && r.inject == nil)
 	if !due {
 		return
 	}

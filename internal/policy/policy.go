@@ -281,6 +281,9 @@ func (m *Machine) Restarts() int { return m.restarts }
 // JobStep is the highest step the job has reached (-1 before any progress).
 func (m *Machine) JobStep() int { return m.jobStep }
 
+// Training reports whether the current generation runs and has made progress.
+func (m *Machine) Training() bool { return m.phase == running && m.progressed }
+
 // Done reports whether the machine has finished.
 func (m *Machine) Done() bool { return m.phase == done }
 
