@@ -1,0 +1,271 @@
+// Package wire is the protocol between the coordinator and its agents: JSON
+// messages, one per line, over a connection that starts as an authenticated
+// HTTP request (POST /v1/agent, upgraded) on the coordinator's one port.
+//
+// Every message is decoded by Decode, which rejects anything oversized,
+// unknown or incomplete with an error; a session (the caller) rejects
+// messages that arrive out of order. Nothing here trusts the peer.
+package wire
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+)
+
+// MaxMessage is the largest message either side accepts (a start message
+// carries the command line; nothing legitimate comes near this).
+const MaxMessage = 1 << 20
+
+// Protocol is the value of the Upgrade header and the version agents send.
+const Protocol = "bulsajo-agent/1"
+
+// Message types.
+const (
+	// agent -> coordinator
+	THello     = "hello"     // first message of a session
+	THeartbeat = "heartbeat" // every HeartbeatMS; renews the lease
+	TLaunched  = "launched"  // every local worker of a generation started
+	TExited    = "exited"    // a worker ended
+	TProgress  = "progress"  // a worker committed a step
+	TStopped   = "stopped"   // every local worker of a generation reaped
+	TFenced    = "fenced"    // the agent stopped its workers on its own (lease expired)
+	// coordinator -> agent
+	TWelcome = "welcome" // answer to hello
+	TAck     = "ack"     // answer to heartbeat
+	TStart   = "start"   // start this node's part of a generation
+	TStop    = "stop"    // stop a generation
+	TSignal  = "signal"  // send a signal to one rank (chaos)
+	TEnd     = "end"     // the job is over: release its resources
+	TReject  = "reject"  // the coordinator refuses the session; Reason says why
+)
+
+// Msg is every message; Type says which fields mean something.
+type Msg struct {
+	Type string `json:"type"`
+
+	// hello
+	Name     string     `json:"name,omitempty"`
+	Version  string     `json:"version,omitempty"`
+	NProc    int        `json:"nproc,omitempty"`
+	Spare    bool       `json:"spare,omitempty"`
+	Addr     string     `json:"addr,omitempty"` // host workers of other nodes reach this node at
+	Instance string     `json:"instance,omitempty"`
+	Current  *NodeState `json:"current,omitempty"`
+
+	// heartbeat / ack
+	Seq      uint64 `json:"seq,omitempty"`
+	FreePort int    `json:"free_port,omitempty"` // a port free on the node for the next rendezvous
+
+	// welcome
+	LeaseMS     int `json:"lease_ms,omitempty"`
+	HeartbeatMS int `json:"heartbeat_ms,omitempty"`
+
+	// job and generation (start, stop, signal, end; launched, exited, progress, stopped)
+	Job   string `json:"job,omitempty"`
+	Gen   int    `json:"gen,omitempty"`
+	Spec  *Spec  `json:"spec,omitempty"`
+	Rank  int    `json:"rank,omitempty"`
+	Step  int    `json:"step,omitempty"`
+	Code  int    `json:"code,omitempty"`
+	Sig   string `json:"sig,omitempty"`
+	Err   string `json:"err,omitempty"`
+	AtMS  int64  `json:"at_ms,omitempty"`  // unix ms on the agent's clock
+	Grace int    `json:"grace_ms,omitempty"` // stop
+
+	Reason string `json:"reason,omitempty"` // reject, fenced
+}
+
+// Spec is one node's part of a generation, with the job it belongs to.
+type Spec struct {
+	RunID          string   `json:"run_id"`
+	Command        []string `json:"command"`
+	Dir            string   `json:"dir,omitempty"`
+	MaxRestarts    int      `json:"max_restarts"`
+	ProgressRegex  string   `json:"progress_regex,omitempty"`
+	Standby        bool     `json:"standby,omitempty"`
+	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
+	RestartCount   int      `json:"restart_count"`
+	WorldSize      int      `json:"world_size"`
+	Ranks          []int    `json:"ranks"`
+	GroupRank      int      `json:"group_rank"`
+	GroupWorldSize int      `json:"group_world_size"`
+	MasterAddr     string   `json:"master_addr"`
+	MasterPort     int      `json:"master_port"`
+}
+
+// NodeState is what an agent that reconnects tells the coordinator about the
+// generation it holds, so a restarted coordinator can adopt it.
+type NodeState struct {
+	Job     string `json:"job"`
+	Gen     int    `json:"gen"`
+	Running []int  `json:"running"` // ranks still running
+	Exited  []Msg  `json:"exited,omitempty"`
+	Stopped bool   `json:"stopped,omitempty"` // every worker reaped
+	Step    int    `json:"step"`
+}
+
+// Errors.
+var (
+	ErrTooLarge = errors.New("wire: message too large")
+	ErrInvalid  = errors.New("wire: invalid message")
+)
+
+var (
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	sigRE  = regexp.MustCompile(`^SIG[A-Z0-9]{2,8}$`)
+)
+
+// ValidName reports whether s is a usable node or job name.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+func invalid(t, why string) error { return fmt.Errorf("%w: %s: %s", ErrInvalid, t, why) }
+
+// Decode parses and validates one message.
+func Decode(line []byte) (Msg, error) {
+	var m Msg
+	if len(line) > MaxMessage {
+		return m, ErrTooLarge
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return Msg{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if dec.More() {
+		return Msg{}, invalid(m.Type, "trailing data")
+	}
+	return m, m.Validate()
+}
+
+// Validate checks the fields a message of its type must have.
+func (m *Msg) Validate() error {
+	t := m.Type
+	switch t {
+	case THello:
+		if !ValidName(m.Name) {
+			return invalid(t, "node name must be 1-63 of [A-Za-z0-9._-]")
+		}
+		if m.NProc < 1 || m.NProc > 1024 {
+			return invalid(t, "nproc must be 1..1024")
+		}
+		if len(m.Addr) == 0 || len(m.Addr) > 255 {
+			return invalid(t, "addr missing")
+		}
+		if s := m.Current; s != nil {
+			if !ValidName(s.Job) || s.Gen < 1 || len(s.Running) > 1024 || len(s.Exited) > 1024 {
+				return invalid(t, "bad current state")
+			}
+			for i := range s.Exited {
+				if err := s.Exited[i].Validate(); err != nil || s.Exited[i].Type != TExited {
+					return invalid(t, "bad exited entry in current state")
+				}
+			}
+		}
+	case THeartbeat, TAck:
+		if m.FreePort < 0 || m.FreePort > 65535 {
+			return invalid(t, "port out of range")
+		}
+	case TWelcome:
+		if m.LeaseMS < 100 || m.HeartbeatMS < 10 || m.HeartbeatMS >= m.LeaseMS {
+			return invalid(t, "lease and heartbeat must satisfy 10 <= heartbeat < lease, lease >= 100 ms")
+		}
+	case TLaunched, TStopped, TStop, TEnd:
+		if !ValidName(m.Job) || (t != TEnd && m.Gen < 1) || m.Grace < 0 {
+			return invalid(t, "job and generation required")
+		}
+	case TExited, TProgress, TSignal:
+		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 || m.Step < 0 {
+			return invalid(t, "job, generation and rank required")
+		}
+		if (t == TSignal || m.Sig != "") && !sigRE.MatchString(m.Sig) {
+			return invalid(t, "bad signal name")
+		}
+	case TFenced, TReject:
+		if m.Reason == "" {
+			return invalid(t, "reason required")
+		}
+	case TStart:
+		if !ValidName(m.Job) || m.Gen < 1 || m.Spec == nil {
+			return invalid(t, "job, generation and spec required")
+		}
+		return m.Spec.validate()
+	case "":
+		return invalid("message", "type missing")
+	default:
+		return invalid(t, "unknown type")
+	}
+	return nil
+}
+
+func (s *Spec) validate() error {
+	bad := func(why string) error { return invalid(TStart, why) }
+	switch {
+	case !ValidName(s.RunID):
+		return bad("run id")
+	case len(s.Command) == 0 || s.Command[0] == "":
+		return bad("command missing")
+	case s.WorldSize < 1 || len(s.Ranks) == 0 || len(s.Ranks) > s.WorldSize:
+		return bad("world size and ranks")
+	case s.GroupWorldSize < 1 || s.GroupRank < 0 || s.GroupRank >= s.GroupWorldSize:
+		return bad("group rank")
+	case s.MasterAddr == "" || s.MasterPort < 1 || s.MasterPort > 65535:
+		return bad("rendezvous address")
+	case s.MaxRestarts < 0 || s.RestartCount < 0 || s.StopGraceMS < 0:
+		return bad("negative count")
+	}
+	seen := map[int]bool{}
+	for _, r := range s.Ranks {
+		if r < 0 || r >= s.WorldSize || seen[r] {
+			return bad("ranks must be distinct and below the world size")
+		}
+		seen[r] = true
+	}
+	if s.ProgressRegex != "" {
+		if _, err := regexp.Compile(s.ProgressRegex); err != nil {
+			return bad("progress regex: " + err.Error())
+		}
+	}
+	return nil
+}
+
+// Reader reads messages from a connection.
+type Reader struct{ s *bufio.Scanner }
+
+// NewReader returns a Reader that refuses lines over MaxMessage.
+func NewReader(r io.Reader) *Reader {
+	s := bufio.NewScanner(r)
+	s.Buffer(make([]byte, 0, 4096), MaxMessage+1)
+	return &Reader{s: s}
+}
+
+// Read returns the next valid message, io.EOF at a clean end, or an error
+// (a decode error ends the session: the stream cannot be trusted after it).
+func (r *Reader) Read() (Msg, error) {
+	if !r.s.Scan() {
+		if err := r.s.Err(); err != nil {
+			if errors.Is(err, bufio.ErrTooLong) {
+				return Msg{}, ErrTooLarge
+			}
+			return Msg{}, err
+		}
+		return Msg{}, io.EOF
+	}
+	return Decode(r.s.Bytes())
+}
+
+// Encode returns m as one line.
+func Encode(m Msg) ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
