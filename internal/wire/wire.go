@@ -74,7 +74,7 @@ type Msg struct {
 	Code  int    `json:"code,omitempty"`
 	Sig   string `json:"sig,omitempty"`
 	Err   string `json:"err,omitempty"`
-	AtMS  int64  `json:"at_ms,omitempty"`  // unix ms on the agent's clock
+	AtMS  int64  `json:"at_ms,omitempty"`    // unix ms on the agent's clock
 	Grace int    `json:"grace_ms,omitempty"` // stop
 
 	Reason string `json:"reason,omitempty"` // reject, fenced
