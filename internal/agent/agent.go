@@ -52,6 +52,9 @@ type (
 	Launched struct {
 		Gen int
 		At  time.Time
+		// World is the world size launched when it differs from the one
+		// asked for (a multi-node job short of nodes); 0 otherwise.
+		World int
 	}
 	// Exited: a worker of Gen ended.
 	Exited struct {

@@ -36,6 +36,11 @@ type Config struct {
 	// /bulsajo/runs/ID/events/SEQ and the current generation under
 	// /bulsajo/runs/ID/generation. Optional.
 	Store store.Store
+	// Resume, when set, adopts a generation that kept running while the
+	// coordinator was away (a restart or a failover) instead of starting.
+	Resume *policy.Resume
+	// FirstSeq is the number of events already in the store (resume).
+	FirstSeq int
 }
 
 // Node is what the coordinator needs from an agent.
@@ -95,8 +100,14 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 	}
 	r := &run{cfg: cfg, node: node, m: policy.New(cfg.Policy), start: time.Now(), con: cfg.Console,
 		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, lastStep: -1}
-	r.record(events.Event{Type: events.RunStarted, RunID: cfg.RunID, WorldSize: cfg.Policy.WorldSize})
-	r.apply(r.m.Step(0, policy.Start{}))
+	r.seq = cfg.FirstSeq
+	if rs := cfg.Resume; rs != nil {
+		r.record(events.Event{Type: events.CoordinatorResumed, Gen: rs.Gen, WorldSize: rs.WorldSize})
+		r.apply(r.m.Step(0, *rs))
+	} else {
+		r.record(events.Event{Type: events.RunStarted, RunID: cfg.RunID, WorldSize: cfg.Policy.WorldSize})
+		r.apply(r.m.Step(0, policy.Start{}))
+	}
 	tick := time.NewTicker(cfg.Tick)
 	defer tick.Stop()
 	for r.result == nil {
@@ -125,7 +136,7 @@ func (r *run) now() time.Duration { return time.Since(r.start) }
 func (r *run) handle(ev agent.Event) {
 	switch e := ev.(type) {
 	case agent.Launched:
-		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen}))
+		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen, WorldSize: e.World}))
 	case agent.Progress:
 		if e.Gen == r.m.Generation() {
 			r.observeStep(e.Step, e.At)
@@ -245,8 +256,11 @@ func (r *run) regroup(d policy.Regroup) {
 // port is the rendezvous port of a new generation: fresh each time, so a
 // new generation never meets the old one's store.
 func (r *run) port() (int, error) {
-	if r.cfg.MasterPort != 0 {
+	if r.cfg.MasterPort > 0 {
 		return r.cfg.MasterPort, nil
+	}
+	if r.cfg.MasterPort < 0 {
+		return 0, nil // the node that hosts rank 0 chooses
 	}
 	return freePort(r.cfg.MasterAddr)
 }

@@ -25,6 +25,12 @@ const (
 	Recovered       = "recovered"
 	GenerationStop  = "generation_stopped"
 	RunFinished     = "run_finished"
+	// Multi-node.
+	CoordinatorResumed = "coordinator_resumed" // a restarted or new leader adopted the running job
+	NodeJoined         = "node_joined"
+	NodeLost           = "node_lost"
+	NodeQuarantined    = "node_quarantined"
+	NodeReleased       = "node_released"
 )
 
 // Event is one line of the log. Fields that do not apply stay empty.
@@ -46,6 +52,7 @@ type Event struct {
 	RolledBack int     `json:"rolled_back_steps,omitempty"`
 	WorldSize  int     `json:"world_size,omitempty"`
 	Outcome    string  `json:"outcome,omitempty"`
+	Node       string  `json:"node,omitempty"`
 	// Summary is set on run_finished.
 	Summary *Summary `json:"summary,omitempty"`
 }

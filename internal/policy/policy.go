@@ -58,6 +58,10 @@ const (
 	DefaultExitGrace      = 30 * time.Second
 )
 
+// SignalNodeLost in Exited means the rank's node was lost (no heartbeat, or
+// its agent's connection closed); LastError says which node and how.
+const SignalNodeLost = "NODE_LOST"
+
 // FaultKind names what was detected.
 type FaultKind string
 
@@ -65,6 +69,7 @@ const (
 	FaultExit       FaultKind = "worker_exit"
 	FaultHang       FaultKind = "hang"
 	FaultCollective FaultKind = "collective_failed" // a worker's collective failed, no cause seen
+	FaultNodeLost   FaultKind = "node_lost"         // the driver lost a node (Exited with Signal SignalNodeLost)
 )
 
 // Outcome is how a job ended.
@@ -86,7 +91,19 @@ type Input interface{ input() }
 type Start struct{}
 
 // Launched: every worker of Gen has been started.
-type Launched struct{ Gen int }
+type Launched struct {
+	Gen int
+	// WorldSize, when set, is the world the driver actually launched: a
+	// multi-node job may start with fewer nodes than asked for (--nnodes MIN:MAX).
+	WorldSize int
+}
+
+// Resume: a restarted coordinator adopts generation Gen, which its agents
+// kept running while it was away. Only valid before Start; no decision. The
+// driver then reports Launched{Gen} once the agents confirm it.
+type Resume struct {
+	Gen, WorldSize, Restarts, JobStep int
+}
 
 // Exited: one worker ended. Signal is empty for a normal exit.
 type Exited struct {
@@ -125,6 +142,7 @@ type CollectiveFailed struct {
 
 func (Start) input()            {}
 func (Launched) input()         {}
+func (Resume) input()           {}
 func (Exited) input()           {}
 func (Progress) input()         {}
 func (Stopped) input()          {}
@@ -300,8 +318,18 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 		if m.phase == idle {
 			return m.launch(now)
 		}
+	case Resume:
+		if m.phase == idle && ev.Gen >= 1 {
+			m.gen = ev.Gen - 1
+			m.newGeneration(ev.WorldSize)
+			m.restarts, m.jobStep = ev.Restarts, ev.JobStep
+			m.everProgress = ev.JobStep >= 0
+		}
 	case Launched:
 		if ev.Gen == m.gen && m.phase == starting {
+			if ev.WorldSize > 0 {
+				m.world = ev.WorldSize
+			}
 			m.phase = running
 			m.launchedAt = now
 			if m.recovering && !m.cfg.ProgressExpected && !m.everProgress {
@@ -462,7 +490,11 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 		detail += ": " + ev.LastError
 		sig += ": " + ev.LastError
 	}
-	return m.fail(now, Fault{Gen: m.gen, Kind: FaultExit, Rank: ev.Rank, Detail: detail, Step: m.jobStep}, sig)
+	kind := FaultExit
+	if ev.Signal == SignalNodeLost {
+		kind, detail = FaultNodeLost, ev.LastError
+	}
+	return m.fail(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Detail: detail, Step: m.jobStep}, sig)
 }
 
 func (m *Machine) tick(now time.Duration) []Decision {

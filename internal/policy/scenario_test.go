@@ -156,7 +156,13 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 	case "start":
 		return Start{}
 	case "launched":
-		return Launched{Gen: get("gen")}
+		return Launched{Gen: get("gen"), WorldSize: get("world")}
+	case "resume":
+		step := -1
+		if _, ok := a["step"]; ok {
+			step = get("step")
+		}
+		return Resume{Gen: get("gen"), WorldSize: get("world"), Restarts: get("restarts"), JobStep: step}
 	case "progress":
 		r := -1
 		if _, ok := a["rank"]; ok {
