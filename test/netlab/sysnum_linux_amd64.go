@@ -1,0 +1,4 @@
+package netlab
+
+// The syscall package does not define SYS_SETNS.
+const sysSetns = 308
