@@ -516,7 +516,7 @@ func (h *Host) inNetns(fn func() error) error {
 
 func (h *Host) onNetnsThread(fn func() error, errc chan<- error) {
 	runtime.LockOSThread()
-	if syscall.Gettid() == os.Getpid() {
+	if onMainThread() {
 		// The main thread: while we hold it, a new goroutine gets another.
 		inner := make(chan error, 1)
 		go h.onNetnsThread(fn, inner)

@@ -24,3 +24,7 @@ func enterNetns(path string) error {
 	}
 	return nil
 }
+
+// onMainThread reports whether the calling goroutine runs on the process's
+// main thread.
+func onMainThread() bool { return syscall.Gettid() == syscall.Getpid() }
