@@ -30,6 +30,7 @@ const DefaultDialTimeout = 5 * time.Second
 type Etcd struct {
 	client *clientv3.Client
 	kv     clientv3.KV
+	prefix string // WithPrefix's, already applied by kv; elections need it (election.go)
 	closed atomic.Bool
 }
 
@@ -115,7 +116,7 @@ func OpenEtcd(ctx context.Context, endpoints []string, opts ...EtcdOption) (*Etc
 		client.Close()
 		return nil, err
 	}
-	e := &Etcd{client: client, kv: client.KV}
+	e := &Etcd{client: client, kv: client.KV, prefix: cfg.prefix}
 	if cfg.prefix != "" {
 		e.kv = namespace.NewKV(client.KV, cfg.prefix)
 	}
