@@ -42,7 +42,8 @@ type Config struct {
 	Preload       string         // modules a standby imports; "" = the shim's default
 	StopGrace     time.Duration  // SIGTERM to SIGKILL
 	Console       *console.Console
-	Live          bool // workers use the SDK's live recovery (BULSAJO_RECOVERY=live)
+	Live          bool   // workers use the SDK's live recovery (BULSAJO_RECOVERY=live)
+	Dir           string // workers' working directory ("" = this process's)
 }
 
 // Events the agent reports.
@@ -515,6 +516,7 @@ func (a *Agent) startProcess(args []string, standby bool, gen, rank int, log *os
 func (a *Agent) startProcessEnv(args, env []string, activateFD *os.File, gen, rank int, log *os.File) (*worker, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = env
+	cmd.Dir = a.cfg.Dir
 	if activateFD != nil {
 		cmd.ExtraFiles = []*os.File{activateFD}
 	}

@@ -63,7 +63,8 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %v", config.ErrUsage, err)
 	})
-	root.AddCommand(newRunCmd(ctx, stdout, stderr), &cobra.Command{
+	root.AddCommand(newRunCmd(ctx, stdout, stderr), newCoordinatorCmd(ctx, stdout), newAgentCmd(ctx, stdout),
+		newSubmitCmd(ctx, stdout), newStatusCmd(ctx, stdout), newNodeCmd(ctx, stdout), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,

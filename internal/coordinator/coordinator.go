@@ -41,6 +41,9 @@ type Config struct {
 	Resume *policy.Resume
 	// FirstSeq is the number of events already in the store (resume).
 	FirstSeq int
+	// Detach, when closed, ends Run at once without touching the workers:
+	// this coordinator is going away and another will adopt the job.
+	Detach <-chan struct{}
 }
 
 // Node is what the coordinator needs from an agent.
@@ -54,6 +57,9 @@ type Node interface {
 	Culprit(gen int, sampleCPU bool) (rank int, why string)
 	Events() <-chan agent.Event
 }
+
+// Detached is the outcome of a Run ended by Config.Detach: the job goes on.
+const Detached policy.Outcome = "detached"
 
 // Result is how the job ended.
 type Result struct {
@@ -126,6 +132,8 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		case <-tick.C:
 			r.apply(r.m.Step(r.now(), policy.Tick{}))
 			r.maybeInject()
+		case <-cfg.Detach:
+			return Result{Outcome: Detached, Reason: "coordinator going away"}
 		}
 	}
 	return *r.result
@@ -274,7 +282,8 @@ func (r *run) fault(f policy.Fault) {
 	rank, why := f.Rank, ""
 	var detect time.Duration
 	switch f.Kind {
-	case policy.FaultExit:
+	case policy.FaultExit, policy.FaultNodeLost:
+		// Node lost: from the last time it was heard (or its connection closed).
 		detect = now.Sub(r.exitAt[f.Rank])
 	case policy.FaultHang:
 		detect = f.Silent
@@ -301,6 +310,8 @@ func (r *run) fault(f policy.Fault) {
 	switch f.Kind {
 	case policy.FaultExit:
 		r.con.Printf("! rank %d exited (%s) · detected in %s", rank, f.Detail, human(detect))
+	case policy.FaultNodeLost:
+		r.con.Printf("! %s · detected in %s", f.Detail, human(detect))
 	case policy.FaultHang:
 		who := "culprit unknown"
 		if rank >= 0 {

@@ -16,6 +16,8 @@
 //	-ignore-sigterm    ignore SIGTERM (the agent must escalate to SIGKILL)
 //	-pid-dir DIR       write DIR/<pid> at start (tests look for orphans)
 //	-stderr MSG        write MSG to stderr before failing
+//	-step-log FILE     append "GEN RANK STEP UNIXNANO" per step (tests check
+//	                   that no two generations ever step at the same time)
 package main
 
 import (
@@ -43,6 +45,7 @@ func main() {
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "")
 	pidDir := flag.String("pid-dir", "", "")
 	msg := flag.String("stderr", "", "")
+	stepLog := flag.String("step-log", "", "")
 	flag.Parse()
 
 	rank := envInt("RANK", -1)
@@ -52,6 +55,14 @@ func main() {
 	}
 	if *pidDir != "" {
 		os.WriteFile(filepath.Join(*pidDir, strconv.Itoa(os.Getpid())), nil, 0o644)
+	}
+	var slog *os.File
+	if *stepLog != "" {
+		var err error
+		if slog, err = os.OpenFile(*stepLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
 	}
 	var conn net.Conn
 	if addr := os.Getenv("BULSAJO_AGENT_SOCK"); addr != "" {
@@ -75,6 +86,9 @@ func main() {
 			fmt.Fprintf(conn, "step %d %d %d\n", gen, rank, s)
 		}
 		fmt.Printf("step %d\n", s)
+		if slog != nil {
+			fmt.Fprintf(slog, "%d %d %d %d\n", gen, rank, s, time.Now().UnixNano())
+		}
 	}
 }
 

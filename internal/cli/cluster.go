@@ -1,0 +1,608 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/bulsajo/bulsajo/internal/auth"
+	"github.com/bulsajo/bulsajo/internal/cluster"
+	"github.com/bulsajo/bulsajo/internal/config"
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/nodeagent"
+	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
+	"github.com/bulsajo/bulsajo/internal/wire"
+	"github.com/bulsajo/bulsajo/python"
+)
+
+func usage(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", config.ErrUsage, fmt.Sprintf(format, args...))
+}
+
+// clientTLS is the TLS setting of a client command: --tls-ca FILE trusts
+// that CA (the coordinator writes DATA_DIR/tls/ca.pem with --tls).
+func clientTLS(caFile string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, nil
+	}
+	return auth.ClientTLS(caFile)
+}
+
+func splitAddrs(s string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, usage("--coordinator %q: want host:port", a)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, usage("--coordinator host:port is required")
+	}
+	return out, nil
+}
+
+// ---- coordinator ----
+
+func newCoordinatorCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
+	var (
+		listen, tokenFile, dataDir, etcdEndpoints, advertise string
+		useTLS                                               bool
+		tlsCert, tlsKey                                      string
+		lease, heartbeat, nodeTimeout                        time.Duration
+		quarantineAfter                                      int
+	)
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run the multi-node coordinator (agents, jobs, state in etcd)",
+		Long: `Run the coordinator: agents on other hosts join it with the join token,
+jobs are submitted to it (bulsajo submit), and it keeps the job training when
+nodes fail. Its state lives in etcd: an embedded single member in DATA_DIR by
+default, or an external cluster (--etcd-endpoints), where several
+coordinators elect a leader and the others stand by.
+
+One port serves everything: agent sessions and admin calls need the token;
+GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if quarantineAfter < 1 {
+				return usage("--quarantine-after must be at least 1")
+			}
+			if !(heartbeat > 0 && heartbeat < nodeTimeout && nodeTimeout <= lease) {
+				return usage("need 0 < --heartbeat < --node-timeout <= --lease")
+			}
+			if (tlsCert == "") != (tlsKey == "") {
+				return usage("--tls-cert and --tls-key go together")
+			}
+			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
+				etcd: etcdEndpoints, advertise: advertise, tls: useTLS, cert: tlsCert, key: tlsKey,
+				cfg: cluster.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "0.0.0.0:7070", "address to serve agents, admin calls, metrics and the dashboard on")
+	f.StringVar(&tokenFile, "token-file", "", "join token file; created (mode 0600) if missing (default DATA_DIR/join.token)")
+	f.StringVar(&dataDir, "data-dir", "bulsajo-data", "where the embedded etcd, event logs and TLS files live")
+	f.StringVar(&etcdEndpoints, "etcd-endpoints", "", "external etcd cluster (comma-separated URLs); coordinators elect a leader")
+	f.StringVar(&advertise, "advertise", "", "host:port others reach this coordinator at (default: --listen)")
+	f.BoolVar(&useTLS, "tls", false, "serve TLS with certificates generated in DATA_DIR/tls on first start")
+	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate (with --tls-key)")
+	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
+	f.DurationVar(&lease, "lease", cluster.DefaultLease, "an agent that cannot reach the coordinator this long stops its workers; a silent node's ranks move only after it")
+	f.DurationVar(&heartbeat, "heartbeat", cluster.DefaultHeartbeat, "agents' heartbeat interval")
+	f.DurationVar(&nodeTimeout, "node-timeout", cluster.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
+	f.IntVar(&quarantineAfter, "quarantine-after", cluster.DefaultQuarantineAfter, "faults on a node before it is quarantined")
+	return cmd
+}
+
+type coordinatorOpts struct {
+	listen, tokenFile, dataDir, etcd, advertise string
+	tls                                         bool
+	cert, key                                   string
+	cfg                                         cluster.Config
+}
+
+func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) error {
+	con := console.New(stdout)
+	dataDir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if o.tokenFile == "" {
+		o.tokenFile = filepath.Join(dataDir, "join.token")
+	}
+	token, created, err := auth.LoadOrCreateToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	if created {
+		con.Printf("created join token %s (mode 0600): copy it to every agent and admin host", o.tokenFile)
+	}
+	var tlsCfg *tls.Config
+	switch {
+	case o.cert != "":
+		if tlsCfg, err = auth.ServerTLSFromFiles(o.cert, o.key); err != nil {
+			return err
+		}
+	case o.tls:
+		host, _, _ := net.SplitHostPort(o.listen)
+		var ca string
+		var made bool
+		if tlsCfg, ca, made, err = auth.LoadOrCreateServerTLS(filepath.Join(dataDir, "tls"), []string{host}); err != nil {
+			return err
+		}
+		if made {
+			con.Printf("generated TLS certificates in %s; clients trust them with --tls-ca %s", filepath.Dir(ca), ca)
+		}
+	}
+	if o.advertise == "" {
+		o.advertise = o.listen
+	}
+
+	// The store: embedded etcd, or an external cluster with a leader election.
+	var st store.Store
+	var lost <-chan struct{}
+	if o.etcd == "" {
+		t0 := time.Now()
+		emb, err := etcdstore.StartEmbedded(ctx, filepath.Join(dataDir, "etcd"))
+		if err != nil {
+			return fmt.Errorf("embedded etcd: %w", err)
+		}
+		defer emb.Close()
+		st = emb.Store()
+		con.Printf("state: embedded etcd in %s (started in %d ms)", filepath.Join(dataDir, "etcd"), time.Since(t0).Milliseconds())
+	} else {
+		eps := strings.Split(o.etcd, ",")
+		ext, err := etcdstore.OpenEtcd(ctx, eps)
+		if err != nil {
+			return err
+		}
+		defer ext.Close()
+		con.Printf("state: etcd %v; campaigning for leadership as %s", eps, o.advertise)
+		lead, err := ext.Campaign(ctx, "coordinator", o.advertise)
+		if err != nil {
+			if ctx.Err() != nil {
+				return &ExitError{Code: 130}
+			}
+			return fmt.Errorf("leader election: %w", err)
+		}
+		defer lead.Resign(context.Background())
+		con.Printf("elected leader")
+		st, lost = lead.Store(), lead.Done()
+	}
+
+	o.cfg.Token, o.cfg.Store, o.cfg.DataDir, o.cfg.Console, o.cfg.Version = token, st, dataDir, con, Version
+	srv, err := cluster.New(o.cfg)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		srv.Close()
+		return fmt.Errorf("listen: %w", err)
+	}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	con.Printf("bulsajo coordinator %s on %s://%s · lease %s · node timeout %s", Version, scheme, l.Addr(), o.cfg.Lease, o.cfg.NodeTimeout)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l, tlsCfg) }()
+	select {
+	case <-ctx.Done():
+		srv.Close()
+		con.Printf("coordinator stopping; agents keep their workers for a lease and reconnect to the next one")
+		return nil
+	case <-lost:
+		srv.Close()
+		return errors.New("lost the coordinator leadership (etcd session ended); another coordinator takes over")
+	case err := <-errc:
+		srv.Close()
+		return err
+	}
+}
+
+// ---- agent ----
+
+func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
+	var (
+		coord, tokenFile, name, advertise, dataDir, caFile, nproc string
+		spare                                                     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run this node's agent: join the coordinator and run its share of the job",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			addrs, err := splitAddrs(coord)
+			if err != nil {
+				return err
+			}
+			n, err := parseNProc(nproc)
+			if err != nil {
+				return err
+			}
+			if n < 1 || n > 1024 {
+				return usage("--nproc-per-node must be 1..1024")
+			}
+			if name == "" {
+				name, _ = os.Hostname()
+			}
+			if !wire.ValidName(name) {
+				return usage("--node-name %q: 1-63 of [A-Za-z0-9._-]", name)
+			}
+			if tokenFile == "" {
+				return usage("--token-file is required (the coordinator's join token)")
+			}
+			token, err := auth.ReadToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := clientTLS(caFile)
+			if err != nil {
+				return err
+			}
+			if dataDir == "" {
+				dataDir = filepath.Join(os.TempDir(), "bulsajo-agent-"+name)
+			}
+			dataDir, err = filepath.Abs(dataDir)
+			if err != nil {
+				return err
+			}
+			sdk, err := python.Extract(filepath.Join(dataDir, "sdk"))
+			if err != nil {
+				return fmt.Errorf("python sdk: %w", err)
+			}
+			con := console.New(stdout)
+			role := "worker node"
+			if spare {
+				role = "spare"
+			}
+			con.Printf("bulsajo agent %s · %s · %d slots · coordinator %s", name, role, n, strings.Join(addrs, ","))
+			sctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			a := nodeagent.New(nodeagent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
+				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version})
+			if err := a.Run(sctx); err != nil {
+				return err
+			}
+			con.Printf("agent stopped; no worker left running")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.SetNormalizeFunc(torchrunNames)
+	f.StringVar(&coord, "coordinator", "", "coordinator host:port (comma-separated for several; the leader answers)")
+	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
+	f.StringVar(&nproc, "nproc-per-node", "1", "worker slots on this node (an integer, or \"cpu\")")
+	f.StringVar(&name, "node-name", "", "this node's name (default: hostname)")
+	f.BoolVar(&spare, "spare", false, "hot spare: hold no ranks until a node fails")
+	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
+	f.StringVar(&dataDir, "data-dir", "", "where job logs go (default TMPDIR/bulsajo-agent-NAME)")
+	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA (the coordinator's DATA_DIR/tls/ca.pem)")
+	return cmd
+}
+
+// ---- submit ----
+
+func newSubmitCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
+	c := config.Default()
+	var coord, tokenFile, caFile, nnodes, nproc, dir string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "submit [flags] -- COMMAND [ARGS...]",
+		Short: "Run a job on the coordinator's nodes; follow it to its end",
+		Long: `Submit COMMAND to run on NNODES nodes with NPROC workers each, with torchrun's
+environment. submit follows the job, printing faults and recoveries, and exits
+with the job's status (0 succeeded, 1 failed, 130 when you stop it with
+Ctrl-C). If the coordinator restarts or fails over meanwhile, submit
+reconnects and keeps following.`,
+		Example: `  bulsajo submit --coordinator host:7070 --token-file join.token --nnodes 2:4 --nproc-per-node 8 -- python3 train.py`,
+		Args:    cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			addrs, err := splitAddrs(coord)
+			if err != nil {
+				return err
+			}
+			lo, hi, err := parseNNodes(nnodes)
+			if err != nil {
+				return err
+			}
+			n, err := parseNProc(nproc)
+			if err != nil {
+				return err
+			}
+			c.Command, c.NProc = args, n
+			if err := c.Validate(); err != nil {
+				return err
+			}
+			if c.Recovery == "live" {
+				return usage("--recovery live works on one machine (bulsajo run) so far; across nodes use restart")
+			}
+			if tokenFile == "" {
+				return usage("--token-file is required")
+			}
+			token, err := auth.ReadToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := clientTLS(caFile)
+			if err != nil {
+				return err
+			}
+			if c.RunID == "" {
+				b := make([]byte, 3)
+				rand.Read(b)
+				c.RunID = hex.EncodeToString(b)
+			}
+			if dir == "" {
+				dir, _ = os.Getwd()
+			}
+			sp := cluster.JobSpec{ID: c.RunID, Command: c.Command, Dir: dir, NNodesMin: lo, NNodesMax: hi, NProcPerNode: n,
+				Recovery: c.Recovery, MaxRestarts: c.MaxRestarts, ProgressRegex: c.ProgressRegex,
+				HangTimeoutMS: int(c.HangTimeout.Milliseconds()), HangFloorMS: int(c.HangFloor.Milliseconds()),
+				StopGraceMS: int(c.StopGrace.Milliseconds()), ExitGraceMS: int(c.ExitGrace.Milliseconds()),
+				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby}
+			return runSubmit(ctx, stdout, cluster.NewClient(addrs, token, tlsCfg), sp, wait)
+		},
+	}
+	f := cmd.Flags()
+	f.SetInterspersed(false)
+	f.SetNormalizeFunc(torchrunNames)
+	f.StringVar(&coord, "coordinator", "", "coordinator host:port (comma-separated for several)")
+	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
+	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	f.StringVar(&nnodes, "nnodes", "1", "nodes: N, or MIN:MAX to keep training on fewer after a loss")
+	f.StringVar(&nproc, "nproc-per-node", "1", "workers per node")
+	f.StringVar(&dir, "workdir", "", "workers' directory on the nodes (default: this one, where it exists there)")
+	f.StringVar(&c.RunID, "run-id", "", "job id (default: random)")
+	f.StringVar(&c.Recovery, "recovery", c.Recovery, "restart (live recovery is per machine so far: bulsajo run)")
+	f.IntVar(&c.MaxRestarts, "max-restarts", c.MaxRestarts, "how many times the job may be restarted after faults")
+	f.StringVar(&c.ProgressRegex, "progress-regex", "", "regex on worker output whose first group is the step number")
+	f.DurationVar(&c.HangTimeout, "hang-timeout", 0, "no progress for this long is a hang (default: adaptive)")
+	f.DurationVar(&c.HangFloor, "hang-floor", c.HangFloor, "lowest adaptive hang threshold")
+	f.DurationVar(&c.StopGrace, "stop-grace", c.StopGrace, "time between SIGTERM and SIGKILL when stopping workers")
+	f.DurationVar(&c.ExitGrace, "exit-grace", c.ExitGrace, "once a rank has finished, how long the others may take")
+	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many identical failures without progress")
+	f.BoolVar(&c.Standby, "standby", c.Standby, "pre-start the next generation's Python workers on each node")
+	f.DurationVar(&wait, "reconnect-timeout", 2*time.Minute, "how long to keep trying when the coordinator is unreachable")
+	return cmd
+}
+
+var nnodesRE = regexp.MustCompile(`^(\d+)(?::(\d+))?$`)
+
+func parseNNodes(s string) (int, int, error) {
+	m := nnodesRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0, usage("--nnodes %q: want N or MIN:MAX", s)
+	}
+	lo, _ := strconv.Atoi(m[1])
+	hi := lo
+	if m[2] != "" {
+		hi, _ = strconv.Atoi(m[2])
+	}
+	if lo < 1 || hi < lo || hi > 100000 {
+		return 0, 0, usage("--nnodes %q: need 1 <= MIN <= MAX", s)
+	}
+	return lo, hi, nil
+}
+
+func runSubmit(ctx context.Context, stdout io.Writer, cl *cluster.Client, sp cluster.JobSpec, wait time.Duration) error {
+	con := console.New(stdout)
+	if err := cl.Submit(ctx, sp); err != nil {
+		return clientErr(err)
+	}
+	con.Printf("bulsajo · job %s submitted · %d-%d nodes × %d workers", sp.ID, sp.NNodesMin, sp.NNodesMax, sp.NProcPerNode)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	var stopSig os.Signal
+	go func() {
+		for s := range sigs {
+			stopSig = s
+			con.Printf("! %s: stopping the job", s)
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			cl.Cancel(cctx, sp.ID)
+			cancel()
+		}
+	}()
+	last, err := cl.Follow(ctx, sp.ID, 0, wait, func(e events.Event) { printEvent(con, e) })
+	if err != nil {
+		return clientErr(err)
+	}
+	switch last.Outcome {
+	case "succeeded":
+		return nil
+	case "interrupted":
+		if stopSig == syscall.SIGTERM {
+			return &ExitError{Code: 143}
+		}
+		return &ExitError{Code: 130}
+	}
+	return &ExitError{Code: 1, Msg: last.Detail}
+}
+
+// printEvent is submit's line for an event.
+func printEvent(con *console.Console, e events.Event) {
+	rank := ""
+	if e.Rank != nil {
+		rank = fmt.Sprintf(" · rank %d", *e.Rank)
+	}
+	switch e.Type {
+	case events.GenerationStart:
+		con.Printf("▶ generation %d · world %d", e.Gen, e.WorldSize)
+	case events.FaultDetected:
+		con.Printf("! %s%s: %s · detected in %.0f ms", e.Cause, rank, e.Detail, e.DetectMS)
+	case events.FaultInjected:
+		con.Printf("⚡ %s%s", e.Cause, rank)
+	case events.Recovered:
+		con.Printf("↻ generation %d training · recovered in %.1f s · rolled back %d steps", e.Gen, e.RecoverMS/1000, e.RolledBack)
+	case events.NodeLost:
+		con.Printf("! node %s lost: %s", e.Node, e.Detail)
+	case events.NodeQuarantined:
+		con.Printf("! node %s quarantined: %s", e.Node, e.Detail)
+	case events.NodeReleased:
+		con.Printf("+ node %s released", e.Node)
+	case events.CoordinatorResumed:
+		con.Printf("↻ coordinator resumed generation %d (workers kept training)", e.Gen)
+	case events.RunFinished:
+		if e.Summary != nil {
+			con.Printf("■ %s %s", e.Outcome, e.Summary.Line())
+		} else {
+			con.Printf("■ %s %s", e.Outcome, e.Detail)
+		}
+	}
+}
+
+func clientErr(err error) error {
+	var ae *cluster.APIError
+	if errors.As(err, &ae) {
+		return fmt.Errorf("coordinator: %s", ae.Msg)
+	}
+	return err
+}
+
+// ---- status, node release ----
+
+func newStatusCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
+	var coord, caFile string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster: nodes, quarantine, the job",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			addrs, err := splitAddrs(coord)
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := clientTLS(caFile)
+			if err != nil {
+				return err
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			st, err := cluster.NewClient(addrs, "", tlsCfg).Status(cctx)
+			if err != nil {
+				return clientErr(err)
+			}
+			if asJSON {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(stdout, st)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&coord, "coordinator", "", "coordinator host:port")
+	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(w io.Writer, st cluster.Status) {
+	if j := st.Job; j != nil {
+		fmt.Fprintf(w, "job %s: %s · generation %d · world %d · step %d · restarts %d", j.ID, j.State, j.Gen, j.World, j.Step, j.Restarts)
+		if j.Outcome != "" {
+			fmt.Fprintf(w, " · %s", j.Outcome)
+		}
+		fmt.Fprintln(w)
+	} else {
+		fmt.Fprintln(w, "no job")
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tADDR\tSLOTS\tRANKS\tFAULTS\tQUARANTINE")
+	for _, n := range st.Nodes {
+		name := n.Name
+		if n.Spare {
+			name += " (spare)"
+		}
+		q := "-"
+		if n.Quarantined {
+			q = n.Reason
+		}
+		ranks := "-"
+		if len(n.Ranks) > 0 {
+			ranks = fmt.Sprintf("%d-%d", n.Ranks[0], n.Ranks[len(n.Ranks)-1])
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", name, n.State, n.Addr, n.NProc, ranks, n.Faults, q)
+	}
+	tw.Flush()
+}
+
+func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
+	var coord, tokenFile, caFile string
+	node := &cobra.Command{Use: "node", Short: "Manage nodes (release from quarantine)"}
+	rel := &cobra.Command{
+		Use:   "release NAME",
+		Short: "Bring a quarantined node back into new generations",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			addrs, err := splitAddrs(coord)
+			if err != nil {
+				return err
+			}
+			if !wire.ValidName(args[0]) {
+				return usage("node name %q: 1-63 of [A-Za-z0-9._-]", args[0])
+			}
+			if tokenFile == "" {
+				return usage("--token-file is required")
+			}
+			token, err := auth.ReadToken(tokenFile)
+			if err != nil {
+				return err
+			}
+			tlsCfg, err := clientTLS(caFile)
+			if err != nil {
+				return err
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			was, err := cluster.NewClient(addrs, token, tlsCfg).Release(cctx, args[0])
+			if err != nil {
+				return clientErr(err)
+			}
+			if was {
+				fmt.Fprintf(stdout, "node %s released from quarantine\n", args[0])
+			} else {
+				fmt.Fprintf(stdout, "node %s was not quarantined\n", args[0])
+			}
+			return nil
+		},
+	}
+	f := rel.Flags()
+	f.StringVar(&coord, "coordinator", "", "coordinator host:port")
+	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
+	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	node.AddCommand(rel)
+	return node
+}
+

@@ -1,0 +1,876 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/agent"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/health"
+	"github.com/bulsajo/bulsajo/internal/policy"
+	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/wire"
+)
+
+// JobSpec is what `bulsajo submit` asks for.
+type JobSpec struct {
+	ID             string   `json:"id"`
+	Command        []string `json:"command"`
+	Dir            string   `json:"dir,omitempty"`
+	NNodesMin      int      `json:"nnodes_min"`
+	NNodesMax      int      `json:"nnodes_max"`
+	NProcPerNode   int      `json:"nproc_per_node"`
+	Recovery       string   `json:"recovery,omitempty"`
+	MaxRestarts    int      `json:"max_restarts"`
+	ProgressRegex  string   `json:"progress_regex,omitempty"`
+	HangTimeoutMS  int      `json:"hang_timeout_ms,omitempty"`
+	HangFloorMS    int      `json:"hang_floor_ms,omitempty"`
+	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
+	ExitGraceMS    int      `json:"exit_grace_ms,omitempty"`
+	CrashLoopLimit int      `json:"crash_loop_limit,omitempty"`
+	Standby        bool     `json:"standby,omitempty"`
+}
+
+// Validate checks a spec the way the CLI does, for clients that are not it.
+func (sp *JobSpec) Validate() error {
+	switch {
+	case !wire.ValidName(sp.ID):
+		return errors.New("job id must be 1-63 of [A-Za-z0-9._-]")
+	case len(sp.Command) == 0 || sp.Command[0] == "":
+		return errors.New("a command is required")
+	case sp.NNodesMin < 1 || sp.NNodesMax < sp.NNodesMin || sp.NNodesMax > 100000:
+		return errors.New("nnodes must be MIN:MAX with 1 <= MIN <= MAX")
+	case sp.NProcPerNode < 1 || sp.NProcPerNode > 1024:
+		return errors.New("nproc_per_node must be 1..1024")
+	case sp.Recovery != "" && sp.Recovery != "restart":
+		return errors.New("only --recovery restart works across nodes so far (live recovery is per node: bulsajo run)")
+	case sp.MaxRestarts < 0 || sp.HangTimeoutMS < 0 || sp.HangFloorMS < 0 || sp.StopGraceMS < 0 ||
+		sp.ExitGraceMS < 0 || sp.CrashLoopLimit < 0:
+		return errors.New("negative limits are not allowed")
+	}
+	if sp.ProgressRegex != "" {
+		if _, err := regexp.Compile(sp.ProgressRegex); err != nil {
+			return fmt.Errorf("progress regex: %v", err)
+		}
+	}
+	return nil
+}
+
+// placement is one node's part of a generation.
+type placement struct {
+	Node  string `json:"node"`
+	Ranks []int  `json:"ranks"`
+}
+
+// jobRecord is the job as persisted: enough to adopt it after a restart.
+type jobRecord struct {
+	Spec       JobSpec     `json:"spec"`
+	Done       bool        `json:"done,omitempty"`
+	Outcome    string      `json:"outcome,omitempty"`
+	Reason     string      `json:"reason,omitempty"`
+	Gen        int         `json:"gen"`
+	Restarts   int         `json:"restarts"`
+	World      int         `json:"world"`
+	Placement  []placement `json:"placement,omitempty"`
+	MasterAddr string      `json:"master_addr,omitempty"`
+	MasterPort int         `json:"master_port,omitempty"`
+	Step       int         `json:"step"`
+	Seq        int         `json:"seq"` // events in the store
+}
+
+// JobStatus is the job in `bulsajo status`.
+type JobStatus struct {
+	ID         string      `json:"id"`
+	State      string      `json:"state"` // waiting, starting, training, stopping, done
+	Outcome    string      `json:"outcome,omitempty"`
+	Reason     string      `json:"reason,omitempty"`
+	Gen        int         `json:"gen"`
+	World      int         `json:"world"`
+	Restarts   int         `json:"restarts"`
+	Step       int         `json:"step"`
+	Placement  []placement `json:"placement,omitempty"`
+	Rendezvous string      `json:"rendezvous,omitempty"`
+	Events     int         `json:"events"`
+}
+
+// job is the running job: a coordinator.Node made of remote agents. Its
+// methods are called by the coordinator loop (its own goroutine) and by the
+// server with s.mu held; the Node methods take s.mu themselves.
+type job struct {
+	s   *Server
+	rec jobRecord
+	out chan agent.Event
+	sig chan os.Signal
+	log *events.Log
+
+	// current generation (s.mu)
+	launched map[string]bool // node -> its workers started
+	stopped  map[string]bool // node -> its workers reaped
+	stopping bool
+	pending  *agent.GenerationSpec // waiting for capacity
+	waitSaid bool
+	faulted  bool // a fault of this generation has been reported
+	adopting bool // resumed: waiting for the agents to confirm
+	resumeBy time.Time
+
+	evMu    sync.Mutex
+	evs     []events.Event
+	evReady chan struct{} // closed and replaced on each event
+	logQ    chan events.Event
+	done    chan struct{}
+	detachC chan struct{}
+	detachO sync.Once
+}
+
+func (s *Server) loadJob(ctx context.Context) error {
+	kv, err := s.cfg.Store.Get(ctx, keyJob)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: loading the job: %w", err)
+	}
+	var rec jobRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return fmt.Errorf("cluster: stored job: %v", err)
+	}
+	j, err := s.newJob(rec)
+	if err != nil {
+		return err
+	}
+	// Events so far, for watchers that reconnect.
+	kvs, err := s.cfg.Store.List(ctx, j.prefix()+"/events/")
+	if err != nil {
+		return fmt.Errorf("cluster: loading events: %w", err)
+	}
+	for _, kv := range kvs {
+		var e events.Event
+		if json.Unmarshal(kv.Value, &e) == nil {
+			j.evs = append(j.evs, e)
+		}
+	}
+	j.rec.Seq = len(j.evs)
+	s.job = j
+	if rec.Done {
+		close(j.done)
+		return nil
+	}
+	// Adopt: the placement's agents should come back within a node timeout
+	// or two; until then their workers keep training on their own lease.
+	j.adopting = rec.Gen > 0
+	j.resumeBy = time.Now().Add(2 * s.cfg.NodeTimeout)
+	j.launched, j.stopped = map[string]bool{}, map[string]bool{}
+	for _, p := range rec.Placement {
+		n := s.nodes[p.Node]
+		if n == nil {
+			n = &node{nodeRecord: nodeRecord{Name: p.Node}}
+			s.nodes[p.Node] = n
+		}
+		// It may have renewed its lease right before we died.
+		n.lastHeard, n.fenceAt = time.Now(), time.Now().Add(s.cfg.Lease)
+	}
+	s.con.Printf("resuming job %s at generation %d (%d nodes); waiting for its agents", rec.Spec.ID, rec.Gen, len(rec.Placement))
+	var resume *policy.Resume
+	if rec.Gen > 0 {
+		resume = &policy.Resume{Gen: rec.Gen, WorldSize: rec.World, Restarts: rec.Restarts, JobStep: rec.Step}
+	}
+	j.start(resume)
+	return nil
+}
+
+func (s *Server) newJob(rec jobRecord) (*job, error) {
+	dir := filepath.Join(s.cfg.DataDir, "runs", rec.Spec.ID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster: job dir: %w", err)
+	}
+	log, err := events.Create(filepath.Join(dir, "events.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	j := &job{s: s, rec: rec, out: make(chan agent.Event, 1<<16), sig: make(chan os.Signal, 2), log: log,
+		evReady: make(chan struct{}), logQ: make(chan events.Event, 1024), done: make(chan struct{}), detachC: make(chan struct{}),
+		launched: map[string]bool{}, stopped: map[string]bool{}}
+	log.Tee(j.published)
+	return j, nil
+}
+
+func (j *job) prefix() string { return "/bulsajo/runs/" + j.rec.Spec.ID }
+
+// start runs the policy loop for the job.
+func (j *job) start(resume *policy.Resume) {
+	sp := j.rec.Spec
+	wd := health.DefaultWatchdog()
+	if sp.HangFloorMS > 0 {
+		wd.Floor = ms(sp.HangFloorMS)
+	}
+	wd.Timeout = ms(sp.HangTimeoutMS)
+	cfg := coordinator.Config{
+		RunID: sp.ID,
+		Policy: policy.Config{
+			WorldSize: sp.NNodesMax * sp.NProcPerNode, MaxRestarts: sp.MaxRestarts, Watchdog: wd,
+			ProgressExpected: sp.ProgressRegex != "", CrashLoopLimit: sp.CrashLoopLimit, ExitGrace: ms(sp.ExitGraceMS),
+		},
+		MasterPort: -1, // the node that hosts rank 0 picks it
+		StopGrace:  ms(sp.StopGraceMS),
+		Console:    j.s.con,
+		Log:        j.log,
+		Resume:     resume,
+		FirstSeq:   j.rec.Seq,
+		Detach:     j.detachC,
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = 3 * time.Second
+	}
+	j.s.bg.Add(2)
+	go func() {
+		defer j.s.bg.Done()
+		for {
+			select {
+			case e := <-j.logQ:
+				j.log.Append(e)
+			case <-j.done:
+				return
+			}
+		}
+	}()
+	go func() {
+		defer j.s.bg.Done()
+		res := coordinator.Run(cfg, j, j.sig)
+		j.finished(res)
+	}()
+}
+
+func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+
+// published receives every event written to the job's log: it goes to the
+// store (the job's durable, shared record) and to watchers.
+func (j *job) published(e events.Event) {
+	j.evMu.Lock()
+	j.evs = append(j.evs, e)
+	seq := len(j.evs)
+	close(j.evReady)
+	j.evReady = make(chan struct{})
+	j.evMu.Unlock()
+	b, _ := json.Marshal(e)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := j.s.cfg.Store.Put(ctx, fmt.Sprintf("%s/events/%08d", j.prefix(), seq), b); err != nil {
+		j.s.con.Printf("! storing event: %v", err)
+	}
+	if e.Type == events.FaultDetected && e.Rank != nil && e.Cause != string(policy.FaultNodeLost) {
+		// Attribute the fault to the node that held the rank.
+		go func(gen, rank int, why string) {
+			j.s.mu.Lock()
+			defer j.s.mu.Unlock()
+			if gen != j.rec.Gen {
+				return
+			}
+			for _, p := range j.rec.Placement {
+				if slices.Contains(p.Ranks, rank) {
+					if n := j.s.nodes[p.Node]; n != nil {
+						j.s.fault(n, why)
+					}
+				}
+			}
+		}(e.Gen, *e.Rank, fmt.Sprintf("rank %d: %s", *e.Rank, e.Detail))
+	}
+}
+
+// logAsync records an event from code that holds s.mu (the log's Tee takes
+// other locks, so it is written from the job's log goroutine).
+func (j *job) logAsync(e events.Event) {
+	e.Time = time.Now()
+	select {
+	case j.logQ <- e:
+	default:
+	}
+}
+
+func (j *job) finished(res coordinator.Result) {
+	if res.Outcome == coordinator.Detached {
+		return
+	}
+	s := j.s
+	s.mu.Lock()
+	j.rec.Done, j.rec.Outcome, j.rec.Reason = true, string(res.Outcome), res.Reason
+	for _, p := range j.rec.Placement {
+		if n := s.nodes[p.Node]; n != nil && n.sess != nil {
+			n.sess.send(wire.Msg{Type: wire.TEnd, Job: j.rec.Spec.ID})
+		}
+	}
+	j.save()
+	s.mu.Unlock()
+	close(j.done)
+}
+
+// detach ends the policy loop without touching the workers (the coordinator
+// is going away; another will adopt the job).
+func (j *job) detach() { j.detachO.Do(func() { close(j.detachC) }) }
+
+func sigName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGSTOP:
+		return "SIGSTOP"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGCONT:
+		return "SIGCONT"
+	}
+	return "SIGKILL"
+}
+
+// save persists the job record (s.mu held).
+func (j *job) save() {
+	j.evMu.Lock()
+	j.rec.Seq = len(j.evs)
+	j.evMu.Unlock()
+	b, _ := json.Marshal(j.rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := j.s.cfg.Store.Put(ctx, keyJob, b); err != nil {
+		j.s.con.Printf("! saving the job: %v", err)
+	}
+}
+
+func (j *job) holds(n *node) bool {
+	if j.rec.Done {
+		return false
+	}
+	for _, p := range j.rec.Placement {
+		if p.Node == n.Name {
+			return true
+		}
+	}
+	return false
+}
+
+func (j *job) ranksOf(name string) []int {
+	if j.rec.Done {
+		return nil
+	}
+	for _, p := range j.rec.Placement {
+		if p.Node == name {
+			return p.Ranks
+		}
+	}
+	return nil
+}
+
+func (j *job) status() JobStatus {
+	st := JobStatus{ID: j.rec.Spec.ID, Gen: j.rec.Gen, World: j.rec.World, Restarts: j.rec.Restarts, Step: j.rec.Step,
+		Outcome: j.rec.Outcome, Reason: j.rec.Reason}
+	switch {
+	case j.rec.Done:
+		st.State = "done"
+	case j.pending != nil:
+		st.State = "waiting for nodes"
+	case j.stopping:
+		st.State = "stopping"
+	case j.adopting || len(j.launched) < len(j.rec.Placement):
+		st.State = "starting"
+	default:
+		st.State = "training"
+	}
+	if !j.rec.Done {
+		st.Placement = j.rec.Placement
+		if j.rec.MasterAddr != "" {
+			st.Rendezvous = j.rec.MasterAddr + ":" + strconv.Itoa(j.rec.MasterPort)
+		}
+	}
+	j.evMu.Lock()
+	st.Events = len(j.evs)
+	j.evMu.Unlock()
+	return st
+}
+
+func (j *job) emit(e agent.Event) {
+	select {
+	case j.out <- e:
+	default:
+		if _, ok := e.(agent.Progress); !ok {
+			// Never drop a fault or a lifecycle event; progress can be.
+			go func() { j.out <- e }()
+		}
+	}
+}
+
+// ---- coordinator.Node ----
+
+// Events implements coordinator.Node.
+func (j *job) Events() <-chan agent.Event { return j.out }
+
+// StartGeneration implements coordinator.Node: place the generation on nodes
+// (now, or as soon as enough are available).
+func (j *job) StartGeneration(spec agent.GenerationSpec) error {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	j.pending, j.waitSaid = &spec, false
+	j.launchPending()
+	return nil
+}
+
+// capacityChanged: a node joined or was released (s.mu held).
+func (j *job) capacityChanged() {
+	if j.pending != nil {
+		j.launchPending()
+	}
+}
+
+// usable reports whether n can take part in a new generation.
+func (j *job) usable(n *node) bool {
+	return n.sess != nil && !n.lost && !n.Quarantined && n.NProc >= j.rec.Spec.NProcPerNode
+}
+
+// choose picks the nodes of the next generation: the last generation's
+// nodes that are still good (same group ranks where possible), then spares,
+// then idle nodes, up to the maximum.
+func (j *job) choose() []*node {
+	sp := j.rec.Spec
+	var out []*node
+	taken := map[string]bool{}
+	add := func(n *node) {
+		if len(out) < sp.NNodesMax && !taken[n.Name] && j.usable(n) {
+			out = append(out, n)
+			taken[n.Name] = true
+		}
+	}
+	for _, p := range j.rec.Placement {
+		if n := j.s.nodes[p.Node]; n != nil {
+			add(n)
+		}
+	}
+	var spares, others []*node
+	for _, n := range j.s.nodes {
+		if n.Spare {
+			spares = append(spares, n)
+		} else {
+			others = append(others, n)
+		}
+	}
+	byName := func(a, b *node) int { return cmpString(a.Name, b.Name) }
+	slices.SortFunc(spares, byName)
+	slices.SortFunc(others, byName)
+	if len(j.rec.Placement) == 0 {
+		// First generation: worker nodes first; spares only to reach the minimum.
+		for _, n := range others {
+			add(n)
+		}
+		for _, n := range spares {
+			if len(out) < sp.NNodesMin {
+				add(n)
+			}
+		}
+		return out
+	}
+	for _, n := range spares {
+		add(n)
+	}
+	for _, n := range others {
+		add(n)
+	}
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// launchPending starts the pending generation if there are enough nodes.
+func (j *job) launchPending() {
+	spec := j.pending
+	sp := j.rec.Spec
+	nodes := j.choose()
+	if len(nodes) < sp.NNodesMin {
+		if !j.waitSaid {
+			j.s.con.Printf("… generation %d waits for nodes: %d of at least %d usable", spec.Gen, len(nodes), sp.NNodesMin)
+			j.waitSaid = true
+		}
+		return
+	}
+	j.pending = nil
+	world := len(nodes) * sp.NProcPerNode
+	port := nodes[0].freePort
+	if port == 0 {
+		port = 29500
+	}
+	j.rec.Gen, j.rec.Restarts, j.rec.World = spec.Gen, spec.RestartCount, world
+	j.rec.MasterAddr, j.rec.MasterPort = nodes[0].Addr, port
+	j.rec.Placement = nil
+	j.launched, j.stopped, j.stopping, j.faulted, j.adopting = map[string]bool{}, map[string]bool{}, false, false, false
+	for i, n := range nodes {
+		ranks := make([]int, sp.NProcPerNode)
+		for k := range ranks {
+			ranks[k] = i*sp.NProcPerNode + k
+		}
+		j.rec.Placement = append(j.rec.Placement, placement{Node: n.Name, Ranks: ranks})
+	}
+	j.save()
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		names[i] = n.Name
+		n.freePort = 0 // used: the next report brings a fresh one
+		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen, Spec: &wire.Spec{
+			RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
+			Standby: sp.Standby, StopGraceMS: sp.StopGraceMS, RestartCount: spec.RestartCount, WorldSize: world,
+			Ranks: j.rec.Placement[i].Ranks, GroupRank: i, GroupWorldSize: len(nodes), MasterAddr: j.rec.MasterAddr, MasterPort: port,
+		}})
+	}
+	j.s.con.Printf("▶ generation %d on %d nodes (%v) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), names, world, j.rec.MasterAddr, port)
+}
+
+// Regroup implements coordinator.Node (live recovery is per node so far).
+func (j *job) Regroup(agent.RegroupSpec) error {
+	return errors.New("live recovery across nodes is not supported")
+}
+
+// SpawnJoiners implements coordinator.Node.
+func (j *job) SpawnJoiners(int) error {
+	return errors.New("live recovery across nodes is not supported")
+}
+
+// StopGeneration implements coordinator.Node.
+func (j *job) StopGeneration(gen int, grace time.Duration) {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	if gen != j.rec.Gen && j.pending == nil {
+		return
+	}
+	if j.pending != nil {
+		// Never launched: nothing to stop.
+		j.pending = nil
+		j.emit(agent.Stopped{Gen: gen, At: time.Now()})
+		return
+	}
+	j.stopping = true
+	for _, p := range j.rec.Placement {
+		if n := j.s.nodes[p.Node]; n != nil && n.sess != nil && !j.stopped[p.Node] {
+			n.sess.send(wire.Msg{Type: wire.TStop, Job: j.rec.Spec.ID, Gen: gen, Grace: int(grace / time.Millisecond)})
+		}
+	}
+	j.checkStopped(time.Now())
+}
+
+// checkStopped reports Stopped once every node of the generation has reaped
+// its workers, or is gone and its lease has run out (s.mu held).
+func (j *job) checkStopped(now time.Time) {
+	if !j.stopping {
+		return
+	}
+	for _, p := range j.rec.Placement {
+		if j.stopped[p.Node] {
+			continue
+		}
+		n := j.s.nodes[p.Node]
+		if n != nil && n.sess == nil && !now.Before(n.fenceAt) {
+			continue
+		}
+		return
+	}
+	j.stopping = false
+	j.emit(agent.Stopped{Gen: j.rec.Gen, At: now})
+}
+
+// Signal implements coordinator.Node (chaos).
+func (j *job) Signal(gen, rank int, sig syscall.Signal) error {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	for _, p := range j.rec.Placement {
+		if slices.Contains(p.Ranks, rank) {
+			if n := j.s.nodes[p.Node]; n != nil && n.sess != nil {
+				n.sess.send(wire.Msg{Type: wire.TSignal, Job: j.rec.Spec.ID, Gen: gen, Rank: rank, Sig: sigName(sig)})
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("rank %d is on no connected node", rank)
+}
+
+// LiveRanks implements coordinator.Node.
+func (j *job) LiveRanks(gen int) []int {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	var out []int
+	for _, p := range j.rec.Placement {
+		if n := j.s.nodes[p.Node]; n != nil && n.sess != nil && gen == j.rec.Gen {
+			out = append(out, p.Ranks...)
+		}
+	}
+	return out
+}
+
+// Culprit implements coordinator.Node: process state is on the nodes; the
+// policy's own evidence (the lagging rank) is used instead.
+func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
+
+// ---- from the agents (s.mu held) ----
+
+func (j *job) fromAgent(n *node, m wire.Msg) {
+	if m.Job != j.rec.Spec.ID || m.Gen != j.rec.Gen || j.rec.Done {
+		return // another job's, or a stale generation's
+	}
+	switch m.Type {
+	case wire.TLaunched:
+		j.launched[n.Name] = true
+		j.maybeLaunched()
+	case wire.TProgress:
+		if m.Step > j.rec.Step {
+			j.rec.Step = m.Step
+		}
+		j.emit(agent.Progress{Gen: m.Gen, Rank: m.Rank, Step: m.Step, At: time.Now()})
+	case wire.TExited:
+		j.faulted = j.faulted || m.Code != 0 || m.Sig != ""
+		j.emit(agent.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
+	case wire.TStopped:
+		j.stopped[n.Name] = true
+		j.checkStopped(time.Now())
+	case wire.TFenced:
+		j.stopped[n.Name] = true
+		j.nodeLost(n, "it stopped its workers: "+m.Reason, time.Now())
+		j.checkStopped(time.Now())
+	}
+}
+
+func agentTime(msec int64) time.Time {
+	if msec <= 0 {
+		return time.Now()
+	}
+	t := time.UnixMilli(msec)
+	if now := time.Now(); t.After(now) {
+		return now // clock skew: never a negative latency
+	}
+	return t
+}
+
+// maybeLaunched reports Launched once every node of the generation has
+// started its workers.
+func (j *job) maybeLaunched() {
+	if len(j.launched) < len(j.rec.Placement) || j.stopping {
+		return
+	}
+	world := 0
+	if j.rec.World != j.rec.Spec.NNodesMax*j.rec.Spec.NProcPerNode {
+		world = j.rec.World
+	}
+	j.adopting = false
+	j.emit(agent.Launched{Gen: j.rec.Gen, At: time.Now(), World: world})
+}
+
+// nodeLost turns the loss of a node that holds ranks into a fault of the
+// generation (once).
+func (j *job) nodeLost(n *node, why string, at time.Time) {
+	j.logAsync(events.Event{Type: events.NodeLost, Node: n.Name, Gen: j.rec.Gen, Detail: why})
+	ranks := j.ranksOf(n.Name)
+	if len(ranks) == 0 || j.stopped[n.Name] {
+		j.checkStopped(time.Now())
+		return
+	}
+	if j.adopting && !j.launched[n.Name] {
+		// Resumed and this node never came back: the generation cannot be
+		// adopted; report it launched so the policy handles the fault.
+		j.launched[n.Name] = true
+		j.maybeLaunched()
+	}
+	j.emit(agent.Exited{Gen: j.rec.Gen, Rank: ranks[0], Code: -1, Signal: policy.SignalNodeLost,
+		LastError: fmt.Sprintf("node %s lost: %s", n.Name, why), At: at})
+	j.checkStopped(time.Now())
+}
+
+// nodeBack reconciles a (re)connecting agent with the job (s.mu held).
+func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
+	mine := j.holds(n)
+	if cur != nil && (cur.Job != j.rec.Spec.ID || j.rec.Done) && !cur.Stopped {
+		n.sess.send(wire.Msg{Type: wire.TEnd, Job: cur.Job}) // not ours: stop it
+	}
+	if cur != nil && cur.Job == j.rec.Spec.ID && !j.rec.Done {
+		switch {
+		case cur.Gen != j.rec.Gen || !mine:
+			if !cur.Stopped {
+				n.sess.send(wire.Msg{Type: wire.TStop, Job: cur.Job, Gen: cur.Gen})
+			}
+		case wasLost:
+			// Already given up on; make sure its workers are gone.
+			if !cur.Stopped {
+				n.sess.send(wire.Msg{Type: wire.TStop, Job: cur.Job, Gen: cur.Gen})
+			} else {
+				j.stopped[n.Name] = true
+			}
+		default:
+			// Our generation, still held by this node: adopt it.
+			for _, e := range cur.Exited {
+				j.fromAgent(n, e)
+			}
+			if cur.Stopped {
+				j.stopped[n.Name] = true
+				if !j.faulted {
+					j.emit(agent.Exited{Gen: j.rec.Gen, Rank: j.ranksOf(n.Name)[0], Code: -1, Signal: policy.SignalNodeLost,
+						LastError: fmt.Sprintf("node %s stopped its workers while the coordinator was away", n.Name), At: time.Now()})
+					j.faulted = true
+				}
+			} else if !j.launched[n.Name] {
+				j.launched[n.Name] = true
+				j.maybeLaunched()
+			}
+			if j.stopping && !cur.Stopped {
+				n.sess.send(wire.Msg{Type: wire.TStop, Job: cur.Job, Gen: cur.Gen})
+			}
+			j.checkStopped(time.Now())
+		}
+	} else if mine && !j.rec.Done && (restarted || cur == nil) && !j.stopped[n.Name] && !wasLost {
+		// It held ranks and comes back without them: its workers are gone.
+		j.s.lose(n, "its agent restarted", time.Now(), time.Now())
+		n.lost = false
+		return
+	}
+	j.capacityChanged()
+}
+
+// tick: silent nodes that never came back after a resume, and stops that
+// wait for a lease (s.mu held).
+func (j *job) tick(now time.Time) {
+	if j.rec.Done {
+		return
+	}
+	if j.adopting && now.After(j.resumeBy) {
+		for _, p := range j.rec.Placement {
+			if n := j.s.nodes[p.Node]; n != nil && n.sess == nil && !n.lost && !j.launched[p.Node] {
+				n.lost = true
+				j.s.con.Printf("! node %s lost: did not come back after the coordinator restarted", n.Name)
+				j.nodeLost(n, "did not come back after the coordinator restarted", n.lastHeard)
+				j.s.fault(n, "did not come back after the coordinator restarted")
+			}
+		}
+	}
+	j.checkStopped(now)
+}
+
+// ---- HTTP: submit, cancel, events ----
+
+func (s *Server) serveSubmit(w http.ResponseWriter, r *http.Request) {
+	var sp JobSpec
+	if err := readJSON(r, &sp); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if err := sp.Validate(); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	s.mu.Lock()
+	if j := s.job; j != nil && !j.rec.Done {
+		s.mu.Unlock()
+		httpError(w, http.StatusConflict, "job %s is running; one job at a time", j.rec.Spec.ID)
+		return
+	}
+	if j := s.job; j != nil && j.rec.Spec.ID == sp.ID {
+		s.mu.Unlock()
+		httpError(w, http.StatusConflict, "job id %s was used already", sp.ID)
+		return
+	}
+	j, err := s.newJob(jobRecord{Spec: sp, Step: -1})
+	if err != nil {
+		s.mu.Unlock()
+		httpError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	s.job = j
+	j.save()
+	s.mu.Unlock()
+	s.con.Printf("job %s submitted: %d-%d nodes × %d workers: %v", sp.ID, sp.NNodesMin, sp.NNodesMax, sp.NProcPerNode, sp.Command)
+	j.start(nil)
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(map[string]string{"id": sp.ID})
+}
+
+func (s *Server) currentJob(id string) *job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if j := s.job; j != nil && (id == "current" || id == j.rec.Spec.ID) {
+		return j
+	}
+	return nil
+}
+
+func (s *Server) serveCancel(w http.ResponseWriter, r *http.Request) {
+	j := s.currentJob(r.PathValue("id"))
+	if j == nil {
+		httpError(w, http.StatusNotFound, "no such job")
+		return
+	}
+	select {
+	case <-j.done:
+	default:
+		select {
+		case j.sig <- syscall.SIGINT:
+		default:
+		}
+	}
+	json.NewEncoder(w).Encode(map[string]string{"id": j.rec.Spec.ID})
+}
+
+// serveEvents streams the job's events as JSON lines from ?from=N (0-based),
+// ending after run_finished. A client that loses the stream (a coordinator
+// restart) asks again from where it was.
+func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
+	j := s.currentJob(r.PathValue("id"))
+	if j == nil {
+		httpError(w, http.StatusNotFound, "no such job")
+		return
+	}
+	from, _ := strconv.Atoi(r.URL.Query().Get("from"))
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Bulsajo-Job", j.rec.Spec.ID)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	for {
+		j.evMu.Lock()
+		evs, ready := j.evs[min(max(from, 0), len(j.evs)):], j.evReady
+		j.evMu.Unlock()
+		for _, e := range evs {
+			if enc.Encode(e) != nil {
+				return
+			}
+			from++
+			if e.Type == events.RunFinished {
+				rc.Flush()
+				return
+			}
+		}
+		if rc.Flush() != nil {
+			return
+		}
+		select {
+		case <-ready:
+		case <-r.Context().Done():
+			return
+		case <-s.quit:
+			return
+		case <-time.After(time.Second):
+			// Keep-alive: a blank line the client ignores.
+			if _, err := w.Write([]byte("\n")); err != nil {
+				return
+			}
+		}
+	}
+}

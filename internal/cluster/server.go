@@ -1,0 +1,549 @@
+// Package cluster is the multi-node coordinator: it keeps the membership of
+// agents on other hosts (registration with the join token, heartbeats,
+// leases), places each generation of the job on nodes (hot spares first when
+// one is lost), quarantines repeat offenders, and drives the same policy and
+// coordinator loop as `bulsajo run` through a coordinator.Node made of
+// remote agents. Its state lives in a store.Store (etcd) so that a restarted
+// coordinator, or a new leader, adopts the running job without stopping it.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/auth"
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/wire"
+)
+
+// Config is the coordinator's.
+type Config struct {
+	Token   string
+	Store   store.Store
+	DataDir string // event logs of jobs
+	// Lease: an agent that has had no heartbeat acknowledged for this long
+	// kills its workers; the coordinator gives a silent node's ranks to
+	// others only after its lease has run out.
+	Lease time.Duration
+	// Heartbeat is the agents' heartbeat interval.
+	Heartbeat time.Duration
+	// NodeTimeout: this long without a heartbeat and a node is lost.
+	NodeTimeout time.Duration
+	// QuarantineAfter faults attributed to a node exclude it from new
+	// generations until released.
+	QuarantineAfter int
+	Console         *console.Console
+	Version         string
+}
+
+// Defaults.
+const (
+	DefaultLease           = 5 * time.Second
+	DefaultHeartbeat       = 250 * time.Millisecond
+	DefaultNodeTimeout     = 1500 * time.Millisecond
+	DefaultQuarantineAfter = 3
+	maxRequestBody         = 1 << 20
+)
+
+// Store keys.
+const (
+	keyJob   = "/bulsajo/job"
+	keyNodes = "/bulsajo/nodes/"
+)
+
+// Server is the coordinator.
+type Server struct {
+	cfg     Config
+	con     *console.Console
+	started time.Time
+
+	mu       sync.Mutex
+	nodes    map[string]*node
+	job      *job // the current or last job
+	sessions atomic.Int64
+
+	// heartbeats counts heartbeats received (metrics).
+	heartbeats atomic.Uint64
+
+	quit     chan struct{}
+	quitOnce sync.Once
+	bg       sync.WaitGroup
+}
+
+// nodeRecord is what is persisted about a node: what must survive a
+// coordinator restart (the rest an agent says again when it reconnects).
+type nodeRecord struct {
+	Name        string `json:"name"`
+	Quarantined bool   `json:"quarantined,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	Faults      int    `json:"faults"`
+}
+
+type node struct {
+	nodeRecord
+	NProc    int
+	Spare    bool
+	Addr     string
+	instance string
+
+	sess      *session // nil when not connected
+	lastHeard time.Time
+	freePort  int
+	// lost: the node held ranks when it went away; fenceAt is when its
+	// lease has certainly run out, so its ranks may be handed to others.
+	lost    bool
+	fenceAt time.Time
+}
+
+// New returns a coordinator with its state loaded from the store.
+func New(cfg Config) (*Server, error) {
+	if cfg.Lease == 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = DefaultHeartbeat
+	}
+	if cfg.NodeTimeout == 0 {
+		cfg.NodeTimeout = DefaultNodeTimeout
+	}
+	if cfg.QuarantineAfter == 0 {
+		cfg.QuarantineAfter = DefaultQuarantineAfter
+	}
+	if cfg.Console == nil {
+		cfg.Console = console.New(io.Discard)
+	}
+	switch {
+	case cfg.Token == "":
+		return nil, errors.New("cluster: a join token is required")
+	case cfg.Heartbeat >= cfg.NodeTimeout || cfg.NodeTimeout > cfg.Lease:
+		return nil, fmt.Errorf("cluster: need heartbeat (%s) < node timeout (%s) <= lease (%s)", cfg.Heartbeat, cfg.NodeTimeout, cfg.Lease)
+	}
+	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kvs, err := cfg.Store.List(ctx, keyNodes)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: loading nodes: %w", err)
+	}
+	for _, kv := range kvs {
+		var r nodeRecord
+		if json.Unmarshal(kv.Value, &r) == nil && wire.ValidName(r.Name) {
+			s.nodes[r.Name] = &node{nodeRecord: r}
+		}
+	}
+	if err := s.loadJob(ctx); err != nil {
+		return nil, err
+	}
+	s.bg.Add(1)
+	go s.ticker()
+	return s, nil
+}
+
+// Close stops the coordinator's background work and drops every agent
+// session. Workers keep running: agents wait for a coordinator to return
+// (their lease) before they stop them.
+func (s *Server) Close() {
+	s.quitOnce.Do(func() { close(s.quit) })
+	s.mu.Lock()
+	for _, n := range s.nodes {
+		if n.sess != nil {
+			n.sess.close()
+		}
+	}
+	j := s.job
+	s.mu.Unlock()
+	if j != nil {
+		j.detach()
+	}
+	s.bg.Wait()
+}
+
+// Handler is the coordinator's one HTTP port: agent sessions and admin calls
+// need the join token; GET endpoints are read-only and open.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	tok := func(h http.HandlerFunc) http.Handler { return auth.Require(s.cfg.Token, h) }
+	mux.Handle("POST /v1/agent", tok(s.serveAgent))
+	mux.Handle("POST /v1/jobs", tok(s.serveSubmit))
+	mux.Handle("POST /v1/jobs/{id}/cancel", tok(s.serveCancel))
+	mux.Handle("POST /v1/nodes/{name}/release", tok(s.serveRelease))
+	mux.HandleFunc("GET /v1/status", s.serveStatus)
+	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveEvents)
+	mux.HandleFunc("GET /metrics", s.serveMetrics)
+	mux.HandleFunc("GET /{$}", s.serveDashboard)
+	return mux
+}
+
+// Serve serves the handler on l until Close.
+func (s *Server) Serve(l net.Listener, tlsCfg *tls.Config) error {
+	if tlsCfg != nil {
+		l = tls.NewListener(l, tlsCfg)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	go func() { <-s.quit; srv.Close() }()
+	err := srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+// ---- agent sessions ----
+
+type session struct {
+	conn      net.Conn
+	out       chan []byte
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (ss *session) close() { ss.closeOnce.Do(func() { close(ss.done); ss.conn.Close() }) }
+
+// send queues m; a peer that does not keep up loses its session (it will
+// reconnect) rather than block the coordinator.
+func (ss *session) send(m wire.Msg) {
+	b, err := wire.Encode(m)
+	if err != nil {
+		panic("cluster: encoding our own message: " + err.Error()) // a bug, not input
+	}
+	select {
+	case ss.out <- b:
+	case <-ss.done:
+	default:
+		ss.close()
+	}
+}
+
+func (ss *session) writer() {
+	for {
+		select {
+		case b := <-ss.out:
+			ss.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			if _, err := ss.conn.Write(b); err != nil {
+				ss.close()
+				return
+			}
+		case <-ss.done:
+			return
+		}
+	}
+}
+
+func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), wire.Protocol) {
+		httpError(w, http.StatusBadRequest, "want Upgrade: %s", wire.Protocol)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "hijack: %v", err)
+		return
+	}
+	fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n\r\n", wire.Protocol)
+	if err := brw.Flush(); err != nil {
+		conn.Close()
+		return
+	}
+	ss := &session{conn: conn, out: make(chan []byte, 256), done: make(chan struct{})}
+	s.sessions.Add(1)
+	defer s.sessions.Add(-1)
+	go ss.writer()
+	defer ss.close()
+	s.agentSession(ss, wire.NewReader(brw.Reader), conn.RemoteAddr())
+}
+
+func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
+	// The first message must be a hello, soon.
+	ss.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hello, err := rd.Read()
+	if err != nil || hello.Type != wire.THello {
+		why := "first message must be hello"
+		if err != nil {
+			why = err.Error()
+		}
+		ss.send(wire.Msg{Type: wire.TReject, Reason: why})
+		s.con.Printf("! agent %s rejected: %s", remote, why)
+		time.Sleep(50 * time.Millisecond) // let the reject reach it
+		return
+	}
+	ss.conn.SetReadDeadline(time.Time{})
+	n := s.register(ss, hello)
+	if n == nil {
+		return
+	}
+	for {
+		m, err := rd.Read()
+		if err != nil {
+			s.sessionEnded(n, ss, err)
+			return
+		}
+		switch m.Type {
+		case wire.THeartbeat:
+			s.heartbeats.Add(1)
+			s.mu.Lock()
+			if n.sess == ss {
+				n.lastHeard = time.Now()
+				n.freePort = m.FreePort
+			}
+			s.mu.Unlock()
+			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
+		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced:
+			s.mu.Lock()
+			if n.sess == ss {
+				n.lastHeard = time.Now()
+				if j := s.job; j != nil {
+					j.fromAgent(n, m)
+				}
+			}
+			s.mu.Unlock()
+		default:
+			s.con.Printf("! agent %s: unexpected %q message; closing its session", n.Name, m.Type)
+			s.sessionEnded(n, ss, fmt.Errorf("protocol error: unexpected %s", m.Type))
+			return
+		}
+	}
+}
+
+// register admits an agent (a new one, or one coming back) and reconciles
+// what it says it is running with the job.
+func (s *Server) register(ss *session, h wire.Msg) *node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[h.Name]
+	if n == nil {
+		n = &node{nodeRecord: nodeRecord{Name: h.Name}}
+		s.nodes[h.Name] = n
+	}
+	if old := n.sess; old != nil {
+		// The same agent reconnecting, or a second one with its name.
+		if n.instance != h.Instance {
+			ss.send(wire.Msg{Type: wire.TReject, Reason: fmt.Sprintf("node name %q is in use by a connected agent", h.Name)})
+			return nil
+		}
+		old.close()
+	}
+	restarted := n.instance != "" && n.instance != h.Instance
+	n.sess, n.instance = ss, h.Instance
+	n.NProc, n.Spare, n.Addr, n.freePort = h.NProc, h.Spare, h.Addr, h.FreePort
+	n.lastHeard = time.Now()
+	ss.send(wire.Msg{Type: wire.TWelcome, LeaseMS: int(s.cfg.Lease / time.Millisecond), HeartbeatMS: int(s.cfg.Heartbeat / time.Millisecond), Name: h.Name})
+	role := "worker node"
+	if n.Spare {
+		role = "spare"
+	}
+	state := ""
+	if n.Quarantined {
+		state = " · quarantined: " + n.Reason
+	}
+	s.con.Printf("+ node %s joined (%s, %d slots, %s)%s", n.Name, role, n.NProc, n.Addr, state)
+	wasLost := n.lost
+	n.lost = false
+	if j := s.job; j != nil {
+		j.nodeBack(n, h.Current, restarted, wasLost)
+	} else if h.Current != nil && !h.Current.Stopped {
+		// Workers of a job this coordinator does not know: fence them.
+		ss.send(wire.Msg{Type: wire.TEnd, Job: h.Current.Job})
+	}
+	return n
+}
+
+func (s *Server) sessionEnded(n *node, ss *session, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n.sess != ss {
+		return // replaced by a newer session
+	}
+	why := "its connection closed"
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+		why = "connection error: " + err.Error()
+	}
+	// A closed connection means the agent process is gone, and its workers
+	// with it (parent-death signal): no lease to wait for.
+	s.lose(n, why, time.Now(), time.Now())
+}
+
+// lose marks n gone. at is when it was last known alive; fenceAt when its
+// workers are certainly stopped.
+func (s *Server) lose(n *node, why string, at, fenceAt time.Time) {
+	if n.sess != nil {
+		n.sess.close()
+		n.sess = nil
+	}
+	held := s.job != nil && s.job.holds(n)
+	if !held {
+		s.con.Printf("- node %s left (%s)", n.Name, why)
+		return
+	}
+	n.lost, n.fenceAt = true, fenceAt
+	s.con.Printf("! node %s lost: %s", n.Name, why)
+	s.job.nodeLost(n, why, at)
+	s.fault(n, "node lost: "+why)
+}
+
+// fault counts a fault against n and quarantines it at the threshold.
+func (s *Server) fault(n *node, why string) {
+	n.Faults++
+	if !n.Quarantined && n.Faults >= s.cfg.QuarantineAfter {
+		n.Quarantined = true
+		n.Reason = fmt.Sprintf("%d faults, the last: %s", n.Faults, why)
+		s.con.Printf("! node %s quarantined (%s); `bulsajo node release %s` brings it back", n.Name, n.Reason, n.Name)
+		if s.job != nil {
+			s.job.logAsync(events.Event{Type: events.NodeQuarantined, Node: n.Name, Detail: n.Reason})
+		}
+	}
+	s.saveNode(n)
+}
+
+func (s *Server) saveNode(n *node) {
+	b, _ := json.Marshal(n.nodeRecord)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := s.cfg.Store.Put(ctx, keyNodes+n.Name, b); err != nil {
+		s.con.Printf("! saving node %s: %v", n.Name, err)
+	}
+}
+
+// ticker finds silent nodes and lets stops complete once leases run out.
+func (s *Server) ticker() {
+	defer s.bg.Done()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for _, n := range s.nodes {
+				silent := now.Sub(n.lastHeard)
+				if n.sess != nil && silent > s.cfg.NodeTimeout {
+					// Its last acknowledged heartbeat was sent before we heard
+					// it, so its lease ends by lastHeard + lease.
+					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), n.lastHeard, n.lastHeard.Add(s.cfg.Lease))
+				}
+			}
+			if j := s.job; j != nil {
+				j.tick(now)
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// ---- admin ----
+
+func (s *Server) serveRelease(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.mu.Lock()
+	n := s.nodes[name]
+	if n == nil {
+		s.mu.Unlock()
+		httpError(w, http.StatusNotFound, "no node named %q", name)
+		return
+	}
+	was := n.Quarantined
+	n.Quarantined, n.Reason, n.Faults = false, "", 0
+	s.saveNode(n)
+	if j := s.job; j != nil {
+		if was {
+			j.logAsync(events.Event{Type: events.NodeReleased, Node: name})
+		}
+		j.capacityChanged()
+	}
+	s.mu.Unlock()
+	if was {
+		s.con.Printf("+ node %s released from quarantine", name)
+	}
+	json.NewEncoder(w).Encode(map[string]any{"node": name, "released": was})
+}
+
+// NodeStatus is one node in `bulsajo status`.
+type NodeStatus struct {
+	Name        string  `json:"name"`
+	Addr        string  `json:"addr,omitempty"`
+	NProc       int     `json:"nproc,omitempty"`
+	Spare       bool    `json:"spare,omitempty"`
+	State       string  `json:"state"` // ready, training, lost, disconnected
+	Quarantined bool    `json:"quarantined,omitempty"`
+	Reason      string  `json:"reason,omitempty"`
+	Faults      int     `json:"faults"`
+	SilentS     float64 `json:"silent_s"`
+	Ranks       []int   `json:"ranks,omitempty"`
+}
+
+// Status is the answer of GET /v1/status.
+type Status struct {
+	UptimeS float64      `json:"uptime_s"`
+	Nodes   []NodeStatus `json:"nodes"`
+	Job     *JobStatus   `json:"job,omitempty"`
+}
+
+// Status reports the cluster.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	st := Status{UptimeS: now.Sub(s.started).Seconds()}
+	for _, n := range s.nodes {
+		ns := NodeStatus{Name: n.Name, Addr: n.Addr, NProc: n.NProc, Spare: n.Spare, Quarantined: n.Quarantined,
+			Reason: n.Reason, Faults: n.Faults}
+		switch {
+		case n.lost:
+			ns.State = "lost"
+		case n.sess == nil:
+			ns.State = "disconnected"
+		default:
+			ns.State = "ready"
+			ns.SilentS = now.Sub(n.lastHeard).Seconds()
+		}
+		if s.job != nil {
+			if ranks := s.job.ranksOf(n.Name); len(ranks) > 0 {
+				ns.Ranks = ranks
+				if ns.State == "ready" {
+					ns.State = "training"
+				}
+			}
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	sort.Slice(st.Nodes, func(i, k int) bool { return st.Nodes[i].Name < st.Nodes[k].Name })
+	if s.job != nil {
+		js := s.job.status()
+		st.Job = &js
+	}
+	return st
+}
+
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(s.Status())
+}
+
+// readJSON decodes a bounded request body, refusing unknown fields.
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad request body: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,518 @@
+// Package nodeagent is `bulsajo agent`: the daemon on each node. It keeps a
+// session with the coordinator (join token, heartbeats), starts and stops
+// this node's workers of each generation through internal/agent, and fences
+// itself: when no heartbeat has been acknowledged for the lease, it kills its
+// workers, because by then the coordinator may have given their ranks to
+// another node.
+package nodeagent
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/agent"
+	"github.com/bulsajo/bulsajo/internal/auth"
+	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/wire"
+)
+
+// Config is the agent's.
+type Config struct {
+	Coordinators []string // host:port, tried in order (a follower refuses)
+	Token        string
+	TLS          *tls.Config // nil: plain HTTP
+	Name         string
+	NProc        int
+	Spare        bool
+	Advertise    string // address other nodes reach this one at ("" = the one used to reach the coordinator)
+	DataDir      string // runs/JOB/ (logs, errors, pids) go here
+	SDKDir       string
+	Console      *console.Console
+	Version      string
+}
+
+// ErrAuth means the coordinator refused the token: retrying will not help.
+var ErrAuth = errors.New("agent: the coordinator refused the join token")
+
+// Agent is the node daemon.
+type Agent struct {
+	cfg      Config
+	con      *console.Console
+	instance string
+
+	mu      sync.Mutex
+	sess    *session
+	lease   time.Duration
+	until   time.Time // lease end (zero: none held)
+	job     string
+	ag      *agent.Agent
+	spec    *wire.Spec
+	gen     int
+	running map[int]bool
+	exited  []wire.Msg
+	stopped bool
+	step    int
+	fenced  bool
+}
+
+type session struct {
+	conn    net.Conn
+	mu      sync.Mutex
+	sentAt  map[uint64]time.Time
+	closeMu sync.Once
+}
+
+func (s *session) send(m wire.Msg) error {
+	b, err := wire.Encode(m)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = s.conn.Write(b)
+	return err
+}
+
+func (s *session) close() { s.closeMu.Do(func() { s.conn.Close() }) }
+
+// New returns an agent; Run connects it.
+func New(cfg Config) *Agent {
+	b := make([]byte, 8)
+	rand.Read(b)
+	if cfg.Console == nil {
+		cfg.Console = console.New(os.Stdout)
+	}
+	return &Agent{cfg: cfg, con: cfg.Console, instance: hex.EncodeToString(b), running: map[int]bool{}}
+}
+
+// Run keeps the agent connected until ctx ends, then stops every worker.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.endJob()
+	go a.fenceLoop(ctx)
+	backoff := 100 * time.Millisecond
+	said := false
+	for ctx.Err() == nil {
+		sess, br, err := a.dial(ctx)
+		if err != nil {
+			if errors.Is(err, ErrAuth) {
+				return err
+			}
+			if !said {
+				a.con.Printf("… cannot reach the coordinator (%v); retrying", err)
+				said = true
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, time.Second)
+			continue
+		}
+		backoff, said = 100*time.Millisecond, false
+		err = a.session(ctx, sess, br)
+		sess.close()
+		a.mu.Lock()
+		a.sess = nil
+		a.mu.Unlock()
+		if ctx.Err() != nil {
+			break
+		}
+		var rej rejected
+		if errors.As(err, &rej) {
+			a.con.Printf("! coordinator refused this agent: %s", string(rej))
+			if strings.Contains(string(rej), "in use") {
+				time.Sleep(time.Second)
+				continue
+			}
+			return fmt.Errorf("agent: refused: %s", string(rej))
+		}
+		a.con.Printf("! lost the coordinator: %v; reconnecting", err)
+	}
+	return nil
+}
+
+type rejected string
+
+func (r rejected) Error() string { return string(r) }
+
+// dial opens the agent session: an HTTP request upgraded to the wire protocol.
+func (a *Agent) dial(ctx context.Context) (*session, *bufio.Reader, error) {
+	var last error
+	for _, addr := range a.cfg.Coordinators {
+		d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: -1}
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			last = err
+			continue
+		}
+		if a.cfg.TLS != nil {
+			c := a.cfg.TLS.Clone()
+			if c.ServerName == "" {
+				c.ServerName, _, _ = net.SplitHostPort(addr)
+			}
+			tc := tls.Client(conn, c)
+			tc.SetDeadline(time.Now().Add(5 * time.Second))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				last = fmt.Errorf("tls: %w", err)
+				continue
+			}
+			tc.SetDeadline(time.Time{})
+			conn = tc
+		}
+		req, _ := http.NewRequest("POST", "http://"+addr+"/v1/agent", nil)
+		req.Header.Set("Upgrade", wire.Protocol)
+		req.Header.Set("Connection", "Upgrade")
+		auth.SetBearer(req.Header, a.cfg.Token)
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := req.Write(conn); err != nil {
+			conn.Close()
+			last = err
+			continue
+		}
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			conn.Close()
+			last = err
+			continue
+		}
+		conn.SetDeadline(time.Time{})
+		switch resp.StatusCode {
+		case http.StatusSwitchingProtocols:
+			return &session{conn: conn, sentAt: map[uint64]time.Time{}}, br, nil
+		case http.StatusUnauthorized:
+			conn.Close()
+			return nil, nil, ErrAuth
+		default:
+			conn.Close()
+			last = fmt.Errorf("%s: %s", addr, resp.Status)
+		}
+	}
+	if last == nil {
+		last = errors.New("no coordinator address")
+	}
+	return nil, nil, last
+}
+
+func (a *Agent) hello(sess *session) wire.Msg {
+	addr := a.cfg.Advertise
+	if addr == "" {
+		addr, _, _ = net.SplitHostPort(sess.conn.LocalAddr().String())
+	}
+	m := wire.Msg{Type: wire.THello, Name: a.cfg.Name, Version: a.cfg.Version, NProc: a.cfg.NProc, Spare: a.cfg.Spare,
+		Addr: addr, Instance: a.instance, FreePort: freePort()}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.job != "" && a.gen > 0 {
+		cur := &wire.NodeState{Job: a.job, Gen: a.gen, Stopped: a.stopped, Step: a.step, Exited: append([]wire.Msg(nil), a.exited...)}
+		for r := range a.running {
+			cur.Running = append(cur.Running, r)
+		}
+		slices.Sort(cur.Running)
+		m.Current = cur
+	}
+	return m
+}
+
+func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) error {
+	sentHello := time.Now()
+	if err := sess.send(a.hello(sess)); err != nil {
+		return err
+	}
+	rd := wire.NewReader(br)
+	sess.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	w, err := rd.Read()
+	if err != nil {
+		return err
+	}
+	if w.Type == wire.TReject {
+		return rejected(w.Reason)
+	}
+	if w.Type != wire.TWelcome {
+		return fmt.Errorf("protocol error: want welcome, got %s", w.Type)
+	}
+	lease, hb := time.Duration(w.LeaseMS)*time.Millisecond, time.Duration(w.HeartbeatMS)*time.Millisecond
+	a.mu.Lock()
+	a.sess, a.lease = sess, lease
+	a.until = sentHello.Add(lease)
+	a.mu.Unlock()
+	a.con.Printf("+ connected to the coordinator at %s as %s (lease %s)", sess.conn.RemoteAddr(), a.cfg.Name, lease)
+
+	hbCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go a.heartbeats(hbCtx, sess, hb)
+	for {
+		// Silence from the coordinator for a whole lease ends the session
+		// (the fence loop has stopped the workers by then).
+		sess.conn.SetReadDeadline(time.Now().Add(lease))
+		m, err := rd.Read()
+		if err != nil {
+			return err
+		}
+		switch m.Type {
+		case wire.TAck:
+			sess.mu.Lock()
+			at, ok := sess.sentAt[m.Seq]
+			for k := range sess.sentAt {
+				if k <= m.Seq {
+					delete(sess.sentAt, k)
+				}
+			}
+			sess.mu.Unlock()
+			if ok {
+				a.mu.Lock()
+				// The lease runs from when the heartbeat was sent: the
+				// coordinator counts it from when it received it, later.
+				if u := at.Add(lease); u.After(a.until) {
+					a.until = u
+				}
+				a.mu.Unlock()
+			}
+		case wire.TStart:
+			a.start(m)
+		case wire.TStop:
+			a.stop(m.Job, m.Gen, time.Duration(m.Grace)*time.Millisecond)
+		case wire.TSignal:
+			a.signal(m)
+		case wire.TEnd:
+			a.mu.Lock()
+			mine := a.job == m.Job
+			a.mu.Unlock()
+			if mine {
+				a.endJob()
+			}
+		case wire.TReject:
+			return rejected(m.Reason)
+		default:
+			return fmt.Errorf("protocol error: unexpected %s", m.Type)
+		}
+	}
+}
+
+func (a *Agent) heartbeats(ctx context.Context, sess *session, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		seq++
+		sess.mu.Lock()
+		sess.sentAt[seq] = time.Now()
+		sess.mu.Unlock()
+		if err := sess.send(wire.Msg{Type: wire.THeartbeat, Seq: seq, FreePort: freePort()}); err != nil {
+			sess.close()
+			return
+		}
+	}
+}
+
+// fenceLoop kills this node's workers once its lease has run out: by then
+// the coordinator may have handed their ranks to another node. It acts a
+// little before the coordinator would (SIGKILL, no grace).
+func (a *Agent) fenceLoop(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			a.mu.Lock()
+			margin := max(a.lease/10, 100*time.Millisecond)
+			if a.ag != nil && a.gen > 0 && !a.stopped && !a.fenced && !a.until.IsZero() && now.After(a.until.Add(-margin)) {
+				a.fenced = true
+				ag, gen := a.ag, a.gen
+				a.mu.Unlock()
+				a.con.Printf("! no word from the coordinator for a lease (%s): stopping generation %d's workers (fencing)", a.lease, gen)
+				ag.StopGeneration(gen, 0)
+				continue
+			}
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (a *Agent) sendNow(m wire.Msg) {
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	if s != nil {
+		if err := s.send(m); err != nil {
+			s.close()
+		}
+	}
+}
+
+func (a *Agent) start(m wire.Msg) {
+	sp := m.Spec
+	a.mu.Lock()
+	if a.job != "" && a.job != m.Job {
+		a.mu.Unlock()
+		a.endJob()
+		a.mu.Lock()
+	}
+	if a.ag == nil {
+		var re *regexp.Regexp
+		if sp.ProgressRegex != "" {
+			re = regexp.MustCompile(sp.ProgressRegex) // validated by wire
+		}
+		dir := filepath.Join(a.cfg.DataDir, "runs", sp.RunID)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			a.mu.Unlock()
+			a.con.Printf("! run dir: %v", err)
+			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
+			return
+		}
+		wd := sp.Dir
+		if wd != "" {
+			if st, err := os.Stat(wd); err != nil || !st.IsDir() {
+				wd = "" // not on this node: run where the agent runs
+			}
+		}
+		ag, err := agent.New(agent.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
+			SDKDir: a.cfg.SDKDir, ProgressRegex: re, Standby: sp.Standby, StandbyCount: len(sp.Ranks),
+			StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd})
+		if err != nil {
+			a.mu.Unlock()
+			a.con.Printf("! %v", err)
+			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
+			return
+		}
+		a.ag, a.job = ag, m.Job
+		go a.pump(ag, m.Job)
+	}
+	ag := a.ag
+	a.gen, a.spec, a.stopped, a.fenced, a.exited = m.Gen, sp, false, false, nil
+	a.running = map[int]bool{}
+	for _, r := range sp.Ranks {
+		a.running[r] = true
+	}
+	a.mu.Unlock()
+	a.con.Printf("▶ generation %d: ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
+	go func() {
+		err := ag.StartGeneration(agent.GenerationSpec{Gen: m.Gen, RestartCount: sp.RestartCount, WorldSize: sp.WorldSize,
+			Ranks: sp.Ranks, GroupRank: sp.GroupRank, GroupWorldSize: sp.GroupWorldSize, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
+		if err != nil {
+			a.con.Printf("! starting generation %d: %v", m.Gen, err)
+			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
+		}
+	}()
+}
+
+// pump forwards the local agent's events to the coordinator, keeping the
+// state a reconnecting session reports.
+func (a *Agent) pump(ag *agent.Agent, job string) {
+	for ev := range ag.Events() {
+		var m wire.Msg
+		a.mu.Lock()
+		if a.ag != ag {
+			a.mu.Unlock()
+			return
+		}
+		switch e := ev.(type) {
+		case agent.Launched:
+			m = wire.Msg{Type: wire.TLaunched, Job: job, Gen: e.Gen}
+		case agent.Exited:
+			m = wire.Msg{Type: wire.TExited, Job: job, Gen: e.Gen, Rank: e.Rank, Code: e.Code, Sig: e.Signal, Err: trim(e.LastError), AtMS: e.At.UnixMilli()}
+			if e.Gen == a.gen {
+				delete(a.running, e.Rank)
+				if len(a.exited) < 1024 {
+					a.exited = append(a.exited, m)
+				}
+			}
+		case agent.Progress:
+			m = wire.Msg{Type: wire.TProgress, Job: job, Gen: e.Gen, Rank: e.Rank, Step: max(e.Step, 0)}
+			if e.Gen == a.gen && e.Step > a.step {
+				a.step = e.Step
+			}
+		case agent.Stopped:
+			m = wire.Msg{Type: wire.TStopped, Job: job, Gen: e.Gen}
+			if e.Gen == a.gen {
+				a.stopped = true
+			}
+		default:
+			a.mu.Unlock()
+			continue
+		}
+		a.mu.Unlock()
+		if m.Gen > 0 && (m.Sig == "" || validSig(m.Sig)) {
+			a.sendNow(m)
+		}
+	}
+}
+
+var sigRE = regexp.MustCompile(`^SIG[A-Z0-9]{2,8}$`)
+
+func validSig(s string) bool { return sigRE.MatchString(s) }
+
+func trim(s string) string {
+	if len(s) > 4096 {
+		return s[:4096]
+	}
+	return s
+}
+
+func (a *Agent) stop(job string, gen int, grace time.Duration) {
+	a.mu.Lock()
+	ag := a.ag
+	ok := a.job == job
+	a.mu.Unlock()
+	if ok && ag != nil {
+		ag.StopGeneration(gen, grace)
+	}
+}
+
+func (a *Agent) signal(m wire.Msg) {
+	a.mu.Lock()
+	ag := a.ag
+	ok := a.job == m.Job
+	a.mu.Unlock()
+	sig := map[string]syscall.Signal{"SIGKILL": syscall.SIGKILL, "SIGSTOP": syscall.SIGSTOP, "SIGTERM": syscall.SIGTERM,
+		"SIGINT": syscall.SIGINT, "SIGCONT": syscall.SIGCONT}[m.Sig]
+	if ok && ag != nil && sig != 0 {
+		ag.Signal(m.Gen, m.Rank, sig)
+	}
+}
+
+// endJob stops every worker of the job and forgets it.
+func (a *Agent) endJob() {
+	a.mu.Lock()
+	ag := a.ag
+	a.ag, a.job, a.gen, a.spec, a.exited, a.stopped = nil, "", 0, nil, nil, false
+	a.running = map[int]bool{}
+	a.mu.Unlock()
+	if ag != nil {
+		ag.Close()
+	}
+}
+
+// freePort is a port free on this node now, offered for the next rendezvous.
+func freePort() int {
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,421 @@
+package e2e
+
+// Multi-host tests: the coordinator, each agent and submit run in their own
+// network namespace (test/netlab), connected by a bridge, as real processes.
+// Cutting a host's link is a network partition; kill -9 is a node crash.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/cluster"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/test/netlab"
+)
+
+// mcluster is a coordinator and agents on namespaced hosts.
+type mcluster struct {
+	t       *testing.T
+	lab     *netlab.Lab
+	dir     string
+	coord   *proc
+	agents  map[string]*proc
+	token   string
+	args    []string // extra coordinator flags
+	stepLog string
+	pidDir  string
+}
+
+// proc is a bulsajo process in a namespace.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	code int
+}
+
+func (m *mcluster) start(host string, args ...string) *proc {
+	m.t.Helper()
+	cmd := m.lab.Host(host).Command(context.Background(), bulsajoBin, args...)
+	cmd.Dir = m.dir
+	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	go func() { p.code = exitCode(cmd.Wait()); close(p.done) }()
+	m.t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+		if m.t.Failed() || os.Getenv("BULSAJO_TEST_LOG") != "" {
+			m.t.Logf("--- %s %s output:\n%s", host, args[0], p.out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) wait(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(within):
+		t.Fatalf("process %v did not exit within %v; output:\n%s", p.cmd.Args, within, p.out.String())
+	}
+	return -1
+}
+
+func (p *proc) kill9() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func (m *mcluster) coordAddr() string { return m.lab.Host("coord").IP + ":7070" }
+
+// newCluster starts a coordinator on host "coord" and agents on the others.
+// Spares are named s*.
+func newCluster(t *testing.T, nodes []string, coordArgs ...string) *mcluster {
+	t.Helper()
+	netlab.Require(t)
+	hosts := append([]string{"coord"}, nodes...)
+	m := &mcluster{t: t, lab: netlab.New(t, hosts...), dir: t.TempDir(), agents: map[string]*proc{}, args: coordArgs}
+	m.stepLog = filepath.Join(m.dir, "steps.log")
+	m.pidDir = filepath.Join(m.dir, "pids")
+	os.MkdirAll(m.pidDir, 0o755)
+	m.startCoordinator()
+	for _, n := range nodes {
+		m.startAgent(n)
+	}
+	m.waitNodes(len(nodes))
+	return m
+}
+
+func (m *mcluster) startCoordinator() {
+	m.t.Helper()
+	args := append([]string{"coordinator", "--listen", m.coordAddr(), "--data-dir", filepath.Join(m.dir, "coord"),
+		"--lease", "3s", "--node-timeout", "1s"}, m.args...)
+	m.coord = m.start("coord", args...)
+	tok := filepath.Join(m.dir, "coord", "join.token")
+	waitFor(m.t, 20*time.Second, "the coordinator to listen", func() bool {
+		return strings.Contains(m.coord.out.String(), "bulsajo coordinator") || exited(m.coord)
+	})
+	if exited(m.coord) {
+		m.t.Fatalf("coordinator exited: %s", m.coord.out.String())
+	}
+	b, err := os.ReadFile(tok)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	m.token = strings.TrimSpace(string(b))
+}
+
+func exited(p *proc) bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (m *mcluster) tokenFile() string { return filepath.Join(m.dir, "coord", "join.token") }
+
+func (m *mcluster) startAgent(name string) *proc {
+	args := []string{"agent", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--node-name", name,
+		"--nproc-per-node", "2", "--data-dir", filepath.Join(m.dir, "agent-"+name)}
+	if strings.HasPrefix(name, "s") {
+		args = append(args, "--spare")
+	}
+	p := m.start(name, args...)
+	m.agents[name] = p
+	return p
+}
+
+// status asks the coordinator, from the coordinator's host.
+func (m *mcluster) status() (cluster.Status, error) {
+	var st cluster.Status
+	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "status", "--json", "--coordinator", m.coordAddr()).Output()
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(out, &st)
+}
+
+func (m *mcluster) node(name string) cluster.NodeStatus {
+	st, err := m.status()
+	if err != nil {
+		m.t.Fatalf("status: %v", err)
+	}
+	for _, n := range st.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	m.t.Fatalf("no node %s in status", name)
+	return cluster.NodeStatus{}
+}
+
+func (m *mcluster) waitNodes(n int) {
+	m.t.Helper()
+	waitFor(m.t, 20*time.Second, fmt.Sprintf("%d agents to join", n), func() bool {
+		st, err := m.status()
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for _, nd := range st.Nodes {
+			if nd.State == "ready" || nd.State == "training" {
+				ready++
+			}
+		}
+		return ready >= n
+	})
+}
+
+// submit starts `bulsajo submit` of the fake worker from the coordinator's host.
+func (m *mcluster) submit(nnodes string, workerArgs ...string) *proc {
+	args := []string{"submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", nnodes,
+		"--nproc-per-node", "2", "--run-id", "job1", "--stop-grace", "1s", "--", fakeBin,
+		"-step-log", m.stepLog, "-pid-dir", m.pidDir}
+	return m.start("coord", append(args, workerArgs...)...)
+}
+
+func (m *mcluster) events() []events.Event {
+	evs, err := events.ReadFile(filepath.Join(m.dir, "coord", "runs", "job1", "events.jsonl"))
+	if err != nil {
+		m.t.Fatalf("events: %v", err)
+	}
+	return evs
+}
+
+// stepRecord is one line of the fake workers' step log.
+type stepRecord struct {
+	gen, rank, step int
+	at              time.Time
+}
+
+func (m *mcluster) steps() []stepRecord {
+	f, err := os.Open(m.stepLog)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []stepRecord
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r stepRecord
+		var ns int64
+		if n, _ := fmt.Sscan(sc.Text(), &r.gen, &r.rank, &r.step, &ns); n == 4 {
+			r.at = time.Unix(0, ns)
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// waitStep waits until some rank of generation gen has reached step.
+func (m *mcluster) waitStep(gen, step int, within time.Duration) {
+	m.t.Helper()
+	waitFor(m.t, within, fmt.Sprintf("generation %d to reach step %d", gen, step), func() bool {
+		for _, r := range m.steps() {
+			if r.gen == gen && r.step >= step {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// noOverlap proves fencing: every step of a generation happened after the
+// last step of every older generation.
+func noOverlap(t *testing.T, recs []stepRecord) {
+	t.Helper()
+	last := map[int]time.Time{}
+	first := map[int]time.Time{}
+	for _, r := range recs {
+		if r.at.After(last[r.gen]) {
+			last[r.gen] = r.at
+		}
+		if f, ok := first[r.gen]; !ok || r.at.Before(f) {
+			first[r.gen] = r.at
+		}
+	}
+	for g, f := range first {
+		for og, l := range last {
+			if og < g && !l.Before(f) {
+				t.Errorf("generation %d still stepped at %s, after generation %d had started at %s: two generations trained at once",
+					og, l.Format("15:04:05.000"), g, f.Format("15:04:05.000"))
+			}
+		}
+	}
+}
+
+func countType(evs []events.Event, typ string) int {
+	n := 0
+	for _, e := range evs {
+		if e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+// waitNoWorkers checks that every worker that ever started is gone.
+func (m *mcluster) waitNoWorkers(within time.Duration) {
+	m.t.Helper()
+	ents, _ := os.ReadDir(m.pidDir)
+	waitFor(m.t, within, "every worker to be gone", func() bool {
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil && alive(pid) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestMultiNodeAgentKilledSpareTakesOver(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2", "s1"})
+	sub := m.submit("2", "-steps", "60", "-step-time", "50ms")
+	m.waitStep(1, 10, 30*time.Second)
+	m.agents["n2"].kill9()
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	evs := m.events()
+	var lostFault *events.Event
+	for i, e := range evs {
+		if e.Type == events.FaultDetected && e.Cause == "node_lost" {
+			lostFault = &evs[i]
+		}
+	}
+	if lostFault == nil {
+		t.Fatalf("no node_lost fault in the event log")
+	}
+	if lostFault.DetectMS <= 0 || lostFault.DetectMS > 2000 {
+		t.Errorf("node loss detected in %.0f ms, want <= 2000", lostFault.DetectMS)
+	}
+	if !strings.Contains(m.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
+		t.Errorf("generation 2 should run on n1 and the spare s1; coordinator said:\n%s", m.coord.out.String())
+	}
+	if !strings.Contains(sub.out.String(), "recovered in") {
+		t.Errorf("submit did not report the recovery:\n%s", sub.out.String())
+	}
+	noOverlap(t, m.steps())
+	m.waitNoWorkers(5 * time.Second)
+}
+
+func TestMultiNodePartitionIsFenced(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2"})
+	sub := m.submit("1:2", "-steps", "120", "-step-time", "50ms")
+	m.waitStep(1, 10, 30*time.Second)
+	cutAt := time.Now()
+	m.lab.Host("n2").Cut()
+	// n2 fences itself when its lease runs out; the coordinator restarts on
+	// n1 alone only after that.
+	waitFor(t, 10*time.Second, "n2 to fence its workers", func() bool {
+		return strings.Contains(m.agents["n2"].out.String(), "fencing")
+	})
+	m.waitStep(2, 1, 20*time.Second)
+	t.Logf("partition to the next generation's first step: %s", time.Since(cutAt).Round(time.Millisecond))
+	m.lab.Host("n2").Heal()
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	noOverlap(t, m.steps())
+	for _, r := range m.steps() {
+		if r.gen == 2 && r.rank >= 2 {
+			t.Fatalf("generation 2 should have 2 ranks (n1 only), saw rank %d", r.rank)
+		}
+	}
+	// Healed, n2 rejoins as a usable node.
+	waitFor(t, 10*time.Second, "n2 to rejoin", func() bool { return m.node("n2").State == "ready" })
+}
+
+func TestMultiNodeCoordinatorKill9WorkersKeepTraining(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2"})
+	sub := m.submit("2", "-steps", "100", "-step-time", "50ms")
+	m.waitStep(1, 10, 30*time.Second)
+	m.coord.kill9()
+	killedAt := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	m.startCoordinator()
+	t.Logf("coordinator back in %s", time.Since(killedAt).Round(time.Millisecond))
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	// One generation from start to end: nobody restarted, no step lost.
+	steps := m.steps()
+	seen := map[int]map[int]bool{}
+	for _, r := range steps {
+		if r.gen != 1 {
+			t.Fatalf("a generation %d ran: the coordinator restart restarted the workers", r.gen)
+		}
+		if seen[r.rank] == nil {
+			seen[r.rank] = map[int]bool{}
+		}
+		seen[r.rank][r.step] = true
+	}
+	for rank := 0; rank < 4; rank++ {
+		if len(seen[rank]) != 100 {
+			t.Errorf("rank %d ran %d of 100 steps", rank, len(seen[rank]))
+		}
+	}
+	evs := m.events()
+	if countType(evs, events.CoordinatorResumed) != 1 || countType(evs, events.RunFinished) != 1 || countType(evs, events.RunStarted) != 1 {
+		t.Errorf("event log after the restart: want run_started, coordinator_resumed, run_finished once each; got %v", evs)
+	}
+}
+
+func TestMultiNodeQuarantineAndRelease(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2", "s1"}, "--quarantine-after", "1")
+	// Rank 2 lives on n2 (2 slots per node): it fails in generation 1.
+	sub := m.submit("2", "-steps", "40", "-step-time", "50ms", "-fail-rank", "2", "-fail-gens", "1", "-fail-at-step", "5")
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	n2 := m.node("n2")
+	if !n2.Quarantined || !strings.Contains(n2.Reason, "rank 2") {
+		t.Fatalf("n2 should be quarantined for rank 2's fault: %+v", n2)
+	}
+	if !strings.Contains(m.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
+		t.Errorf("generation 2 should avoid the quarantined n2:\n%s", m.coord.out.String())
+	}
+	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "node", "release", "n2",
+		"--coordinator", m.coordAddr(), "--token-file", m.tokenFile()).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "released") {
+		t.Fatalf("node release: %v: %s", err, out)
+	}
+	if m.node("n2").Quarantined {
+		t.Fatal("n2 still quarantined after release")
+	}
+}
+
+func TestMultiNodeWrongTokenIsRefused(t *testing.T) {
+	m := newCluster(t, []string{"n1"})
+	bad := filepath.Join(m.dir, "bad.token")
+	os.WriteFile(bad, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
+	p := m.start("n1", "agent", "--coordinator", m.coordAddr(), "--token-file", bad, "--node-name", "intruder")
+	if code := p.wait(t, 10*time.Second); code == 0 || !strings.Contains(p.out.String(), "token") {
+		t.Fatalf("agent with a wrong token: exit %d, output:\n%s", code, p.out.String())
+	}
+	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "submit", "--coordinator", m.coordAddr(),
+		"--token-file", bad, "--", "/bin/true").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "missing or wrong join token") {
+		t.Fatalf("submit with a wrong token: %v: %s", err, out)
+	}
+	for _, n := range m.node("n1").Ranks {
+		t.Fatalf("n1 was given rank %d", n)
+	}
+}
