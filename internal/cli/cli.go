@@ -65,11 +65,11 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	})
 	root.AddCommand(newRunCmd(ctx, stdout, stderr), newCoordinatorCmd(ctx, stdout), newAgentCmd(ctx, stdout),
 		newSubmitCmd(ctx, stdout), newStatusCmd(ctx, stdout), newNodeCmd(ctx, stdout), &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run:   func(c *cobra.Command, _ []string) { fmt.Fprintln(c.OutOrStdout(), "bulsajo", Version) },
-	})
+			Use:   "version",
+			Short: "Print the version",
+			Args:  cobra.NoArgs,
+			Run:   func(c *cobra.Command, _ []string) { fmt.Fprintln(c.OutOrStdout(), "bulsajo", Version) },
+		})
 	cmd, err := root.ExecuteC()
 	if err != nil && !errors.Is(err, config.ErrUsage) && cmd != nil && isCobraUsage(err) {
 		err = fmt.Errorf("%w: %v", config.ErrUsage, err)

@@ -605,4 +605,3 @@ func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	node.AddCommand(rel)
 	return node
 }
-
