@@ -136,7 +136,8 @@ func Decode(line []byte) (Msg, error) {
 	if err := dec.Decode(&m); err != nil {
 		return Msg{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	if dec.More() {
+	// dec.More would miss a stray '}' or ']': only JSON whitespace may follow.
+	if len(bytes.Trim(line[dec.InputOffset():], " \t\r\n")) > 0 {
 		return Msg{}, invalid(m.Type, "trailing data")
 	}
 	return m, m.Validate()
@@ -160,8 +161,18 @@ func (m *Msg) Validate() error {
 			if !ValidName(s.Job) || s.Gen < 1 || len(s.Running) > 1024 || len(s.Exited) > 1024 {
 				return invalid(t, "bad current state")
 			}
+			seen := map[int]bool{}
+			for _, r := range s.Running {
+				if r < 0 || seen[r] {
+					return invalid(t, "running ranks in current state must be distinct and >= 0")
+				}
+				seen[r] = true
+			}
 			for i := range s.Exited {
-				if err := s.Exited[i].Validate(); err != nil || s.Exited[i].Type != TExited {
+				e := &s.Exited[i]
+				// An entry is a plain exited message: a nested state or spec
+				// would go unvalidated (and nest without bound).
+				if e.Type != TExited || e.Current != nil || e.Spec != nil || e.Validate() != nil {
 					return invalid(t, "bad exited entry in current state")
 				}
 			}
@@ -266,6 +277,11 @@ func Encode(m Msg) ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
+	}
+	// Escaping can make the line longer than the one it was decoded from;
+	// never send what the peer must refuse.
+	if len(b) > MaxMessage {
+		return nil, ErrTooLarge
 	}
 	return append(b, '\n'), nil
 }

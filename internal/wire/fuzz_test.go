@@ -1,0 +1,125 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+)
+
+func addSeeds(f *testing.F) {
+	for _, line := range validLines {
+		f.Add([]byte(line))
+	}
+	for _, line := range []string{
+		``, `{}`, `null`, `{"type":"ack"}}`, `{"type":"ack"} {"type":"ack"}`,
+		`{"type":"hello","name":"n","nproc":1,"addr":"h","current":{"job":"j","gen":1,"running":[0,0]}}`,
+		`{"type":"welcome","lease_ms":100,"heartbeat_ms":100}`,
+		`{"type":"start","job":"j","gen":1,"spec":{"run_id":"r","command":["x"],"world_size":2,"ranks":[1,1],"group_world_size":1,"master_addr":"h","master_port":1}}`,
+		`{"type":"reject","reason":"<\u2028\ufffd>"}`,
+		"{\"type\":\"reject\",\"reason\":\"\xff\xfe\"}",
+		`{"Type":"ACK","SEQ":1}`,
+	} {
+		f.Add([]byte(line))
+	}
+}
+
+// canonical is m as generic JSON, so that fields omitempty drops (an empty
+// slice against nil) compare equal.
+func canonical(t *testing.T, m Msg) any {
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatalf("Marshal: %v", err)
+	}
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("Unmarshal: %v", err)
+	}
+	return v
+}
+
+// FuzzDecode: Decode never panics, errors are ErrInvalid or ErrTooLarge, and
+// whatever decodes re-encodes to a line that decodes to the same message.
+func FuzzDecode(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, line []byte) {
+		m, err := Decode(line)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Decode error %v wraps neither ErrInvalid nor ErrTooLarge", err)
+			}
+			return
+		}
+		b, err := Encode(m)
+		if err != nil {
+			t.Fatalf("decoded %+v but Encode: %v", m, err)
+		}
+		if bytes.IndexByte(b, '\n') != len(b)-1 {
+			t.Fatalf("Encode is not one line: %q", b)
+		}
+		m2, err := Decode(b[:len(b)-1])
+		if err != nil {
+			t.Fatalf("Decode(Encode(%q)) = %v (encoded %q)", line, err, b)
+		}
+		if !reflect.DeepEqual(canonical(t, m), canonical(t, m2)) {
+			t.Fatalf("round trip changed the message:\n in  %q\n out %q", line, b)
+		}
+		// From then on encoding is a fixed point.
+		b2, err := Encode(m2)
+		if err != nil || !bytes.Equal(b, b2) {
+			t.Fatalf("second Encode = %q, %v; want %q", b2, err, b)
+		}
+		if !reflect.DeepEqual(m2, mustDecode(t, b2)) {
+			t.Fatalf("second round trip changed the message: %q", b2)
+		}
+	})
+}
+
+func mustDecode(t *testing.T, b []byte) Msg {
+	m, err := Decode(b)
+	if err != nil {
+		t.Fatalf("Decode(%q): %v", b, err)
+	}
+	return m
+}
+
+// FuzzReader: any byte stream read to its end never panics and ends.
+func FuzzReader(f *testing.F) {
+	var all []byte
+	for _, line := range validLines {
+		f.Add([]byte(line + "\n"))
+		all = append(all, line+"\n"...)
+	}
+	f.Add(all)
+	f.Add([]byte("\n\n\r\n"))
+	f.Add([]byte(validLines["ack"] + "\r\n{\"type\":\"bogus\"}\n" + validLines["end"]))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewReader(bytes.NewReader(data))
+		// Each Read consumes at least one line: never more reads than lines.
+		limit := bytes.Count(data, []byte("\n")) + 2
+		for i := 0; ; i++ {
+			if i > limit {
+				t.Fatalf("Read did not end after %d calls", i)
+			}
+			m, err := r.Read()
+			switch {
+			case err == io.EOF:
+				return
+			case errors.Is(err, ErrTooLarge):
+				return
+			case errors.Is(err, ErrInvalid):
+				continue
+			case err != nil:
+				t.Fatalf("Read: unexpected error %v", err)
+			}
+			if err := m.Validate(); err != nil {
+				t.Fatalf("Read returned an invalid message %+v: %v", m, err)
+			}
+			if _, err := Encode(m); err != nil {
+				t.Fatalf("Read returned %+v that does not encode: %v", m, err)
+			}
+		}
+	})
+}
