@@ -121,7 +121,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-ctx.Done():
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, time.Second)
+			backoff = min(backoff*2, 500*time.Millisecond)
 			continue
 		}
 		backoff, said = 100*time.Millisecond, false
