@@ -192,7 +192,11 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 			}
 			return fmt.Errorf("leader election: %w", err)
 		}
-		defer lead.Resign(context.Background())
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			lead.Resign(rctx)
+			cancel()
+		}()
 		con.Printf("elected leader")
 		st, lost = lead.Store(), lead.Done()
 	}
@@ -220,7 +224,8 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 		con.Printf("coordinator stopping; agents keep their workers for a lease and reconnect to the next one")
 		return nil
 	case <-lost:
-		srv.Close()
+		// Leave at once, deciding nothing more: the new leader adopts the
+		// job and the agents reconnect to it (their lease covers the gap).
 		return errors.New("lost the coordinator leadership (etcd session ended); another coordinator takes over")
 	case err := <-errc:
 		srv.Close()

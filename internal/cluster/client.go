@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/auth"
@@ -25,11 +27,13 @@ type Client struct {
 	Token string
 	TLS   *tls.Config
 	http  *http.Client
+	next  atomic.Int64 // index of the address that answered last
 }
 
 // NewClient returns a client for host:port addresses.
 func NewClient(addrs []string, token string, tlsCfg *tls.Config) *Client {
-	tr := &http.Transport{TLSClientConfig: tlsCfg, ResponseHeaderTimeout: 10 * time.Second}
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	tr := &http.Transport{TLSClientConfig: tlsCfg, ResponseHeaderTimeout: 10 * time.Second, DialContext: d.DialContext}
 	return &Client{Addrs: addrs, Token: token, TLS: tlsCfg, http: &http.Client{Transport: tr}}
 }
 
@@ -55,7 +59,10 @@ func (c *Client) url(addr, path string) string {
 // do sends one request to the first coordinator that answers.
 func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var last error = ErrUnreachable
-	for _, addr := range c.Addrs {
+	for k := range c.Addrs {
+		// Start with the one that answered last (the leader).
+		idx := (int(c.next.Load()) + k) % len(c.Addrs)
+		addr := c.Addrs[idx]
 		var rd io.Reader
 		if body != nil {
 			b, _ := json.Marshal(body)
@@ -73,6 +80,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 			last = fmt.Errorf("%w: %v", ErrUnreachable, err)
 			continue
 		}
+		c.next.Store(int64(idx))
 		if resp.StatusCode >= 300 {
 			defer resp.Body.Close()
 			var e struct {
@@ -137,9 +145,29 @@ func (c *Client) Follow(ctx context.Context, id string, from int, wait time.Dura
 		resp, err := c.do(ctx, "GET", fmt.Sprintf("/v1/jobs/%s/events?from=%d", id, from), nil)
 		if err == nil {
 			down = time.Time{}
+			// The coordinator writes at least a blank line a second: a
+			// stream silent for longer is a dead coordinator (or a cut one).
+			alive := make(chan struct{}, 1)
+			stop := make(chan struct{})
+			go func(body io.Closer) {
+				for {
+					select {
+					case <-alive:
+					case <-stop:
+						return
+					case <-time.After(5 * time.Second):
+						body.Close()
+						return
+					}
+				}
+			}(resp.Body)
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 			for sc.Scan() {
+				select {
+				case alive <- struct{}{}:
+				default:
+				}
 				line := bytes.TrimSpace(sc.Bytes())
 				if len(line) == 0 {
 					continue
@@ -151,10 +179,12 @@ func (c *Client) Follow(ctx context.Context, id string, from int, wait time.Dura
 				from++
 				fn(e)
 				if e.Type == events.RunFinished {
+					close(stop)
 					resp.Body.Close()
 					return e, nil
 				}
 			}
+			close(stop)
 			resp.Body.Close()
 		} else {
 			var ae *APIError

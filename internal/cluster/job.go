@@ -116,15 +116,17 @@ type job struct {
 	log *events.Log
 
 	// current generation (s.mu)
-	where    map[string]int  // node -> index in rec.Placement
-	launched map[string]bool // node -> its workers started
-	stopped  map[string]bool // node -> its workers reaped
-	stopping bool
-	pending  *agent.GenerationSpec // waiting for capacity
-	waitSaid bool
-	faulted  bool // a fault of this generation has been reported
-	adopting bool // resumed: waiting for the agents to confirm
-	resumeBy time.Time
+	where     map[string]int  // node -> index in rec.Placement
+	launched  map[string]bool // node -> its workers started
+	stopped   map[string]bool // node -> its workers reaped
+	stopping  bool
+	pending   *agent.GenerationSpec // waiting for capacity
+	waitSaid  bool
+	faulted   bool // a fault of this generation has been reported
+	adopting  bool // resumed: waiting for the agents to confirm
+	resumeBy  time.Time
+	savedStep int
+	savedAt   time.Time
 
 	evMu    sync.Mutex
 	evs     []events.Event
@@ -147,21 +149,28 @@ func (s *Server) loadJob(ctx context.Context) error {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return fmt.Errorf("cluster: stored job: %v", err)
 	}
+	// Events so far: for watchers that reconnect, and for this
+	// coordinator's log file when it is not the one that wrote them (a
+	// failover to another host).
+	kvs, err := s.cfg.Store.List(ctx, "/bulsajo/runs/"+rec.Spec.ID+"/events/")
+	if err != nil {
+		return fmt.Errorf("cluster: loading events: %w", err)
+	}
+	var evs []events.Event
+	for _, kv := range kvs {
+		var e events.Event
+		if json.Unmarshal(kv.Value, &e) == nil {
+			evs = append(evs, e)
+		}
+	}
+	if err := seedLog(filepath.Join(s.cfg.DataDir, "runs", rec.Spec.ID, "events.jsonl"), evs); err != nil {
+		return err
+	}
 	j, err := s.newJob(rec)
 	if err != nil {
 		return err
 	}
-	// Events so far, for watchers that reconnect.
-	kvs, err := s.cfg.Store.List(ctx, j.prefix()+"/events/")
-	if err != nil {
-		return fmt.Errorf("cluster: loading events: %w", err)
-	}
-	for _, kv := range kvs {
-		var e events.Event
-		if json.Unmarshal(kv.Value, &e) == nil {
-			j.evs = append(j.evs, e)
-		}
-	}
+	j.evs = evs
 	j.rec.Seq = len(j.evs)
 	s.job = j
 	if rec.Done {
@@ -171,7 +180,7 @@ func (s *Server) loadJob(ctx context.Context) error {
 	// Adopt: the placement's agents should come back within a node timeout
 	// or two; until then their workers keep training on their own lease.
 	j.adopting = rec.Gen > 0
-	j.resumeBy = time.Now().Add(2 * s.cfg.NodeTimeout)
+	j.resumeBy = time.Now().Add(max(2*s.cfg.NodeTimeout, s.cfg.Lease/2))
 	j.launched, j.stopped = map[string]bool{}, map[string]bool{}
 	for _, p := range rec.Placement {
 		n := s.nodes[p.Node]
@@ -189,6 +198,27 @@ func (s *Server) loadJob(ctx context.Context) error {
 	}
 	j.start(resume)
 	return nil
+}
+
+// seedLog rewrites the log file at path with evs when it holds fewer.
+func seedLog(path string, evs []events.Event) error {
+	have, _ := events.ReadFile(path)
+	if len(have) >= len(evs) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("cluster: job dir: %w", err)
+	}
+	var b []byte
+	for _, e := range evs {
+		line, _ := json.Marshal(e)
+		b = append(append(b, line...), '\n')
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("cluster: event log: %w", err)
+	}
+	return os.Rename(tmp, path)
 }
 
 func (s *Server) newJob(rec jobRecord) (*job, error) {
@@ -265,11 +295,7 @@ func (j *job) published(e events.Event) {
 	j.evReady = make(chan struct{})
 	j.evMu.Unlock()
 	b, _ := json.Marshal(e)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if _, err := j.s.cfg.Store.Put(ctx, fmt.Sprintf("%s/events/%08d", j.prefix(), seq), b); err != nil {
-		j.s.con.Printf("! storing event: %v", err)
-	}
+	j.s.persist(fmt.Sprintf("%s/events/%08d", j.prefix(), seq), b)
 	if e.Type == events.FaultDetected && e.Rank != nil && e.Cause != string(policy.FaultNodeLost) {
 		// Attribute the fault to the node that held the rank.
 		go func(gen, rank int, why string) {
@@ -338,15 +364,12 @@ func sigName(s syscall.Signal) string {
 
 // save persists the job record (s.mu held).
 func (j *job) save() {
+	j.savedStep, j.savedAt = j.rec.Step, time.Now()
 	j.evMu.Lock()
 	j.rec.Seq = len(j.evs)
 	j.evMu.Unlock()
 	b, _ := json.Marshal(j.rec)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if _, err := j.s.cfg.Store.Put(ctx, keyJob, b); err != nil {
-		j.s.con.Printf("! saving the job: %v", err)
-	}
+	j.s.persist(keyJob, b)
 }
 
 func (j *job) holds(n *node) bool { return len(j.ranksOf(n.Name)) > 0 }
@@ -751,6 +774,10 @@ func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
 func (j *job) tick(now time.Time) {
 	if j.rec.Done {
 		return
+	}
+	// The step reached, for the next coordinator's rollback accounting.
+	if j.rec.Step != j.savedStep && now.Sub(j.savedAt) > 2*time.Second {
+		j.save()
 	}
 	if j.adopting && now.After(j.resumeBy) {
 		for _, p := range j.rec.Placement {

@@ -78,6 +78,7 @@ type Server struct {
 	// heartbeats counts heartbeats received (metrics).
 	heartbeats atomic.Uint64
 
+	writes   chan write // to the store, in order (writer)
 	quit     chan struct{}
 	quitOnce sync.Once
 	bg       sync.WaitGroup
@@ -131,7 +132,8 @@ func New(cfg Config) (*Server, error) {
 	case cfg.Heartbeat >= cfg.NodeTimeout || cfg.NodeTimeout > cfg.Lease:
 		return nil, fmt.Errorf("cluster: need heartbeat (%s) < node timeout (%s) <= lease (%s)", cfg.Heartbeat, cfg.NodeTimeout, cfg.Lease)
 	}
-	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{})}
+	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{}),
+		writes: make(chan write, 1<<16)}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs, err := cfg.Store.List(ctx, keyNodes)
@@ -147,8 +149,9 @@ func New(cfg Config) (*Server, error) {
 	if err := s.loadJob(ctx); err != nil {
 		return nil, err
 	}
-	s.bg.Add(1)
+	s.bg.Add(2)
 	go s.ticker()
+	go s.writer()
 	return s, nil
 }
 
@@ -415,10 +418,51 @@ func (s *Server) fault(n *node, why string) {
 
 func (s *Server) saveNode(n *node) {
 	b, _ := json.Marshal(n.nodeRecord)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	if _, err := s.cfg.Store.Put(ctx, keyNodes+n.Name, b); err != nil {
-		s.con.Printf("! saving node %s: %v", n.Name, err)
+	s.persist(keyNodes+n.Name, b)
+}
+
+type write struct {
+	key string
+	val []byte
+}
+
+// persist queues a write to the store. Writes go out in order from one
+// goroutine, so no lock is held and no decision waits on etcd (a store that
+// is slow or gone must not stall failure handling).
+func (s *Server) persist(key string, val []byte) {
+	select {
+	case s.writes <- write{key, val}:
+	default:
+		s.con.Printf("! store write queue full: dropping %s", key)
+	}
+}
+
+func (s *Server) writer() {
+	defer s.bg.Done()
+	for {
+		select {
+		case w := <-s.writes:
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_, err := s.cfg.Store.Put(ctx, w.key, w.val)
+			cancel()
+			if err != nil {
+				s.con.Printf("! store: writing %s: %v", w.key, err)
+			}
+		case <-s.quit:
+			// Flush what is queued (a clean shutdown), briefly.
+			deadline := time.Now().Add(2 * time.Second)
+			for time.Now().Before(deadline) {
+				select {
+				case w := <-s.writes:
+					ctx, cancel := context.WithDeadline(context.Background(), deadline)
+					s.cfg.Store.Put(ctx, w.key, w.val)
+					cancel()
+				default:
+					return
+				}
+			}
+			return
+		}
 	}
 }
 

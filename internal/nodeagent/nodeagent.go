@@ -54,6 +54,7 @@ type Agent struct {
 	cfg      Config
 	con      *console.Console
 	instance string
+	next     int // index of the coordinator address to try first
 
 	mu      sync.Mutex
 	sess    *session
@@ -127,6 +128,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		backoff, said = 100*time.Millisecond, false
 		err = a.session(ctx, sess, br)
 		sess.close()
+		// With several coordinators, try the others first: the one we lost
+		// may have lost its leadership.
+		a.next++
 		a.mu.Lock()
 		a.sess = nil
 		a.mu.Unlock()
@@ -154,8 +158,10 @@ func (r rejected) Error() string { return string(r) }
 // dial opens the agent session: an HTTP request upgraded to the wire protocol.
 func (a *Agent) dial(ctx context.Context) (*session, *bufio.Reader, error) {
 	var last error
-	for _, addr := range a.cfg.Coordinators {
-		d := net.Dialer{Timeout: 2 * time.Second, KeepAlive: -1}
+	for k := range a.cfg.Coordinators {
+		idx := (a.next + k) % len(a.cfg.Coordinators)
+		addr := a.cfg.Coordinators[idx]
+		d := net.Dialer{Timeout: time.Second, KeepAlive: -1}
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			last = err
@@ -196,6 +202,7 @@ func (a *Agent) dial(ctx context.Context) (*session, *bufio.Reader, error) {
 		conn.SetDeadline(time.Time{})
 		switch resp.StatusCode {
 		case http.StatusSwitchingProtocols:
+			a.next = idx
 			return &session{conn: conn, sentAt: map[uint64]time.Time{}}, br, nil
 		case http.StatusUnauthorized:
 			conn.Close()
@@ -259,9 +266,10 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 	defer stop()
 	go a.heartbeats(hbCtx, sess, hb)
 	for {
-		// Silence from the coordinator for a whole lease ends the session
-		// (the fence loop has stopped the workers by then).
-		sess.conn.SetReadDeadline(time.Now().Add(lease))
+		// A coordinator that acknowledges nothing for a few heartbeats is
+		// dead, cut off, or deposed: reconnect, maybe to another one (a new
+		// leader), while the lease still holds.
+		sess.conn.SetReadDeadline(time.Now().Add(min(lease/2, max(4*hb, 500*time.Millisecond))))
 		m, err := rd.Read()
 		if err != nil {
 			return err

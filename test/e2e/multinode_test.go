@@ -46,7 +46,12 @@ type proc struct {
 
 func (m *mcluster) start(host string, args ...string) *proc {
 	m.t.Helper()
-	cmd := m.lab.Host(host).Command(context.Background(), bulsajoBin, args...)
+	return m.startProg(host, bulsajoBin, args...)
+}
+
+func (m *mcluster) startProg(host, prog string, args ...string) *proc {
+	m.t.Helper()
+	cmd := m.lab.Host(host).Command(context.Background(), prog, args...)
 	cmd.Dir = m.dir
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
@@ -417,5 +422,103 @@ func TestMultiNodeWrongTokenIsRefused(t *testing.T) {
 	}
 	for _, n := range m.node("n1").Ranks {
 		t.Fatalf("n1 was given rank %d", n)
+	}
+}
+
+// haCluster: one external etcd member, two coordinators electing a leader,
+// two agents that know both coordinators.
+func haCluster(t *testing.T) (*mcluster, map[string]*proc, string) {
+	t.Helper()
+	netlab.Require(t)
+	if _, err := os.Stat("/usr/bin/etcd"); err != nil {
+		t.Fatalf("etcd is required (apt-get install -y etcd-server; `make test` does this): %v", err)
+	}
+	m := &mcluster{t: t, lab: netlab.New(t, "etcd", "c1", "c2", "n1", "n2"), dir: t.TempDir(), agents: map[string]*proc{}}
+	m.stepLog = filepath.Join(m.dir, "steps.log")
+	m.pidDir = filepath.Join(m.dir, "pids")
+	os.MkdirAll(m.pidDir, 0o755)
+	eip := m.lab.Host("etcd").IP
+	etcd := m.startProg("etcd", "/usr/bin/etcd", "--name", "e1", "--data-dir", filepath.Join(m.dir, "etcd"),
+		"--listen-client-urls", "http://"+eip+":2379", "--advertise-client-urls", "http://"+eip+":2379",
+		"--listen-peer-urls", "http://"+eip+":2380", "--initial-advertise-peer-urls", "http://"+eip+":2380",
+		"--initial-cluster", "e1=http://"+eip+":2380")
+	waitFor(t, 20*time.Second, "etcd to serve", func() bool {
+		return strings.Contains(etcd.out.String(), "ready to serve client requests") || exited(etcd)
+	})
+	token := filepath.Join(m.dir, "join.token")
+	os.WriteFile(token, []byte("ha-test-token-0123456789abcdef\n"), 0o600)
+	coords := map[string]*proc{}
+	addrs := m.lab.Host("c1").IP + ":7070," + m.lab.Host("c2").IP + ":7070"
+	for _, c := range []string{"c1", "c2"} {
+		coords[c] = m.startHACoordinator(c, token, "http://"+eip+":2379")
+		if c == "c1" {
+			waitFor(t, 20*time.Second, "c1 to be elected", func() bool { return strings.Contains(coords["c1"].out.String(), "elected leader") })
+		}
+	}
+	for _, n := range []string{"n1", "n2"} {
+		m.agents[n] = m.start(n, "agent", "--coordinator", addrs, "--token-file", token, "--node-name", n,
+			"--nproc-per-node", "2", "--data-dir", filepath.Join(m.dir, "agent-"+n))
+	}
+	for _, n := range []string{"n1", "n2"} {
+		waitFor(t, 20*time.Second, n+" to join", func() bool {
+			return strings.Contains(coords["c1"].out.String(), "node "+n+" joined")
+		})
+	}
+	return m, coords, token
+}
+
+func (m *mcluster) startHACoordinator(host, token, etcd string) *proc {
+	ip := m.lab.Host(host).IP
+	return m.start(host, "coordinator", "--listen", ip+":7070", "--advertise", ip+":7070", "--token-file", token,
+		"--data-dir", filepath.Join(m.dir, host), "--etcd-endpoints", etcd, "--lease", "5s", "--node-timeout", "1s")
+}
+
+// The leader coordinator dies (kill -9) or is cut off from everything: the
+// standby takes over, and the workers never stop.
+func TestMultiNodeLeaderFailoverWorkersKeepTraining(t *testing.T) {
+	for _, how := range []string{"kill", "partition"} {
+		t.Run(how, func(t *testing.T) {
+			m, coords, token := haCluster(t)
+			addrs := m.lab.Host("c1").IP + ":7070," + m.lab.Host("c2").IP + ":7070"
+			sub := m.start("n1", "submit", "--coordinator", addrs, "--token-file", token, "--nnodes", "2",
+				"--nproc-per-node", "2", "--run-id", "job1", "--", fakeBin, "-step-log", m.stepLog, "-steps", "120", "-step-time", "50ms")
+			m.waitStep(1, 10, 30*time.Second)
+			switch how {
+			case "kill":
+				coords["c1"].kill9()
+			case "partition":
+				m.lab.Host("c1").Cut()
+				// The deposed leader notices it lost etcd and exits.
+				if code := coords["c1"].wait(t, 10*time.Second); code == 0 {
+					t.Errorf("deposed leader exited 0")
+				}
+			}
+			waitFor(t, 15*time.Second, "c2 to take over", func() bool {
+				return strings.Contains(coords["c2"].out.String(), "resuming job job1")
+			})
+			if code := sub.wait(t, 60*time.Second); code != 0 {
+				t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+			}
+			seen := map[int]int{}
+			for _, r := range m.steps() {
+				if r.gen != 1 {
+					t.Fatalf("generation %d ran: the failover restarted the workers", r.gen)
+				}
+				seen[r.rank]++
+			}
+			for rank := 0; rank < 4; rank++ {
+				if seen[rank] != 120 {
+					t.Errorf("rank %d ran %d of 120 steps", rank, seen[rank])
+				}
+			}
+			// The new leader's log has the whole job (seeded from etcd).
+			evs, err := events.ReadFile(filepath.Join(m.dir, "c2", "runs", "job1", "events.jsonl"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if countType(evs, events.RunStarted) != 1 || countType(evs, events.CoordinatorResumed) != 1 || countType(evs, events.RunFinished) != 1 {
+				t.Errorf("c2's event log: want run_started, coordinator_resumed, run_finished once each; got %d events", len(evs))
+			}
+		})
 	}
 }
