@@ -26,7 +26,7 @@ lint:
 
 test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
-	$(GO) test -count=1 -timeout 15m ./test/...
+	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/...
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
 
 bench: deps build

@@ -488,7 +488,11 @@ func printEvent(con *console.Console, e events.Event) {
 func clientErr(err error) error {
 	var ae *cluster.APIError
 	if errors.As(err, &ae) {
-		return fmt.Errorf("coordinator: %s", ae.Msg)
+		msg := strings.TrimSuffix(ae.Msg, ".")
+		if strings.Contains(msg, "HTTPS server") {
+			msg += " (it serves TLS: pass --tls-ca DATA_DIR/tls/ca.pem)"
+		}
+		return fmt.Errorf("coordinator: %s", msg)
 	}
 	return err
 }

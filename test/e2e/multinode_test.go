@@ -34,6 +34,7 @@ type mcluster struct {
 	args    []string // extra coordinator flags
 	stepLog string
 	pidDir  string
+	tlsCA   string // with --tls: the CA clients trust
 }
 
 // proc is a bulsajo process in a namespace.
@@ -95,6 +96,11 @@ func newCluster(t *testing.T, nodes []string, coordArgs ...string) *mcluster {
 	netlab.Require(t)
 	hosts := append([]string{"coord"}, nodes...)
 	m := &mcluster{t: t, lab: netlab.New(t, hosts...), dir: t.TempDir(), agents: map[string]*proc{}, args: coordArgs}
+	for _, a := range coordArgs {
+		if a == "--tls" {
+			m.tlsCA = filepath.Join(m.dir, "coord", "tls", "ca.pem")
+		}
+	}
 	m.stepLog = filepath.Join(m.dir, "steps.log")
 	m.pidDir = filepath.Join(m.dir, "pids")
 	os.MkdirAll(m.pidDir, 0o755)
@@ -134,6 +140,13 @@ func exited(p *proc) bool {
 	}
 }
 
+func (m *mcluster) caArgs() []string {
+	if m.tlsCA == "" {
+		return nil
+	}
+	return []string{"--tls-ca", m.tlsCA}
+}
+
 func (m *mcluster) tokenFile() string { return filepath.Join(m.dir, "coord", "join.token") }
 
 func (m *mcluster) startAgent(name string) *proc {
@@ -142,6 +155,7 @@ func (m *mcluster) startAgent(name string) *proc {
 	if strings.HasPrefix(name, "s") {
 		args = append(args, "--spare")
 	}
+	args = append(args, m.caArgs()...)
 	p := m.start(name, args...)
 	m.agents[name] = p
 	return p
@@ -150,7 +164,8 @@ func (m *mcluster) startAgent(name string) *proc {
 // status asks the coordinator, from the coordinator's host.
 func (m *mcluster) status() (cluster.Status, error) {
 	var st cluster.Status
-	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "status", "--json", "--coordinator", m.coordAddr()).Output()
+	args := append([]string{"status", "--json", "--coordinator", m.coordAddr()}, m.caArgs()...)
+	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, args...).Output()
 	if err != nil {
 		return st, err
 	}
@@ -191,8 +206,9 @@ func (m *mcluster) waitNodes(n int) {
 // submit starts `bulsajo submit` of the fake worker from the coordinator's host.
 func (m *mcluster) submit(nnodes string, workerArgs ...string) *proc {
 	args := []string{"submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", nnodes,
-		"--nproc-per-node", "2", "--run-id", "job1", "--stop-grace", "1s", "--", fakeBin,
-		"-step-log", m.stepLog, "-pid-dir", m.pidDir}
+		"--nproc-per-node", "2", "--run-id", "job1", "--stop-grace", "1s"}
+	args = append(append(args, m.caArgs()...), "--", fakeBin,
+		"-step-log", m.stepLog, "-pid-dir", m.pidDir)
 	return m.start("coord", append(args, workerArgs...)...)
 }
 
@@ -520,5 +536,25 @@ func TestMultiNodeLeaderFailoverWorkersKeepTraining(t *testing.T) {
 				t.Errorf("c2's event log: want run_started, coordinator_resumed, run_finished once each; got %d events", len(evs))
 			}
 		})
+	}
+}
+
+// With --tls the coordinator makes its certificates on first start; agents,
+// submit and status trust its CA; a plain-HTTP client gets nowhere.
+func TestMultiNodeTLS(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2"}, "--tls")
+	if !strings.Contains(m.coord.out.String(), "generated TLS certificates") {
+		t.Fatalf("coordinator did not say it generated certificates:\n%s", m.coord.out.String())
+	}
+	sub := m.submit("2", "-steps", "20")
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit over TLS: exit %d:\n%s", code, sub.out.String())
+	}
+	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "status", "--coordinator", m.coordAddr()).CombinedOutput()
+	if err == nil {
+		t.Fatalf("plain-HTTP status against a TLS coordinator succeeded: %s", out)
+	}
+	if strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("want a one-line error, got:\n%s", out)
 	}
 }
