@@ -761,10 +761,13 @@ func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
 			j.checkStopped(time.Now(), true)
 		}
 	} else if mine && !j.rec.Done && (restarted || cur == nil) && !j.stopped[n.Name] && !wasLost {
-		// It held ranks and comes back without them: its workers are gone.
-		j.s.lose(n, "its agent restarted", time.Now(), time.Now())
-		n.lost = false
-		return
+		// It held ranks and comes back without them: a new agent process,
+		// so its workers died with the old one.
+		j.s.con.Printf("! node %s lost its workers: its agent restarted", n.Name)
+		j.nodeLost(n, "its agent restarted", time.Now())
+		j.stopped[n.Name] = true
+		j.checkStopped(time.Now(), true)
+		j.s.fault(n, "its agent restarted")
 	}
 	j.capacityChanged()
 }
