@@ -44,6 +44,9 @@ type Config struct {
 	Console       *console.Console
 	Live          bool   // workers use the SDK's live recovery (BULSAJO_RECOVERY=live)
 	Dir           string // workers' working directory ("" = this process's)
+	// Env is added to the workers' environment (where the caller's does
+	// not set the variable already).
+	Env map[string]string
 }
 
 // Events the agent reports.
@@ -63,6 +66,7 @@ type (
 		Signal          string
 		LastError       string
 		At              time.Time
+		Also            []int // other ranks gone with this one (a lost node)
 	}
 	// Progress: a worker reported a step (SDK or output regex).
 	Progress struct {

@@ -47,6 +47,11 @@ func (a *Agent) baseEnv() []string {
 	if a.cfg.Live {
 		set["BULSAJO_RECOVERY"] = "live"
 	}
+	for k, v := range a.cfg.Env {
+		if os.Getenv(k) == "" {
+			set[k] = v
+		}
+	}
 	if os.Getenv("OMP_NUM_THREADS") == "" {
 		set["OMP_NUM_THREADS"] = "1"
 	}

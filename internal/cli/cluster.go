@@ -347,9 +347,6 @@ reconnects and keeps following.`,
 			if err := c.Validate(); err != nil {
 				return err
 			}
-			if c.Recovery == "live" {
-				return usage("--recovery live works on one machine (bulsajo run) so far; across nodes use restart")
-			}
 			if tokenFile == "" {
 				return usage("--token-file is required")
 			}
@@ -387,7 +384,7 @@ reconnects and keeps following.`,
 	f.StringVar(&nproc, "nproc-per-node", "1", "workers per node")
 	f.StringVar(&dir, "workdir", "", "workers' directory on the nodes (default: this one, where it exists there)")
 	f.StringVar(&c.RunID, "run-id", "", "job id (default: random)")
-	f.StringVar(&c.Recovery, "recovery", c.Recovery, "restart (live recovery is per machine so far: bulsajo run)")
+	f.StringVar(&c.Recovery, "recovery", c.Recovery, "restart: stop everyone, restart from the checkpoint; live: survivors on the other nodes keep training (SDK), down to MIN nodes' worth of ranks")
 	f.IntVar(&c.MaxRestarts, "max-restarts", c.MaxRestarts, "how many times the job may be restarted after faults")
 	f.StringVar(&c.ProgressRegex, "progress-regex", "", "regex on worker output whose first group is the step number")
 	f.DurationVar(&c.HangTimeout, "hang-timeout", 0, "no progress for this long is a hang (default: adaptive)")

@@ -54,8 +54,8 @@ func (sp *JobSpec) Validate() error {
 		return errors.New("nnodes must be MIN:MAX with 1 <= MIN <= MAX")
 	case sp.NProcPerNode < 1 || sp.NProcPerNode > 1024:
 		return errors.New("nproc_per_node must be 1..1024")
-	case sp.Recovery != "" && sp.Recovery != "restart":
-		return errors.New("only --recovery restart works across nodes so far (live recovery is per node: bulsajo run)")
+	case sp.Recovery != "" && sp.Recovery != "restart" && sp.Recovery != "live":
+		return errors.New("recovery must be restart or live")
 	case sp.MaxRestarts < 0 || sp.HangTimeoutMS < 0 || sp.HangFloorMS < 0 || sp.StopGraceMS < 0 ||
 		sp.ExitGraceMS < 0 || sp.CrashLoopLimit < 0:
 		return errors.New("negative limits are not allowed")
@@ -252,6 +252,10 @@ func (j *job) start(resume *policy.Resume) {
 		Policy: policy.Config{
 			WorldSize: sp.NNodesMax * sp.NProcPerNode, MaxRestarts: sp.MaxRestarts, Watchdog: wd,
 			ProgressExpected: sp.ProgressRegex != "", CrashLoopLimit: sp.CrashLoopLimit, ExitGrace: ms(sp.ExitGraceMS),
+			// Live across nodes: the survivors on the other nodes re-form the
+			// group in place; below MIN nodes' worth of ranks, a full restart
+			// (which places spares). No replacement processes across nodes yet.
+			Live: sp.Recovery == "live", MinWorld: sp.NNodesMin * sp.NProcPerNode,
 		},
 		MasterPort: -1, // the node that hosts rank 0 picks it
 		StopGrace:  ms(sp.StopGraceMS),
@@ -551,21 +555,74 @@ func (j *job) launchPending() {
 		n.freePort = 0 // used: the next report brings a fresh one
 		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen, Spec: &wire.Spec{
 			RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
-			Standby: sp.Standby, StopGraceMS: sp.StopGraceMS, RestartCount: spec.RestartCount, WorldSize: world,
+			Standby: sp.Standby, Live: sp.Recovery == "live", StopGraceMS: sp.StopGraceMS, RestartCount: spec.RestartCount, WorldSize: world,
 			Ranks: j.rec.Placement[i].Ranks, GroupRank: i, GroupWorldSize: len(nodes), MasterAddr: j.rec.MasterAddr, MasterPort: port,
 		}})
 	}
 	j.s.con.Printf("▶ generation %d on %d nodes (%v) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), names, world, j.rec.MasterAddr, port)
 }
 
-// Regroup implements coordinator.Node (live recovery is per node so far).
-func (j *job) Regroup(agent.RegroupSpec) error {
-	return errors.New("live recovery across nodes is not supported")
+// Regroup implements coordinator.Node: live recovery across nodes. Every
+// node that holds a survivor renumbers its workers in place; the new rank 0's
+// node hosts the rendezvous. A lost node's ranks are simply not in the new
+// generation: its workers, if any still run, cannot step without the
+// survivors, who have left their group.
+func (j *job) Regroup(spec agent.RegroupSpec) error {
+	if spec.Spawn > 0 || spec.Admit > 0 || spec.Grow {
+		return errors.New("replacement workers across nodes are not supported (live mode shrinks; a full restart uses spares)")
+	}
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	sp := j.rec.Spec
+	nodeOf := map[int]string{}
+	for _, p := range j.rec.Placement {
+		for _, r := range p.Ranks {
+			nodeOf[r] = p.Node
+		}
+	}
+	var order []string
+	newRanks := map[string][]int{}
+	for newRank, old := range spec.Survivors {
+		n := nodeOf[old]
+		if _, ok := newRanks[n]; !ok {
+			order = append(order, n)
+		}
+		newRanks[n] = append(newRanks[n], newRank)
+	}
+	if len(order) == 0 {
+		return errors.New("regroup without survivors")
+	}
+	first := j.s.nodes[order[0]]
+	port := first.freePort
+	if port == 0 {
+		port = 29500 + spec.Gen
+	}
+	first.freePort = 0
+	j.rec.Gen, j.rec.World = spec.Gen, spec.WorldSize
+	j.rec.MasterAddr, j.rec.MasterPort = first.Addr, port
+	j.rec.Placement, j.where = nil, nil
+	j.launched, j.stopped, j.stopping, j.faulted = map[string]bool{}, map[string]bool{}, false, false
+	for gi, name := range order {
+		j.rec.Placement = append(j.rec.Placement, placement{Node: name, Ranks: newRanks[name]})
+		n := j.s.nodes[name]
+		if n == nil || n.sess == nil {
+			continue // lost meanwhile: its absence will be the next fault
+		}
+		n.sess.send(wire.Msg{Type: wire.TRegroup, Job: sp.ID, Gen: spec.Gen, From: spec.From, Survivors: spec.Survivors,
+			Kill: spec.Kill, Spec: &wire.Spec{
+				RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
+				Live: true, StopGraceMS: sp.StopGraceMS, RestartCount: j.rec.Restarts, WorldSize: spec.WorldSize,
+				Ranks: newRanks[name], GroupRank: gi, GroupWorldSize: len(order), MasterAddr: first.Addr, MasterPort: port,
+			}})
+	}
+	j.save()
+	j.s.con.Printf("↻ regroup: generation %d on %d nodes %v · world %d · rendezvous %s:%d", spec.Gen, len(order), order, spec.WorldSize, first.Addr, port)
+	return nil
 }
 
 // SpawnJoiners implements coordinator.Node.
 func (j *job) SpawnJoiners(int) error {
-	return errors.New("live recovery across nodes is not supported")
+	return errors.New("replacement workers across nodes are not supported")
 }
 
 // StopGeneration implements coordinator.Node.
@@ -665,6 +722,8 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 	case wire.TExited:
 		j.faulted = j.faulted || m.Code != 0 || m.Sig != ""
 		j.emit(agent.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
+	case wire.TCollectiveFailed:
+		j.emit(agent.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
 	case wire.TStopped:
 		j.stopped[n.Name] = true
 		j.checkStopped(time.Now(), false) // lost nodes are for the next tick
@@ -715,7 +774,7 @@ func (j *job) nodeLost(n *node, why string, at time.Time) {
 		j.launched[n.Name] = true
 		j.maybeLaunched()
 	}
-	j.emit(agent.Exited{Gen: j.rec.Gen, Rank: ranks[0], Code: -1, Signal: policy.SignalNodeLost,
+	j.emit(agent.Exited{Gen: j.rec.Gen, Rank: ranks[0], Also: ranks[1:], Code: -1, Signal: policy.SignalNodeLost,
 		LastError: fmt.Sprintf("node %s lost: %s", n.Name, why), At: at})
 	j.checkStopped(time.Now(), true)
 }

@@ -309,7 +309,7 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			}
 			s.mu.Unlock()
 			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
-		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced:
+		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed:
 			s.mu.Lock()
 			if n.sess == ss {
 				n.lastHeard = time.Now()

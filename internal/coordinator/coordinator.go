@@ -152,7 +152,7 @@ func (r *run) handle(ev agent.Event) {
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
 	case agent.Exited:
 		r.exitAt[e.Rank] = e.At
-		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError}))
+		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also}))
 	case agent.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
 	case agent.JoinerReady:

@@ -297,6 +297,8 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 			a.start(m)
 		case wire.TStop:
 			a.stop(m.Job, m.Gen, time.Duration(m.Grace)*time.Millisecond)
+		case wire.TRegroup:
+			a.regroup(m)
 		case wire.TSignal:
 			a.signal(m)
 		case wire.TEnd:
@@ -374,6 +376,7 @@ func (a *Agent) sendNow(m wire.Msg) {
 
 func (a *Agent) start(m wire.Msg) {
 	sp := m.Spec
+	env := a.workerEnv()
 	a.mu.Lock()
 	if a.job != "" && a.job != m.Job {
 		a.mu.Unlock()
@@ -400,7 +403,8 @@ func (a *Agent) start(m wire.Msg) {
 		}
 		ag, err := agent.New(agent.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
 			SDKDir: a.cfg.SDKDir, ProgressRegex: re, Standby: sp.Standby, StandbyCount: len(sp.Ranks),
-			StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd})
+			StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd, Live: sp.Live,
+			Env: env})
 		if err != nil {
 			a.mu.Unlock()
 			a.con.Printf("! %v", err)
@@ -426,6 +430,30 @@ func (a *Agent) start(m wire.Msg) {
 			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
 		}
 	}()
+}
+
+// workerEnv: gloo binds to the address its host name resolves to, often
+// 127.0.1.1, which other nodes cannot reach; point it at the interface this
+// node uses to reach the coordinator (unless the user chose one).
+func (a *Agent) workerEnv() map[string]string {
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	host := a.cfg.Advertise
+	if host == "" && s != nil {
+		host, _, _ = net.SplitHostPort(s.conn.LocalAddr().String())
+	}
+	ip := net.ParseIP(host)
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		for _, ad := range addrs {
+			if n, ok := ad.(*net.IPNet); ok && ip != nil && n.IP.Equal(ip) && ifc.Flags&net.FlagLoopback == 0 {
+				return map[string]string{"GLOO_SOCKET_IFNAME": ifc.Name}
+			}
+		}
+	}
+	return nil
 }
 
 // pump forwards the local agent's events to the coordinator, keeping the
@@ -454,6 +482,8 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 			if e.Gen == a.gen && e.Step > a.step {
 				a.step = e.Step
 			}
+		case agent.CollectiveFailed:
+			m = wire.Msg{Type: wire.TCollectiveFailed, Job: job, Gen: e.Gen, Rank: max(e.Rank, 0), Err: trim(e.Detail)}
 		case agent.Stopped:
 			m = wire.Msg{Type: wire.TStopped, Job: job, Gen: e.Gen}
 			if e.Gen == a.gen {
@@ -479,6 +509,31 @@ func trim(s string) string {
 		return s[:4096]
 	}
 	return s
+}
+
+// regroup moves this node's survivors into the new generation in place
+// (live recovery): no process is restarted.
+func (a *Agent) regroup(m wire.Msg) {
+	sp := m.Spec
+	a.mu.Lock()
+	ag := a.ag
+	if ag == nil || a.job != m.Job {
+		a.mu.Unlock()
+		return
+	}
+	a.gen, a.spec, a.stopped, a.fenced, a.exited = m.Gen, sp, false, false, nil
+	a.running = map[int]bool{}
+	for _, r := range sp.Ranks {
+		a.running[r] = true
+	}
+	a.mu.Unlock()
+	a.con.Printf("↻ regroup: generation %d · ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
+	err := ag.Regroup(agent.RegroupSpec{From: m.From, Gen: m.Gen, WorldSize: sp.WorldSize, Survivors: m.Survivors,
+		Kill: m.Kill, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
+	if err != nil {
+		a.con.Printf("! regroup to generation %d: %v", m.Gen, err)
+		a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
+	}
 }
 
 func (a *Agent) stop(job string, gen int, grace time.Duration) {

@@ -110,6 +110,9 @@ type Exited struct {
 	Gen, Rank, Code int
 	Signal          string
 	LastError       string // last line the worker wrote to stderr, if any
+	// Also lists other ranks that ended with this one (the rest of a lost
+	// node's ranks): live recovery must not count them as survivors.
+	Also []int
 }
 
 // Progress: a worker (Rank, or -1 when unknown) reported Step.
@@ -171,6 +174,7 @@ type Fault struct {
 	Gen    int
 	Kind   FaultKind
 	Rank   int
+	Also   []int // other ranks lost with Rank (a node)
 	Detail string
 	Step   int // last step the job reached
 	Silent time.Duration
@@ -494,7 +498,7 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 	if ev.Signal == SignalNodeLost {
 		kind, detail = FaultNodeLost, ev.LastError
 	}
-	return m.fail(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Detail: detail, Step: m.jobStep}, sig)
+	return m.fail(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Also: ev.Also, Detail: detail, Step: m.jobStep}, sig)
 }
 
 func (m *Machine) tick(now time.Duration) []Decision {
@@ -605,8 +609,8 @@ func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision 
 	}
 	if recover && m.cfg.Live {
 		switch {
-		case f.Kind == FaultExit:
-			return append(out, m.regroup([]int{f.Rank}, nil)...)
+		case f.Kind == FaultExit || f.Kind == FaultNodeLost:
+			return append(out, m.regroup(append([]int{f.Rank}, f.Also...), nil)...)
 		case f.Kind == FaultCollective:
 			return append(out, m.regroup(nil, nil)...)
 		case f.Kind == FaultHang:

@@ -170,7 +170,13 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		}
 		return Progress{Gen: get("gen"), Rank: r, Step: get("step")}
 	case "exited":
-		return Exited{Gen: get("gen"), Rank: get("rank"), Code: get("code"), Signal: a["signal"], LastError: a["error"]}
+		var also []int
+		if v := a["also"]; v != "" {
+			for _, f := range strings.Split(v, ",") {
+				also = append(also, atoi(t, f))
+			}
+		}
+		return Exited{Gen: get("gen"), Rank: get("rank"), Code: get("code"), Signal: a["signal"], LastError: a["error"], Also: also}
 	case "stopped":
 		return Stopped{Gen: get("gen")}
 	case "interrupt":

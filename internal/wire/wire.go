@@ -27,17 +27,19 @@ const Protocol = "bulsajo-agent/1"
 // Message types.
 const (
 	// agent -> coordinator
-	THello     = "hello"     // first message of a session
-	THeartbeat = "heartbeat" // every HeartbeatMS; renews the lease
-	TLaunched  = "launched"  // every local worker of a generation started
-	TExited    = "exited"    // a worker ended
-	TProgress  = "progress"  // a worker committed a step
-	TStopped   = "stopped"   // every local worker of a generation reaped
-	TFenced    = "fenced"    // the agent stopped its workers on its own (lease expired)
+	THello            = "hello"             // first message of a session
+	THeartbeat        = "heartbeat"         // every HeartbeatMS; renews the lease
+	TLaunched         = "launched"          // every local worker of a generation started
+	TExited           = "exited"            // a worker ended
+	TProgress         = "progress"          // a worker committed a step
+	TStopped          = "stopped"           // every local worker of a generation reaped
+	TFenced           = "fenced"            // the agent stopped its workers on its own (lease expired)
+	TCollectiveFailed = "collective_failed" // live: a worker's collective broke (Err says how)
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat
 	TStart   = "start"   // start this node's part of a generation
+	TRegroup = "regroup" // live: this node's survivors form generation Gen in place (Spec: the new part)
 	TStop    = "stop"    // stop a generation
 	TSignal  = "signal"  // send a signal to one rank (chaos)
 	TEnd     = "end"     // the job is over: release its resources
@@ -78,6 +80,12 @@ type Msg struct {
 	Grace int    `json:"grace_ms,omitempty"` // stop
 
 	Reason string `json:"reason,omitempty"` // reject, fenced
+
+	// regroup: old ranks Survivors[i] of generation From become rank i;
+	// Kill lists old ranks to kill first.
+	From      int   `json:"from,omitempty"`
+	Survivors []int `json:"survivors,omitempty"`
+	Kill      []int `json:"kill,omitempty"`
 }
 
 // Spec is one node's part of a generation, with the job it belongs to.
@@ -88,6 +96,7 @@ type Spec struct {
 	MaxRestarts    int      `json:"max_restarts"`
 	ProgressRegex  string   `json:"progress_regex,omitempty"`
 	Standby        bool     `json:"standby,omitempty"`
+	Live           bool     `json:"live,omitempty"` // workers use the SDK's live recovery
 	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
 	RestartCount   int      `json:"restart_count"`
 	WorldSize      int      `json:"world_size"`
@@ -205,6 +214,28 @@ func (m *Msg) Validate() error {
 			return invalid(t, "job, generation and spec required")
 		}
 		return m.Spec.validate()
+	case TRegroup:
+		if !ValidName(m.Job) || m.Gen < 2 || m.From < 1 || m.From >= m.Gen || m.Spec == nil {
+			return invalid(t, "job, generations and spec required")
+		}
+		if len(m.Survivors) != m.Spec.WorldSize || len(m.Kill) > 1024 {
+			return invalid(t, "survivors must make up the new world")
+		}
+		seen := map[int]bool{}
+		for _, r := range append(append([]int(nil), m.Survivors...), m.Kill...) {
+			if r < 0 || r > 1<<20 {
+				return invalid(t, "rank out of range")
+			}
+			if seen[r] {
+				return invalid(t, "a rank both survives and is killed, or twice")
+			}
+			seen[r] = true
+		}
+		return m.Spec.validate()
+	case TCollectiveFailed:
+		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 {
+			return invalid(t, "job, generation and rank required")
+		}
 	case "":
 		return invalid("message", "type missing")
 	default:

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -556,5 +557,64 @@ func TestMultiNodeTLS(t *testing.T) {
 	}
 	if strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 		t.Errorf("want a one-line error, got:\n%s", out)
+	}
+}
+
+// Live recovery across hosts with real PyTorch: a node dies and the ranks on
+// the other nodes keep training in their processes (no restart), renumbered,
+// with bit-identical parameters and at most one step lost.
+func TestMultiNodeLiveNodeLossSurvivorsKeepTraining(t *testing.T) {
+	requireTorch(t)
+	m := newCluster(t, []string{"n1", "n2", "n3"})
+	results := filepath.Join(m.dir, "results")
+	steps := 300
+	args := []string{"submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "2:3",
+		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live", "--",
+		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", strconv.Itoa(steps),
+		"--sleep-ms", "30", "--result-dir", results}
+	sub := m.start("coord", args...)
+	// Let it train a little, then n3 dies.
+	waitFor(t, 90*time.Second, "step 50", func() bool { return strings.Contains(m.agents["n1"].out.String(), "[rank0] step 50 ") })
+	m.agents["n3"].kill9()
+	if code := sub.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("submit exit %d:\n%s", code, sub.out.String())
+	}
+	out := m.coord.out.String()
+	if !regexp.MustCompile(`regroup: generation \d+ on 2 nodes \[n1 n2\]`).MatchString(out) {
+		t.Fatalf("want the survivors regrouped in place on n1 and n2; coordinator said:\n%s", out)
+	}
+	if regexp.MustCompile(`▶ generation [2-9]`).MatchString(out) {
+		t.Fatalf("a full restart happened:\n%s", out)
+	}
+	ents, _ := os.ReadDir(results)
+	if len(ents) != 2 {
+		t.Fatalf("%d result files, want 2 (the survivors)", len(ents))
+	}
+	var hash string
+	for _, e := range ents {
+		var rr rankResult
+		b, _ := os.ReadFile(filepath.Join(results, e.Name()))
+		if err := json.Unmarshal(b, &rr); err != nil {
+			t.Fatal(err)
+		}
+		if hash == "" {
+			hash = rr.Hash
+		} else if rr.Hash != hash {
+			t.Errorf("rank %d parameters %s differ from %s", rr.Rank, rr.Hash, hash)
+		}
+		if rr.Step != steps-1 {
+			t.Errorf("rank %d ended at step %d, want %d", rr.Rank, rr.Step, steps-1)
+		}
+		if len(rr.History) != 1 || !rr.History[0].Verified || rr.History[0].LostSteps > 1 {
+			t.Errorf("rank %d: want one verified regroup losing at most one step, got %+v", rr.Rank, rr.History)
+		}
+	}
+	for _, e := range m.events() {
+		if e.Type == events.FaultDetected && e.Cause == "node_lost" {
+			t.Logf("node loss detected in %.0f ms", e.DetectMS)
+		}
+		if e.Type == events.Recovered {
+			t.Logf("survivors training again %.0f ms after detection, rolled back %d", e.RecoverMS, e.RolledBack)
+		}
 	}
 }
