@@ -206,10 +206,14 @@ func (a *Agent) workerByPID(pid int) *worker {
 // to kill first. Grow marks a regroup without a fault, which members carry
 // out after step AtStep instead of abandoning the step in flight.
 type RegroupSpec struct {
-	From, Gen  int
-	WorldSize  int
-	Survivors  []int
-	Admit      int
+	From, Gen int
+	WorldSize int
+	Survivors []int
+	Admit     int
+	// AdmitRanks, when set, are the ranks this node's admitted joiners take
+	// (a multi-node regroup: the joiners may be on another node than the
+	// survivors); otherwise they take the ranks after the survivors.
+	AdmitRanks []int
 	Spawn      int
 	Kill       []int
 	Grow       bool
@@ -226,6 +230,9 @@ func (a *Agent) Regroup(spec RegroupSpec) error {
 		return ErrClosed
 	}
 	old := a.gens[spec.From]
+	if old == nil && len(spec.AdmitRanks) > 0 {
+		old = &generation{gen: spec.From} // a node that only admits joiners
+	}
 	if old == nil {
 		a.mu.Unlock()
 		return fmt.Errorf("agent: regroup from unknown generation %d", spec.From)
@@ -259,20 +266,27 @@ func (a *Agent) Regroup(spec RegroupSpec) error {
 			break
 		}
 	}
-	for i := 0; i < spec.Admit; i++ {
+	admit := spec.AdmitRanks
+	if admit == nil {
+		for i := 0; i < spec.Admit; i++ {
+			admit = append(admit, len(spec.Survivors)+i)
+		}
+	}
+	for _, rank := range admit {
 		w := a.takeReadyJoiner()
 		if w == nil {
 			break
 		}
-		log := a.openRankLog(spec.Gen, len(members))
+		log := a.openRankLog(spec.Gen, rank)
 		w.mu.Lock()
 		w.log = log
 		w.mu.Unlock()
-		assign(w, len(members), true)
+		assign(w, rank, true)
 		members = append(members, w)
 	}
-	// Members that died meanwhile count as slots that will never report.
-	g.remaining -= len(spec.Survivors) + spec.Admit - len(members)
+	// The generation here is the members on this node (members that died
+	// meanwhile will never report).
+	g.remaining = len(members)
 	if old.remaining == 0 {
 		delete(a.gens, spec.From)
 	}

@@ -370,7 +370,7 @@ reconnects and keeps following.`,
 				Recovery: c.Recovery, MaxRestarts: c.MaxRestarts, ProgressRegex: c.ProgressRegex,
 				HangTimeoutMS: int(c.HangTimeout.Milliseconds()), HangFloorMS: int(c.HangFloor.Milliseconds()),
 				StopGraceMS: int(c.StopGrace.Milliseconds()), ExitGraceMS: int(c.ExitGrace.Milliseconds()),
-				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby}
+				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby, NoReplace: !c.Replace}
 			return runSubmit(ctx, stdout, cluster.NewClient(addrs, token, tlsCfg), sp, wait)
 		},
 	}
@@ -386,6 +386,7 @@ reconnects and keeps following.`,
 	f.StringVar(&c.RunID, "run-id", "", "job id (default: random)")
 	f.StringVar(&c.Recovery, "recovery", c.Recovery, "restart: stop everyone, restart from the checkpoint; live: survivors on the other nodes keep training (SDK), down to MIN nodes' worth of ranks")
 	f.IntVar(&c.MaxRestarts, "max-restarts", c.MaxRestarts, "how many times the job may be restarted after faults")
+	f.BoolVar(&c.Replace, "replace", c.Replace, "live: start replacements on spare capacity (a spare node, free slots); false: continue with fewer")
 	f.StringVar(&c.ProgressRegex, "progress-regex", "", "regex on worker output whose first group is the step number")
 	f.DurationVar(&c.HangTimeout, "hang-timeout", 0, "no progress for this long is a hang (default: adaptive)")
 	f.DurationVar(&c.HangFloor, "hang-floor", c.HangFloor, "lowest adaptive hang threshold")

@@ -41,6 +41,9 @@ type JobSpec struct {
 	ExitGraceMS    int      `json:"exit_grace_ms,omitempty"`
 	CrashLoopLimit int      `json:"crash_loop_limit,omitempty"`
 	Standby        bool     `json:"standby,omitempty"`
+	// NoReplace: live mode keeps training with fewer workers instead of
+	// starting replacements on spare capacity.
+	NoReplace bool `json:"no_replace,omitempty"`
 }
 
 // Validate checks a spec the way the CLI does, for clients that are not it.
@@ -117,6 +120,8 @@ type job struct {
 
 	// current generation (s.mu)
 	where     map[string]int  // node -> index in rec.Placement
+	joiners   map[string]int  // live: node -> replacements started there, not yet admitted
+	ready     map[string]int  // of which up and waiting
 	launched  map[string]bool // node -> its workers started
 	stopped   map[string]bool // node -> its workers reaped
 	stopping  bool
@@ -253,9 +258,10 @@ func (j *job) start(resume *policy.Resume) {
 			WorldSize: sp.NNodesMax * sp.NProcPerNode, MaxRestarts: sp.MaxRestarts, Watchdog: wd,
 			ProgressExpected: sp.ProgressRegex != "", CrashLoopLimit: sp.CrashLoopLimit, ExitGrace: ms(sp.ExitGraceMS),
 			// Live across nodes: the survivors on the other nodes re-form the
-			// group in place; below MIN nodes' worth of ranks, a full restart
-			// (which places spares). No replacement processes across nodes yet.
-			Live: sp.Recovery == "live", MinWorld: sp.NNodesMin * sp.NProcPerNode,
+			// group in place, replacements start on spare capacity and join
+			// at a step boundary; below MIN nodes' worth of ranks, a full
+			// restart.
+			Live: sp.Recovery == "live", Replace: !sp.NoReplace, MinWorld: sp.NNodesMin * sp.NProcPerNode,
 		},
 		MasterPort: -1, // the node that hosts rank 0 picks it
 		StopGrace:  ms(sp.StopGraceMS),
@@ -533,14 +539,12 @@ func (j *job) launchPending() {
 	}
 	j.pending = nil
 	world := len(nodes) * sp.NProcPerNode
-	port := nodes[0].freePort
-	if port == 0 {
-		port = 29500
-	}
+	port := nodes[0].takePort(29500 + spec.Gen%1000)
 	j.rec.Gen, j.rec.Restarts, j.rec.World = spec.Gen, spec.RestartCount, world
 	j.rec.MasterAddr, j.rec.MasterPort = nodes[0].Addr, port
 	j.rec.Placement, j.where = nil, nil
 	j.launched, j.stopped, j.stopping, j.faulted, j.adopting = map[string]bool{}, map[string]bool{}, false, false, false
+	j.joiners, j.ready = map[string]int{}, map[string]int{} // a full start discards them
 	for i, n := range nodes {
 		ranks := make([]int, sp.NProcPerNode)
 		for k := range ranks {
@@ -552,25 +556,19 @@ func (j *job) launchPending() {
 	names := make([]string, len(nodes))
 	for i, n := range nodes {
 		names[i] = n.Name
-		n.freePort = 0 // used: the next report brings a fresh one
-		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen, Spec: &wire.Spec{
-			RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
-			Standby: sp.Standby, Live: sp.Recovery == "live", StopGraceMS: sp.StopGraceMS, RestartCount: spec.RestartCount, WorldSize: world,
-			Ranks: j.rec.Placement[i].Ranks, GroupRank: i, GroupWorldSize: len(nodes), MasterAddr: j.rec.MasterAddr, MasterPort: port,
-		}})
+		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen,
+			Spec: j.wireSpec(world, j.rec.Placement[i].Ranks, i, len(nodes), j.rec.MasterAddr, port)})
 	}
 	j.s.con.Printf("▶ generation %d on %d nodes (%v) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), names, world, j.rec.MasterAddr, port)
 }
 
 // Regroup implements coordinator.Node: live recovery across nodes. Every
-// node that holds a survivor renumbers its workers in place; the new rank 0's
-// node hosts the rendezvous. A lost node's ranks are simply not in the new
+// node that holds a survivor renumbers its workers in place; replacements
+// that are ready take the ranks after them (a grow); the new rank 0's node
+// hosts the rendezvous. A lost node's ranks are simply not in the new
 // generation: its workers, if any still run, cannot step without the
 // survivors, who have left their group.
 func (j *job) Regroup(spec agent.RegroupSpec) error {
-	if spec.Spawn > 0 || spec.Admit > 0 || spec.Grow {
-		return errors.New("replacement workers across nodes are not supported (live mode shrinks; a full restart uses spares)")
-	}
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	sp := j.rec.Spec
@@ -581,27 +579,40 @@ func (j *job) Regroup(spec agent.RegroupSpec) error {
 		}
 	}
 	var order []string
-	newRanks := map[string][]int{}
-	for newRank, old := range spec.Survivors {
-		n := nodeOf[old]
+	newRanks, admit := map[string][]int{}, map[string][]int{}
+	add := func(n string) {
 		if _, ok := newRanks[n]; !ok {
 			order = append(order, n)
+			newRanks[n] = nil
 		}
-		newRanks[n] = append(newRanks[n], newRank)
+	}
+	for newRank, old := range spec.Survivors {
+		add(nodeOf[old])
+		newRanks[nodeOf[old]] = append(newRanks[nodeOf[old]], newRank)
+	}
+	// Admitted replacements, from the nodes where they are ready.
+	next := len(spec.Survivors)
+	for _, name := range j.joinerNodes() {
+		for j.ready[name] > 0 && next < len(spec.Survivors)+spec.Admit {
+			add(name)
+			newRanks[name] = append(newRanks[name], next)
+			admit[name] = append(admit[name], next)
+			j.ready[name]--
+			j.joiners[name]--
+			next++
+		}
 	}
 	if len(order) == 0 {
 		return errors.New("regroup without survivors")
 	}
+	world := next
 	first := j.s.nodes[order[0]]
-	port := first.freePort
-	if port == 0 {
-		port = 29500 + spec.Gen
-	}
-	first.freePort = 0
-	j.rec.Gen, j.rec.World = spec.Gen, spec.WorldSize
+	port := first.takePort(29500 + spec.Gen%1000)
+	j.rec.Gen, j.rec.World = spec.Gen, world
 	j.rec.MasterAddr, j.rec.MasterPort = first.Addr, port
 	j.rec.Placement, j.where = nil, nil
 	j.launched, j.stopped, j.stopping, j.faulted = map[string]bool{}, map[string]bool{}, false, false
+	admitted := world - len(spec.Survivors)
 	for gi, name := range order {
 		j.rec.Placement = append(j.rec.Placement, placement{Node: name, Ranks: newRanks[name]})
 		n := j.s.nodes[name]
@@ -609,20 +620,94 @@ func (j *job) Regroup(spec agent.RegroupSpec) error {
 			continue // lost meanwhile: its absence will be the next fault
 		}
 		n.sess.send(wire.Msg{Type: wire.TRegroup, Job: sp.ID, Gen: spec.Gen, From: spec.From, Survivors: spec.Survivors,
-			Kill: spec.Kill, Spec: &wire.Spec{
-				RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
-				Live: true, StopGraceMS: sp.StopGraceMS, RestartCount: j.rec.Restarts, WorldSize: spec.WorldSize,
-				Ranks: newRanks[name], GroupRank: gi, GroupWorldSize: len(order), MasterAddr: first.Addr, MasterPort: port,
-			}})
+			Kill: spec.Kill, Admitted: admitted, AdmitRanks: admit[name], Grow: spec.Grow, AtStep: max(spec.AtStep, 0),
+			Spec: j.wireSpec(world, newRanks[name], gi, len(order), first.Addr, port)})
 	}
 	j.save()
-	j.s.con.Printf("↻ regroup: generation %d on %d nodes %v · world %d · rendezvous %s:%d", spec.Gen, len(order), order, spec.WorldSize, first.Addr, port)
+	what := "regroup"
+	if spec.Grow {
+		what = "grow"
+	}
+	j.s.con.Printf("↻ %s: generation %d on %d nodes %v · world %d · rendezvous %s:%d", what, spec.Gen, len(order), order, world, first.Addr, port)
+	if err := j.spawn(spec.Spawn); err != nil {
+		// The survivors train on; the policy waits for replacements that
+		// will not come, which costs nothing but the missing ranks.
+		j.s.con.Printf("! %v", err)
+	}
 	return nil
 }
 
-// SpawnJoiners implements coordinator.Node.
-func (j *job) SpawnJoiners(int) error {
-	return errors.New("replacement workers across nodes are not supported")
+func (j *job) wireSpec(world int, ranks []int, group, groups int, addr string, port int) *wire.Spec {
+	sp := j.rec.Spec
+	return &wire.Spec{RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
+		Standby: sp.Standby, Live: sp.Recovery == "live", StopGraceMS: sp.StopGraceMS, RestartCount: j.rec.Restarts,
+		WorldSize: world, Ranks: ranks, GroupRank: group, GroupWorldSize: groups, MasterAddr: addr, MasterPort: port}
+}
+
+// joinerNodes lists the nodes holding replacements, in name order.
+func (j *job) joinerNodes() []string {
+	var out []string
+	for name, n := range j.joiners {
+		if n > 0 {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// SpawnJoiners implements coordinator.Node: start n replacements where
+// there are free slots — spares first, then idle nodes, then free slots of
+// the generation's own nodes.
+func (j *job) SpawnJoiners(n int) error {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	return j.spawn(n)
+}
+
+func (j *job) spawn(n int) error {
+	if n <= 0 {
+		return nil
+	}
+	if j.joiners == nil {
+		j.joiners, j.ready = map[string]int{}, map[string]int{}
+	}
+	var hosts []*node
+	for _, nd := range j.s.nodes {
+		if nd.sess != nil && !nd.lost && !nd.Quarantined {
+			hosts = append(hosts, nd)
+		}
+	}
+	rank := func(nd *node) int {
+		switch {
+		case nd.Spare && !j.holds(nd):
+			return 0
+		case !j.holds(nd):
+			return 1
+		}
+		return 2
+	}
+	slices.SortFunc(hosts, func(a, b *node) int {
+		if ra, rb := rank(a), rank(b); ra != rb {
+			return ra - rb
+		}
+		return cmpString(a.Name, b.Name)
+	})
+	for _, nd := range hosts {
+		free := nd.NProc - len(j.ranksOf(nd.Name)) - j.joiners[nd.Name]
+		k := min(free, n)
+		if k <= 0 {
+			continue
+		}
+		nd.sess.send(wire.Msg{Type: wire.TSpawn, Job: j.rec.Spec.ID, Count: k, Spec: j.wireSpec(1, []int{0}, 0, 1, nd.Addr, 1)})
+		j.joiners[nd.Name] += k
+		j.s.con.Printf("+ starting %d replacement(s) on %s", k, nd.Name)
+		n -= k
+		if n == 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("no free slot for %d replacement(s): add a node or a spare", n)
 }
 
 // StopGeneration implements coordinator.Node.
@@ -707,7 +792,8 @@ func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
 // ---- from the agents (s.mu held) ----
 
 func (j *job) fromAgent(n *node, m wire.Msg) {
-	if m.Job != j.rec.Spec.ID || m.Gen != j.rec.Gen || j.rec.Done {
+	joinerMsg := m.Type == wire.TJoinerReady || m.Type == wire.TJoinerLost
+	if m.Job != j.rec.Spec.ID || (m.Gen != j.rec.Gen && !joinerMsg) || j.rec.Done {
 		return // another job's, or a stale generation's
 	}
 	switch m.Type {
@@ -724,6 +810,17 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 		j.emit(agent.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
 	case wire.TCollectiveFailed:
 		j.emit(agent.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
+	case wire.TJoinerReady:
+		if j.joiners[n.Name] > j.ready[n.Name] {
+			j.ready[n.Name]++
+			j.emit(agent.JoinerReady{At: time.Now()})
+		}
+	case wire.TJoinerLost:
+		if j.joiners[n.Name] > 0 {
+			j.joiners[n.Name]--
+			j.ready[n.Name] = min(j.ready[n.Name], j.joiners[n.Name])
+			j.emit(agent.JoinerLost{At: time.Now()})
+		}
 	case wire.TStopped:
 		j.stopped[n.Name] = true
 		j.checkStopped(time.Now(), false) // lost nodes are for the next tick

@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -102,11 +103,34 @@ type node struct {
 
 	sess      *session // nil when not connected
 	lastHeard time.Time
-	freePort  int
+	ports     []int // ports the node reported free, newest last (rendezvous)
 	// lost: the node held ranks when it went away; fenceAt is when its
 	// lease has certainly run out, so its ranks may be handed to others.
 	lost    bool
 	fenceAt time.Time
+}
+
+// offerPort keeps a port the node reported free (each heartbeat brings
+// one), so that regroups in quick succession each get a fresh port.
+func (n *node) offerPort(p int) {
+	if p <= 0 || slices.Contains(n.ports, p) {
+		return
+	}
+	n.ports = append(n.ports, p)
+	if len(n.ports) > 8 {
+		n.ports = n.ports[1:]
+	}
+}
+
+// takePort returns the newest port the node reported free; fallback is
+// used when it has reported none (it reports one per heartbeat).
+func (n *node) takePort(fallback int) int {
+	if len(n.ports) == 0 {
+		return fallback
+	}
+	p := n.ports[len(n.ports)-1]
+	n.ports = n.ports[:len(n.ports)-1]
+	return p
 }
 
 // New returns a coordinator with its state loaded from the store.
@@ -305,11 +329,12 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			s.mu.Lock()
 			if n.sess == ss {
 				n.lastHeard = time.Now()
-				n.freePort = m.FreePort
+				n.offerPort(m.FreePort)
 			}
 			s.mu.Unlock()
 			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
-		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed:
+		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
+			wire.TJoinerReady, wire.TJoinerLost:
 			s.mu.Lock()
 			if n.sess == ss {
 				n.lastHeard = time.Now()
@@ -346,7 +371,8 @@ func (s *Server) register(ss *session, h wire.Msg) *node {
 	}
 	restarted := n.instance != "" && n.instance != h.Instance
 	n.sess, n.instance = ss, h.Instance
-	n.NProc, n.Spare, n.Addr, n.freePort = h.NProc, h.Spare, h.Addr, h.FreePort
+	n.NProc, n.Spare, n.Addr = h.NProc, h.Spare, h.Addr
+	n.offerPort(h.FreePort)
 	n.lastHeard = time.Now()
 	ss.send(wire.Msg{Type: wire.TWelcome, LeaseMS: int(s.cfg.Lease / time.Millisecond), HeartbeatMS: int(s.cfg.Heartbeat / time.Millisecond), Name: h.Name})
 	role := "worker node"

@@ -69,6 +69,7 @@ type Agent struct {
 	stopped bool
 	step    int
 	fenced  bool
+	env     map[string]string // added to workers' environment
 }
 
 type session struct {
@@ -256,8 +257,9 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 		return fmt.Errorf("protocol error: want welcome, got %s", w.Type)
 	}
 	lease, hb := time.Duration(w.LeaseMS)*time.Millisecond, time.Duration(w.HeartbeatMS)*time.Millisecond
+	env := a.workerEnvFor(sess)
 	a.mu.Lock()
-	a.sess, a.lease = sess, lease
+	a.sess, a.lease, a.env = sess, lease, env
 	a.until = sentHello.Add(lease)
 	a.mu.Unlock()
 	a.con.Printf("+ connected to the coordinator at %s as %s (lease %s)", sess.conn.RemoteAddr(), a.cfg.Name, lease)
@@ -299,6 +301,8 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 			a.stop(m.Job, m.Gen, time.Duration(m.Grace)*time.Millisecond)
 		case wire.TRegroup:
 			a.regroup(m)
+		case wire.TSpawn:
+			a.spawn(m)
 		case wire.TSignal:
 			a.signal(m)
 		case wire.TEnd:
@@ -374,47 +378,62 @@ func (a *Agent) sendNow(m wire.Msg) {
 	}
 }
 
+// jobAgent returns the local agent of job, creating it (a.mu held). A job
+// that is not the current one replaces it.
+func (a *Agent) jobAgent(job string, sp *wire.Spec, slots int) (*agent.Agent, error) {
+	if a.job != "" && a.job != job {
+		old := a.ag
+		a.ag, a.job, a.gen, a.spec, a.exited, a.stopped = nil, "", 0, nil, nil, false
+		a.running = map[int]bool{}
+		if old != nil {
+			a.mu.Unlock()
+			old.Close()
+			a.mu.Lock()
+		}
+	}
+	if a.ag != nil {
+		return a.ag, nil
+	}
+	var re *regexp.Regexp
+	if sp.ProgressRegex != "" {
+		re = regexp.MustCompile(sp.ProgressRegex) // validated by wire
+	}
+	dir := filepath.Join(a.cfg.DataDir, "runs", sp.RunID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("run dir: %w", err)
+	}
+	wd := sp.Dir
+	if wd != "" {
+		if st, err := os.Stat(wd); err != nil || !st.IsDir() {
+			wd = "" // not on this node: run where the agent runs
+		}
+	}
+	ag, err := agent.New(agent.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
+		SDKDir: a.cfg.SDKDir, ProgressRegex: re, Standby: sp.Standby, StandbyCount: max(slots, 1),
+		StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd, Live: sp.Live,
+		Env: a.env})
+	if err != nil {
+		return nil, err
+	}
+	a.ag, a.job = ag, job
+	go a.pump(ag, job)
+	return ag, nil
+}
+
+func (a *Agent) failStart(m wire.Msg, rank int, err error) {
+	a.con.Printf("! generation %d: %v", m.Gen, err)
+	a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: rank, Code: 127, Err: trim(err.Error()), AtMS: time.Now().UnixMilli()})
+}
+
 func (a *Agent) start(m wire.Msg) {
 	sp := m.Spec
-	env := a.workerEnv()
 	a.mu.Lock()
-	if a.job != "" && a.job != m.Job {
+	ag, err := a.jobAgent(m.Job, sp, len(sp.Ranks))
+	if err != nil {
 		a.mu.Unlock()
-		a.endJob()
-		a.mu.Lock()
+		a.failStart(m, sp.Ranks[0], err)
+		return
 	}
-	if a.ag == nil {
-		var re *regexp.Regexp
-		if sp.ProgressRegex != "" {
-			re = regexp.MustCompile(sp.ProgressRegex) // validated by wire
-		}
-		dir := filepath.Join(a.cfg.DataDir, "runs", sp.RunID)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			a.mu.Unlock()
-			a.con.Printf("! run dir: %v", err)
-			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
-			return
-		}
-		wd := sp.Dir
-		if wd != "" {
-			if st, err := os.Stat(wd); err != nil || !st.IsDir() {
-				wd = "" // not on this node: run where the agent runs
-			}
-		}
-		ag, err := agent.New(agent.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
-			SDKDir: a.cfg.SDKDir, ProgressRegex: re, Standby: sp.Standby, StandbyCount: len(sp.Ranks),
-			StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd, Live: sp.Live,
-			Env: env})
-		if err != nil {
-			a.mu.Unlock()
-			a.con.Printf("! %v", err)
-			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
-			return
-		}
-		a.ag, a.job = ag, m.Job
-		go a.pump(ag, m.Job)
-	}
-	ag := a.ag
 	a.gen, a.spec, a.stopped, a.fenced, a.exited = m.Gen, sp, false, false, nil
 	a.running = map[int]bool{}
 	for _, r := range sp.Ranks {
@@ -426,19 +445,32 @@ func (a *Agent) start(m wire.Msg) {
 		err := ag.StartGeneration(agent.GenerationSpec{Gen: m.Gen, RestartCount: sp.RestartCount, WorldSize: sp.WorldSize,
 			Ranks: sp.Ranks, GroupRank: sp.GroupRank, GroupWorldSize: sp.GroupWorldSize, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
 		if err != nil {
-			a.con.Printf("! starting generation %d: %v", m.Gen, err)
-			a.sendNow(wire.Msg{Type: wire.TExited, Job: m.Job, Gen: m.Gen, Rank: sp.Ranks[0], Code: 127, Err: err.Error(), AtMS: time.Now().UnixMilli()})
+			a.failStart(m, sp.Ranks[0], err)
 		}
 	}()
+}
+
+// spawn starts replacement processes (live mode) that wait to be admitted.
+func (a *Agent) spawn(m wire.Msg) {
+	a.mu.Lock()
+	ag, err := a.jobAgent(m.Job, m.Spec, a.cfg.NProc)
+	a.mu.Unlock()
+	if err == nil {
+		a.con.Printf("+ starting %d replacement worker(s) for job %s", m.Count, m.Job)
+		err = ag.SpawnJoiners(m.Count)
+	}
+	if err != nil {
+		a.con.Printf("! starting replacements: %v", err)
+		for i := 0; i < m.Count; i++ {
+			a.sendNow(wire.Msg{Type: wire.TJoinerLost, Job: m.Job})
+		}
+	}
 }
 
 // workerEnv: gloo binds to the address its host name resolves to, often
 // 127.0.1.1, which other nodes cannot reach; point it at the interface this
 // node uses to reach the coordinator (unless the user chose one).
-func (a *Agent) workerEnv() map[string]string {
-	a.mu.Lock()
-	s := a.sess
-	a.mu.Unlock()
+func (a *Agent) workerEnvFor(s *session) map[string]string {
 	host := a.cfg.Advertise
 	if host == "" && s != nil {
 		host, _, _ = net.SplitHostPort(s.conn.LocalAddr().String())
@@ -482,6 +514,10 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 			if e.Gen == a.gen && e.Step > a.step {
 				a.step = e.Step
 			}
+		case agent.JoinerReady:
+			m = wire.Msg{Type: wire.TJoinerReady, Job: job}
+		case agent.JoinerLost:
+			m = wire.Msg{Type: wire.TJoinerLost, Job: job}
 		case agent.CollectiveFailed:
 			m = wire.Msg{Type: wire.TCollectiveFailed, Job: job, Gen: e.Gen, Rank: max(e.Rank, 0), Err: trim(e.Detail)}
 		case agent.Stopped:
@@ -494,7 +530,7 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 			continue
 		}
 		a.mu.Unlock()
-		if m.Gen > 0 && (m.Sig == "" || validSig(m.Sig)) {
+		if (m.Gen > 0 || m.Type == wire.TJoinerReady || m.Type == wire.TJoinerLost) && (m.Sig == "" || validSig(m.Sig)) {
 			a.sendNow(m)
 		}
 	}
@@ -529,6 +565,7 @@ func (a *Agent) regroup(m wire.Msg) {
 	a.mu.Unlock()
 	a.con.Printf("↻ regroup: generation %d · ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
 	err := ag.Regroup(agent.RegroupSpec{From: m.From, Gen: m.Gen, WorldSize: sp.WorldSize, Survivors: m.Survivors,
+		Admit: len(m.AdmitRanks), AdmitRanks: m.AdmitRanks, Grow: m.Grow, AtStep: m.AtStep,
 		Kill: m.Kill, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
 	if err != nil {
 		a.con.Printf("! regroup to generation %d: %v", m.Gen, err)

@@ -35,11 +35,14 @@ const (
 	TStopped          = "stopped"           // every local worker of a generation reaped
 	TFenced           = "fenced"            // the agent stopped its workers on its own (lease expired)
 	TCollectiveFailed = "collective_failed" // live: a worker's collective broke (Err says how)
+	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
+	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat
 	TStart   = "start"   // start this node's part of a generation
 	TRegroup = "regroup" // live: this node's survivors form generation Gen in place (Spec: the new part)
+	TSpawn   = "spawn"   // live: start Count replacement processes for the job (Spec: the job)
 	TStop    = "stop"    // stop a generation
 	TSignal  = "signal"  // send a signal to one rank (chaos)
 	TEnd     = "end"     // the job is over: release its resources
@@ -86,6 +89,13 @@ type Msg struct {
 	From      int   `json:"from,omitempty"`
 	Survivors []int `json:"survivors,omitempty"`
 	Kill      []int `json:"kill,omitempty"`
+	// Admitted replacements in the whole new generation (ranks after the
+	// survivors); AdmitRanks are the ones this node's joiners take.
+	Admitted   int   `json:"admitted,omitempty"`
+	AdmitRanks []int `json:"admit_ranks,omitempty"`
+	Grow       bool  `json:"grow,omitempty"`    // no fault: switch after committing AtStep
+	AtStep     int   `json:"at_step,omitempty"` // grow
+	Count      int   `json:"count,omitempty"`   // spawn
 }
 
 // Spec is one node's part of a generation, with the job it belongs to.
@@ -218,8 +228,14 @@ func (m *Msg) Validate() error {
 		if !ValidName(m.Job) || m.Gen < 2 || m.From < 1 || m.From >= m.Gen || m.Spec == nil {
 			return invalid(t, "job, generations and spec required")
 		}
-		if len(m.Survivors) != m.Spec.WorldSize || len(m.Kill) > 1024 {
-			return invalid(t, "survivors must make up the new world")
+		if len(m.Survivors)+m.Admitted != m.Spec.WorldSize || m.Admitted < 0 || len(m.AdmitRanks) > m.Admitted ||
+			len(m.Kill) > 1024 || m.AtStep < 0 {
+			return invalid(t, "survivors and admitted replacements must make up the new world")
+		}
+		for _, r := range m.AdmitRanks {
+			if r < len(m.Survivors) || r >= m.Spec.WorldSize {
+				return invalid(t, "a replacement's rank must follow the survivors'")
+			}
 		}
 		seen := map[int]bool{}
 		for _, r := range append(append([]int(nil), m.Survivors...), m.Kill...) {
@@ -232,6 +248,15 @@ func (m *Msg) Validate() error {
 			seen[r] = true
 		}
 		return m.Spec.validate()
+	case TSpawn:
+		if !ValidName(m.Job) || m.Count < 1 || m.Count > 1024 || m.Spec == nil {
+			return invalid(t, "job, count 1..1024 and spec required")
+		}
+		return m.Spec.validateJob()
+	case TJoinerReady, TJoinerLost:
+		if !ValidName(m.Job) {
+			return invalid(t, "job required")
+		}
 	case TCollectiveFailed:
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 {
 			return invalid(t, "job, generation and rank required")
@@ -244,21 +269,37 @@ func (m *Msg) Validate() error {
 	return nil
 }
 
-func (s *Spec) validate() error {
-	bad := func(why string) error { return invalid(TStart, why) }
+// validateJob checks the job's part of a spec (what a spawn needs).
+func (s *Spec) validateJob() error {
+	bad := func(why string) error { return invalid("spec", why) }
 	switch {
 	case !ValidName(s.RunID):
 		return bad("run id")
 	case len(s.Command) == 0 || s.Command[0] == "":
 		return bad("command missing")
+	case s.MaxRestarts < 0 || s.RestartCount < 0 || s.StopGraceMS < 0:
+		return bad("negative count")
+	}
+	if s.ProgressRegex != "" {
+		if _, err := regexp.Compile(s.ProgressRegex); err != nil {
+			return bad("progress regex: " + err.Error())
+		}
+	}
+	return nil
+}
+
+func (s *Spec) validate() error {
+	if err := s.validateJob(); err != nil {
+		return err
+	}
+	bad := func(why string) error { return invalid(TStart, why) }
+	switch {
 	case s.WorldSize < 1 || len(s.Ranks) == 0 || len(s.Ranks) > s.WorldSize:
 		return bad("world size and ranks")
 	case s.GroupWorldSize < 1 || s.GroupRank < 0 || s.GroupRank >= s.GroupWorldSize:
 		return bad("group rank")
 	case s.MasterAddr == "" || s.MasterPort < 1 || s.MasterPort > 65535:
 		return bad("rendezvous address")
-	case s.MaxRestarts < 0 || s.RestartCount < 0 || s.StopGraceMS < 0:
-		return bad("negative count")
 	}
 	seen := map[int]bool{}
 	for _, r := range s.Ranks {
@@ -266,11 +307,6 @@ func (s *Spec) validate() error {
 			return bad("ranks must be distinct and below the world size")
 		}
 		seen[r] = true
-	}
-	if s.ProgressRegex != "" {
-		if _, err := regexp.Compile(s.ProgressRegex); err != nil {
-			return bad("progress regex: " + err.Error())
-		}
 	}
 	return nil
 }

@@ -569,7 +569,7 @@ func TestMultiNodeLiveNodeLossSurvivorsKeepTraining(t *testing.T) {
 	results := filepath.Join(m.dir, "results")
 	steps := 300
 	args := []string{"submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "2:3",
-		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live", "--",
+		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live", "--replace=false", "--",
 		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", strconv.Itoa(steps),
 		"--sleep-ms", "30", "--result-dir", results}
 	sub := m.start("coord", args...)
@@ -616,5 +616,60 @@ func TestMultiNodeLiveNodeLossSurvivorsKeepTraining(t *testing.T) {
 		if e.Type == events.Recovered {
 			t.Logf("survivors training again %.0f ms after detection, rolled back %d", e.RecoverMS, e.RolledBack)
 		}
+	}
+}
+
+// Live recovery with a hot spare: the survivors keep training at once, a
+// replacement starts on the spare, receives the state from a survivor and
+// joins at a step boundary; the job ends at full size on n1 and s1.
+func TestMultiNodeLiveSpareJoins(t *testing.T) {
+	requireTorch(t)
+	m := newCluster(t, []string{"n1", "n2", "s1"})
+	results := filepath.Join(m.dir, "results")
+	steps := 300
+	sub := m.start("coord", "submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "1:2",
+		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live", "--",
+		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", strconv.Itoa(steps),
+		"--sleep-ms", "30", "--result-dir", results)
+	waitFor(t, 90*time.Second, "step 50", func() bool { return strings.Contains(m.agents["n1"].out.String(), "[rank0] step 50 ") })
+	m.agents["n2"].kill9()
+	if code := sub.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("submit exit %d:\n%s", code, sub.out.String())
+	}
+	out := m.coord.out.String()
+	for _, want := range []string{"regroup: generation 2 on 1 nodes [n1]", "starting 1 replacement(s) on s1", "grow: generation 3 on 2 nodes [n1 s1]"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("coordinator did not say %q:\n%s", want, out)
+		}
+	}
+	if regexp.MustCompile(`▶ generation [2-9]`).MatchString(out) {
+		t.Fatalf("a full restart happened:\n%s", out)
+	}
+	ents, _ := os.ReadDir(results)
+	if len(ents) != 2 {
+		t.Fatalf("%d result files, want 2 (n1 and the replacement on s1)", len(ents))
+	}
+	var hash string
+	replacement := false
+	for _, e := range ents {
+		var rr rankResult
+		b, _ := os.ReadFile(filepath.Join(results, e.Name()))
+		if err := json.Unmarshal(b, &rr); err != nil {
+			t.Fatal(err)
+		}
+		if hash == "" {
+			hash = rr.Hash
+		} else if rr.Hash != hash {
+			t.Errorf("rank %d parameters %s differ from %s", rr.Rank, rr.Hash, hash)
+		}
+		for _, h := range rr.History {
+			if !h.Verified || h.LostSteps > 1 {
+				t.Errorf("rank %d regroup into gen %d: verified %v, lost %d steps", rr.Rank, h.Gen, h.Verified, h.LostSteps)
+			}
+			replacement = replacement || h.Replacement
+		}
+	}
+	if !replacement {
+		t.Error("no replacement took part")
 	}
 }
