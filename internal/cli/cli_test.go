@@ -129,6 +129,24 @@ func TestExecuteUsageErrors(t *testing.T) {
 		{"run bad chaos", []string{"run", "--chaos", "boom", "--", "true"}, "--chaos"},
 		{"run bad regex", []string{"run", "--progress-regex", `step \d+`, "--", "true"}, "needs a group"},
 		{"run missing command", []string{"run", "--", "bulsajo-no-such-command-xyz"}, "command not found"},
+		// multi-node commands
+		{"coordinator args", []string{"coordinator", "extra"}, "unknown command"},
+		{"coordinator lease below timeout", []string{"coordinator", "--lease", "1s", "--node-timeout", "2s"}, "--lease"},
+		{"coordinator zero heartbeat", []string{"coordinator", "--heartbeat", "0s"}, "--heartbeat"},
+		{"coordinator quarantine 0", []string{"coordinator", "--quarantine-after", "0"}, "--quarantine-after"},
+		{"coordinator cert without key", []string{"coordinator", "--tls-cert", "c.pem"}, "--tls-key"},
+		{"agent without coordinator", []string{"agent", "--token-file", "t"}, "--coordinator host:port is required"},
+		{"agent bad coordinator", []string{"agent", "--coordinator", "nohostport"}, "want host:port"},
+		{"agent bad name", []string{"agent", "--coordinator", "h:1", "--node-name", "bad name", "--token-file", "t"}, "--node-name"},
+		{"agent no token file", []string{"agent", "--coordinator", "h:1", "--node-name", "n1"}, "--token-file is required"},
+		{"agent zero slots", []string{"agent", "--coordinator", "h:1", "--nproc-per-node", "0"}, "--nproc-per-node"},
+		{"submit bad nnodes", []string{"submit", "--coordinator", "h:1", "--nnodes", "3:2", "--", "true"}, "--nnodes"},
+		{"submit nnodes text", []string{"submit", "--coordinator", "h:1", "--nnodes", "two", "--", "true"}, "--nnodes"},
+		{"submit without command", []string{"submit", "--coordinator", "h:1", "--token-file", "t"}, "no command"},
+		{"submit no token file", []string{"submit", "--coordinator", "h:1", "--", "true"}, "--token-file is required"},
+		{"status without coordinator", []string{"status"}, "--coordinator"},
+		{"node release no name", []string{"node", "release", "--coordinator", "h:1"}, "accepts 1 arg"},
+		{"node release bad name", []string{"node", "release", "a/b", "--coordinator", "h:1", "--token-file", "t"}, "node name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -343,7 +343,7 @@ reconnects and keeps following.`,
 			if err != nil {
 				return err
 			}
-			c.Command, c.NProc = args, n
+			c.Command, c.NProc, c.Remote = args, n, true
 			if err := c.Validate(); err != nil {
 				return err
 			}

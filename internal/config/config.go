@@ -15,7 +15,10 @@ import (
 
 // Run is one job on one machine.
 type Run struct {
-	Command     []string
+	Command []string
+	// Remote: the command runs on other nodes (bulsajo submit), so it is
+	// not looked up on this machine's PATH.
+	Remote      bool
 	NProc       int
 	MaxRestarts int
 	RunID       string
@@ -110,7 +113,7 @@ func (r *Run) Validate() error {
 	if strings.HasSuffix(r.Command[0], ".py") {
 		r.Command = append([]string{r.Python}, r.Command...)
 	}
-	if _, err := exec.LookPath(r.Command[0]); err != nil {
+	if _, err := exec.LookPath(r.Command[0]); err != nil && !r.Remote {
 		return usage("command not found: %s", r.Command[0])
 	}
 	return nil
