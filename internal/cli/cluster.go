@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/cluster"
@@ -63,6 +64,30 @@ func splitAddrs(s string) ([]string, error) {
 		return nil, usage("--coordinator host:port is required")
 	}
 	return out, nil
+}
+
+// conn is how a client command reaches the coordinator.
+type conn struct{ coord, tokenFile, caFile string }
+
+func (c *conn) flags(f *pflag.FlagSet, token bool) {
+	f.StringVar(&c.coord, "coordinator", "", "coordinator host:port (comma-separated for several; the leader answers)")
+	if token {
+		f.StringVar(&c.tokenFile, "token-file", "", "the coordinator's join token file")
+	}
+	f.StringVar(&c.caFile, "tls-ca", "", "connect with TLS, trusting this CA (the coordinator's DATA_DIR/tls/ca.pem)")
+}
+
+// credentials reads the token (required) and the TLS setting.
+func (c *conn) credentials() (string, *tls.Config, error) {
+	if c.tokenFile == "" {
+		return "", nil, usage("--token-file is required (the coordinator's join token)")
+	}
+	token, err := auth.ReadToken(c.tokenFile)
+	if err != nil {
+		return "", nil, err
+	}
+	tlsCfg, err := clientTLS(c.caFile)
+	return token, tlsCfg, err
 }
 
 // ---- coordinator ----
@@ -237,15 +262,16 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 
 func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
-		coord, tokenFile, name, advertise, dataDir, caFile, nproc string
-		spare                                                     bool
+		cn                              conn
+		name, advertise, dataDir, nproc string
+		spare                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run this node's agent: join the coordinator and run its share of the job",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			addrs, err := splitAddrs(coord)
+			addrs, err := splitAddrs(cn.coord)
 			if err != nil {
 				return err
 			}
@@ -262,14 +288,7 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			if !wire.ValidName(name) {
 				return usage("--node-name %q: 1-63 of [A-Za-z0-9._-]", name)
 			}
-			if tokenFile == "" {
-				return usage("--token-file is required (the coordinator's join token)")
-			}
-			token, err := auth.ReadToken(tokenFile)
-			if err != nil {
-				return err
-			}
-			tlsCfg, err := clientTLS(caFile)
+			token, tlsCfg, err := cn.credentials()
 			if err != nil {
 				return err
 			}
@@ -303,14 +322,12 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.SetNormalizeFunc(torchrunNames)
-	f.StringVar(&coord, "coordinator", "", "coordinator host:port (comma-separated for several; the leader answers)")
-	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
+	cn.flags(f, true)
 	f.StringVar(&nproc, "nproc-per-node", "1", "worker slots on this node (an integer, or \"cpu\")")
 	f.StringVar(&name, "node-name", "", "this node's name (default: hostname)")
 	f.BoolVar(&spare, "spare", false, "hot spare: hold no ranks until a node fails")
 	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
 	f.StringVar(&dataDir, "data-dir", "", "where job logs go (default TMPDIR/bulsajo-agent-NAME)")
-	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA (the coordinator's DATA_DIR/tls/ca.pem)")
 	return cmd
 }
 
@@ -318,7 +335,8 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 
 func newSubmitCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	c := config.Default()
-	var coord, tokenFile, caFile, nnodes, nproc, dir string
+	var cn conn
+	var nnodes, nproc, dir string
 	var wait time.Duration
 	cmd := &cobra.Command{
 		Use:   "submit [flags] -- COMMAND [ARGS...]",
@@ -331,7 +349,7 @@ reconnects and keeps following.`,
 		Example: `  bulsajo submit --coordinator host:7070 --token-file join.token --nnodes 2:4 --nproc-per-node 8 -- python3 train.py`,
 		Args:    cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			addrs, err := splitAddrs(coord)
+			addrs, err := splitAddrs(cn.coord)
 			if err != nil {
 				return err
 			}
@@ -347,14 +365,7 @@ reconnects and keeps following.`,
 			if err := c.Validate(); err != nil {
 				return err
 			}
-			if tokenFile == "" {
-				return usage("--token-file is required")
-			}
-			token, err := auth.ReadToken(tokenFile)
-			if err != nil {
-				return err
-			}
-			tlsCfg, err := clientTLS(caFile)
+			token, tlsCfg, err := cn.credentials()
 			if err != nil {
 				return err
 			}
@@ -377,9 +388,7 @@ reconnects and keeps following.`,
 	f := cmd.Flags()
 	f.SetInterspersed(false)
 	f.SetNormalizeFunc(torchrunNames)
-	f.StringVar(&coord, "coordinator", "", "coordinator host:port (comma-separated for several)")
-	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
-	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	cn.flags(f, true)
 	f.StringVar(&nnodes, "nnodes", "1", "nodes: N, or MIN:MAX to keep training on fewer after a loss")
 	f.StringVar(&nproc, "nproc-per-node", "1", "workers per node")
 	f.StringVar(&dir, "workdir", "", "workers' directory on the nodes (default: this one, where it exists there)")
@@ -498,18 +507,18 @@ func clientErr(err error) error {
 // ---- status, node release ----
 
 func newStatusCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
-	var coord, caFile string
+	var cn conn
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the cluster: nodes, quarantine, the job",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			addrs, err := splitAddrs(coord)
+			addrs, err := splitAddrs(cn.coord)
 			if err != nil {
 				return err
 			}
-			tlsCfg, err := clientTLS(caFile)
+			tlsCfg, err := clientTLS(cn.caFile)
 			if err != nil {
 				return err
 			}
@@ -529,8 +538,7 @@ func newStatusCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&coord, "coordinator", "", "coordinator host:port")
-	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	cn.flags(f, false)
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -566,28 +574,21 @@ func printStatus(w io.Writer, st cluster.Status) {
 }
 
 func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
-	var coord, tokenFile, caFile string
+	var cn conn
 	node := &cobra.Command{Use: "node", Short: "Manage nodes (release from quarantine)"}
 	rel := &cobra.Command{
 		Use:   "release NAME",
 		Short: "Bring a quarantined node back into new generations",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			addrs, err := splitAddrs(coord)
+			addrs, err := splitAddrs(cn.coord)
 			if err != nil {
 				return err
 			}
 			if !wire.ValidName(args[0]) {
 				return usage("node name %q: 1-63 of [A-Za-z0-9._-]", args[0])
 			}
-			if tokenFile == "" {
-				return usage("--token-file is required")
-			}
-			token, err := auth.ReadToken(tokenFile)
-			if err != nil {
-				return err
-			}
-			tlsCfg, err := clientTLS(caFile)
+			token, tlsCfg, err := cn.credentials()
 			if err != nil {
 				return err
 			}
@@ -605,10 +606,7 @@ func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	f := rel.Flags()
-	f.StringVar(&coord, "coordinator", "", "coordinator host:port")
-	f.StringVar(&tokenFile, "token-file", "", "the coordinator's join token file")
-	f.StringVar(&caFile, "tls-ca", "", "connect with TLS, trusting this CA")
+	cn.flags(rel.Flags(), true)
 	node.AddCommand(rel)
 	return node
 }

@@ -434,11 +434,7 @@ func (a *Agent) start(m wire.Msg) {
 		a.failStart(m, sp.Ranks[0], err)
 		return
 	}
-	a.gen, a.spec, a.stopped, a.fenced, a.exited = m.Gen, sp, false, false, nil
-	a.running = map[int]bool{}
-	for _, r := range sp.Ranks {
-		a.running[r] = true
-	}
+	a.hold(m.Gen, sp)
 	a.mu.Unlock()
 	a.con.Printf("▶ generation %d: ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
 	go func() {
@@ -448,6 +444,15 @@ func (a *Agent) start(m wire.Msg) {
 			a.failStart(m, sp.Ranks[0], err)
 		}
 	}()
+}
+
+// hold records that this node now runs sp's ranks of generation gen (a.mu held).
+func (a *Agent) hold(gen int, sp *wire.Spec) {
+	a.gen, a.spec, a.stopped, a.fenced, a.exited = gen, sp, false, false, nil
+	a.running = map[int]bool{}
+	for _, r := range sp.Ranks {
+		a.running[r] = true
+	}
 }
 
 // spawn starts replacement processes (live mode) that wait to be admitted.
@@ -557,11 +562,7 @@ func (a *Agent) regroup(m wire.Msg) {
 		a.mu.Unlock()
 		return
 	}
-	a.gen, a.spec, a.stopped, a.fenced, a.exited = m.Gen, sp, false, false, nil
-	a.running = map[int]bool{}
-	for _, r := range sp.Ranks {
-		a.running[r] = true
-	}
+	a.hold(m.Gen, sp)
 	a.mu.Unlock()
 	a.con.Printf("↻ regroup: generation %d · ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
 	err := ag.Regroup(agent.RegroupSpec{From: m.From, Gen: m.Gen, WorldSize: sp.WorldSize, Survivors: m.Survivors,

@@ -34,6 +34,41 @@ type rankResult struct {
 	} `json:"history"`
 }
 
+type liveResults struct {
+	ranks       []rankResult
+	replacement bool // a replacement took part in some regroup
+}
+
+// checkLiveResults reads the result file each rank of live_ddp.py wrote:
+// want of them, bit-identical parameters, every regroup verified and losing
+// at most one step.
+func checkLiveResults(t *testing.T, dir string, want int) liveResults {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != want {
+		t.Fatalf("%d result files, want %d", len(ents), want)
+	}
+	var out liveResults
+	for _, e := range ents {
+		var rr rankResult
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err := json.Unmarshal(b, &rr); err != nil {
+			t.Fatal(err)
+		}
+		if len(out.ranks) > 0 && rr.Hash != out.ranks[0].Hash {
+			t.Errorf("rank %d parameters %s differ from %s", rr.Rank, rr.Hash, out.ranks[0].Hash)
+		}
+		for _, h := range rr.History {
+			if !h.Verified || h.LostSteps > 1 {
+				t.Errorf("rank %d regroup into gen %d: verified %v, lost %d steps", rr.Rank, h.Gen, h.Verified, h.LostSteps)
+			}
+			out.replacement = out.replacement || h.Replacement
+		}
+		out.ranks = append(out.ranks, rr)
+	}
+	return out
+}
+
 func liveRun(t *testing.T, steps int, chaos string) (result, string, string) {
 	t.Helper()
 	dir := t.TempDir()
@@ -83,31 +118,7 @@ func TestLiveRecoveryInvariants(t *testing.T) {
 
 	// Every rank ends bit-identical, each regroup was verified, at most one
 	// step was lost per regroup, and a replacement took part.
-	ents, _ := os.ReadDir(results)
-	if len(ents) != 4 {
-		t.Fatalf("%d result files, want 4", len(ents))
-	}
-	var hash string
-	replacement := false
-	for _, e := range ents {
-		var rr rankResult
-		b, _ := os.ReadFile(filepath.Join(results, e.Name()))
-		if err := json.Unmarshal(b, &rr); err != nil {
-			t.Fatal(err)
-		}
-		if hash == "" {
-			hash = rr.Hash
-		} else if rr.Hash != hash {
-			t.Errorf("rank %d parameters %s differ from %s", rr.Rank, rr.Hash, hash)
-		}
-		for _, h := range rr.History {
-			if !h.Verified || h.LostSteps > 1 {
-				t.Errorf("rank %d regroup into gen %d: verified %v, lost %d steps", rr.Rank, h.Gen, h.Verified, h.LostSteps)
-			}
-			replacement = replacement || h.Replacement
-		}
-	}
-	if !replacement {
+	if rs := checkLiveResults(t, results, 4); !rs.replacement {
 		t.Error("no replacement joined")
 	}
 
