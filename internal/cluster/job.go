@@ -68,8 +68,21 @@ func (sp *JobSpec) Validate() error {
 			return fmt.Errorf("progress regex: %v", err)
 		}
 	}
+	// The command travels in every start message, JSON-escaped: keep it
+	// well inside what the agent accepts.
+	if b, _ := json.Marshal(struct {
+		C []string
+		D string
+		R string
+	}{sp.Command, sp.Dir, sp.ProgressRegex}); len(b) > maxCommandBytes {
+		return fmt.Errorf("command, workdir and progress regex too long: %d bytes encoded, at most %d", len(b), maxCommandBytes)
+	}
 	return nil
 }
+
+// maxCommandBytes bounds a job's command line (encoded) so that every
+// message carrying it fits wire.MaxMessage with room for the rest.
+const maxCommandBytes = wire.MaxMessage / 4
 
 // placement is one node's part of a generation.
 type placement struct {
@@ -119,19 +132,22 @@ type job struct {
 	log *events.Log
 
 	// current generation (s.mu)
-	where     map[string]int  // node -> index in rec.Placement
-	joiners   map[string]int  // live: node -> replacements started there, not yet admitted
-	ready     map[string]int  // of which up and waiting
-	launched  map[string]bool // node -> its workers started
-	stopped   map[string]bool // node -> its workers reaped
-	stopping  bool
-	pending   *agent.GenerationSpec // waiting for capacity
-	waitSaid  bool
-	faulted   bool // a fault of this generation has been reported
-	adopting  bool // resumed: waiting for the agents to confirm
-	resumeBy  time.Time
-	savedStep int
-	savedAt   time.Time
+	where   map[string]int // node -> index in rec.Placement
+	joiners map[string]int // live: node -> replacements started there, not yet admitted
+	// the generation before, to blame a fault reported after the next began
+	prevGen       int
+	prevPlacement []placement
+	ready         map[string]int  // of which up and waiting
+	launched      map[string]bool // node -> its workers started
+	stopped       map[string]bool // node -> its workers reaped
+	stopping      bool
+	pending       *agent.GenerationSpec // waiting for capacity
+	waitSaid      bool
+	faulted       bool // a fault of this generation has been reported
+	adopting      bool // resumed: waiting for the agents to confirm
+	resumeBy      time.Time
+	savedStep     int
+	savedAt       time.Time
 
 	evMu    sync.Mutex
 	evs     []events.Event
@@ -311,10 +327,15 @@ func (j *job) published(e events.Event) {
 		go func(gen, rank int, why string) {
 			j.s.mu.Lock()
 			defer j.s.mu.Unlock()
-			if gen != j.rec.Gen {
+			pl := j.rec.Placement
+			switch gen {
+			case j.rec.Gen:
+			case j.prevGen:
+				pl = j.prevPlacement
+			default:
 				return
 			}
-			for _, p := range j.rec.Placement {
+			for _, p := range pl {
 				if slices.Contains(p.Ranks, rank) {
 					if n := j.s.nodes[p.Node]; n != nil {
 						j.s.fault(n, why)
@@ -337,6 +358,7 @@ func (j *job) logAsync(e events.Event) {
 
 func (j *job) finished(res coordinator.Result) {
 	if res.Outcome == coordinator.Detached {
+		close(j.done) // its goroutines end; the job itself goes on elsewhere
 		return
 	}
 	s := j.s
@@ -410,7 +432,7 @@ func (j *job) status() JobStatus {
 		st.State = "waiting for nodes"
 	case j.stopping:
 		st.State = "stopping"
-	case j.adopting || len(j.launched) < len(j.rec.Placement):
+	case j.adopting || j.rec.Gen == 0 || len(j.launched) < len(j.rec.Placement):
 		st.State = "starting"
 	default:
 		st.State = "training"
@@ -540,6 +562,7 @@ func (j *job) launchPending() {
 	j.pending = nil
 	world := len(nodes) * sp.NProcPerNode
 	port := nodes[0].takePort(29500 + spec.Gen%1000)
+	j.prevGen, j.prevPlacement = j.rec.Gen, j.rec.Placement
 	j.rec.Gen, j.rec.Restarts, j.rec.World = spec.Gen, spec.RestartCount, world
 	j.rec.MasterAddr, j.rec.MasterPort = nodes[0].Addr, port
 	j.rec.Placement, j.where = nil, nil
@@ -608,6 +631,7 @@ func (j *job) Regroup(spec agent.RegroupSpec) error {
 	world := next
 	first := j.s.nodes[order[0]]
 	port := first.takePort(29500 + spec.Gen%1000)
+	j.prevGen, j.prevPlacement = j.rec.Gen, j.rec.Placement
 	j.rec.Gen, j.rec.World = spec.Gen, world
 	j.rec.MasterAddr, j.rec.MasterPort = first.Addr, port
 	j.rec.Placement, j.where = nil, nil
@@ -795,6 +819,17 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 	joinerMsg := m.Type == wire.TJoinerReady || m.Type == wire.TJoinerLost
 	if m.Job != j.rec.Spec.ID || (m.Gen != j.rec.Gen && !joinerMsg) || j.rec.Done {
 		return // another job's, or a stale generation's
+	}
+	// A node speaks for itself only: its own part of the generation, its
+	// own ranks.
+	mine := j.ranksOf(n.Name)
+	switch {
+	case joinerMsg:
+	case len(mine) == 0:
+		return
+	case (m.Type == wire.TExited || m.Type == wire.TProgress || m.Type == wire.TCollectiveFailed) && !slices.Contains(mine, m.Rank):
+		j.s.con.Printf("! node %s reported rank %d, which it does not hold: ignored", n.Name, m.Rank)
+		return
 	}
 	switch m.Type {
 	case wire.TLaunched:
@@ -1032,7 +1067,12 @@ func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		j.evMu.Lock()
 		evs, ready := j.evs[min(max(from, 0), len(j.evs)):], j.evReady
+		ended := len(j.evs) > 0 && j.evs[len(j.evs)-1].Type == events.RunFinished
 		j.evMu.Unlock()
+		if ended && len(evs) == 0 {
+			rc.Flush()
+			return // asked for more than a finished job has
+		}
 		for _, e := range evs {
 			if enc.Encode(e) != nil {
 				return

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/auth"
@@ -80,6 +81,7 @@ type Server struct {
 	heartbeats atomic.Uint64
 
 	writes   chan write // to the store, in order (writer)
+	closing  bool       // Close has begun (s.mu)
 	quit     chan struct{}
 	quitOnce sync.Once
 	bg       sync.WaitGroup
@@ -185,6 +187,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Close() {
 	s.quitOnce.Do(func() { close(s.quit) })
 	s.mu.Lock()
+	s.closing = true
 	for _, n := range s.nodes {
 		if n.sess != nil {
 			n.sess.close()
@@ -241,16 +244,38 @@ type session struct {
 	out       chan []byte
 	done      chan struct{}
 	closeOnce sync.Once
+	byUs      atomic.Bool           // the coordinator ended it (the agent may well be alive)
+	err       atomic.Pointer[error] // why, when we ended it
 }
 
-func (ss *session) close() { ss.closeOnce.Do(func() { close(ss.done); ss.conn.Close() }) }
+func (ss *session) close() {
+	ss.closeOnce.Do(func() { ss.byUs.Store(true); close(ss.done); ss.conn.Close() })
+}
+
+// closeAfterFlush closes once what is queued is written (a reject must
+// reach the agent, or it would take the closed connection for a lost
+// coordinator and retry blindly).
+func (ss *session) closeAfterFlush() {
+	deadline := time.Now().Add(time.Second)
+	for len(ss.out) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond) // the writer's last Write
+	ss.close()
+}
 
 // send queues m; a peer that does not keep up loses its session (it will
 // reconnect) rather than block the coordinator.
 func (ss *session) send(m wire.Msg) {
 	b, err := wire.Encode(m)
 	if err != nil {
-		panic("cluster: encoding our own message: " + err.Error()) // a bug, not input
+		// Input validation should make this impossible; if not, the peer
+		// loses its session (and reconnects) rather than the coordinator
+		// its life.
+		e := fmt.Errorf("cannot send %s: %v", m.Type, err)
+		ss.err.Store(&e)
+		ss.close()
+		return
 	}
 	select {
 	case ss.out <- b:
@@ -309,17 +334,23 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 		}
 		ss.send(wire.Msg{Type: wire.TReject, Reason: why})
 		s.con.Printf("! agent %s rejected: %s", remote, why)
-		time.Sleep(50 * time.Millisecond) // let the reject reach it
+		ss.closeAfterFlush()
 		return
 	}
 	ss.conn.SetReadDeadline(time.Time{})
 	n := s.register(ss, hello)
 	if n == nil {
+		ss.closeAfterFlush()
 		return
 	}
 	for {
 		m, err := rd.Read()
 		if err != nil {
+			if errors.Is(err, wire.ErrInvalid) || errors.Is(err, wire.ErrTooLarge) {
+				s.con.Printf("! agent %s: %v; closing its session", n.Name, err)
+				ss.err.Store(&err)
+				ss.close()
+			}
 			s.sessionEnded(n, ss, err)
 			return
 		}
@@ -345,7 +376,10 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			s.mu.Unlock()
 		default:
 			s.con.Printf("! agent %s: unexpected %q message; closing its session", n.Name, m.Type)
-			s.sessionEnded(n, ss, fmt.Errorf("protocol error: unexpected %s", m.Type))
+			e := fmt.Errorf("protocol error: unexpected %s", m.Type)
+			ss.err.Store(&e)
+			ss.close()
+			s.sessionEnded(n, ss, e)
 			return
 		}
 	}
@@ -401,13 +435,26 @@ func (s *Server) sessionEnded(n *node, ss *session, err error) {
 	if n.sess != ss {
 		return // replaced by a newer session
 	}
-	why := "its connection closed"
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-		why = "connection error: " + err.Error()
+	if s.closing {
+		return // this coordinator is going away; the node did nothing wrong
 	}
-	// A closed connection means the agent process is gone, and its workers
-	// with it (parent-death signal): no lease to wait for.
-	s.lose(n, why, time.Now(), time.Now())
+	// The agent closing its end (EOF, reset) means its process is gone, and
+	// its workers with it (parent-death signal): no lease to wait for. A
+	// session we ended ourselves (a protocol error, a slow reader) or a
+	// broken stream leaves a live agent: its lease must run out first.
+	now := time.Now()
+	gone := !ss.byUs.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
+	if gone {
+		s.lose(n, "its connection closed", now, now)
+		return
+	}
+	why := "connection error"
+	if e := ss.err.Load(); e != nil {
+		why += ": " + (*e).Error()
+	} else if err != nil {
+		why += ": " + err.Error()
+	}
+	s.lose(n, why, n.lastHeard, n.lastHeard.Add(s.cfg.Lease))
 }
 
 // lose marks n gone. at is when it was last known alive; fenceAt when its
@@ -614,6 +661,9 @@ func readJSON(r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("bad request body: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("bad request body: data after the JSON object")
 	}
 	return nil
 }

@@ -6,9 +6,8 @@ package cluster_test
 // are short (heartbeat 20 ms, node timeout 150 ms, lease 400 ms) so that
 // fencing and failure detection can be measured in well under a second.
 //
-// A test (or case) that shows a known bug skips with "BUG: ..." and the
-// bug's description; BULSAJO_TEST_BUGS=1 runs it. Those that would crash
-// the coordinator run it in a child process (inChild).
+// Tests whose failure would crash the coordinator run it in a child process
+// (inChild), so that the crash fails one test, not the run.
 
 import (
 	"bufio"
@@ -777,10 +776,6 @@ func TestAgentNameInUse(t *testing.T) {
 	}
 
 	t.Run("the reject says why", func(t *testing.T) {
-		bug(t, "register (internal/cluster/server.go) queues the name-in-use reject on the session and returns nil; "+
-			"agentSession returns and serveAgent's deferred ss.close() closes the connection before the session's "+
-			"writer has sent it (the bad-first-message path sleeps 50 ms for this, this one does not): the agent "+
-			"reads EOF, not the reason, and nodeagent treats it as a lost coordinator instead of a refusal")
 		rejected(t, impostor(t), `node name "dup" is in use by a connected agent`)
 	})
 
@@ -810,38 +805,33 @@ func TestSubmitBadInput(t *testing.T) {
 		return string(b)
 	}
 	huge := `{"id":"big","command":["` + strings.Repeat("x", 2<<20) + `"],"nnodes_min":1,"nnodes_max":1,"nproc_per_node":1}`
-	for _, tt := range []struct{ name, body, want, bug string }{
-		{"empty", "", "bad request body", ""},
-		{"not json", "hello", "bad request body", ""},
-		{"truncated", `{"id":"j","command":["x"]`, "bad request body", ""},
-		{"null", "null", "job id", ""},
-		{"array", `[1]`, "bad request body", ""},
-		{"no id", good(func(s *cluster.JobSpec) { s.ID = "" }), "job id", ""},
-		{"bad id", good(func(s *cluster.JobSpec) { s.ID = "../x" }), "job id", ""},
-		{"id with slash", good(func(s *cluster.JobSpec) { s.ID = "a/b" }), "job id", ""},
-		{"id too long", good(func(s *cluster.JobSpec) { s.ID = strings.Repeat("a", 64) }), "job id", ""},
-		{"no command", good(func(s *cluster.JobSpec) { s.Command = nil }), "command", ""},
-		{"empty command", good(func(s *cluster.JobSpec) { s.Command = []string{""} }), "command", ""},
-		{"nnodes 0", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 0, 0 }), "nnodes", ""},
-		{"min > max", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 3, 2 }), "nnodes", ""},
-		{"max huge", good(func(s *cluster.JobSpec) { s.NNodesMax = 1 << 30 }), "nnodes", ""},
-		{"nproc 0", good(func(s *cluster.JobSpec) { s.NProcPerNode = 0 }), "nproc_per_node", ""},
-		{"nproc huge", good(func(s *cluster.JobSpec) { s.NProcPerNode = 4096 }), "nproc_per_node", ""},
-		{"recovery bogus", good(func(s *cluster.JobSpec) { s.Recovery = "bogus" }), "recovery", ""},
-		{"negative restarts", good(func(s *cluster.JobSpec) { s.MaxRestarts = -1 }), "negative", ""},
-		{"negative grace", good(func(s *cluster.JobSpec) { s.StopGraceMS = -1 }), "negative", ""},
-		{"bad regex", good(func(s *cluster.JobSpec) { s.ProgressRegex = "step ([0-9]+" }), "progress regex", ""},
-		{"unknown field", `{"id":"j","command":["x"],"nnodes_min":1,"nnodes_max":1,"nproc_per_node":1,"gpus":8}`, "unknown field", ""},
-		{"wrong type", `{"id":"j","command":"x","nnodes_min":1,"nnodes_max":1,"nproc_per_node":1}`, "bad request body", ""},
-		{"huge body", huge, "bad request body", ""},
-		{"trailing data", good(func(*cluster.JobSpec) {}) + ` {"id":"other"}`, "bad request body",
-			"readJSON (internal/cluster/server.go) decodes the first JSON value and ignores what follows it: a body " +
-				"with trailing data is accepted (201), unlike wire.Decode, which refuses trailing data"},
+	for _, tt := range []struct{ name, body, want string }{
+		{"empty", "", "bad request body"},
+		{"not json", "hello", "bad request body"},
+		{"truncated", `{"id":"j","command":["x"]`, "bad request body"},
+		{"null", "null", "job id"},
+		{"array", `[1]`, "bad request body"},
+		{"no id", good(func(s *cluster.JobSpec) { s.ID = "" }), "job id"},
+		{"bad id", good(func(s *cluster.JobSpec) { s.ID = "../x" }), "job id"},
+		{"id with slash", good(func(s *cluster.JobSpec) { s.ID = "a/b" }), "job id"},
+		{"id too long", good(func(s *cluster.JobSpec) { s.ID = strings.Repeat("a", 64) }), "job id"},
+		{"no command", good(func(s *cluster.JobSpec) { s.Command = nil }), "command"},
+		{"empty command", good(func(s *cluster.JobSpec) { s.Command = []string{""} }), "command"},
+		{"nnodes 0", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 0, 0 }), "nnodes"},
+		{"min > max", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 3, 2 }), "nnodes"},
+		{"max huge", good(func(s *cluster.JobSpec) { s.NNodesMax = 1 << 30 }), "nnodes"},
+		{"nproc 0", good(func(s *cluster.JobSpec) { s.NProcPerNode = 0 }), "nproc_per_node"},
+		{"nproc huge", good(func(s *cluster.JobSpec) { s.NProcPerNode = 4096 }), "nproc_per_node"},
+		{"recovery bogus", good(func(s *cluster.JobSpec) { s.Recovery = "bogus" }), "recovery"},
+		{"negative restarts", good(func(s *cluster.JobSpec) { s.MaxRestarts = -1 }), "negative"},
+		{"negative grace", good(func(s *cluster.JobSpec) { s.StopGraceMS = -1 }), "negative"},
+		{"bad regex", good(func(s *cluster.JobSpec) { s.ProgressRegex = "step ([0-9]+" }), "progress regex"},
+		{"unknown field", `{"id":"j","command":["x"],"nnodes_min":1,"nnodes_max":1,"nproc_per_node":1,"gpus":8}`, "unknown field"},
+		{"wrong type", `{"id":"j","command":"x","nnodes_min":1,"nnodes_max":1,"nproc_per_node":1}`, "bad request body"},
+		{"huge body", huge, "bad request body"},
+		{"trailing data", good(func(*cluster.JobSpec) {}) + ` {"id":"other"}`, "bad request body"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.bug != "" {
-				bug(t, tt.bug)
-			}
 			code, h, body := c.request("POST", "/v1/jobs", testToken, strings.NewReader(tt.body))
 			if code != 400 {
 				t.Fatalf("got %d %s", code, body)
@@ -1031,22 +1021,13 @@ func TestJobNodeLostIsFenced(t *testing.T) {
 		nmin, nmax int
 		spare      bool   // gen 2: on a and the spare, else on a alone
 		garbage    string // b's session ends on this line instead of going silent
-		bug        string
 	}{
 		{name: "nnodes 1:2 shrinks to a", nmin: 1, nmax: 2},
 		{name: "nnodes 2 spare takes b's place", nmin: 2, nmax: 2, spare: true},
-		{name: "session ended on garbage", nmin: 1, nmax: 2, garbage: "{\"type\":\"heartbeat\",\n",
-			bug: "sessionEnded (internal/cluster/server.go) treats every end of a session as the agent process " +
-				"gone (fenceAt = now), including the ones the coordinator causes itself (a protocol error, a decode " +
-				"error, session.send dropping a slow agent): that agent and its workers are alive and run until " +
-				"its lease ends, but their ranks are handed out at once"},
-		{name: "session ended on an unexpected message", nmin: 1, nmax: 2, garbage: `{"type":"ack","seq":1}` + "\n",
-			bug: "as above: an unexpected message type ends the session with fenceAt = now"},
+		{name: "session ended on garbage", nmin: 1, nmax: 2, garbage: "{\"type\":\"heartbeat\",\n"},
+		{name: "session ended on an unexpected message", nmin: 1, nmax: 2, garbage: `{"type":"ack","seq":1}` + "\n"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if tt.bug != "" {
-				bug(t, tt.bug)
-			}
 			c := newCoord(t)
 			sp := spec("fence", tt.nmin, tt.nmax)
 			var spare *fakeAgent
@@ -1178,11 +1159,6 @@ func TestJobWaitsForNodes(t *testing.T) {
 // An agent speaks for its own node only: reports about a generation from
 // a node outside it, or about another node's ranks, must not move the job.
 func TestAgentSpeaksForItselfOnly(t *testing.T) {
-	bug(t, "job.fromAgent (internal/cluster/job.go) checks only job and generation: launched/stopped/fenced from "+
-		"a node outside the placement are counted in j.launched/j.stopped (maybeLaunched and checkStopped compare "+
-		"counts with len(placement)), and exited/progress are taken for any rank, whichever node holds it; so an "+
-		"idle node's stale 'stopped' lets the next generation start while a placed node's workers still run, and a "+
-		"node reporting another's rank finishes the job or gets that node blamed")
 	for _, tt := range []struct {
 		name   string
 		script func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent)
@@ -1363,18 +1339,6 @@ func (s *cutStore) CompareAndPut(ctx context.Context, key string, value []byte, 
 	return s.Store.CompareAndPut(ctx, key, value, rev)
 }
 
-// bug skips a test that shows a known bug, unless BULSAJO_TEST_BUGS is set.
-func bug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("BULSAJO_TEST_BUGS") == "" {
-		t.Skip("BUG: " + what + " (BULSAJO_TEST_BUGS=1 runs it)")
-	}
-}
-
-const closeHangs = "Server.Close (internal/cluster/server.go) never returns while a job runs: it detaches the job, " +
-	"coordinator.Run returns Detached, job.finished returns early without closing j.done, so the job's log " +
-	"goroutine (job.start, internal/cluster/job.go) never exits and s.bg.Wait() blocks forever"
-
 // waitStored waits until the store holds the job at generation gen and
 // every event the coordinator has published.
 func waitStored(t *testing.T, c *coord, mem store.Store, id string, gen int) {
@@ -1403,7 +1367,6 @@ func TestRestartAdoptsRunningJob(t *testing.T) {
 	for _, how := range []string{"crash", "close"} {
 		t.Run(how, func(t *testing.T) {
 			if how == "close" {
-				bug(t, closeHangs)
 			}
 			mem := store.NewMemory()
 			dir := t.TempDir()
@@ -1511,9 +1474,6 @@ func TestRestartAdoptsRunningJob(t *testing.T) {
 // faults against the nodes it was connected to, nor quarantine them, nor
 // log their loss as a fault of the job.
 func TestCloseBlamesNoNode(t *testing.T) {
-	bug(t, "Server.Close (internal/cluster/server.go) closes every agent session; each session's goroutine then "+
-		"runs sessionEnded -> lose -> job.nodeLost + fault: the nodes get a fault each (quarantined with "+
-		"QuarantineAfter 1, persisted when the write beats the writer's exit), and the job logs node_lost")
 	q := func(cfg *cluster.Config) { cfg.QuarantineAfter = 1 }
 	c := newCoord(t, q)
 	sp := spec("blame", 2, 2)
@@ -1535,7 +1495,6 @@ func TestCloseBlamesNoNode(t *testing.T) {
 
 // Close with a job running returns, and leaves the workers alone.
 func TestCloseWithRunningJob(t *testing.T) {
-	bug(t, closeHangs)
 	c := newCoord(t)
 	a, b := launchTwo(t, c, spec("close", 2, 2), nil)
 	if !c.closeServer(3 * time.Second) {
@@ -1674,8 +1633,6 @@ func TestEventsStream(t *testing.T) {
 // A client asking for events after the end of a finished job (it had them
 // all already) gets an empty stream that ends, not keep-alives forever.
 func TestEventsFromPastTheEndOfAFinishedJob(t *testing.T) {
-	bug(t, "serveEvents (internal/cluster/job.go) ends a stream only after writing run_finished: with from >= "+
-		"the number of events of a finished job it writes a keep-alive line every second until the client gives up")
 	c := newCoord(t)
 	c.submit(spec("cancelled", 1, 1))
 	c.request("POST", "/v1/jobs/cancelled/cancel", testToken, nil)
@@ -1694,7 +1651,7 @@ func TestEventsFromPastTheEndOfAFinishedJob(t *testing.T) {
 	}
 }
 
-// ---- bugs that crash the coordinator (run in a child process) ----
+// ---- input that once crashed the coordinator (run in a child process) ----
 
 // inChild runs test name in a child process with BULSAJO_CLUSTER_CHILD set
 // and reports whether it passed: a panic in a coordinator goroutine kills
@@ -1718,47 +1675,23 @@ func firstLines(s string, n int) string {
 	return strings.Join(lines[:min(n, len(lines))], "\n")
 }
 
-const helloPortUnchecked = "wire.Msg.Validate (internal/wire/wire.go) range-checks free_port in heartbeats but not in hello; " +
-	"register (internal/cluster/server.go) offers it (offerPort drops only p <= 0), launchPending takes it as the " +
-	"rendezvous port, and session.send panics on the start message that fails wire.Encode"
-
-// A hello's free_port above 65535 becomes the rendezvous port of a start
-// message that wire.Encode refuses, and session.send panics: from the
-// coordinator loop's goroutine (the job submitted after the node joined)
-// that kills the coordinator.
+// A hello whose free_port is out of range is refused (once it became the
+// rendezvous port of a start message wire.Encode refused, and the
+// coordinator panicked), whether a job waits for nodes or not.
 func TestHelloFreePortOutOfRange(t *testing.T) {
-	bug(t, helloPortUnchecked)
-	if inChild(t) {
-		return
-	}
-	c := newCoord(t)
-	a := connect(t, c, "bad-port", agentOpts{port: 70000, silent: true})
-	c.submit(spec("port", 1, 1))
-	r := a.waitFor("start or reject", func(m wire.Msg) bool { return m.Type == wire.TStart || m.Type == wire.TReject })
-	if s := r.m.Spec; s != nil && (s.MasterPort < 1 || s.MasterPort > 65535) {
-		t.Fatalf("rendezvous port %d", s.MasterPort)
-	}
-	c.status()
-}
-
-// The same node joining after the job was submitted: the panic is in its
-// session's handler (net/http recovers it), the generation is placed on a
-// node that never got its start, and the node keeps a dead session until
-// its heartbeat timeout.
-func TestHelloFreePortOutOfRangeJoinsLate(t *testing.T) {
-	bug(t, helloPortUnchecked)
 	c := newCoord(t)
 	c.submit(spec("port", 1, 1))
 	c.waitStatus("waiting", func(st cluster.Status) bool { return st.Job != nil && st.Job.State == "waiting for nodes" })
 	a := openSession(t, c, "bad-port")
-	a.send(wire.Msg{Type: wire.THello, Name: "bad-port", NProc: 1, Addr: "192.0.2.10", Instance: "i", FreePort: 70000})
-	r := a.waitFor("welcome or reject", func(m wire.Msg) bool { return m.Type == wire.TWelcome || m.Type == wire.TReject })
-	if r.m.Type == wire.TWelcome {
-		a.startHeartbeats(tHeartbeat)
-		s := a.waitFor("start", isType(wire.TStart)).m.Spec
-		if s.MasterPort < 1 || s.MasterPort > 65535 {
-			t.Fatalf("rendezvous port %d", s.MasterPort)
-		}
+	if err := a.sendRaw([]byte(`{"type":"hello","name":"bad-port","nproc":1,"addr":"192.0.2.10","instance":"i","free_port":70000}` + "\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := a.waitFor("reject", isType(wire.TReject))
+	if !strings.Contains(r.m.Reason, "port out of range") {
+		t.Fatalf("reject reason %q", r.m.Reason)
+	}
+	if st := c.status(); len(st.Nodes) != 0 {
+		t.Fatalf("the refused agent became a node: %+v", st.Nodes)
 	}
 }
 
@@ -1766,10 +1699,6 @@ func TestHelloFreePortOutOfRangeJoinsLate(t *testing.T) {
 // escaping: '<' is sent as \u003c), and longer than wire.MaxMessage; the
 // coordinator must refuse such a job at submit, or fail it, never panic.
 func TestStartMessageTooLarge(t *testing.T) {
-	bug(t, "serveSubmit (internal/cluster/job.go) accepts a command up to the 1 MiB body limit, but the start message "+
-		"that carries it is re-encoded by json.Marshal ('<' becomes \\u003c, plus the other fields) and can exceed "+
-		"wire.MaxMessage: wire.Encode returns ErrTooLarge and session.send panics in launchPending, on the "+
-		"coordinator loop's goroutine: the coordinator process dies")
 	if inChild(t) {
 		return
 	}

@@ -176,6 +176,9 @@ func (m *Msg) Validate() error {
 		if len(m.Addr) == 0 || len(m.Addr) > 255 {
 			return invalid(t, "addr missing")
 		}
+		if m.FreePort < 0 || m.FreePort > 65535 {
+			return invalid(t, "port out of range")
+		}
 		if s := m.Current; s != nil {
 			if !ValidName(s.Job) || s.Gen < 1 || len(s.Running) > 1024 || len(s.Exited) > 1024 {
 				return invalid(t, "bad current state")
