@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -210,7 +211,8 @@ func (s *Server) loadJob(ctx context.Context) error {
 			s.nodes[p.Node] = n
 		}
 		// It may have renewed its lease right before we died.
-		n.lastHeard, n.fenceAt = time.Now(), time.Now().Add(s.cfg.Lease)
+		n.hear(time.Now())
+		n.fenceAt = time.Now().Add(s.cfg.Lease)
 	}
 	s.con.Printf("resuming job %s at generation %d (%d nodes); waiting for its agents", rec.Spec.ID, rec.Gen, len(rec.Placement))
 	var resume *policy.Resume
@@ -537,6 +539,15 @@ func (j *job) choose() []*node {
 	return out
 }
 
+// someNames lists names for a console line: all of a few, the first of many.
+func someNames(names []string) string {
+	const most = 8
+	if len(names) <= most {
+		return "[" + strings.Join(names, " ") + "]"
+	}
+	return fmt.Sprintf("[%s … and %d more]", strings.Join(names[:most], " "), len(names)-most)
+}
+
 func cmpString(a, b string) int {
 	switch {
 	case a < b:
@@ -582,7 +593,7 @@ func (j *job) launchPending() {
 		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen,
 			Spec: j.wireSpec(world, j.rec.Placement[i].Ranks, i, len(nodes), j.rec.MasterAddr, port)})
 	}
-	j.s.con.Printf("▶ generation %d on %d nodes (%v) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), names, world, j.rec.MasterAddr, port)
+	j.s.con.Printf("▶ generation %d on %d nodes (%s) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), someNames(names), world, j.rec.MasterAddr, port)
 }
 
 // Regroup implements coordinator.Node: live recovery across nodes. Every
@@ -652,7 +663,7 @@ func (j *job) Regroup(spec agent.RegroupSpec) error {
 	if spec.Grow {
 		what = "grow"
 	}
-	j.s.con.Printf("↻ %s: generation %d on %d nodes %v · world %d · rendezvous %s:%d", what, spec.Gen, len(order), order, world, first.Addr, port)
+	j.s.con.Printf("↻ %s: generation %d on %d nodes %s · world %d · rendezvous %s:%d", what, spec.Gen, len(order), someNames(order), world, first.Addr, port)
 	if err := j.spawn(spec.Spawn); err != nil {
 		// The survivors train on; the policy waits for replacements that
 		// will not come, which costs nothing but the missing ranks.
@@ -908,6 +919,9 @@ func (j *job) nodeLost(n *node, why string, at time.Time) {
 	}
 	j.emit(agent.Exited{Gen: j.rec.Gen, Rank: ranks[0], Also: ranks[1:], Code: -1, Signal: policy.SignalNodeLost,
 		LastError: fmt.Sprintf("node %s lost: %s", n.Name, why), At: at})
+	if !n.fenceAt.After(time.Now()) {
+		j.stopped[n.Name] = true // its workers are gone with its agent: no need to wait for a tick
+	}
 	j.checkStopped(time.Now(), true)
 }
 
@@ -978,7 +992,7 @@ func (j *job) tick(now time.Time) {
 			if n := j.s.nodes[p.Node]; n != nil && n.sess == nil && !n.lost && !j.launched[p.Node] {
 				n.lost = true
 				j.s.con.Printf("! node %s lost: did not come back after the coordinator restarted", n.Name)
-				j.nodeLost(n, "did not come back after the coordinator restarted", n.lastHeard)
+				j.nodeLost(n, "did not come back after the coordinator restarted", n.lastHeard())
 				j.s.fault(n, "did not come back after the coordinator restarted")
 			}
 		}

@@ -103,9 +103,10 @@ type node struct {
 	Addr     string
 	instance string
 
-	sess      *session // nil when not connected
-	lastHeard time.Time
-	ports     []int // ports the node reported free, newest last (rendezvous)
+	sess  *session     // nil when not connected
+	heard atomic.Int64 // unix ns of the last message: written without s.mu (heartbeats)
+	pmu   sync.Mutex
+	ports []int // ports the node reported free, newest last (rendezvous; pmu)
 	// lost: the node held ranks when it went away; fenceAt is when its
 	// lease has certainly run out, so its ranks may be handed to others.
 	lost    bool
@@ -115,6 +116,8 @@ type node struct {
 // offerPort keeps a port the node reported free (each heartbeat brings
 // one), so that regroups in quick succession each get a fresh port.
 func (n *node) offerPort(p int) {
+	n.pmu.Lock()
+	defer n.pmu.Unlock()
 	if p <= 0 || slices.Contains(n.ports, p) {
 		return
 	}
@@ -124,9 +127,14 @@ func (n *node) offerPort(p int) {
 	}
 }
 
+func (n *node) lastHeard() time.Time { return time.Unix(0, n.heard.Load()) }
+func (n *node) hear(t time.Time)     { n.heard.Store(t.UnixNano()) }
+
 // takePort returns the newest port the node reported free; fallback is
 // used when it has reported none (it reports one per heartbeat).
 func (n *node) takePort(fallback int) int {
+	n.pmu.Lock()
+	defer n.pmu.Unlock()
 	if len(n.ports) == 0 {
 		return fallback
 	}
@@ -245,6 +253,7 @@ type session struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	byUs      atomic.Bool           // the coordinator ended it (the agent may well be alive)
+	current   atomic.Bool           // the node's session now (not replaced, not lost)
 	err       atomic.Pointer[error] // why, when we ended it
 }
 
@@ -315,7 +324,7 @@ func (s *Server) serveAgent(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	ss := &session{conn: conn, out: make(chan []byte, 256), done: make(chan struct{})}
+	ss := &session{conn: conn, out: make(chan []byte, 64), done: make(chan struct{})}
 	s.sessions.Add(1)
 	defer s.sessions.Add(-1)
 	go ss.writer()
@@ -356,19 +365,18 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 		}
 		switch m.Type {
 		case wire.THeartbeat:
+			// The hot path at 10,000 nodes: no server lock.
 			s.heartbeats.Add(1)
-			s.mu.Lock()
-			if n.sess == ss {
-				n.lastHeard = time.Now()
+			if ss.current.Load() {
+				n.hear(time.Now())
 				n.offerPort(m.FreePort)
 			}
-			s.mu.Unlock()
 			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
 			wire.TJoinerReady, wire.TJoinerLost:
 			s.mu.Lock()
 			if n.sess == ss {
-				n.lastHeard = time.Now()
+				n.hear(time.Now())
 				if j := s.job; j != nil {
 					j.fromAgent(n, m)
 				}
@@ -401,13 +409,15 @@ func (s *Server) register(ss *session, h wire.Msg) *node {
 			ss.send(wire.Msg{Type: wire.TReject, Reason: fmt.Sprintf("node name %q is in use by a connected agent", h.Name)})
 			return nil
 		}
+		old.current.Store(false)
 		old.close()
 	}
 	restarted := n.instance != "" && n.instance != h.Instance
 	n.sess, n.instance = ss, h.Instance
 	n.NProc, n.Spare, n.Addr = h.NProc, h.Spare, h.Addr
 	n.offerPort(h.FreePort)
-	n.lastHeard = time.Now()
+	n.hear(time.Now())
+	ss.current.Store(true)
 	ss.send(wire.Msg{Type: wire.TWelcome, LeaseMS: int(s.cfg.Lease / time.Millisecond), HeartbeatMS: int(s.cfg.Heartbeat / time.Millisecond), Name: h.Name})
 	role := "worker node"
 	if n.Spare {
@@ -454,13 +464,14 @@ func (s *Server) sessionEnded(n *node, ss *session, err error) {
 	} else if err != nil {
 		why += ": " + err.Error()
 	}
-	s.lose(n, why, n.lastHeard, n.lastHeard.Add(s.cfg.Lease))
+	s.lose(n, why, n.lastHeard(), n.lastHeard().Add(s.cfg.Lease))
 }
 
 // lose marks n gone. at is when it was last known alive; fenceAt when its
 // workers are certainly stopped.
 func (s *Server) lose(n *node, why string, at, fenceAt time.Time) {
 	if n.sess != nil {
+		n.sess.current.Store(false)
 		n.sess.close()
 		n.sess = nil
 	}
@@ -544,18 +555,28 @@ func (s *Server) ticker() {
 	defer s.bg.Done()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	prev := time.Now()
 	for {
 		select {
 		case <-s.quit:
 			return
-		case now := <-t.C:
+		case <-t.C:
 			s.mu.Lock()
+			now := time.Now()
+			// A pass that comes late (this process stalled: GC, swap, a
+			// lock) cannot tell silent nodes from its own delay: it judges
+			// no one, and the next pass looks again.
+			late := now.Sub(prev) > s.cfg.NodeTimeout/2
+			prev = now
 			for _, n := range s.nodes {
-				silent := now.Sub(n.lastHeard)
-				if n.sess != nil && silent > s.cfg.NodeTimeout {
+				if n.sess == nil || late {
+					continue
+				}
+				last := n.lastHeard()
+				if silent := now.Sub(last); silent > s.cfg.NodeTimeout {
 					// Its last acknowledged heartbeat was sent before we heard
 					// it, so its lease ends by lastHeard + lease.
-					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), n.lastHeard, n.lastHeard.Add(s.cfg.Lease))
+					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, last.Add(s.cfg.Lease))
 				}
 			}
 			if j := s.job; j != nil {
@@ -630,7 +651,7 @@ func (s *Server) Status() Status {
 			ns.State = "disconnected"
 		default:
 			ns.State = "ready"
-			ns.SilentS = now.Sub(n.lastHeard).Seconds()
+			ns.SilentS = now.Sub(n.lastHeard()).Seconds()
 		}
 		if s.job != nil {
 			if ranks := s.job.ranksOf(n.Name); len(ranks) > 0 {

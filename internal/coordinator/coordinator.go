@@ -187,6 +187,13 @@ func (r *run) medianStep() time.Duration {
 }
 
 func (r *run) apply(ds []policy.Decision) {
+	// Stopping comes first: the fault that causes it is recorded (fsynced,
+	// stored) after the stop is on its way, not before.
+	for _, d := range ds {
+		if d, ok := d.(policy.Stop); ok {
+			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
+		}
+	}
 	for _, d := range ds {
 		switch d := d.(type) {
 		case policy.Launch:
@@ -204,7 +211,7 @@ func (r *run) apply(ds []policy.Decision) {
 			}
 			r.apply(r.m.Step(r.now(), policy.Diagnosed{Gen: d.Gen, Rank: rank}))
 		case policy.Stop:
-			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
+			// done above
 		case policy.Fault:
 			r.fault(d)
 		case policy.Recovered:
@@ -230,6 +237,8 @@ func (r *run) launch(d policy.Launch) {
 	}
 	spec := agent.GenerationSpec{Gen: d.Gen, RestartCount: d.RestartCount, WorldSize: d.WorldSize, Ranks: ranks,
 		GroupWorldSize: 1, MasterAddr: r.cfg.MasterAddr, MasterPort: port}
+	// Recorded before the workers start: tools (bench/faults.py) read the
+	// event as "pids files newer than this belong to the new generation".
 	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize})
 	if err = r.node.StartGeneration(spec); err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})

@@ -271,7 +271,10 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 		// A coordinator that acknowledges nothing for a few heartbeats is
 		// dead, cut off, or deposed: reconnect, maybe to another one (a new
 		// leader), while the lease still holds.
-		sess.conn.SetReadDeadline(time.Now().Add(min(lease/2, max(4*hb, 500*time.Millisecond))))
+		// (6 heartbeats, or a third of the lease: longer than the
+		// coordinator's own node timeout, so a busy coordinator is not
+		// taken for a dead one first.)
+		sess.conn.SetReadDeadline(time.Now().Add(max(6*hb, lease/3)))
 		m, err := rd.Read()
 		if err != nil {
 			return err
