@@ -209,6 +209,10 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 			return err
 		}
 		defer ext.Close()
+		if least := time.Duration(etcdstore.DefaultElectionTTL)*time.Second + 2*time.Second; o.cfg.Lease < least {
+			con.Printf("! warning: --lease %s is shorter than a leader takeover (election TTL %d s + reconnecting, about %s): "+
+				"a failover will fence the workers and restart the job", o.cfg.Lease, etcdstore.DefaultElectionTTL, least)
+		}
 		con.Printf("state: etcd %v; campaigning for leadership as %s", eps, o.advertise)
 		lead, err := ext.Campaign(ctx, "coordinator", o.advertise)
 		if err != nil {

@@ -779,9 +779,8 @@ func (j *job) checkStopped(now time.Time, full bool) {
 			if j.stopped[p.Node] {
 				continue
 			}
-			n := j.s.nodes[p.Node]
-			if n != nil && n.sess == nil && !now.Before(n.fenceAt) {
-				continue
+			if n := j.s.nodes[p.Node]; n != nil && n.lost && !now.Before(n.fenceAt) {
+				continue // given up on, and its lease is over
 			}
 			return
 		}

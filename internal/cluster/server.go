@@ -104,6 +104,7 @@ type node struct {
 	instance string
 
 	sess  *session     // nil when not connected
+	away  bool         // disconnected by its own word (bye): lost only if silent too long
 	heard atomic.Int64 // unix ns of the last message: written without s.mu (heartbeats)
 	pmu   sync.Mutex
 	ports []int // ports the node reported free, newest last (rendezvous; pmu)
@@ -254,6 +255,7 @@ type session struct {
 	closeOnce sync.Once
 	byUs      atomic.Bool           // the coordinator ended it (the agent may well be alive)
 	current   atomic.Bool           // the node's session now (not replaced, not lost)
+	bye       atomic.Bool           // the agent said it closes the session itself and lives on
 	err       atomic.Pointer[error] // why, when we ended it
 }
 
@@ -372,6 +374,8 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 				n.offerPort(m.FreePort)
 			}
 			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
+		case wire.TBye:
+			ss.bye.Store(true)
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
 			wire.TJoinerReady, wire.TJoinerLost:
 			s.mu.Lock()
@@ -413,6 +417,7 @@ func (s *Server) register(ss *session, h wire.Msg) *node {
 		old.close()
 	}
 	restarted := n.instance != "" && n.instance != h.Instance
+	n.away = false
 	n.sess, n.instance = ss, h.Instance
 	n.NProc, n.Spare, n.Addr = h.NProc, h.Spare, h.Addr
 	n.offerPort(h.FreePort)
@@ -453,6 +458,13 @@ func (s *Server) sessionEnded(n *node, ss *session, err error) {
 	// session we ended ourselves (a protocol error, a slow reader) or a
 	// broken stream leaves a live agent: its lease must run out first.
 	now := time.Now()
+	if ss.bye.Load() {
+		// Alive, reconnecting: judged by silence like any other node.
+		ss.current.Store(false)
+		n.sess, n.away = nil, true
+		s.con.Printf("… node %s disconnected; it may come back within %s", n.Name, s.cfg.NodeTimeout)
+		return
+	}
 	gone := !ss.byUs.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
 	if gone {
 		s.lose(n, "its connection closed", now, now)
@@ -569,13 +581,14 @@ func (s *Server) ticker() {
 			late := now.Sub(prev) > s.cfg.NodeTimeout/2
 			prev = now
 			for _, n := range s.nodes {
-				if n.sess == nil || late {
+				if (n.sess == nil && !n.away) || late {
 					continue
 				}
 				last := n.lastHeard()
 				if silent := now.Sub(last); silent > s.cfg.NodeTimeout {
 					// Its last acknowledged heartbeat was sent before we heard
 					// it, so its lease ends by lastHeard + lease.
+					n.away = false
 					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, last.Add(s.cfg.Lease))
 				}
 			}

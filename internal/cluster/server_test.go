@@ -1021,11 +1021,15 @@ func TestJobNodeLostIsFenced(t *testing.T) {
 		nmin, nmax int
 		spare      bool   // gen 2: on a and the spare, else on a alone
 		garbage    string // b's session ends on this line instead of going silent
+		hangUp     bool   // b closes its connection after the garbage
 	}{
 		{name: "nnodes 1:2 shrinks to a", nmin: 1, nmax: 2},
 		{name: "nnodes 2 spare takes b's place", nmin: 2, nmax: 2, spare: true},
 		{name: "session ended on garbage", nmin: 1, nmax: 2, garbage: "{\"type\":\"heartbeat\",\n"},
 		{name: "session ended on an unexpected message", nmin: 1, nmax: 2, garbage: `{"type":"ack","seq":1}` + "\n"},
+		// An agent that closes its session itself but lives on says bye
+		// first: its close is not its death, and its lease is waited out.
+		{name: "bye, then the connection closed", nmin: 1, nmax: 2, garbage: `{"type":"bye","reason":"no acks"}` + "\n", hangUp: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCoord(t)
@@ -1047,6 +1051,10 @@ func TestJobNodeLostIsFenced(t *testing.T) {
 			if tt.garbage != "" {
 				b.sendRaw([]byte(tt.garbage))
 				lastB = time.Unix(0, b.lastSent.Load())
+				if tt.hangUp {
+					time.Sleep(20 * time.Millisecond)
+					b.close()
+				}
 			}
 			fence := lastB.Add(tLease)
 			stop := a.waitFor("stop of gen 1", isGen(wire.TStop, sp.ID, 1))
@@ -1105,6 +1113,33 @@ func TestJobNodeLostIsFenced(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// An agent that said bye and comes back within the node timeout, still
+// running its part, was never lost: no fault, no new generation.
+func TestByeAndBackIsNoFault(t *testing.T) {
+	c := newCoord(t)
+	sp := spec("bye", 2, 2)
+	a, b := launchTwo(t, c, sp, nil)
+	b.waitAcked(2)
+	b.stopHeartbeats()
+	b.sendRaw([]byte(`{"type":"bye","reason":"no word from the coordinator"}` + "\n"))
+	time.Sleep(20 * time.Millisecond)
+	b.close()
+	c.waitStatus("b disconnected", nodeState("b", "disconnected"))
+	connect(t, c, "b", agentOpts{addr: "10.0.0.2", port: 32002,
+		current: &wire.NodeState{Job: sp.ID, Gen: 1, Running: []int{1}, Step: 3}})
+	time.Sleep(2 * tNodeTimeout)
+	st := c.status()
+	if st.Job.Gen != 1 || st.Job.State != "training" {
+		t.Fatalf("job %+v: the reconnect restarted it", st.Job)
+	}
+	if n, _ := nodeOf(st, "b"); n.Faults != 0 || n.State != "training" {
+		t.Fatalf("b %+v", n)
+	}
+	if got := a.find(isType(wire.TStop)); got != nil {
+		t.Fatalf("a was told to stop:%s", a.dump())
 	}
 }
 

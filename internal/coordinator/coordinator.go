@@ -92,7 +92,8 @@ type run struct {
 	stepTimes []time.Duration   // per-step durations, to price rollbacks
 	lastStep  int
 	lastAt    time.Time
-	seq       int // events written to the store
+	seq       int           // events written to the store
+	paused    time.Duration // time this process did not run (left out of the policy's clock)
 }
 
 // Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
@@ -116,6 +117,7 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 	}
 	tick := time.NewTicker(cfg.Tick)
 	defer tick.Stop()
+	lastTick := time.Now()
 	for r.result == nil {
 		select {
 		case s := <-signals:
@@ -130,6 +132,14 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		case ev := <-node.Events():
 			r.handle(ev)
 		case <-tick.C:
+			// A tick far behind means this process did not run (stopped, a
+			// frozen VM, swapping): the workers' silence meanwhile is ours,
+			// not theirs. The policy's clock skips the gap.
+			if gap := time.Since(lastTick); gap > max(10*cfg.Tick, time.Second) {
+				r.paused += gap - cfg.Tick
+				r.con.Printf("… bulsajo did not run for %s; that time does not count as the job's silence", gap.Round(time.Millisecond))
+			}
+			lastTick = time.Now()
 			r.apply(r.m.Step(r.now(), policy.Tick{}))
 			r.maybeInject()
 		case <-cfg.Detach:
@@ -139,7 +149,9 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 	return *r.result
 }
 
-func (r *run) now() time.Duration { return time.Since(r.start) }
+// now is the policy's clock: time this process has been running the job
+// (a stall of the process itself is left out).
+func (r *run) now() time.Duration { return time.Since(r.start) - r.paused }
 
 func (r *run) handle(ev agent.Event) {
 	switch e := ev.(type) {

@@ -106,6 +106,19 @@ func New(cfg Config) *Agent {
 // Run keeps the agent connected until ctx ends, then stops every worker.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.endJob()
+	// On the way out the workers are stopped first and the session closed
+	// after: a closed session tells the coordinator this node's workers are
+	// gone, and it hands their ranks on at once.
+	go func() {
+		<-ctx.Done()
+		a.endJob()
+		a.mu.Lock()
+		s := a.sess
+		a.mu.Unlock()
+		if s != nil {
+			s.close()
+		}
+	}()
 	go a.fenceLoop(ctx)
 	backoff := 100 * time.Millisecond
 	said := false
@@ -128,6 +141,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		backoff, said = 100*time.Millisecond, false
 		err = a.session(ctx, sess, br)
+		if ctx.Err() == nil {
+			// Closing on our own while alive (the coordinator went quiet, or
+			// spoke nonsense): say so, or the close reads as this node's
+			// death and its ranks would move while its workers still run.
+			sess.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			sess.send(wire.Msg{Type: wire.TBye, Reason: trim(fmt.Sprint(err))})
+		}
 		sess.close()
 		// With several coordinators, try the others first: the one we lost
 		// may have lost its leadership.

@@ -34,6 +34,7 @@ const (
 	TProgress         = "progress"          // a worker committed a step
 	TStopped          = "stopped"           // every local worker of a generation reaped
 	TFenced           = "fenced"            // the agent stopped its workers on its own (lease expired)
+	TBye              = "bye"               // the agent closes this session itself but lives on (workers until its lease ends)
 	TCollectiveFailed = "collective_failed" // live: a worker's collective broke (Err says how)
 	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
 	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
@@ -218,7 +219,7 @@ func (m *Msg) Validate() error {
 		if (t == TSignal || m.Sig != "") && !sigRE.MatchString(m.Sig) {
 			return invalid(t, "bad signal name")
 		}
-	case TFenced, TReject:
+	case TFenced, TReject, TBye:
 		if m.Reason == "" {
 			return invalid(t, "reason required")
 		}

@@ -634,3 +634,27 @@ func TestMultiNodeLiveSpareJoins(t *testing.T) {
 		t.Error("no replacement took part")
 	}
 }
+
+// A coordinator that stalls (SIGSTOP: a long GC, swapping, a frozen VM)
+// longer than the agents' patience: they say bye, reconnect when it is back,
+// and nobody restarts — the stall is not a node loss.
+func TestMultiNodeCoordinatorStallIsNoFault(t *testing.T) {
+	m := newCluster(t, []string{"n1", "n2"})
+	sub := m.submit("2", "-steps", "100", "-step-time", "50ms")
+	m.waitStep(1, 10, 30*time.Second)
+	pid := m.coord.cmd.Process.Pid
+	syscall.Kill(pid, syscall.SIGSTOP)
+	time.Sleep(2200 * time.Millisecond)
+	syscall.Kill(pid, syscall.SIGCONT)
+	if code := sub.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	for _, r := range m.steps() {
+		if r.gen != 1 {
+			t.Fatalf("generation %d ran: the stall restarted the job:\n%s", r.gen, m.coord.out.String())
+		}
+	}
+	if evs := m.events(); countType(evs, events.FaultDetected) != 0 {
+		t.Fatalf("faults recorded for a coordinator stall: %+v", evs)
+	}
+}
