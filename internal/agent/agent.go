@@ -73,6 +73,14 @@ type (
 		Gen, Rank, Step int
 		At              time.Time
 	}
+	// RendezvousReady: rank 0 (on this node) listens on MASTER_PORT, or
+	// did not within the cap (Listening false: the script meets some other
+	// way). Multi-node only.
+	RendezvousReady struct {
+		Gen       int
+		Listening bool
+		At        time.Time
+	}
 	// Stopped: every worker of Gen has been reaped.
 	Stopped struct {
 		Gen int
@@ -80,10 +88,11 @@ type (
 	}
 )
 
-func (Launched) agentEvent() {}
-func (Exited) agentEvent()   {}
-func (Progress) agentEvent() {}
-func (Stopped) agentEvent()  {}
+func (Launched) agentEvent()        {}
+func (RendezvousReady) agentEvent() {}
+func (Exited) agentEvent()          {}
+func (Progress) agentEvent()        {}
+func (Stopped) agentEvent()         {}
 
 // ErrClosed is returned by calls on a closed agent.
 var ErrClosed = errors.New("agent: closed")
@@ -221,6 +230,13 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 	if a.shim != nil {
 		go a.refillStandbys()
 	}
+	if spec.GroupWorldSize > 1 && spec.Ranks[order[0]] == 0 {
+		// Other nodes start their ranks when told rank 0's store listens.
+		go func() {
+			ok := waitListening(spec.MasterPort, rendezvousWait)
+			a.emit(RendezvousReady{Gen: spec.Gen, Listening: ok, At: time.Now()})
+		}()
+	}
 	return nil
 }
 
@@ -259,6 +275,14 @@ func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int, env map[
 // (py-spy, a fault script): a standby's /proc/PID/environ predates its rank.
 func (a *Agent) writePID(rank, pid int) {
 	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+}
+
+// Prewarm fills the standby pool before any generation runs here: a spare
+// that takes over then skips the interpreter's start and torch's import.
+func (a *Agent) Prewarm() {
+	if a.shim != nil {
+		go a.refillStandbys()
+	}
 }
 
 // StopGeneration stops every worker of gen: SIGTERM (and SIGCONT, so a

@@ -85,6 +85,11 @@ func (sp *JobSpec) Validate() error {
 // message carrying it fits wire.MaxMessage with room for the rest.
 const maxCommandBytes = wire.MaxMessage / 4
 
+type heldStart struct {
+	node string
+	msg  wire.Msg
+}
+
 // placement is one node's part of a generation.
 type placement struct {
 	Node  string `json:"node"`
@@ -133,12 +138,18 @@ type job struct {
 	log *events.Log
 
 	// current generation (s.mu)
-	where   map[string]int // node -> index in rec.Placement
-	joiners map[string]int // live: node -> replacements started there, not yet admitted
+	where    map[string]int  // node -> index in rec.Placement
+	joiners  map[string]int  // live: node -> replacements started there, not yet admitted
+	ready    map[string]int  // of which up and waiting
+	prepared map[string]bool // nodes outside the generation told to pre-start standby workers
+	// Starts held back until rank 0's store listens (torch's client waits a
+	// whole second before it retries a refused connection).
+	held      []heldStart
+	heldUntil time.Time
+	noStagger bool // the script does not listen on MASTER_PORT: never hold
 	// the generation before, to blame a fault reported after the next began
 	prevGen       int
 	prevPlacement []placement
-	ready         map[string]int  // of which up and waiting
 	launched      map[string]bool // node -> its workers started
 	stopped       map[string]bool // node -> its workers reaped
 	stopping      bool
@@ -482,6 +493,25 @@ func (j *job) capacityChanged() {
 	if j.pending != nil {
 		j.launchPending()
 	}
+	j.prepareIdle()
+}
+
+// prepareIdle has every usable node outside the generation (spares first of
+// all) pre-start standby workers, so that taking over costs no interpreter
+// start and no torch import (s.mu held).
+func (j *job) prepareIdle() {
+	if !j.rec.Spec.Standby || j.rec.Done || len(j.rec.Placement) == 0 {
+		return
+	}
+	if j.prepared == nil {
+		j.prepared = map[string]bool{}
+	}
+	for _, n := range j.s.nodes {
+		if j.usable(n) && !j.holds(n) && !j.prepared[n.Name] {
+			j.prepared[n.Name] = true
+			n.sess.send(wire.Msg{Type: wire.TPrepare, Job: j.rec.Spec.ID, Spec: j.wireSpec(1, []int{0}, 0, 1, n.Addr, 1)})
+		}
+	}
 }
 
 // usable reports whether n can take part in a new generation.
@@ -588,12 +618,30 @@ func (j *job) launchPending() {
 	}
 	j.save()
 	names := make([]string, len(nodes))
+	j.held = nil
 	for i, n := range nodes {
 		names[i] = n.Name
-		n.sess.send(wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen,
-			Spec: j.wireSpec(world, j.rec.Placement[i].Ranks, i, len(nodes), j.rec.MasterAddr, port)})
+		m := wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen,
+			Spec: j.wireSpec(world, j.rec.Placement[i].Ranks, i, len(nodes), j.rec.MasterAddr, port)}
+		if i > 0 && !j.noStagger {
+			j.held = append(j.held, heldStart{n.Name, m})
+			continue
+		}
+		n.sess.send(m)
 	}
+	j.heldUntil = time.Now().Add(3 * time.Second)
 	j.s.con.Printf("▶ generation %d on %d nodes (%s) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), someNames(names), world, j.rec.MasterAddr, port)
+	j.prepareIdle()
+}
+
+// releaseHeld sends the starts held back for rank 0's store (s.mu held).
+func (j *job) releaseHeld() {
+	for _, h := range j.held {
+		if n := j.s.nodes[h.node]; n != nil && n.sess != nil {
+			n.sess.send(h.msg)
+		}
+	}
+	j.held = nil
 }
 
 // Regroup implements coordinator.Node: live recovery across nodes. Every
@@ -759,6 +807,10 @@ func (j *job) StopGeneration(gen int, grace time.Duration) {
 		return
 	}
 	j.stopping = true
+	for _, h := range j.held {
+		j.stopped[h.node] = true // never started
+	}
+	j.held = nil
 	for _, p := range j.rec.Placement {
 		if n := j.s.nodes[p.Node]; n != nil && n.sess != nil && !j.stopped[p.Node] {
 			n.sess.send(wire.Msg{Type: wire.TStop, Job: j.rec.Spec.ID, Gen: gen, Grace: int(grace / time.Millisecond)})
@@ -855,6 +907,12 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 		j.emit(agent.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
 	case wire.TCollectiveFailed:
 		j.emit(agent.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
+	case wire.TListening:
+		if m.Err != "" && !j.noStagger {
+			j.noStagger = true // it will not listen next time either
+			j.s.con.Printf("  rank 0 did not listen on MASTER_PORT: the other nodes start without waiting from now on")
+		}
+		j.releaseHeld()
 	case wire.TJoinerReady:
 		if j.joiners[n.Name] > j.ready[n.Name] {
 			j.ready[n.Name]++
@@ -981,6 +1039,9 @@ func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
 func (j *job) tick(now time.Time) {
 	if j.rec.Done {
 		return
+	}
+	if len(j.held) > 0 && now.After(j.heldUntil) {
+		j.releaseHeld()
 	}
 	// The step reached, for the next coordinator's rollback accounting.
 	if j.rec.Step != j.savedStep && now.Sub(j.savedAt) > 2*time.Second {

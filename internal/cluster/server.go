@@ -377,7 +377,7 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 		case wire.TBye:
 			ss.bye.Store(true)
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
-			wire.TJoinerReady, wire.TJoinerLost:
+			wire.TJoinerReady, wire.TJoinerLost, wire.TListening:
 			s.mu.Lock()
 			if n.sess == ss {
 				n.hear(time.Now())

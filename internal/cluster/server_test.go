@@ -270,6 +270,7 @@ type fakeAgent struct {
 	seq      atomic.Uint64
 	port     atomic.Int64 // free_port in heartbeats
 	lastSent atomic.Int64 // unix ns of the last message written
+	mute     atomic.Bool  // do not report rank 0's store listening
 	hbStop   chan struct{}
 	hbDone   chan struct{}
 }
@@ -340,6 +341,11 @@ func (a *fakeAgent) reader(br *bufio.Reader) {
 		a.mu.Unlock()
 		if err != nil {
 			return
+		}
+		// As a real agent does: the node holding rank 0 says when its store
+		// listens, which releases the other nodes' starts.
+		if m.Type == wire.TStart && m.Spec.GroupWorldSize > 1 && slices.Contains(m.Spec.Ranks, 0) && !a.mute.Load() {
+			a.send(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen})
 		}
 	}
 }
@@ -1113,6 +1119,27 @@ func TestJobNodeLostIsFenced(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The other nodes' starts wait until rank 0's node says its store listens
+// (torch's client would otherwise lose a second to a refused connect), and
+// go out after a cap when it never does.
+func TestStartsWaitForRankZerosStore(t *testing.T) {
+	c := newCoord(t)
+	a := connect(t, c, "a", agentOpts{addr: "10.0.0.1", port: 31001})
+	a.mute.Store(true)
+	b := connect(t, c, "b", agentOpts{addr: "10.0.0.2", port: 32001})
+	c.submit(spec("held", 2, 2))
+	sa := a.waitFor("a's start", isGen(wire.TStart, "held", 1))
+	time.Sleep(200 * time.Millisecond)
+	if b.find(isType(wire.TStart)) != nil {
+		t.Fatal("b started before rank 0's store listened")
+	}
+	a.send(wire.Msg{Type: wire.TListening, Job: "held", Gen: 1})
+	sb := b.waitFor("b's start", isGen(wire.TStart, "held", 1))
+	if d := sb.at.Sub(sa.at); d > time.Second {
+		t.Errorf("b's start came %s after a's", d)
 	}
 }
 

@@ -326,6 +326,14 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 			a.regroup(m)
 		case wire.TSpawn:
 			a.spawn(m)
+		case wire.TPrepare:
+			a.mu.Lock()
+			ag, err := a.jobAgent(m.Job, m.Spec, a.cfg.NProc)
+			a.mu.Unlock()
+			if err == nil {
+				a.con.Printf("… standing by for job %s: pre-starting %d standby worker(s)", m.Job, a.cfg.NProc)
+				ag.Prewarm()
+			}
 		case wire.TSignal:
 			a.signal(m)
 		case wire.TEnd:
@@ -541,6 +549,11 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 			m = wire.Msg{Type: wire.TProgress, Job: job, Gen: e.Gen, Rank: e.Rank, Step: max(e.Step, 0)}
 			if e.Gen == a.gen && e.Step > a.step {
 				a.step = e.Step
+			}
+		case agent.RendezvousReady:
+			m = wire.Msg{Type: wire.TListening, Job: job, Gen: e.Gen}
+			if !e.Listening {
+				m.Err = "timeout"
 			}
 		case agent.JoinerReady:
 			m = wire.Msg{Type: wire.TJoinerReady, Job: job}

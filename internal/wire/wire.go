@@ -34,6 +34,7 @@ const (
 	TProgress         = "progress"          // a worker committed a step
 	TStopped          = "stopped"           // every local worker of a generation reaped
 	TFenced           = "fenced"            // the agent stopped its workers on its own (lease expired)
+	TListening        = "listening"         // rank 0's store listens (Err "timeout": it did not within the cap)
 	TBye              = "bye"               // the agent closes this session itself but lives on (workers until its lease ends)
 	TCollectiveFailed = "collective_failed" // live: a worker's collective broke (Err says how)
 	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
@@ -44,6 +45,7 @@ const (
 	TStart   = "start"   // start this node's part of a generation
 	TRegroup = "regroup" // live: this node's survivors form generation Gen in place (Spec: the new part)
 	TSpawn   = "spawn"   // live: start Count replacement processes for the job (Spec: the job)
+	TPrepare = "prepare" // a node outside the generation (a spare) pre-starts standby workers for the job (Spec)
 	TStop    = "stop"    // stop a generation
 	TSignal  = "signal"  // send a signal to one rank (chaos)
 	TEnd     = "end"     // the job is over: release its resources
@@ -208,7 +210,7 @@ func (m *Msg) Validate() error {
 		if m.LeaseMS < 100 || m.HeartbeatMS < 10 || m.HeartbeatMS >= m.LeaseMS {
 			return invalid(t, "lease and heartbeat must satisfy 10 <= heartbeat < lease, lease >= 100 ms")
 		}
-	case TLaunched, TStopped, TStop, TEnd:
+	case TLaunched, TStopped, TStop, TEnd, TListening:
 		if !ValidName(m.Job) || (t != TEnd && m.Gen < 1) || m.Grace < 0 {
 			return invalid(t, "job and generation required")
 		}
@@ -255,6 +257,11 @@ func (m *Msg) Validate() error {
 	case TSpawn:
 		if !ValidName(m.Job) || m.Count < 1 || m.Count > 1024 || m.Spec == nil {
 			return invalid(t, "job, count 1..1024 and spec required")
+		}
+		return m.Spec.validateJob()
+	case TPrepare:
+		if !ValidName(m.Job) || m.Spec == nil {
+			return invalid(t, "job and spec required")
 		}
 		return m.Spec.validateJob()
 	case TJoinerReady, TJoinerLost:
