@@ -233,7 +233,10 @@ func (a *Agent) StartGeneration(spec GenerationSpec) error {
 	if spec.GroupWorldSize > 1 && spec.Ranks[order[0]] == 0 {
 		// Other nodes start their ranks when told rank 0's store listens.
 		go func() {
-			ok := waitListening(spec.MasterPort, rendezvousWait)
+			// Long: "never listens" must mean the script meets some other
+			// way, not that torch took a while to import. The coordinator
+			// stops holding the other nodes back long before this.
+			ok := waitListening(spec.MasterPort, 30*time.Second)
 			a.emit(RendezvousReady{Gen: spec.Gen, Listening: ok, At: time.Now()})
 		}()
 	}

@@ -629,7 +629,8 @@ func (j *job) launchPending() {
 		}
 		n.sess.send(m)
 	}
-	j.heldUntil = time.Now().Add(3 * time.Second)
+	// Holding longer than torch's one-second retry gains nothing.
+	j.heldUntil = time.Now().Add(time.Second)
 	j.s.con.Printf("▶ generation %d on %d nodes (%s) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), someNames(names), world, j.rec.MasterAddr, port)
 	j.prepareIdle()
 }

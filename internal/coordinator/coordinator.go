@@ -199,13 +199,9 @@ func (r *run) medianStep() time.Duration {
 }
 
 func (r *run) apply(ds []policy.Decision) {
-	// Stopping comes first: the fault that causes it is recorded (fsynced,
-	// stored) after the stop is on its way, not before.
-	for _, d := range ds {
-		if d, ok := d.(policy.Stop); ok {
-			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
-		}
-	}
+	// In order: a fault is inspected (the culprit of a hang is read from
+	// process state) and recorded before the stop that follows it changes
+	// that state (SIGCONT).
 	for _, d := range ds {
 		switch d := d.(type) {
 		case policy.Launch:
@@ -223,7 +219,7 @@ func (r *run) apply(ds []policy.Decision) {
 			}
 			r.apply(r.m.Step(r.now(), policy.Diagnosed{Gen: d.Gen, Rank: rank}))
 		case policy.Stop:
-			// done above
+			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
 		case policy.Fault:
 			r.fault(d)
 		case policy.Recovered:

@@ -64,6 +64,13 @@ func main() {
 			os.Exit(3)
 		}
 	}
+	// Rank 0 listens on MASTER_PORT, as torch's store does (the agents
+	// start the other nodes' ranks when it listens).
+	if port := os.Getenv("MASTER_PORT"); rank == 0 && port != "" {
+		if l, err := net.Listen("tcp", ":"+port); err == nil {
+			defer l.Close()
+		}
+	}
 	var conn net.Conn
 	if addr := os.Getenv("BULSAJO_AGENT_SOCK"); addr != "" {
 		conn, _ = net.Dial("unixgram", addr)
