@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -336,6 +337,13 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 			// Workers "started" at once: the agents are simulated.
 			if err := a.send(wire.Msg{Type: wire.TLaunched, Job: m.Job, Gen: m.Gen}); err != nil {
 				s.noteErr(err)
+			}
+			// As a real agent does when its rank 0's store listens: the
+			// coordinator holds the other nodes' starts (up to 1 s) until then.
+			if m.Spec != nil && m.Spec.GroupWorldSize > 1 && slices.Contains(m.Spec.Ranks, 0) {
+				if err := a.send(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen}); err != nil {
+					s.noteErr(err)
+				}
 			}
 		case wire.TStop:
 			s.rec.add(false, m.Gen, a.id, now)
