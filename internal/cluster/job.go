@@ -391,22 +391,6 @@ func (j *job) finished(res coordinator.Result) {
 // is going away; another will adopt the job).
 func (j *job) detach() { j.detachO.Do(func() { close(j.detachC) }) }
 
-func sigName(s syscall.Signal) string {
-	switch s {
-	case syscall.SIGKILL:
-		return "SIGKILL"
-	case syscall.SIGSTOP:
-		return "SIGSTOP"
-	case syscall.SIGTERM:
-		return "SIGTERM"
-	case syscall.SIGINT:
-		return "SIGINT"
-	case syscall.SIGCONT:
-		return "SIGCONT"
-	}
-	return "SIGKILL"
-}
-
 // save persists the job record (s.mu held).
 func (j *job) save() {
 	j.savedStep, j.savedAt = j.rec.Step, time.Now()
@@ -851,7 +835,7 @@ func (j *job) Signal(gen, rank int, sig syscall.Signal) error {
 	for _, p := range j.rec.Placement {
 		if slices.Contains(p.Ranks, rank) {
 			if n := j.s.nodes[p.Node]; n != nil && n.sess != nil {
-				n.sess.send(wire.Msg{Type: wire.TSignal, Job: j.rec.Spec.ID, Gen: gen, Rank: rank, Sig: sigName(sig)})
+				n.sess.send(wire.Msg{Type: wire.TSignal, Job: j.rec.Spec.ID, Gen: gen, Rank: rank, Sig: coordinator.SignalName(sig)})
 				return nil
 			}
 		}

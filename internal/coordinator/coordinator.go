@@ -127,8 +127,8 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 				continue
 			}
 			r.lastSig = s
-			r.con.Printf("! %s: stopping workers", sigName(s))
-			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: sigName(s)}))
+			r.con.Printf("! %s: stopping workers", SignalName(s))
+			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: SignalName(s)}))
 		case ev := <-node.Events():
 			r.handle(ev)
 		case <-tick.C:
@@ -387,8 +387,8 @@ func (r *run) maybeInject() {
 		return
 	}
 	r.inject = &injected{gen: gen, rank: rank, sig: sig, at: time.Now()}
-	r.con.Printf("⚡ chaos: %s to rank %d", sigName(sig), rank)
-	r.record(events.Event{Type: events.FaultInjected, Gen: gen, Rank: events.Int(rank), Cause: sigName(sig)})
+	r.con.Printf("⚡ chaos: %s to rank %d", SignalName(sig), rank)
+	r.record(events.Event{Type: events.FaultInjected, Gen: gen, Rank: events.Int(rank), Cause: SignalName(sig)})
 }
 
 func (r *run) record(e events.Event) {
@@ -438,7 +438,8 @@ func human(d time.Duration) string {
 	return fmt.Sprintf("%.1f s", d.Seconds())
 }
 
-func sigName(s os.Signal) string {
+// SignalName is a signal's name as bulsajo writes it (SIGKILL, ...).
+func SignalName(s os.Signal) string {
 	switch s {
 	case syscall.SIGINT:
 		return "SIGINT"
@@ -448,6 +449,8 @@ func sigName(s os.Signal) string {
 		return "SIGKILL"
 	case syscall.SIGSTOP:
 		return "SIGSTOP"
+	case syscall.SIGCONT:
+		return "SIGCONT"
 	}
 	return s.String()
 }
