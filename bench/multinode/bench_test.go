@@ -74,48 +74,41 @@ func TestNodeLoss(t *testing.T) {
 	sc.metric("fault_to_launch_ms", "ms", "fault event → generation_started (2)")
 	sc.metric("launch_to_step_ms", "ms", "generation_started (2) → its first step")
 	defer sc.finish()
-	for i := range n {
-		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
-			defer func() {
-				if t.Failed() {
-					sc.fail("trial %d: %s", i+1, failReason(t))
-				}
-			}()
-			c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil)
-			c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
-			c.waitStep(1, 50, 30*time.Second)
-			killAt := time.Now()
-			c.agents["n2"].kill9()
-			c.waitStep(2, 0, 20*time.Second)
-			var evs []events.Event
-			waitFor(t, 5*time.Second, "the recovered event", func() bool {
-				evs = c.events("coord")
-				return eventOf(evs, events.Recovered, 2) != nil
-			})
-			recs := readSteps(c.stepLog)
-			first2, _ := firstStep(recs, 2)
-			f := faultAfter(evs, killAt)
-			gs := eventOf(evs, events.GenerationStart, 2)
-			if f == nil || gs == nil {
-				t.Fatalf("no fault or generation 2 start in %v", evs)
-			}
-			placed := strings.Contains(c.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])")
-			if !placed {
-				t.Errorf("generation 2 not on [n1 s1]:\n%s", c.coord.out.String())
-			}
-			ov := overlapMS(recs, 1, 2)
-			if ov >= 0 {
-				t.Errorf("generation 1 stepped %.0f ms after generation 2 started", ov)
-			}
-			sc.trial(map[string]float64{
-				"detect_ms":          msSince(killAt, f.Time),
-				"detect_ms_reported": f.DetectMS,
-				"training_again_ms":  msSince(killAt, first2),
-				"fault_to_launch_ms": msSince(f.Time, gs.Time),
-				"launch_to_step_ms":  msSince(gs.Time, first2),
-			}, map[string]any{"cause": f.Cause, "detail": f.Detail, "gen2_on_n1_s1": placed, "rolled_back": eventOf(evs, events.Recovered, 2).RolledBack})
+	sc.runTrials(t, n, func(t *testing.T, i int) {
+		c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil)
+		c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
+		c.waitStep(1, 50, 30*time.Second)
+		killAt := time.Now()
+		c.agents["n2"].kill9()
+		c.waitStep(2, 0, 20*time.Second)
+		var evs []events.Event
+		waitFor(t, 5*time.Second, "the recovered event", func() bool {
+			evs = c.events("coord")
+			return eventOf(evs, events.Recovered, 2) != nil
 		})
-	}
+		recs := readSteps(c.stepLog)
+		first2, _ := firstStep(recs, 2)
+		f := faultAfter(evs, killAt)
+		gs := eventOf(evs, events.GenerationStart, 2)
+		if f == nil || gs == nil {
+			t.Fatalf("no fault or generation 2 start in %v", evs)
+		}
+		placed := strings.Contains(c.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])")
+		if !placed {
+			t.Errorf("generation 2 not on [n1 s1]:\n%s", c.coord.out.String())
+		}
+		ov := overlapMS(recs, 1, 2)
+		if ov >= 0 {
+			t.Errorf("generation 1 stepped %.0f ms after generation 2 started", ov)
+		}
+		sc.trial(map[string]float64{
+			"detect_ms":          msSince(killAt, f.Time),
+			"detect_ms_reported": f.DetectMS,
+			"training_again_ms":  msSince(killAt, first2),
+			"fault_to_launch_ms": msSince(f.Time, gs.Time),
+			"launch_to_step_ms":  msSince(gs.Time, first2),
+		}, map[string]any{"cause": f.Cause, "detail": f.Detail, "gen2_on_n1_s1": placed, "rolled_back": eventOf(evs, events.Recovered, 2).RolledBack})
+	})
 }
 
 // b) Partition: Host.Cut of a worker node (no RST: its connections just go
@@ -151,57 +144,50 @@ func partition(t *testing.T, lease string) {
 	sc.metric("training_again_ms", "ms", "cut → first step of generation 2")
 	sc.metric("margin_ms", "ms", "n2's last step → generation 2's first step (> 0: never two generations at once)")
 	defer sc.finish()
-	for i := range n {
-		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
-			defer func() {
-				if t.Failed() {
-					sc.fail("trial %d: %s", i+1, failReason(t))
-				}
-			}()
-			c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil, args...)
-			c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
-			c.waitStep(1, 50, 30*time.Second)
-			cutAt := time.Now()
-			c.lab.Host("n2").Cut()
-			c.waitStep(2, 0, 30*time.Second)
-			var evs []events.Event
-			waitFor(t, 5*time.Second, "the recovered event", func() bool {
-				evs = c.events("coord")
-				return eventOf(evs, events.Recovered, 2) != nil
-			})
-			recs := readSteps(c.stepLog)
-			first2, _ := firstStep(recs, 2)
-			var n2last time.Time
-			for _, r := range recs {
-				if r.gen == 1 && r.rank >= 2 && r.at.After(n2last) { // n2 holds ranks 2-3
-					n2last = r.at
-				}
-			}
-			f := faultAfter(evs, cutAt)
-			if f == nil {
-				t.Fatalf("no fault after the cut: %v", evs)
-			}
-			fenceAt, fenced := c.agents["n2"].out.find("fencing", cutAt)
-			vals := map[string]float64{
-				"detect_ms":         msSince(cutAt, f.Time),
-				"n2_last_step_ms":   msSince(cutAt, n2last),
-				"training_again_ms": msSince(cutAt, first2),
-				"margin_ms":         msSince(n2last, first2),
-			}
-			if fenced {
-				vals["fence_ms"] = msSince(cutAt, fenceAt)
-			} else {
-				t.Errorf("n2 did not say it fenced its workers")
-			}
-			if !strings.Contains(c.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
-				t.Errorf("generation 2 not on [n1 s1]:\n%s", c.coord.out.String())
-			}
-			if first2.Before(n2last) {
-				t.Errorf("n2's cut-off workers stepped until %s, after generation 2 started at %s", n2last.Format("15:04:05.000"), first2.Format("15:04:05.000"))
-			}
-			sc.trial(vals, map[string]any{"cause": f.Cause, "detail": f.Detail})
+	sc.runTrials(t, n, func(t *testing.T, i int) {
+		c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil, args...)
+		c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
+		c.waitStep(1, 50, 30*time.Second)
+		cutAt := time.Now()
+		c.lab.Host("n2").Cut()
+		c.waitStep(2, 0, 30*time.Second)
+		var evs []events.Event
+		waitFor(t, 5*time.Second, "the recovered event", func() bool {
+			evs = c.events("coord")
+			return eventOf(evs, events.Recovered, 2) != nil
 		})
-	}
+		recs := readSteps(c.stepLog)
+		first2, _ := firstStep(recs, 2)
+		var n2last time.Time
+		for _, r := range recs {
+			if r.gen == 1 && r.rank >= 2 && r.at.After(n2last) { // n2 holds ranks 2-3
+				n2last = r.at
+			}
+		}
+		f := faultAfter(evs, cutAt)
+		if f == nil {
+			t.Fatalf("no fault after the cut: %v", evs)
+		}
+		fenceAt, fenced := c.agents["n2"].out.find("fencing", cutAt)
+		vals := map[string]float64{
+			"detect_ms":         msSince(cutAt, f.Time),
+			"n2_last_step_ms":   msSince(cutAt, n2last),
+			"training_again_ms": msSince(cutAt, first2),
+			"margin_ms":         msSince(n2last, first2),
+		}
+		if fenced {
+			vals["fence_ms"] = msSince(cutAt, fenceAt)
+		} else {
+			t.Errorf("n2 did not say it fenced its workers")
+		}
+		if !strings.Contains(c.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
+			t.Errorf("generation 2 not on [n1 s1]:\n%s", c.coord.out.String())
+		}
+		if first2.Before(n2last) {
+			t.Errorf("n2's cut-off workers stepped until %s, after generation 2 started at %s", n2last.Format("15:04:05.000"), first2.Format("15:04:05.000"))
+		}
+		sc.trial(vals, map[string]any{"cause": f.Cause, "detail": f.Detail})
+	})
 }
 
 // c) Coordinator restart (embedded etcd): kill -9 of the coordinator while
@@ -226,54 +212,47 @@ func TestCoordinatorRestart(t *testing.T) {
 	sc.metric("agents_back_ms", "ms", "kill → both agents joined the new coordinator")
 	sc.metric("resumed_event_ms", "ms", "kill → coordinator_resumed event")
 	defer sc.finish()
-	for i := range n {
-		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
-			defer func() {
-				if t.Failed() {
-					sc.fail("trial %d: %s", i+1, failReason(t))
-				}
-			}()
-			c := newCluster(t, []string{"n1", "n2"}, 2, nil)
-			c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
-			c.waitStep(1, controlSteps, 60*time.Second)
-			killAt := time.Now()
-			c.coord.kill9()
-			co := c.startCoordinator()
-			listening, _ := co.out.find("bulsajo coordinator", killAt)
-			back := c.waitJoined(co, killAt, "n1", "n2")
-			time.Sleep(time.Until(killAt.Add(8 * time.Second)))
-			recs := readSteps(c.stepLog)
-			maxGap, normal, rank, worstAt := gaps(recs, -1, killAt.Add(-time.Second), killAt.Add(8*time.Second), killAt)
-			ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
-			gens := map[int]bool{}
-			for _, r := range recs {
-				gens[r.gen] = true
-			}
-			if len(gens) != 1 || !gens[1] {
-				t.Errorf("generations seen: %v; the restart restarted the workers", gens)
-			}
-			evs := c.events("coord")
-			res := eventOf(evs, events.CoordinatorResumed, 0)
-			vals := map[string]float64{
-				"extra_pause_ms":      float64((maxGap - normal).Microseconds()) / 1000,
-				"longest_interval_ms": float64(maxGap.Microseconds()) / 1000,
-				"normal_interval_ms":  float64(normal.Microseconds()) / 1000,
-				"control_longest_ms":  float64(ctlGap.Microseconds()) / 1000,
-				"listening_ms":        msSince(killAt, listening),
-				"agents_back_ms":      msSince(killAt, back),
-			}
-			if res != nil {
-				vals["resumed_event_ms"] = msSince(killAt, res.Time)
-			} else {
-				t.Errorf("no coordinator_resumed event")
-			}
-			if strings.Contains(c.agents["n1"].out.String()+c.agents["n2"].out.String(), "fencing") {
-				t.Errorf("an agent fenced its workers")
-			}
-			sc.trial(vals, map[string]any{"worst_rank": rank, "worst_interval_starts_ms_after_kill": round(msSince(killAt, worstAt)),
-				"only_generation_1": len(gens) == 1 && gens[1]})
-		})
-	}
+	sc.runTrials(t, n, func(t *testing.T, i int) {
+		c := newCluster(t, []string{"n1", "n2"}, 2, nil)
+		c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
+		c.waitStep(1, controlSteps, 60*time.Second)
+		killAt := time.Now()
+		c.coord.kill9()
+		co := c.startCoordinator()
+		listening, _ := co.out.find("bulsajo coordinator", killAt)
+		back := c.waitJoined(co, killAt, "n1", "n2")
+		time.Sleep(time.Until(killAt.Add(8 * time.Second)))
+		recs := readSteps(c.stepLog)
+		maxGap, normal, rank, worstAt := gaps(recs, -1, killAt.Add(-time.Second), killAt.Add(8*time.Second), killAt)
+		ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
+		gens := map[int]bool{}
+		for _, r := range recs {
+			gens[r.gen] = true
+		}
+		if len(gens) != 1 || !gens[1] {
+			t.Errorf("generations seen: %v; the restart restarted the workers", gens)
+		}
+		evs := c.events("coord")
+		res := eventOf(evs, events.CoordinatorResumed, 0)
+		vals := map[string]float64{
+			"extra_pause_ms":      float64((maxGap - normal).Microseconds()) / 1000,
+			"longest_interval_ms": float64(maxGap.Microseconds()) / 1000,
+			"normal_interval_ms":  float64(normal.Microseconds()) / 1000,
+			"control_longest_ms":  float64(ctlGap.Microseconds()) / 1000,
+			"listening_ms":        msSince(killAt, listening),
+			"agents_back_ms":      msSince(killAt, back),
+		}
+		if res != nil {
+			vals["resumed_event_ms"] = msSince(killAt, res.Time)
+		} else {
+			t.Errorf("no coordinator_resumed event")
+		}
+		if strings.Contains(c.agents["n1"].out.String()+c.agents["n2"].out.String(), "fencing") {
+			t.Errorf("an agent fenced its workers")
+		}
+		sc.trial(vals, map[string]any{"worst_rank": rank, "worst_interval_starts_ms_after_kill": round(msSince(killAt, worstAt)),
+			"only_generation_1": len(gens) == 1 && gens[1]})
+	})
 }
 
 // c') Leader failover: a 3-member external etcd cluster (on host "etcd"),
@@ -308,92 +287,85 @@ func haFailover(t *testing.T, key, lease string, n int) {
 	sc.metric("resuming_ms", "ms", "kill → c2 has loaded the job (\"resuming job\")")
 	sc.metric("agents_back_ms", "ms", "kill → both agents joined c2")
 	defer sc.finish()
-	for i := range n {
-		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
-			defer func() {
-				if t.Failed() {
-					sc.fail("trial %d: %s", i+1, failReason(t))
-				}
-			}()
-			lab := netlab.New(t, "etcd", "c1", "c2", "n1", "n2")
-			dir := t.TempDir()
-			c := &cluster{t: t, lab: lab, dir: dir, agents: map[string]*proc{}, stepLog: filepath.Join(dir, "steps.log")}
-			eip := lab.Host("etcd").IP
-			var initial, eps []string
-			for k := range 3 {
-				initial = append(initial, fmt.Sprintf("e%d=http://%s:%d", k, eip, 2380+10000*k))
-				eps = append(eps, fmt.Sprintf("http://%s:%d", eip, 2379+10000*k))
+	sc.runTrials(t, n, func(t *testing.T, i int) {
+		lab := netlab.New(t, "etcd", "c1", "c2", "n1", "n2")
+		dir := t.TempDir()
+		c := &cluster{t: t, lab: lab, dir: dir, agents: map[string]*proc{}, stepLog: filepath.Join(dir, "steps.log")}
+		eip := lab.Host("etcd").IP
+		var initial, eps []string
+		for k := range 3 {
+			initial = append(initial, fmt.Sprintf("e%d=http://%s:%d", k, eip, 2380+10000*k))
+			eps = append(eps, fmt.Sprintf("http://%s:%d", eip, 2379+10000*k))
+		}
+		for k := range 3 {
+			startIn(t, lab, "etcd", dir, nil, "/usr/bin/etcd", "--name", fmt.Sprintf("e%d", k),
+				"--data-dir", filepath.Join(dir, fmt.Sprintf("etcd%d", k)),
+				"--listen-client-urls", eps[k], "--advertise-client-urls", eps[k],
+				"--listen-peer-urls", fmt.Sprintf("http://%s:%d", eip, 2380+10000*k),
+				"--initial-advertise-peer-urls", fmt.Sprintf("http://%s:%d", eip, 2380+10000*k),
+				"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+				"--initial-cluster-token", "bench", "--heartbeat-interval", "25", "--election-timeout", "250",
+				"--logger", "zap", "--log-level", "error")
+		}
+		token := filepath.Join(dir, "join.token")
+		writeFile(t, token, "bench-token-0123456789abcdef0123\n")
+		addrs := lab.Host("c1").IP + ":7070," + lab.Host("c2").IP + ":7070"
+		startCo := func(h string) *proc {
+			ip := lab.Host(h).IP
+			return startIn(t, lab, h, dir, nil, bulsajoBin, "coordinator", "--listen", ip+":7070", "--advertise", ip+":7070",
+				"--token-file", token, "--data-dir", filepath.Join(dir, h), "--etcd-endpoints", strings.Join(eps, ","), "--lease", lease)
+		}
+		// c1 first; the members may still be electing: retry while it fails to start.
+		var c1 *proc
+		waitFor(t, 30*time.Second, "c1 to be elected", func() bool {
+			if c1 == nil || c1.exited() {
+				c1 = startCo("c1")
 			}
-			for k := range 3 {
-				startIn(t, lab, "etcd", dir, nil, "/usr/bin/etcd", "--name", fmt.Sprintf("e%d", k),
-					"--data-dir", filepath.Join(dir, fmt.Sprintf("etcd%d", k)),
-					"--listen-client-urls", eps[k], "--advertise-client-urls", eps[k],
-					"--listen-peer-urls", fmt.Sprintf("http://%s:%d", eip, 2380+10000*k),
-					"--initial-advertise-peer-urls", fmt.Sprintf("http://%s:%d", eip, 2380+10000*k),
-					"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
-					"--initial-cluster-token", "bench", "--heartbeat-interval", "25", "--election-timeout", "250",
-					"--logger", "zap", "--log-level", "error")
-			}
-			token := filepath.Join(dir, "join.token")
-			writeFile(t, token, "bench-token-0123456789abcdef0123\n")
-			addrs := lab.Host("c1").IP + ":7070," + lab.Host("c2").IP + ":7070"
-			startCo := func(h string) *proc {
-				ip := lab.Host(h).IP
-				return startIn(t, lab, h, dir, nil, bulsajoBin, "coordinator", "--listen", ip+":7070", "--advertise", ip+":7070",
-					"--token-file", token, "--data-dir", filepath.Join(dir, h), "--etcd-endpoints", strings.Join(eps, ","), "--lease", lease)
-			}
-			// c1 first; the members may still be electing: retry while it fails to start.
-			var c1 *proc
-			waitFor(t, 30*time.Second, "c1 to be elected", func() bool {
-				if c1 == nil || c1.exited() {
-					c1 = startCo("c1")
-				}
-				return strings.Contains(c1.out.String(), "elected leader")
-			})
-			c2 := startCo("c2")
-			waitFor(t, 10*time.Second, "c2 to campaign", func() bool { return strings.Contains(c2.out.String(), "campaigning") })
-			for _, nd := range []string{"n1", "n2"} {
-				c.agents[nd] = startIn(t, lab, nd, dir, nil, bulsajoBin, "agent", "--coordinator", addrs, "--token-file", token,
-					"--node-name", nd, "--nproc-per-node", "2", "--data-dir", filepath.Join(dir, "agent-"+nd))
-			}
-			c.waitJoined(c1, time.Time{}, "n1", "n2")
-			startIn(t, lab, "n1", dir, nil, bulsajoBin, "submit", "--coordinator", addrs, "--token-file", token, "--nnodes", "2",
-				"--nproc-per-node", "2", "--run-id", "job1", "--", fakeBin, "-step-log", c.stepLog, "-steps", "1000000", "-step-time", fakeStep)
-			c.waitStep(1, controlSteps, 60*time.Second)
-			killAt := time.Now()
-			c1.kill9()
-			back := c.waitJoined(c2, killAt, "n1", "n2")
-			time.Sleep(time.Until(killAt.Add(8 * time.Second)))
-			recs := readSteps(c.stepLog)
-			maxGap, normal, rank, worstAt := gaps(recs, -1, killAt.Add(-time.Second), killAt.Add(8*time.Second), killAt)
-			ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
-			gens := map[int]bool{}
-			for _, r := range recs {
-				gens[r.gen] = true
-			}
-			fenced := strings.Contains(c.agents["n1"].out.String()+c.agents["n2"].out.String(), "fencing")
-			if lease == "5s" && (len(gens) != 1 || !gens[1]) {
-				t.Errorf("generations seen: %v; the failover restarted the workers", gens)
-			}
-			if lease == "5s" && fenced {
-				t.Errorf("an agent fenced its workers")
-			}
-			vals := map[string]float64{
-				"extra_pause_ms":      float64((maxGap - normal).Microseconds()) / 1000,
-				"longest_interval_ms": float64(maxGap.Microseconds()) / 1000,
-				"normal_interval_ms":  float64(normal.Microseconds()) / 1000,
-				"control_longest_ms":  float64(ctlGap.Microseconds()) / 1000,
-				"agents_back_ms":      msSince(killAt, back),
-				"restarted":           float64(len(gens) - 1),
-			}
-			if at, ok := c2.out.find("elected leader", killAt); ok {
-				vals["elected_ms"] = msSince(killAt, at)
-			}
-			if at, ok := c2.out.find("resuming job", killAt); ok {
-				vals["resuming_ms"] = msSince(killAt, at)
-			}
-			sc.trial(vals, map[string]any{"worst_rank": rank, "worst_interval_starts_ms_after_kill": round(msSince(killAt, worstAt)),
-				"only_generation_1": len(gens) == 1 && gens[1], "an_agent_fenced": fenced})
+			return strings.Contains(c1.out.String(), "elected leader")
 		})
-	}
+		c2 := startCo("c2")
+		waitFor(t, 10*time.Second, "c2 to campaign", func() bool { return strings.Contains(c2.out.String(), "campaigning") })
+		for _, nd := range []string{"n1", "n2"} {
+			c.agents[nd] = startIn(t, lab, nd, dir, nil, bulsajoBin, "agent", "--coordinator", addrs, "--token-file", token,
+				"--node-name", nd, "--nproc-per-node", "2", "--data-dir", filepath.Join(dir, "agent-"+nd))
+		}
+		c.waitJoined(c1, time.Time{}, "n1", "n2")
+		startIn(t, lab, "n1", dir, nil, bulsajoBin, "submit", "--coordinator", addrs, "--token-file", token, "--nnodes", "2",
+			"--nproc-per-node", "2", "--run-id", "job1", "--", fakeBin, "-step-log", c.stepLog, "-steps", "1000000", "-step-time", fakeStep)
+		c.waitStep(1, controlSteps, 60*time.Second)
+		killAt := time.Now()
+		c1.kill9()
+		back := c.waitJoined(c2, killAt, "n1", "n2")
+		time.Sleep(time.Until(killAt.Add(8 * time.Second)))
+		recs := readSteps(c.stepLog)
+		maxGap, normal, rank, worstAt := gaps(recs, -1, killAt.Add(-time.Second), killAt.Add(8*time.Second), killAt)
+		ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
+		gens := map[int]bool{}
+		for _, r := range recs {
+			gens[r.gen] = true
+		}
+		fenced := strings.Contains(c.agents["n1"].out.String()+c.agents["n2"].out.String(), "fencing")
+		if lease == "5s" && (len(gens) != 1 || !gens[1]) {
+			t.Errorf("generations seen: %v; the failover restarted the workers", gens)
+		}
+		if lease == "5s" && fenced {
+			t.Errorf("an agent fenced its workers")
+		}
+		vals := map[string]float64{
+			"extra_pause_ms":      float64((maxGap - normal).Microseconds()) / 1000,
+			"longest_interval_ms": float64(maxGap.Microseconds()) / 1000,
+			"normal_interval_ms":  float64(normal.Microseconds()) / 1000,
+			"control_longest_ms":  float64(ctlGap.Microseconds()) / 1000,
+			"agents_back_ms":      msSince(killAt, back),
+			"restarted":           float64(len(gens) - 1),
+		}
+		if at, ok := c2.out.find("elected leader", killAt); ok {
+			vals["elected_ms"] = msSince(killAt, at)
+		}
+		if at, ok := c2.out.find("resuming job", killAt); ok {
+			vals["resuming_ms"] = msSince(killAt, at)
+		}
+		sc.trial(vals, map[string]any{"worst_rank": rank, "worst_interval_starts_ms_after_kill": round(msSince(killAt, worstAt)),
+			"only_generation_1": len(gens) == 1 && gens[1], "an_agent_fenced": fenced})
+	})
 }

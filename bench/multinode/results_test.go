@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -65,6 +66,21 @@ var (
 		"coordinator_failover_ha", "coordinator_failover_ha_lease2s", "coordinator_stall", "coordinator_stall_cut", "torch_node_crash_torchrun_spare", "torch_node_crash_torchrun_1to2",
 		"torch_node_crash_bulsajo_spare", "torch_node_crash_bulsajo_1to2"}
 )
+
+// runTrials runs n trials of sc as subtests trial01.., each recording its
+// failure (with the reason) in the scenario.
+func (sc *Scenario) runTrials(t *testing.T, n int, trial func(t *testing.T, i int)) {
+	for i := range n {
+		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
+			defer func() {
+				if t.Failed() {
+					sc.fail("trial %d: %s", i+1, failReason(t))
+				}
+			}()
+			trial(t, i)
+		})
+	}
+}
 
 func newScenario(key, title, method string, config map[string]string) *Scenario {
 	s := &Scenario{Title: title, Method: method, Config: config, started: time.Now(), byName: map[string]*Metric{}, Commit: buildCommit,

@@ -60,44 +60,37 @@ func stall(t *testing.T, key string, cut bool) {
 	sc.metric("restarted", "generations", "generations started after the stall (1: the job was restarted)")
 	sc.metric("overlap_ms", "ms", "generation 1's last step − generation 2's first step (> 0: two generations trained at once)")
 	defer sc.finish()
-	for i := range n {
-		t.Run(fmt.Sprintf("trial%02d", i+1), func(t *testing.T) {
-			defer func() {
-				if t.Failed() {
-					sc.fail("trial %d: %s", i+1, failReason(t))
+	sc.runTrials(t, n, func(t *testing.T, i int) {
+		c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil)
+		c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
+		c.waitStep(1, 50, 30*time.Second)
+		pid := c.coord.cmd.Process.Pid
+		syscall.Kill(pid, syscall.SIGSTOP)
+		time.Sleep(dur - 100*time.Millisecond)
+		if cut {
+			c.lab.Host("n2").Cut()
+		}
+		time.Sleep(100 * time.Millisecond)
+		syscall.Kill(pid, syscall.SIGCONT)
+		time.Sleep(8 * time.Second)
+		recs := readSteps(c.stepLog)
+		gens := 0
+		for _, r := range recs {
+			gens = max(gens, r.gen)
+		}
+		vals := map[string]float64{"restarted": float64(gens - 1)}
+		extra := map[string]any{}
+		if gens >= 2 {
+			vals["overlap_ms"] = overlapMS(recs, 1, 2)
+			var lines []string
+			for _, l := range strings.Split(c.coord.out.String(), "\n") {
+				if strings.Contains(l, "node ") || strings.Contains(l, "generation 2") {
+					lines = append(lines, strings.TrimSpace(l))
 				}
-			}()
-			c := newCluster(t, []string{"n1", "n2", "s1"}, 2, nil)
-			c.submitFake(c.coordAddr(), "coord", "2", 2, "-step-time", fakeStep)
-			c.waitStep(1, 50, 30*time.Second)
-			pid := c.coord.cmd.Process.Pid
-			syscall.Kill(pid, syscall.SIGSTOP)
-			time.Sleep(dur - 100*time.Millisecond)
-			if cut {
-				c.lab.Host("n2").Cut()
 			}
-			time.Sleep(100 * time.Millisecond)
-			syscall.Kill(pid, syscall.SIGCONT)
-			time.Sleep(8 * time.Second)
-			recs := readSteps(c.stepLog)
-			gens := 0
-			for _, r := range recs {
-				gens = max(gens, r.gen)
-			}
-			vals := map[string]float64{"restarted": float64(gens - 1)}
-			extra := map[string]any{}
-			if gens >= 2 {
-				vals["overlap_ms"] = overlapMS(recs, 1, 2)
-				var lines []string
-				for _, l := range strings.Split(c.coord.out.String(), "\n") {
-					if strings.Contains(l, "node ") || strings.Contains(l, "generation 2") {
-						lines = append(lines, strings.TrimSpace(l))
-					}
-				}
-				extra["coordinator_said"] = lines
-			}
-			t.Logf("generations %d, overlap %.0f ms", gens, vals["overlap_ms"])
-			sc.trial(vals, extra)
-		})
-	}
+			extra["coordinator_said"] = lines
+		}
+		t.Logf("generations %d, overlap %.0f ms", gens, vals["overlap_ms"])
+		sc.trial(vals, extra)
+	})
 }
