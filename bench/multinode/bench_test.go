@@ -47,8 +47,8 @@ func overlapMS(recs []stepRecord, oldGen, newGen int) float64 {
 	}
 	var last time.Time
 	for _, r := range recs {
-		if r.gen == oldGen && r.at.After(last) {
-			last = r.at
+		if r.Gen == oldGen && r.At.After(last) {
+			last = r.At
 		}
 	}
 	return msSince(first, last)
@@ -160,8 +160,8 @@ func partition(t *testing.T, lease string) {
 		first2, _ := firstStep(recs, 2)
 		var n2last time.Time
 		for _, r := range recs {
-			if r.gen == 1 && r.rank >= 2 && r.at.After(n2last) { // n2 holds ranks 2-3
-				n2last = r.at
+			if r.Gen == 1 && r.Rank >= 2 && r.At.After(n2last) { // n2 holds ranks 2-3
+				n2last = r.At
 			}
 		}
 		f := faultAfter(evs, cutAt)
@@ -227,7 +227,7 @@ func TestCoordinatorRestart(t *testing.T) {
 		ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
 		gens := map[int]bool{}
 		for _, r := range recs {
-			gens[r.gen] = true
+			gens[r.Gen] = true
 		}
 		if len(gens) != 1 || !gens[1] {
 			t.Errorf("generations seen: %v; the restart restarted the workers", gens)
@@ -342,7 +342,7 @@ func haFailover(t *testing.T, key, lease string, n int) {
 		ctlGap, _, _, _ := gaps(recs, -1, killAt.Add(-9*time.Second), killAt.Add(-time.Second), killAt)
 		gens := map[int]bool{}
 		for _, r := range recs {
-			gens[r.gen] = true
+			gens[r.Gen] = true
 		}
 		fenced := strings.Contains(c.agents["n1"].out.String()+c.agents["n2"].out.String(), "fencing")
 		if lease == "5s" && (len(gens) != 1 || !gens[1]) {

@@ -1,7 +1,6 @@
 package multinode
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/test/netlab"
+	"github.com/bulsajo/bulsajo/tools/fakeworker/steplog"
 )
 
 // ---- processes with timestamped output ----
@@ -294,36 +294,16 @@ func (c *cluster) events(coordDir string) []events.Event {
 
 // ---- the fake workers' step log: "GEN RANK STEP UNIXNANO" ----
 
-type stepRecord struct {
-	gen, rank, step int
-	at              time.Time
-}
+type stepRecord = steplog.Record
 
-func readSteps(path string) []stepRecord {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []stepRecord
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var r stepRecord
-		var ns int64
-		if n, _ := fmt.Sscan(sc.Text(), &r.gen, &r.rank, &r.step, &ns); n == 4 {
-			r.at = time.Unix(0, ns)
-			out = append(out, r)
-		}
-	}
-	return out
-}
+func readSteps(path string) []stepRecord { return steplog.Read(path) }
 
 // firstStep is the earliest step of generation gen.
 func firstStep(recs []stepRecord, gen int) (time.Time, bool) {
 	var first time.Time
 	for _, r := range recs {
-		if r.gen == gen && (first.IsZero() || r.at.Before(first)) {
-			first = r.at
+		if r.Gen == gen && (first.IsZero() || r.At.Before(first)) {
+			first = r.At
 		}
 	}
 	return first, !first.IsZero()
@@ -333,7 +313,7 @@ func (c *cluster) waitStep(gen, step int, within time.Duration) {
 	c.t.Helper()
 	waitFor(c.t, within, fmt.Sprintf("generation %d to reach step %d", gen, step), func() bool {
 		for _, r := range readSteps(c.stepLog) {
-			if r.gen == gen && r.step >= step {
+			if r.Gen == gen && r.Step >= step {
 				return true
 			}
 		}
@@ -347,8 +327,8 @@ func (c *cluster) waitStep(gen, step int, within time.Duration) {
 func gaps(recs []stepRecord, gen int, from, to, before time.Time) (maxGap, normal time.Duration, worstRank int, worstAt time.Time) {
 	byRank := map[int][]time.Time{}
 	for _, r := range recs {
-		if gen < 0 || r.gen == gen {
-			byRank[r.rank] = append(byRank[r.rank], r.at)
+		if gen < 0 || r.Gen == gen {
+			byRank[r.Rank] = append(byRank[r.Rank], r.At)
 		}
 	}
 	var normals []time.Duration

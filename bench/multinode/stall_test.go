@@ -76,7 +76,7 @@ func stall(t *testing.T, key string, cut bool) {
 		recs := readSteps(c.stepLog)
 		gens := 0
 		for _, r := range recs {
-			gens = max(gens, r.gen)
+			gens = max(gens, r.Gen)
 		}
 		vals := map[string]float64{"restarted": float64(gens - 1)}
 		extra := map[string]any{}

@@ -5,7 +5,6 @@ package e2e
 // Cutting a host's link is a network partition; kill -9 is a node crash.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/cluster"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/test/netlab"
+	"github.com/bulsajo/bulsajo/tools/fakeworker/steplog"
 )
 
 // mcluster is a coordinator and agents on namespaced hosts.
@@ -222,36 +222,16 @@ func (m *mcluster) events() []events.Event {
 }
 
 // stepRecord is one line of the fake workers' step log.
-type stepRecord struct {
-	gen, rank, step int
-	at              time.Time
-}
+type stepRecord = steplog.Record
 
-func (m *mcluster) steps() []stepRecord {
-	f, err := os.Open(m.stepLog)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []stepRecord
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var r stepRecord
-		var ns int64
-		if n, _ := fmt.Sscan(sc.Text(), &r.gen, &r.rank, &r.step, &ns); n == 4 {
-			r.at = time.Unix(0, ns)
-			out = append(out, r)
-		}
-	}
-	return out
-}
+func (m *mcluster) steps() []stepRecord { return steplog.Read(m.stepLog) }
 
 // waitStep waits until some rank of generation gen has reached step.
 func (m *mcluster) waitStep(gen, step int, within time.Duration) {
 	m.t.Helper()
 	waitFor(m.t, within, fmt.Sprintf("generation %d to reach step %d", gen, step), func() bool {
 		for _, r := range m.steps() {
-			if r.gen == gen && r.step >= step {
+			if r.Gen == gen && r.Step >= step {
 				return true
 			}
 		}
@@ -266,11 +246,11 @@ func noOverlap(t *testing.T, recs []stepRecord) {
 	last := map[int]time.Time{}
 	first := map[int]time.Time{}
 	for _, r := range recs {
-		if r.at.After(last[r.gen]) {
-			last[r.gen] = r.at
+		if r.At.After(last[r.Gen]) {
+			last[r.Gen] = r.At
 		}
-		if f, ok := first[r.gen]; !ok || r.at.Before(f) {
-			first[r.gen] = r.at
+		if f, ok := first[r.Gen]; !ok || r.At.Before(f) {
+			first[r.Gen] = r.At
 		}
 	}
 	for g, f := range first {
@@ -357,8 +337,8 @@ func TestMultiNodePartitionIsFenced(t *testing.T) {
 	}
 	noOverlap(t, m.steps())
 	for _, r := range m.steps() {
-		if r.gen == 2 && r.rank >= 2 {
-			t.Fatalf("generation 2 should have 2 ranks (n1 only), saw rank %d", r.rank)
+		if r.Gen == 2 && r.Rank >= 2 {
+			t.Fatalf("generation 2 should have 2 ranks (n1 only), saw rank %d", r.Rank)
 		}
 	}
 	// Healed, n2 rejoins as a usable node.
@@ -381,13 +361,13 @@ func TestMultiNodeCoordinatorKill9WorkersKeepTraining(t *testing.T) {
 	steps := m.steps()
 	seen := map[int]map[int]bool{}
 	for _, r := range steps {
-		if r.gen != 1 {
-			t.Fatalf("a generation %d ran: the coordinator restart restarted the workers", r.gen)
+		if r.Gen != 1 {
+			t.Fatalf("a generation %d ran: the coordinator restart restarted the workers", r.Gen)
 		}
-		if seen[r.rank] == nil {
-			seen[r.rank] = map[int]bool{}
+		if seen[r.Rank] == nil {
+			seen[r.Rank] = map[int]bool{}
 		}
-		seen[r.rank][r.step] = true
+		seen[r.Rank][r.Step] = true
 	}
 	for rank := 0; rank < 4; rank++ {
 		if len(seen[rank]) != 100 {
@@ -518,10 +498,10 @@ func TestMultiNodeLeaderFailoverWorkersKeepTraining(t *testing.T) {
 			}
 			seen := map[int]int{}
 			for _, r := range m.steps() {
-				if r.gen != 1 {
-					t.Fatalf("generation %d ran: the failover restarted the workers", r.gen)
+				if r.Gen != 1 {
+					t.Fatalf("generation %d ran: the failover restarted the workers", r.Gen)
 				}
-				seen[r.rank]++
+				seen[r.Rank]++
 			}
 			for rank := 0; rank < 4; rank++ {
 				if seen[rank] != 120 {
@@ -650,8 +630,8 @@ func TestMultiNodeCoordinatorStallIsNoFault(t *testing.T) {
 		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
 	}
 	for _, r := range m.steps() {
-		if r.gen != 1 {
-			t.Fatalf("generation %d ran: the stall restarted the job:\n%s", r.gen, m.coord.out.String())
+		if r.Gen != 1 {
+			t.Fatalf("generation %d ran: the stall restarted the job:\n%s", r.Gen, m.coord.out.String())
 		}
 	}
 	if evs := m.events(); countType(evs, events.FaultDetected) != 0 {

@@ -31,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/bulsajo/bulsajo/tools/fakeworker/steplog"
 )
 
 func main() {
@@ -94,7 +96,7 @@ func main() {
 		}
 		fmt.Printf("step %d\n", s)
 		if slog != nil {
-			fmt.Fprintf(slog, "%d %d %d %d\n", gen, rank, s, time.Now().UnixNano())
+			fmt.Fprint(slog, steplog.Line(gen, rank, s, time.Now()))
 		}
 	}
 }
