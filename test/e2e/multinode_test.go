@@ -36,6 +36,7 @@ type mcluster struct {
 	stepLog string
 	pidDir  string
 	tlsCA   string // with --tls: the CA clients trust
+	slots   string // --nproc-per-node of every agent
 }
 
 // proc is a bulsajo process in a namespace.
@@ -94,9 +95,16 @@ func (m *mcluster) coordAddr() string { return m.lab.Host("coord").IP + ":7070" 
 // Spares are named s*.
 func newCluster(t *testing.T, nodes []string, coordArgs ...string) *mcluster {
 	t.Helper()
+	return newClusterSlots(t, nodes, 2, coordArgs...)
+}
+
+// newClusterSlots is newCluster with agents of the given number of slots.
+func newClusterSlots(t *testing.T, nodes []string, slots int, coordArgs ...string) *mcluster {
+	t.Helper()
 	netlab.Require(t)
 	hosts := append([]string{"coord"}, nodes...)
-	m := &mcluster{t: t, lab: netlab.New(t, hosts...), dir: t.TempDir(), agents: map[string]*proc{}, args: coordArgs}
+	m := &mcluster{t: t, lab: netlab.New(t, hosts...), dir: t.TempDir(), agents: map[string]*proc{}, args: coordArgs,
+		slots: strconv.Itoa(slots)}
 	for _, a := range coordArgs {
 		if a == "--tls" {
 			m.tlsCA = filepath.Join(m.dir, "coord", "tls", "ca.pem")
@@ -152,7 +160,7 @@ func (m *mcluster) tokenFile() string { return filepath.Join(m.dir, "coord", "jo
 
 func (m *mcluster) startAgent(name string) *proc {
 	args := []string{"agent", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--node-name", name,
-		"--nproc-per-node", "2", "--data-dir", filepath.Join(m.dir, "agent-"+name)}
+		"--nproc-per-node", m.slots, "--data-dir", filepath.Join(m.dir, "agent-"+name)}
 	if strings.HasPrefix(name, "s") {
 		args = append(args, "--spare")
 	}

@@ -24,30 +24,13 @@ const (
 	mnTorchSleepMS = "50"
 )
 
-// newTorchCluster is newCluster with one worker slot per node and gloo told
-// to use the namespace's eth0: every namespace's hostname resolves to
-// 127.0.0.1, so gloo's default (the hostname's address) would tell the peer
-// on another host to connect to its own loopback.
+// newTorchCluster is newCluster with one worker slot per node. No
+// GLOO_SOCKET_IFNAME here, although every namespace's hostname resolves to
+// loopback: the agents point gloo at the interface that reaches the
+// coordinator themselves, and this test proves it.
 func newTorchCluster(t *testing.T, nodes []string) *mcluster {
 	t.Helper()
-	netlab.Require(t)
-	t.Setenv("GLOO_SOCKET_IFNAME", "eth0")
-	hosts := append([]string{"coord"}, nodes...)
-	m := &mcluster{t: t, lab: netlab.New(t, hosts...), dir: t.TempDir(), agents: map[string]*proc{}}
-	m.stepLog = filepath.Join(m.dir, "steps.log")
-	m.pidDir = filepath.Join(m.dir, "pids")
-	os.MkdirAll(m.pidDir, 0o755)
-	m.startCoordinator()
-	for _, n := range nodes {
-		args := []string{"agent", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--node-name", n,
-			"--nproc-per-node", "1", "--data-dir", filepath.Join(m.dir, "agent-"+n)}
-		if strings.HasPrefix(n, "s") {
-			args = append(args, "--spare")
-		}
-		m.agents[n] = m.start(n, args...)
-	}
-	m.waitNodes(len(nodes))
-	return m
+	return newClusterSlots(t, nodes, 1)
 }
 
 // submitTorch submits ddp_train.py (1 worker per node) from the coordinator's host.
