@@ -1143,6 +1143,21 @@ func TestStartsWaitForRankZerosStore(t *testing.T) {
 	}
 }
 
+// When rank 0's node never says its store listens, the others start after
+// the 1 s cap anyway.
+func TestHeldStartsGoOutAfterTheCap(t *testing.T) {
+	c := newCoord(t)
+	a := connect(t, c, "a", agentOpts{addr: "10.0.0.1", port: 31001})
+	a.mute.Store(true)
+	b := connect(t, c, "b", agentOpts{addr: "10.0.0.2", port: 32001})
+	c.submit(spec("cap", 2, 2))
+	sa := a.waitFor("a's start", isGen(wire.TStart, "cap", 1))
+	sb := b.waitFor("b's start", isGen(wire.TStart, "cap", 1))
+	if d := sb.at.Sub(sa.at); d < 900*time.Millisecond || d > 2*time.Second {
+		t.Errorf("b's start came %s after a's, want about the 1 s cap", d)
+	}
+}
+
 // An agent that said bye and comes back within the node timeout, still
 // running its part, was never lost: no fault, no new generation.
 func TestByeAndBackIsNoFault(t *testing.T) {

@@ -83,6 +83,10 @@ func TestMultiNodeTorchAgentKilledSpareTakesOver(t *testing.T) {
 	if !strings.Contains(m.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
 		t.Errorf("generation 2 should run on n1 and the spare s1; coordinator said:\n%s", m.coord.out.String())
 	}
+	// The spare had standby workers (torch imported) ready before it took over.
+	if out := m.agents["s1"].out.String(); !strings.Contains(out, "standing by for job job1") {
+		t.Errorf("the spare was not asked to pre-start standby workers:\n%s", out)
+	}
 	evs := m.events()
 	var fault, rec *events.Event
 	for i, e := range evs {
