@@ -21,7 +21,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/chaos"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
-	"github.com/bulsajo/bulsajo/internal/coordinator"
+	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/policy"
@@ -169,7 +169,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	if os.Getenv("OMP_NUM_THREADS") == "" && c.NProc > 1 {
 		con.Printf("  note: OMP_NUM_THREADS=1 for each worker (as torchrun does); set it to tune")
 	}
-	res := coordinator.Run(coordinator.Config{
+	res := supervisor.Run(supervisor.Config{
 		RunID: c.RunID,
 		Policy: policy.Config{
 			WorldSize: c.NProc, MaxRestarts: c.MaxRestarts, Watchdog: wd,

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/agent"
-	"github.com/bulsajo/bulsajo/internal/coordinator"
+	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/policy"
@@ -127,8 +127,8 @@ type JobStatus struct {
 	Events     int         `json:"events"`
 }
 
-// job is the running job: a coordinator.Node made of remote agents. Its
-// methods are called by the coordinator loop (its own goroutine) and by the
+// job is the running job: a supervisor.Node made of remote agents. Its
+// methods are called by the supervisor loop (its own goroutine) and by the
 // server with s.mu held; the Node methods take s.mu themselves.
 type job struct {
 	s   *Server
@@ -281,7 +281,7 @@ func (j *job) start(resume *policy.Resume) {
 		wd.Floor = ms(sp.HangFloorMS)
 	}
 	wd.Timeout = ms(sp.HangTimeoutMS)
-	cfg := coordinator.Config{
+	cfg := supervisor.Config{
 		RunID: sp.ID,
 		Policy: policy.Config{
 			WorldSize: sp.NNodesMax * sp.NProcPerNode, MaxRestarts: sp.MaxRestarts, Watchdog: wd,
@@ -317,7 +317,7 @@ func (j *job) start(resume *policy.Resume) {
 	}()
 	go func() {
 		defer j.s.bg.Done()
-		res := coordinator.Run(cfg, j, j.sig)
+		res := supervisor.Run(cfg, j, j.sig)
 		j.finished(res)
 	}()
 }
@@ -369,8 +369,8 @@ func (j *job) logAsync(e events.Event) {
 	}
 }
 
-func (j *job) finished(res coordinator.Result) {
-	if res.Outcome == coordinator.Detached {
+func (j *job) finished(res supervisor.Result) {
+	if res.Outcome == supervisor.Detached {
 		close(j.done) // its goroutines end; the job itself goes on elsewhere
 		return
 	}
@@ -457,12 +457,12 @@ func (j *job) emit(e agent.Event) {
 	}
 }
 
-// ---- coordinator.Node ----
+// ---- supervisor.Node ----
 
-// Events implements coordinator.Node.
+// Events implements supervisor.Node.
 func (j *job) Events() <-chan agent.Event { return j.out }
 
-// StartGeneration implements coordinator.Node: place the generation on nodes
+// StartGeneration implements supervisor.Node: place the generation on nodes
 // (now, or as soon as enough are available).
 func (j *job) StartGeneration(spec agent.GenerationSpec) error {
 	j.s.mu.Lock()
@@ -629,7 +629,7 @@ func (j *job) releaseHeld() {
 	j.held = nil
 }
 
-// Regroup implements coordinator.Node: live recovery across nodes. Every
+// Regroup implements supervisor.Node: live recovery across nodes. Every
 // node that holds a survivor renumbers its workers in place; replacements
 // that are ready take the ranks after them (a grow); the new rank 0's node
 // hosts the rendezvous. A lost node's ranks are simply not in the new
@@ -724,7 +724,7 @@ func (j *job) joinerNodes() []string {
 	return out
 }
 
-// SpawnJoiners implements coordinator.Node: start n replacements where
+// SpawnJoiners implements supervisor.Node: start n replacements where
 // there are free slots — spares first, then idle nodes, then free slots of
 // the generation's own nodes.
 func (j *job) SpawnJoiners(n int) error {
@@ -778,7 +778,7 @@ func (j *job) spawn(n int) error {
 	return fmt.Errorf("no free slot for %d replacement(s): add a node or a spare", n)
 }
 
-// StopGeneration implements coordinator.Node.
+// StopGeneration implements supervisor.Node.
 func (j *job) StopGeneration(gen int, grace time.Duration) {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
@@ -828,14 +828,14 @@ func (j *job) checkStopped(now time.Time, full bool) {
 	j.emit(agent.Stopped{Gen: j.rec.Gen, At: now})
 }
 
-// Signal implements coordinator.Node (chaos).
+// Signal implements supervisor.Node (chaos).
 func (j *job) Signal(gen, rank int, sig syscall.Signal) error {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	for _, p := range j.rec.Placement {
 		if slices.Contains(p.Ranks, rank) {
 			if n := j.s.nodes[p.Node]; n != nil && n.sess != nil {
-				n.sess.send(wire.Msg{Type: wire.TSignal, Job: j.rec.Spec.ID, Gen: gen, Rank: rank, Sig: coordinator.SignalName(sig)})
+				n.sess.send(wire.Msg{Type: wire.TSignal, Job: j.rec.Spec.ID, Gen: gen, Rank: rank, Sig: supervisor.SignalName(sig)})
 				return nil
 			}
 		}
@@ -843,7 +843,7 @@ func (j *job) Signal(gen, rank int, sig syscall.Signal) error {
 	return fmt.Errorf("rank %d is on no connected node", rank)
 }
 
-// LiveRanks implements coordinator.Node.
+// LiveRanks implements supervisor.Node.
 func (j *job) LiveRanks(gen int) []int {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
@@ -856,7 +856,7 @@ func (j *job) LiveRanks(gen int) []int {
 	return out
 }
 
-// Culprit implements coordinator.Node: process state is on the nodes; the
+// Culprit implements supervisor.Node: process state is on the nodes; the
 // policy's own evidence (the lagging rank) is used instead.
 func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
 

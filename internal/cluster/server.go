@@ -2,7 +2,7 @@
 // agents on other hosts (registration with the join token, heartbeats,
 // leases), places each generation of the job on nodes (hot spares first when
 // one is lost), quarantines repeat offenders, and drives the same policy and
-// coordinator loop as `bulsajo run` through a coordinator.Node made of
+// supervisor loop as `bulsajo run` through a supervisor.Node made of
 // remote agents. Its state lives in a store.Store (etcd) so that a restarted
 // coordinator, or a new leader, adopts the running job without stopping it.
 package cluster

@@ -1,7 +1,7 @@
-// Package coordinator drives the policy: it feeds it the agent's events and
+// Package supervisor drives the policy: it feeds it the agent's events and
 // clock ticks, carries out its decisions through the agent, and writes every
 // fault and recovery to the event log and the terminal.
-package coordinator
+package supervisor
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/store"
 )
 
-// Config is the coordinator's part of a job.
+// Config is the supervisor's part of a job.
 type Config struct {
 	RunID      string
 	Policy     policy.Config
@@ -46,7 +46,7 @@ type Config struct {
 	Detach <-chan struct{}
 }
 
-// Node is what the coordinator needs from an agent.
+// Node is what the supervisor needs from an agent.
 type Node interface {
 	StartGeneration(agent.GenerationSpec) error
 	Regroup(agent.RegroupSpec) error

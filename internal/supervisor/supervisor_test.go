@@ -1,4 +1,4 @@
-package coordinator
+package supervisor
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 )
 
 // scriptedNode is a Node whose workers exist only as events: a unit-test
-// double for the coordinator's wiring (the real agent is tested end to end).
+// double for the supervisor's wiring (the real agent is tested end to end).
 type scriptedNode struct {
 	mu     sync.Mutex
 	ev     chan agent.Event
