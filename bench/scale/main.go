@@ -47,7 +47,7 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/auth"
-	"github.com/bulsajo/bulsajo/internal/cluster"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
 )
 
@@ -493,10 +493,10 @@ func run(o options) (*result, error) {
 
 	// Submit: every agent gets a rank.
 	minNodes := max(1, o.agents-1-o.agents/100)
-	spec := cluster.JobSpec{ID: "scale", Command: []string{"/bin/true"}, NNodesMin: minNodes, NNodesMax: o.agents,
+	spec := coordinator.JobSpec{ID: "scale", Command: []string{"/bin/true"}, NNodesMin: minNodes, NNodesMax: o.agents,
 		NProcPerNode: 1, MaxRestarts: 1000}
 	res.Settings["job"] = spec
-	client := cluster.NewClient([]string{coord.addr}, token, nil)
+	client := coordinator.NewClient([]string{coord.addr}, token, nil)
 	ts := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	err = client.Submit(ctx, spec)
@@ -815,7 +815,7 @@ func writeResults(path string, r *result) error {
 var method = []string{
 	"`bulsajo coordinator` runs as a child process (embedded etcd in a fresh data dir on ext4, GODEBUG=gctrace=1); RLIMIT_NOFILE is raised before it starts so it inherits the limit.",
 	"N simulated agents open real TCP connections over loopback (source addresses 127.0.0.2..5), POST /v1/agent with the join token, Upgrade: bulsajo-agent/1, then hello/welcome with internal/wire; each heartbeats at the welcome's interval (100 shard goroutines, phases spread over the interval), answers start with launched and stop with stopped at once, and records the arrival time of every start and stop.",
-	"A job (command /bin/true, never run) is submitted through cluster.Client with nnodes (N-1-N/100):N, 1 process per node, so every agent holds a rank.",
+	"A job (command /bin/true, never run) is submitted through coordinator.Client with nnodes (N-1-N/100):N, 1 process per node, so every agent holds a rank.",
 	"Steady state: utime+stime of the coordinator from /proc/PID/stat over the window, per second and per heartbeat (heartbeats counted by the simulator); ack round trip from heartbeat write to ack decode; VmRSS/VmHWM from /proc/PID/status; live heap from the last gctrace line.",
 	"Node loss (close): one placed agent closes its connection at T. Node loss (silent): one placed agent stops heartbeating and answering; T is its last heartbeat. For every other agent: arrival of stop (generation g) and of start (generation g+1), minus T; p50/p99/max over all agents of all losses, and per loss the last agent. The coordinator's own timeline (node_lost, fault, generation_started events from its event log) is reported relative to T. After each loss the lost agent reconnects as a restarted agent (new instance), idle until the next generation takes it.",
 }

@@ -24,9 +24,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/bulsajo/bulsajo/internal/auth"
-	"github.com/bulsajo/bulsajo/internal/cluster"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/nodeagent"
 	"github.com/bulsajo/bulsajo/internal/store"
@@ -124,7 +124,7 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 			}
 			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
 				etcd: etcdEndpoints, advertise: advertise, tls: useTLS, cert: tlsCert, key: tlsKey,
-				cfg: cluster.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
+				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
 		},
 	}
 	f := cmd.Flags()
@@ -136,10 +136,10 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.BoolVar(&useTLS, "tls", false, "serve TLS with certificates generated in DATA_DIR/tls on first start")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate (with --tls-key)")
 	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
-	f.DurationVar(&lease, "lease", cluster.DefaultLease, "an agent that cannot reach the coordinator this long stops its workers; a silent node's ranks move only after it")
-	f.DurationVar(&heartbeat, "heartbeat", cluster.DefaultHeartbeat, "agents' heartbeat interval")
-	f.DurationVar(&nodeTimeout, "node-timeout", cluster.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
-	f.IntVar(&quarantineAfter, "quarantine-after", cluster.DefaultQuarantineAfter, "faults on a node before it is quarantined")
+	f.DurationVar(&lease, "lease", coordinator.DefaultLease, "an agent that cannot reach the coordinator this long stops its workers; a silent node's ranks move only after it")
+	f.DurationVar(&heartbeat, "heartbeat", coordinator.DefaultHeartbeat, "agents' heartbeat interval")
+	f.DurationVar(&nodeTimeout, "node-timeout", coordinator.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
+	f.IntVar(&quarantineAfter, "quarantine-after", coordinator.DefaultQuarantineAfter, "faults on a node before it is quarantined")
 	return cmd
 }
 
@@ -147,7 +147,7 @@ type coordinatorOpts struct {
 	listen, tokenFile, dataDir, etcd, advertise string
 	tls                                         bool
 	cert, key                                   string
-	cfg                                         cluster.Config
+	cfg                                         coordinator.Config
 }
 
 func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) error {
@@ -231,7 +231,7 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	}
 
 	o.cfg.Token, o.cfg.Store, o.cfg.DataDir, o.cfg.Console, o.cfg.Version = token, st, dataDir, con, Version
-	srv, err := cluster.New(o.cfg)
+	srv, err := coordinator.New(o.cfg)
 	if err != nil {
 		return err
 	}
@@ -381,12 +381,12 @@ reconnects and keeps following.`,
 			if dir == "" {
 				dir, _ = os.Getwd()
 			}
-			sp := cluster.JobSpec{ID: c.RunID, Command: c.Command, Dir: dir, NNodesMin: lo, NNodesMax: hi, NProcPerNode: n,
+			sp := coordinator.JobSpec{ID: c.RunID, Command: c.Command, Dir: dir, NNodesMin: lo, NNodesMax: hi, NProcPerNode: n,
 				Recovery: c.Recovery, MaxRestarts: c.MaxRestarts, ProgressRegex: c.ProgressRegex,
 				HangTimeoutMS: int(c.HangTimeout.Milliseconds()), HangFloorMS: int(c.HangFloor.Milliseconds()),
 				StopGraceMS: int(c.StopGrace.Milliseconds()), ExitGraceMS: int(c.ExitGrace.Milliseconds()),
 				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby, NoReplace: !c.Replace}
-			return runSubmit(ctx, stdout, cluster.NewClient(addrs, token, tlsCfg), sp, wait)
+			return runSubmit(ctx, stdout, coordinator.NewClient(addrs, token, tlsCfg), sp, wait)
 		},
 	}
 	f := cmd.Flags()
@@ -429,7 +429,7 @@ func parseNNodes(s string) (int, int, error) {
 	return lo, hi, nil
 }
 
-func runSubmit(ctx context.Context, stdout io.Writer, cl *cluster.Client, sp cluster.JobSpec, wait time.Duration) error {
+func runSubmit(ctx context.Context, stdout io.Writer, cl *coordinator.Client, sp coordinator.JobSpec, wait time.Duration) error {
 	con := console.New(stdout)
 	if err := cl.Submit(ctx, sp); err != nil {
 		return clientErr(err)
@@ -497,7 +497,7 @@ func printEvent(con *console.Console, e events.Event) {
 }
 
 func clientErr(err error) error {
-	var ae *cluster.APIError
+	var ae *coordinator.APIError
 	if errors.As(err, &ae) {
 		msg := strings.TrimSuffix(ae.Msg, ".")
 		if strings.Contains(msg, "HTTPS server") {
@@ -528,7 +528,7 @@ func newStatusCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			st, err := cluster.NewClient(addrs, "", tlsCfg).Status(cctx)
+			st, err := coordinator.NewClient(addrs, "", tlsCfg).Status(cctx)
 			if err != nil {
 				return clientErr(err)
 			}
@@ -547,7 +547,7 @@ func newStatusCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, st cluster.Status) {
+func printStatus(w io.Writer, st coordinator.Status) {
 	if j := st.Job; j != nil {
 		fmt.Fprintf(w, "job %s: %s · generation %d · world %d · step %d · restarts %d", j.ID, j.State, j.Gen, j.World, j.Step, j.Restarts)
 		if j.Outcome != "" {
@@ -598,7 +598,7 @@ func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			}
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			was, err := cluster.NewClient(addrs, token, tlsCfg).Release(cctx, args[0])
+			was, err := coordinator.NewClient(addrs, token, tlsCfg).Release(cctx, args[0])
 			if err != nil {
 				return clientErr(err)
 			}

@@ -21,11 +21,11 @@ import (
 	"github.com/bulsajo/bulsajo/internal/chaos"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
-	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/python"
 )
 

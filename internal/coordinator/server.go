@@ -1,11 +1,11 @@
-// Package cluster is the multi-node coordinator: it keeps the membership of
+// Package coordinator is the multi-node coordinator: it keeps the membership of
 // agents on other hosts (registration with the join token, heartbeats,
 // leases), places each generation of the job on nodes (hot spares first when
 // one is lost), quarantines repeat offenders, and drives the same policy and
 // supervisor loop as `bulsajo run` through a supervisor.Node made of
 // remote agents. Its state lives in a store.Store (etcd) so that a restarted
 // coordinator, or a new leader, adopts the running job without stopping it.
-package cluster
+package coordinator
 
 import (
 	"context"
@@ -163,9 +163,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	switch {
 	case cfg.Token == "":
-		return nil, errors.New("cluster: a join token is required")
+		return nil, errors.New("coordinator: a join token is required")
 	case cfg.Heartbeat >= cfg.NodeTimeout || cfg.NodeTimeout > cfg.Lease:
-		return nil, fmt.Errorf("cluster: need heartbeat (%s) < node timeout (%s) <= lease (%s)", cfg.Heartbeat, cfg.NodeTimeout, cfg.Lease)
+		return nil, fmt.Errorf("coordinator: need heartbeat (%s) < node timeout (%s) <= lease (%s)", cfg.Heartbeat, cfg.NodeTimeout, cfg.Lease)
 	}
 	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{}),
 		writes: make(chan write, 1<<16)}
@@ -173,7 +173,7 @@ func New(cfg Config) (*Server, error) {
 	defer cancel()
 	kvs, err := cfg.Store.List(ctx, keyNodes)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: loading nodes: %w", err)
+		return nil, fmt.Errorf("coordinator: loading nodes: %w", err)
 	}
 	for _, kv := range kvs {
 		var r nodeRecord

@@ -1,6 +1,6 @@
-package cluster_test
+package coordinator_test
 
-// Unit tests of the coordinator's protocol logic: a real cluster.Server on
+// Unit tests of the coordinator's protocol logic: a real coordinator.Server on
 // an in-memory store, served on loopback, driven by scripted agents that
 // speak internal/wire over a real TCP connection (see fakeAgent). Timings
 // are short (heartbeat 20 ms, node timeout 150 ms, lease 400 ms) so that
@@ -29,8 +29,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/cluster"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/wire"
@@ -69,12 +69,12 @@ func (w *syncBuf) String() string {
 	return w.b.String()
 }
 
-// coord is a cluster.Server served on loopback.
+// coord is a coordinator.Server served on loopback.
 type coord struct {
 	t       testing.TB
 	st      store.Store
 	dataDir string
-	srv     *cluster.Server
+	srv     *coordinator.Server
 	hs      *httptest.Server
 	addr    string // host:port
 	log     *syncBuf
@@ -82,7 +82,7 @@ type coord struct {
 	once    sync.Once
 }
 
-type cfgFunc func(*cluster.Config)
+type cfgFunc func(*coordinator.Config)
 
 func newCoord(t testing.TB, mods ...cfgFunc) *coord {
 	t.Helper()
@@ -93,14 +93,14 @@ func newCoord(t testing.TB, mods ...cfgFunc) *coord {
 func startCoord(t testing.TB, st store.Store, dataDir string, mods ...cfgFunc) *coord {
 	t.Helper()
 	log := &syncBuf{}
-	cfg := cluster.Config{Token: testToken, Store: st, DataDir: dataDir, Heartbeat: tHeartbeat,
+	cfg := coordinator.Config{Token: testToken, Store: st, DataDir: dataDir, Heartbeat: tHeartbeat,
 		NodeTimeout: tNodeTimeout, Lease: tLease, Console: console.New(log), Version: "test"}
 	for _, m := range mods {
 		m(&cfg)
 	}
-	srv, err := cluster.New(cfg)
+	srv, err := coordinator.New(cfg)
 	if err != nil {
-		t.Fatalf("cluster.New: %v", err)
+		t.Fatalf("coordinator.New: %v", err)
 	}
 	hs := httptest.NewUnstartedServer(srv.Handler())
 	// net/http recovers a panic in a handler (an agent session): it must
@@ -180,20 +180,20 @@ func (c *coord) request(method, path, token string, body io.Reader) (int, http.H
 }
 
 // status is GET /v1/status over HTTP.
-func (c *coord) status() cluster.Status {
+func (c *coord) status() coordinator.Status {
 	c.t.Helper()
 	code, _, b := c.request("GET", "/v1/status", "", nil)
 	if code != 200 {
 		c.t.Fatalf("GET /v1/status: %d %s", code, b)
 	}
-	var st cluster.Status
+	var st coordinator.Status
 	if err := json.Unmarshal(b, &st); err != nil {
 		c.t.Fatalf("GET /v1/status: %v in %s", err, b)
 	}
 	return st
 }
 
-func (c *coord) submit(sp cluster.JobSpec) {
+func (c *coord) submit(sp coordinator.JobSpec) {
 	c.t.Helper()
 	b, _ := json.Marshal(sp)
 	code, _, body := c.request("POST", "/v1/jobs", testToken, bytes.NewReader(b))
@@ -203,7 +203,7 @@ func (c *coord) submit(sp cluster.JobSpec) {
 }
 
 // waitStatus polls Status until ok, or fails the test.
-func (c *coord) waitStatus(what string, ok func(cluster.Status) bool) cluster.Status {
+func (c *coord) waitStatus(what string, ok func(coordinator.Status) bool) coordinator.Status {
 	c.t.Helper()
 	deadline := time.Now().Add(wait)
 	for {
@@ -219,28 +219,28 @@ func (c *coord) waitStatus(what string, ok func(cluster.Status) bool) cluster.St
 	}
 }
 
-func nodeOf(st cluster.Status, name string) (cluster.NodeStatus, bool) {
+func nodeOf(st coordinator.Status, name string) (coordinator.NodeStatus, bool) {
 	for _, n := range st.Nodes {
 		if n.Name == name {
 			return n, true
 		}
 	}
-	return cluster.NodeStatus{}, false
+	return coordinator.NodeStatus{}, false
 }
 
-func nodeState(name, state string) func(cluster.Status) bool {
-	return func(st cluster.Status) bool {
+func nodeState(name, state string) func(coordinator.Status) bool {
+	return func(st coordinator.Status) bool {
 		n, ok := nodeOf(st, name)
 		return ok && n.State == state
 	}
 }
 
-func jobIs(gen int, state string) func(cluster.Status) bool {
-	return func(st cluster.Status) bool { return st.Job != nil && st.Job.Gen == gen && st.Job.State == state }
+func jobIs(gen int, state string) func(coordinator.Status) bool {
+	return func(st coordinator.Status) bool { return st.Job != nil && st.Job.Gen == gen && st.Job.State == state }
 }
 
-func spec(id string, nmin, nmax int) cluster.JobSpec {
-	return cluster.JobSpec{ID: id, Command: []string{"python", "train.py", "--lr", "0.1"}, NNodesMin: nmin, NNodesMax: nmax,
+func spec(id string, nmin, nmax int) coordinator.JobSpec {
+	return coordinator.JobSpec{ID: id, Command: []string{"python", "train.py", "--lr", "0.1"}, NNodesMin: nmin, NNodesMax: nmax,
 		NProcPerNode: 1, MaxRestarts: 5, HangTimeoutMS: 60000}
 }
 
@@ -791,7 +791,7 @@ func TestAgentNameInUse(t *testing.T) {
 		t.Fatalf("the old session of a reconnecting agent was kept open")
 	}
 	a.stopHeartbeats()
-	st := c.waitStatus("dup ready at its new addr", func(st cluster.Status) bool {
+	st := c.waitStatus("dup ready at its new addr", func(st coordinator.Status) bool {
 		n, _ := nodeOf(st, "dup")
 		return n.State == "ready" && n.Addr == "10.0.0.77"
 	})
@@ -804,7 +804,7 @@ func TestAgentNameInUse(t *testing.T) {
 
 func TestSubmitBadInput(t *testing.T) {
 	c := newCoord(t)
-	good := func(f func(*cluster.JobSpec)) string {
+	good := func(f func(*coordinator.JobSpec)) string {
 		sp := spec("good", 1, 2)
 		f(&sp)
 		b, _ := json.Marshal(sp)
@@ -817,25 +817,25 @@ func TestSubmitBadInput(t *testing.T) {
 		{"truncated", `{"id":"j","command":["x"]`, "bad request body"},
 		{"null", "null", "job id"},
 		{"array", `[1]`, "bad request body"},
-		{"no id", good(func(s *cluster.JobSpec) { s.ID = "" }), "job id"},
-		{"bad id", good(func(s *cluster.JobSpec) { s.ID = "../x" }), "job id"},
-		{"id with slash", good(func(s *cluster.JobSpec) { s.ID = "a/b" }), "job id"},
-		{"id too long", good(func(s *cluster.JobSpec) { s.ID = strings.Repeat("a", 64) }), "job id"},
-		{"no command", good(func(s *cluster.JobSpec) { s.Command = nil }), "command"},
-		{"empty command", good(func(s *cluster.JobSpec) { s.Command = []string{""} }), "command"},
-		{"nnodes 0", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 0, 0 }), "nnodes"},
-		{"min > max", good(func(s *cluster.JobSpec) { s.NNodesMin, s.NNodesMax = 3, 2 }), "nnodes"},
-		{"max huge", good(func(s *cluster.JobSpec) { s.NNodesMax = 1 << 30 }), "nnodes"},
-		{"nproc 0", good(func(s *cluster.JobSpec) { s.NProcPerNode = 0 }), "nproc_per_node"},
-		{"nproc huge", good(func(s *cluster.JobSpec) { s.NProcPerNode = 4096 }), "nproc_per_node"},
-		{"recovery bogus", good(func(s *cluster.JobSpec) { s.Recovery = "bogus" }), "recovery"},
-		{"negative restarts", good(func(s *cluster.JobSpec) { s.MaxRestarts = -1 }), "negative"},
-		{"negative grace", good(func(s *cluster.JobSpec) { s.StopGraceMS = -1 }), "negative"},
-		{"bad regex", good(func(s *cluster.JobSpec) { s.ProgressRegex = "step ([0-9]+" }), "progress regex"},
+		{"no id", good(func(s *coordinator.JobSpec) { s.ID = "" }), "job id"},
+		{"bad id", good(func(s *coordinator.JobSpec) { s.ID = "../x" }), "job id"},
+		{"id with slash", good(func(s *coordinator.JobSpec) { s.ID = "a/b" }), "job id"},
+		{"id too long", good(func(s *coordinator.JobSpec) { s.ID = strings.Repeat("a", 64) }), "job id"},
+		{"no command", good(func(s *coordinator.JobSpec) { s.Command = nil }), "command"},
+		{"empty command", good(func(s *coordinator.JobSpec) { s.Command = []string{""} }), "command"},
+		{"nnodes 0", good(func(s *coordinator.JobSpec) { s.NNodesMin, s.NNodesMax = 0, 0 }), "nnodes"},
+		{"min > max", good(func(s *coordinator.JobSpec) { s.NNodesMin, s.NNodesMax = 3, 2 }), "nnodes"},
+		{"max huge", good(func(s *coordinator.JobSpec) { s.NNodesMax = 1 << 30 }), "nnodes"},
+		{"nproc 0", good(func(s *coordinator.JobSpec) { s.NProcPerNode = 0 }), "nproc_per_node"},
+		{"nproc huge", good(func(s *coordinator.JobSpec) { s.NProcPerNode = 4096 }), "nproc_per_node"},
+		{"recovery bogus", good(func(s *coordinator.JobSpec) { s.Recovery = "bogus" }), "recovery"},
+		{"negative restarts", good(func(s *coordinator.JobSpec) { s.MaxRestarts = -1 }), "negative"},
+		{"negative grace", good(func(s *coordinator.JobSpec) { s.StopGraceMS = -1 }), "negative"},
+		{"bad regex", good(func(s *coordinator.JobSpec) { s.ProgressRegex = "step ([0-9]+" }), "progress regex"},
 		{"unknown field", `{"id":"j","command":["x"],"nnodes_min":1,"nnodes_max":1,"nproc_per_node":1,"gpus":8}`, "unknown field"},
 		{"wrong type", `{"id":"j","command":"x","nnodes_min":1,"nnodes_max":1,"nproc_per_node":1}`, "bad request body"},
 		{"huge body", huge, "bad request body"},
-		{"trailing data", good(func(*cluster.JobSpec) {}) + ` {"id":"other"}`, "bad request body"},
+		{"trailing data", good(func(*coordinator.JobSpec) {}) + ` {"id":"other"}`, "bad request body"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			code, h, body := c.request("POST", "/v1/jobs", testToken, strings.NewReader(tt.body))
@@ -865,7 +865,7 @@ func TestSubmitBadInput(t *testing.T) {
 	if code != http.StatusConflict || !strings.Contains(string(body), "job first is running") {
 		t.Fatalf("second job: %d %s", code, body)
 	}
-	c.waitStatus("first waits", func(st cluster.Status) bool {
+	c.waitStatus("first waits", func(st coordinator.Status) bool {
 		return st.Job != nil && st.Job.ID == "first" && st.Job.State == "waiting for nodes"
 	})
 	// Cancel, then the same id again is a conflict; a new id is fine.
@@ -875,7 +875,7 @@ func TestSubmitBadInput(t *testing.T) {
 	if code, _, body := c.request("POST", "/v1/jobs/first/cancel", testToken, nil); code != 200 {
 		t.Fatalf("cancel: %d %s", code, body)
 	}
-	c.waitStatus("first done", func(st cluster.Status) bool { return st.Job != nil && st.Job.State == "done" })
+	c.waitStatus("first done", func(st coordinator.Status) bool { return st.Job != nil && st.Job.State == "done" })
 	b, _ = json.Marshal(spec("first", 1, 1))
 	if code, _, body := c.request("POST", "/v1/jobs", testToken, bytes.NewReader(b)); code != http.StatusConflict {
 		t.Fatalf("reused id: %d %s", code, body)
@@ -976,7 +976,7 @@ func TestMembership(t *testing.T) {
 
 // launchTwo connects a and b (plus extra agents), submits sp and checks
 // generation 1: a holds rank 0, b rank 1, rendezvous at a's addr and port.
-func launchTwo(t *testing.T, c *coord, sp cluster.JobSpec, extra func()) (a, b *fakeAgent) {
+func launchTwo(t *testing.T, c *coord, sp coordinator.JobSpec, extra func()) (a, b *fakeAgent) {
 	t.Helper()
 	a = connect(t, c, "a", agentOpts{addr: "10.0.0.1", port: 31001})
 	b = connect(t, c, "b", agentOpts{addr: "10.0.0.2", port: 32001})
@@ -1005,7 +1005,7 @@ func launchTwo(t *testing.T, c *coord, sp cluster.JobSpec, extra func()) (a, b *
 		a.send(wire.Msg{Type: wire.TProgress, Job: sp.ID, Gen: 1, Rank: 0, Step: step})
 		b.send(wire.Msg{Type: wire.TProgress, Job: sp.ID, Gen: 1, Rank: 1, Step: step})
 	}
-	st = c.waitStatus("step 3", func(st cluster.Status) bool { return st.Job != nil && st.Job.Step == 3 })
+	st = c.waitStatus("step 3", func(st coordinator.Status) bool { return st.Job != nil && st.Job.Step == 3 })
 	for i, name := range []string{"a", "b"} {
 		if n, _ := nodeOf(st, name); n.State != "training" || !slices.Equal(n.Ranks, []int{i}) {
 			t.Fatalf("node %+v", n)
@@ -1214,7 +1214,7 @@ func TestJobWaitsForNodes(t *testing.T) {
 			}
 			a.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
 			a.send(wire.Msg{Type: wire.TStopped, Job: sp.ID, Gen: 1})
-			c.waitStatus("waiting", func(st cluster.Status) bool { return st.Job != nil && st.Job.State == "waiting for nodes" })
+			c.waitStatus("waiting", func(st coordinator.Status) bool { return st.Job != nil && st.Job.State == "waiting for nodes" })
 			time.Sleep(tLease)
 			if a.find(isGen(wire.TStart, sp.ID, 2)) != nil {
 				t.Fatalf("gen 2 started on one node of at least 2")
@@ -1238,9 +1238,9 @@ func TestJobWaitsForNodes(t *testing.T) {
 func TestAgentSpeaksForItselfOnly(t *testing.T) {
 	for _, tt := range []struct {
 		name   string
-		script func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent)
+		script func(t *testing.T, c *coord, sp coordinator.JobSpec, a, b, x *fakeAgent)
 	}{
-		{"stopped from a node outside the generation", func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent) {
+		{"stopped from a node outside the generation", func(t *testing.T, c *coord, sp coordinator.JobSpec, a, b, x *fakeAgent) {
 			b.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 1})
 			a.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
 			b.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
@@ -1253,7 +1253,7 @@ func TestAgentSpeaksForItselfOnly(t *testing.T) {
 			b.send(wire.Msg{Type: wire.TStopped, Job: sp.ID, Gen: 1})
 			a.waitFor("start of gen 2", isGen(wire.TStart, sp.ID, 2))
 		}},
-		{"launched from a node outside the generation", func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent) {
+		{"launched from a node outside the generation", func(t *testing.T, c *coord, sp coordinator.JobSpec, a, b, x *fakeAgent) {
 			// launchTwo had both launch; make gen 2 and launch only a and x.
 			b.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 1})
 			for _, ag := range []*fakeAgent{a, b} {
@@ -1268,7 +1268,7 @@ func TestAgentSpeaksForItselfOnly(t *testing.T) {
 				t.Fatalf("gen 2 is %q with b not launched", st.Job.State)
 			}
 		}},
-		{"exited 0 for another node's rank", func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent) {
+		{"exited 0 for another node's rank", func(t *testing.T, c *coord, sp coordinator.JobSpec, a, b, x *fakeAgent) {
 			a.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 0, Code: 0})
 			a.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 0})
 			time.Sleep(100 * time.Millisecond)
@@ -1276,7 +1276,7 @@ func TestAgentSpeaksForItselfOnly(t *testing.T) {
 				t.Fatalf("a's word finished the job with b's rank 1 running: %+v", st.Job)
 			}
 		}},
-		{"exited 1 for another node's rank", func(t *testing.T, c *coord, sp cluster.JobSpec, a, b, x *fakeAgent) {
+		{"exited 1 for another node's rank", func(t *testing.T, c *coord, sp coordinator.JobSpec, a, b, x *fakeAgent) {
 			x.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 1})
 			time.Sleep(100 * time.Millisecond)
 			if n, _ := nodeOf(c.srv.Status(), "b"); n.Faults != 0 {
@@ -1297,13 +1297,13 @@ func TestAgentSpeaksForItselfOnly(t *testing.T) {
 // ---- 5. quarantine ----
 
 func TestQuarantine(t *testing.T) {
-	c := newCoord(t, func(cfg *cluster.Config) { cfg.QuarantineAfter = 1 })
+	c := newCoord(t, func(cfg *coordinator.Config) { cfg.QuarantineAfter = 1 })
 	sp := spec("quar", 2, 2)
 	var third *fakeAgent // an idle worker node
 	a, b := launchTwo(t, c, sp, func() { third = connect(t, c, "c", agentOpts{addr: "10.0.0.3", port: 33001}) })
 
 	b.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 3, Err: "CUDA error: an illegal memory access"})
-	st := c.waitStatus("b quarantined", func(st cluster.Status) bool { n, _ := nodeOf(st, "b"); return n.Quarantined })
+	st := c.waitStatus("b quarantined", func(st coordinator.Status) bool { n, _ := nodeOf(st, "b"); return n.Quarantined })
 	n, _ := nodeOf(st, "b")
 	if !strings.Contains(n.Reason, "rank 1") || !strings.Contains(n.Reason, "exit code 3") || n.Faults != 1 {
 		t.Fatalf("b %+v: the reason should name rank 1 and its exit", n)
@@ -1365,7 +1365,7 @@ func TestQuarantine(t *testing.T) {
 	a.send(wire.Msg{Type: wire.TLaunched, Job: sp.ID, Gen: 2})
 	c.waitStatus("gen 2 training", jobIs(2, "training"))
 	third.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 2, Rank: 1, Code: 1})
-	c.waitStatus("c quarantined", func(st cluster.Status) bool { n, _ := nodeOf(st, "c"); return n.Quarantined })
+	c.waitStatus("c quarantined", func(st coordinator.Status) bool { n, _ := nodeOf(st, "c"); return n.Quarantined })
 	for _, ag := range []*fakeAgent{a, third} {
 		ag.waitFor("stop of gen 2", isGen(wire.TStop, sp.ID, 2))
 		ag.send(wire.Msg{Type: wire.TStopped, Job: sp.ID, Gen: 2})
@@ -1511,7 +1511,7 @@ func TestRestartAdoptsRunningJob(t *testing.T) {
 			// fault restarts the job as usual.
 			a, b = agents[0], agents[1]
 			a.send(wire.Msg{Type: wire.TProgress, Job: sp.ID, Gen: 1, Rank: 0, Step: 8})
-			c2.waitStatus("step 8", func(st cluster.Status) bool { return st.Job.Step == 8 })
+			c2.waitStatus("step 8", func(st coordinator.Status) bool { return st.Job.Step == 8 })
 			b.send(wire.Msg{Type: wire.TExited, Job: sp.ID, Gen: 1, Rank: 1, Code: 137, Err: "killed"})
 			for _, ag := range agents {
 				ag.waitFor("stop of gen 1", isGen(wire.TStop, sp.ID, 1))
@@ -1551,7 +1551,7 @@ func TestRestartAdoptsRunningJob(t *testing.T) {
 // faults against the nodes it was connected to, nor quarantine them, nor
 // log their loss as a fault of the job.
 func TestCloseBlamesNoNode(t *testing.T) {
-	q := func(cfg *cluster.Config) { cfg.QuarantineAfter = 1 }
+	q := func(cfg *coordinator.Config) { cfg.QuarantineAfter = 1 }
 	c := newCoord(t, q)
 	sp := spec("blame", 2, 2)
 	launchTwo(t, c, sp, nil)
@@ -1713,7 +1713,7 @@ func TestEventsFromPastTheEndOfAFinishedJob(t *testing.T) {
 	c := newCoord(t)
 	c.submit(spec("cancelled", 1, 1))
 	c.request("POST", "/v1/jobs/cancelled/cancel", testToken, nil)
-	st := c.waitStatus("done", func(st cluster.Status) bool { return st.Job != nil && st.Job.State == "done" })
+	st := c.waitStatus("done", func(st coordinator.Status) bool { return st.Job != nil && st.Job.State == "done" })
 	for _, from := range []int{st.Job.Events, st.Job.Events + 5} {
 		cl := &http.Client{Timeout: 3 * time.Second}
 		resp, err := cl.Get(fmt.Sprintf("%s/v1/jobs/cancelled/events?from=%d", c.hs.URL, from))
@@ -1758,7 +1758,7 @@ func firstLines(s string, n int) string {
 func TestHelloFreePortOutOfRange(t *testing.T) {
 	c := newCoord(t)
 	c.submit(spec("port", 1, 1))
-	c.waitStatus("waiting", func(st cluster.Status) bool { return st.Job != nil && st.Job.State == "waiting for nodes" })
+	c.waitStatus("waiting", func(st coordinator.Status) bool { return st.Job != nil && st.Job.State == "waiting for nodes" })
 	a := openSession(t, c, "bad-port")
 	if err := a.sendRaw([]byte(`{"type":"hello","name":"bad-port","nproc":1,"addr":"192.0.2.10","instance":"i","free_port":70000}` + "\n")); err != nil {
 		t.Fatal(err)

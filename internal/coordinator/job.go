@@ -1,4 +1,4 @@
-package cluster
+package coordinator
 
 import (
 	"context"
@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/agent"
-	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/supervisor"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
@@ -176,18 +176,18 @@ func (s *Server) loadJob(ctx context.Context) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("cluster: loading the job: %w", err)
+		return fmt.Errorf("coordinator: loading the job: %w", err)
 	}
 	var rec jobRecord
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return fmt.Errorf("cluster: stored job: %v", err)
+		return fmt.Errorf("coordinator: stored job: %v", err)
 	}
 	// Events so far: for watchers that reconnect, and for this
 	// coordinator's log file when it is not the one that wrote them (a
 	// failover to another host).
 	kvs, err := s.cfg.Store.List(ctx, "/bulsajo/runs/"+rec.Spec.ID+"/events/")
 	if err != nil {
-		return fmt.Errorf("cluster: loading events: %w", err)
+		return fmt.Errorf("coordinator: loading events: %w", err)
 	}
 	var evs []events.Event
 	for _, kv := range kvs {
@@ -241,7 +241,7 @@ func seedLog(path string, evs []events.Event) error {
 		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("cluster: job dir: %w", err)
+		return fmt.Errorf("coordinator: job dir: %w", err)
 	}
 	var b []byte
 	for _, e := range evs {
@@ -250,7 +250,7 @@ func seedLog(path string, evs []events.Event) error {
 	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("cluster: event log: %w", err)
+		return fmt.Errorf("coordinator: event log: %w", err)
 	}
 	return os.Rename(tmp, path)
 }
@@ -258,7 +258,7 @@ func seedLog(path string, evs []events.Event) error {
 func (s *Server) newJob(rec jobRecord) (*job, error) {
 	dir := filepath.Join(s.cfg.DataDir, "runs", rec.Spec.ID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("cluster: job dir: %w", err)
+		return nil, fmt.Errorf("coordinator: job dir: %w", err)
 	}
 	log, err := events.Create(filepath.Join(dir, "events.jsonl"))
 	if err != nil {

@@ -1,4 +1,4 @@
-package cluster_test
+package coordinator_test
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/cluster"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
@@ -26,7 +26,7 @@ func serve(h http.Handler, method, path string, body []byte) *httptest.ResponseR
 
 // endJob cancels the coordinator's job, if one runs, and waits for it to
 // end (Server.Close hangs while a job runs; a new submit needs it done).
-func endJob(t testing.TB, srv *cluster.Server, h http.Handler) {
+func endJob(t testing.TB, srv *coordinator.Server, h http.Handler) {
 	t.Helper()
 	st := srv.Status()
 	if st.Job == nil || st.Job.State == "done" {
@@ -118,7 +118,7 @@ func FuzzAgentStream(f *testing.F) {
 	f.Add([]byte(""))
 	f.Add([]byte(strings.Repeat("\n", 100)))
 
-	c := newCoord(f, func(cfg *cluster.Config) { cfg.QuarantineAfter = 1 << 30 })
+	c := newCoord(f, func(cfg *coordinator.Config) { cfg.QuarantineAfter = 1 << 30 })
 	h := c.srv.Handler()
 	var execs, jobs atomic.Int64
 	submit := func(t *testing.T) {
@@ -127,7 +127,7 @@ func FuzzAgentStream(f *testing.F) {
 			return
 		}
 		id := fmt.Sprintf("fz-%d", jobs.Add(1)-1)
-		b, _ := json.Marshal(cluster.JobSpec{ID: id, Command: []string{"x"}, NNodesMin: 1, NNodesMax: 1, NProcPerNode: 1,
+		b, _ := json.Marshal(coordinator.JobSpec{ID: id, Command: []string{"x"}, NNodesMin: 1, NNodesMax: 1, NProcPerNode: 1,
 			MaxRestarts: 1000, CrashLoopLimit: 1000, HangTimeoutMS: 600000})
 		if rec := serve(h, "POST", "/v1/jobs", b); rec.Code != http.StatusCreated {
 			t.Fatalf("submit %s: %d %s", id, rec.Code, rec.Body.Bytes())
@@ -179,7 +179,7 @@ func FuzzAgentStream(f *testing.F) {
 			t.Fatalf("after %q the coordinator panicked:\n%s", data, firstLines(log, 30))
 		}
 		rec := serve(h, "GET", "/v1/status", nil)
-		var st cluster.Status
+		var st coordinator.Status
 		if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &st) != nil {
 			t.Fatalf("status after %q: %d %s", data, rec.Code, rec.Body.Bytes())
 		}

@@ -1,4 +1,4 @@
-package cluster
+package coordinator
 
 import (
 	"bufio"
@@ -38,7 +38,7 @@ func NewClient(addrs []string, token string, tlsCfg *tls.Config) *Client {
 }
 
 // ErrUnreachable: no coordinator address answered.
-var ErrUnreachable = errors.New("cluster: no coordinator answered")
+var ErrUnreachable = errors.New("coordinator: no coordinator answered")
 
 // APIError is an error the coordinator answered with.
 type APIError struct {
