@@ -17,12 +17,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/chaos"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
+	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/supervisor"
@@ -144,7 +144,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	if c.ProgressRegex != "" {
 		re = regexp.MustCompile(c.ProgressRegex) // validated
 	}
-	ag, err := agent.New(agent.Config{
+	ag, err := launcher.New(launcher.Config{
 		Command: c.Command, RunID: c.RunID, RunDir: runDir, MaxRestarts: c.MaxRestarts,
 		SDKDir: sdkDir, ProgressRegex: re, Standby: c.Standby, StandbyCount: c.NProc,
 		Preload: c.Preload, StopGrace: c.StopGrace, Console: con, Live: c.Recovery == "live",

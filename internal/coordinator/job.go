@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
+	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/supervisor"
@@ -133,7 +133,7 @@ type JobStatus struct {
 type job struct {
 	s   *Server
 	rec jobRecord
-	out chan agent.Event
+	out chan launcher.Event
 	sig chan os.Signal
 	log *events.Log
 
@@ -153,7 +153,7 @@ type job struct {
 	launched      map[string]bool // node -> its workers started
 	stopped       map[string]bool // node -> its workers reaped
 	stopping      bool
-	pending       *agent.GenerationSpec // waiting for capacity
+	pending       *launcher.GenerationSpec // waiting for capacity
 	waitSaid      bool
 	faulted       bool // a fault of this generation has been reported
 	adopting      bool // resumed: waiting for the agents to confirm
@@ -264,7 +264,7 @@ func (s *Server) newJob(rec jobRecord) (*job, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &job{s: s, rec: rec, out: make(chan agent.Event, 1<<16), sig: make(chan os.Signal, 2), log: log,
+	j := &job{s: s, rec: rec, out: make(chan launcher.Event, 1<<16), sig: make(chan os.Signal, 2), log: log,
 		evReady: make(chan struct{}), logQ: make(chan events.Event, 1024), done: make(chan struct{}), detachC: make(chan struct{}),
 		launched: map[string]bool{}, stopped: map[string]bool{}}
 	log.Tee(j.published)
@@ -446,11 +446,11 @@ func (j *job) status() JobStatus {
 	return st
 }
 
-func (j *job) emit(e agent.Event) {
+func (j *job) emit(e launcher.Event) {
 	select {
 	case j.out <- e:
 	default:
-		if _, ok := e.(agent.Progress); !ok {
+		if _, ok := e.(launcher.Progress); !ok {
 			// Never drop a fault or a lifecycle event; progress can be.
 			go func() { j.out <- e }()
 		}
@@ -460,11 +460,11 @@ func (j *job) emit(e agent.Event) {
 // ---- supervisor.Node ----
 
 // Events implements supervisor.Node.
-func (j *job) Events() <-chan agent.Event { return j.out }
+func (j *job) Events() <-chan launcher.Event { return j.out }
 
 // StartGeneration implements supervisor.Node: place the generation on nodes
 // (now, or as soon as enough are available).
-func (j *job) StartGeneration(spec agent.GenerationSpec) error {
+func (j *job) StartGeneration(spec launcher.GenerationSpec) error {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	j.pending, j.waitSaid = &spec, false
@@ -635,7 +635,7 @@ func (j *job) releaseHeld() {
 // hosts the rendezvous. A lost node's ranks are simply not in the new
 // generation: its workers, if any still run, cannot step without the
 // survivors, who have left their group.
-func (j *job) Regroup(spec agent.RegroupSpec) error {
+func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	sp := j.rec.Spec
@@ -788,7 +788,7 @@ func (j *job) StopGeneration(gen int, grace time.Duration) {
 	if j.pending != nil {
 		// Never launched: nothing to stop.
 		j.pending = nil
-		j.emit(agent.Stopped{Gen: gen, At: time.Now()})
+		j.emit(launcher.Stopped{Gen: gen, At: time.Now()})
 		return
 	}
 	j.stopping = true
@@ -825,7 +825,7 @@ func (j *job) checkStopped(now time.Time, full bool) {
 		return
 	}
 	j.stopping = false
-	j.emit(agent.Stopped{Gen: j.rec.Gen, At: now})
+	j.emit(launcher.Stopped{Gen: j.rec.Gen, At: now})
 }
 
 // Signal implements supervisor.Node (chaos).
@@ -886,12 +886,12 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 		if m.Step > j.rec.Step {
 			j.rec.Step = m.Step
 		}
-		j.emit(agent.Progress{Gen: m.Gen, Rank: m.Rank, Step: m.Step, At: time.Now()})
+		j.emit(launcher.Progress{Gen: m.Gen, Rank: m.Rank, Step: m.Step, At: time.Now()})
 	case wire.TExited:
 		j.faulted = j.faulted || m.Code != 0 || m.Sig != ""
-		j.emit(agent.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
+		j.emit(launcher.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
 	case wire.TCollectiveFailed:
-		j.emit(agent.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
+		j.emit(launcher.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
 	case wire.TListening:
 		if m.Err != "" && !j.noStagger {
 			j.noStagger = true // it will not listen next time either
@@ -901,13 +901,13 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 	case wire.TJoinerReady:
 		if j.joiners[n.Name] > j.ready[n.Name] {
 			j.ready[n.Name]++
-			j.emit(agent.JoinerReady{At: time.Now()})
+			j.emit(launcher.JoinerReady{At: time.Now()})
 		}
 	case wire.TJoinerLost:
 		if j.joiners[n.Name] > 0 {
 			j.joiners[n.Name]--
 			j.ready[n.Name] = min(j.ready[n.Name], j.joiners[n.Name])
-			j.emit(agent.JoinerLost{At: time.Now()})
+			j.emit(launcher.JoinerLost{At: time.Now()})
 		}
 	case wire.TStopped:
 		j.stopped[n.Name] = true
@@ -941,7 +941,7 @@ func (j *job) maybeLaunched() {
 		world = j.rec.World
 	}
 	j.adopting = false
-	j.emit(agent.Launched{Gen: j.rec.Gen, At: time.Now(), World: world})
+	j.emit(launcher.Launched{Gen: j.rec.Gen, At: time.Now(), World: world})
 }
 
 // nodeLost turns the loss of a node that holds ranks into a fault of the
@@ -959,7 +959,7 @@ func (j *job) nodeLost(n *node, why string, at time.Time) {
 		j.launched[n.Name] = true
 		j.maybeLaunched()
 	}
-	j.emit(agent.Exited{Gen: j.rec.Gen, Rank: ranks[0], Also: ranks[1:], Code: -1, Signal: policy.SignalNodeLost,
+	j.emit(launcher.Exited{Gen: j.rec.Gen, Rank: ranks[0], Also: ranks[1:], Code: -1, Signal: policy.SignalNodeLost,
 		LastError: fmt.Sprintf("node %s lost: %s", n.Name, why), At: at})
 	if !n.fenceAt.After(time.Now()) {
 		j.stopped[n.Name] = true // its workers are gone with its agent: no need to wait for a tick
@@ -994,7 +994,7 @@ func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
 			if cur.Stopped {
 				j.stopped[n.Name] = true
 				if !j.faulted {
-					j.emit(agent.Exited{Gen: j.rec.Gen, Rank: j.ranksOf(n.Name)[0], Code: -1, Signal: policy.SignalNodeLost,
+					j.emit(launcher.Exited{Gen: j.rec.Gen, Rank: j.ranksOf(n.Name)[0], Code: -1, Signal: policy.SignalNodeLost,
 						LastError: fmt.Sprintf("node %s stopped its workers while the coordinator was away", n.Name), At: time.Now()})
 					j.faulted = true
 				}

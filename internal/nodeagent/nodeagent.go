@@ -25,9 +25,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
@@ -61,7 +61,7 @@ type Agent struct {
 	lease   time.Duration
 	until   time.Time // lease end (zero: none held)
 	job     string
-	ag      *agent.Agent
+	ag      *launcher.Launcher
 	spec    *wire.Spec
 	gen     int
 	running map[int]bool
@@ -411,7 +411,7 @@ func (a *Agent) sendNow(m wire.Msg) {
 
 // jobAgent returns the local agent of job, creating it (a.mu held). A job
 // that is not the current one replaces it.
-func (a *Agent) jobAgent(job string, sp *wire.Spec, slots int) (*agent.Agent, error) {
+func (a *Agent) jobAgent(job string, sp *wire.Spec, slots int) (*launcher.Launcher, error) {
 	if a.job != "" && a.job != job {
 		old := a.ag
 		a.ag, a.job, a.gen, a.spec, a.exited, a.stopped = nil, "", 0, nil, nil, false
@@ -439,7 +439,7 @@ func (a *Agent) jobAgent(job string, sp *wire.Spec, slots int) (*agent.Agent, er
 			wd = "" // not on this node: run where the agent runs
 		}
 	}
-	ag, err := agent.New(agent.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
+	ag, err := launcher.New(launcher.Config{Command: sp.Command, RunID: sp.RunID, RunDir: dir, MaxRestarts: sp.MaxRestarts,
 		SDKDir: a.cfg.SDKDir, ProgressRegex: re, Standby: sp.Standby, StandbyCount: max(slots, 1),
 		StopGrace: time.Duration(sp.StopGraceMS) * time.Millisecond, Console: a.con, Dir: wd, Live: sp.Live,
 		Env: a.env})
@@ -469,7 +469,7 @@ func (a *Agent) start(m wire.Msg) {
 	a.mu.Unlock()
 	a.con.Printf("▶ generation %d: ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
 	go func() {
-		err := ag.StartGeneration(agent.GenerationSpec{Gen: m.Gen, RestartCount: sp.RestartCount, WorldSize: sp.WorldSize,
+		err := ag.StartGeneration(launcher.GenerationSpec{Gen: m.Gen, RestartCount: sp.RestartCount, WorldSize: sp.WorldSize,
 			Ranks: sp.Ranks, GroupRank: sp.GroupRank, GroupWorldSize: sp.GroupWorldSize, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
 		if err != nil {
 			a.failStart(m, sp.Ranks[0], err)
@@ -526,7 +526,7 @@ func (a *Agent) workerEnvFor(s *session) map[string]string {
 
 // pump forwards the local agent's events to the coordinator, keeping the
 // state a reconnecting session reports.
-func (a *Agent) pump(ag *agent.Agent, job string) {
+func (a *Agent) pump(ag *launcher.Launcher, job string) {
 	for ev := range ag.Events() {
 		var m wire.Msg
 		a.mu.Lock()
@@ -535,9 +535,9 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 			return
 		}
 		switch e := ev.(type) {
-		case agent.Launched:
+		case launcher.Launched:
 			m = wire.Msg{Type: wire.TLaunched, Job: job, Gen: e.Gen}
-		case agent.Exited:
+		case launcher.Exited:
 			m = wire.Msg{Type: wire.TExited, Job: job, Gen: e.Gen, Rank: e.Rank, Code: e.Code, Sig: e.Signal, Err: trim(e.LastError), AtMS: e.At.UnixMilli()}
 			if e.Gen == a.gen {
 				delete(a.running, e.Rank)
@@ -545,23 +545,23 @@ func (a *Agent) pump(ag *agent.Agent, job string) {
 					a.exited = append(a.exited, m)
 				}
 			}
-		case agent.Progress:
+		case launcher.Progress:
 			m = wire.Msg{Type: wire.TProgress, Job: job, Gen: e.Gen, Rank: e.Rank, Step: max(e.Step, 0)}
 			if e.Gen == a.gen && e.Step > a.step {
 				a.step = e.Step
 			}
-		case agent.RendezvousReady:
+		case launcher.RendezvousReady:
 			m = wire.Msg{Type: wire.TListening, Job: job, Gen: e.Gen}
 			if !e.Listening {
 				m.Err = "timeout"
 			}
-		case agent.JoinerReady:
+		case launcher.JoinerReady:
 			m = wire.Msg{Type: wire.TJoinerReady, Job: job}
-		case agent.JoinerLost:
+		case launcher.JoinerLost:
 			m = wire.Msg{Type: wire.TJoinerLost, Job: job}
-		case agent.CollectiveFailed:
+		case launcher.CollectiveFailed:
 			m = wire.Msg{Type: wire.TCollectiveFailed, Job: job, Gen: e.Gen, Rank: max(e.Rank, 0), Err: trim(e.Detail)}
-		case agent.Stopped:
+		case launcher.Stopped:
 			m = wire.Msg{Type: wire.TStopped, Job: job, Gen: e.Gen}
 			if e.Gen == a.gen {
 				a.stopped = true
@@ -601,7 +601,7 @@ func (a *Agent) regroup(m wire.Msg) {
 	a.hold(m.Gen, sp)
 	a.mu.Unlock()
 	a.con.Printf("↻ regroup: generation %d · ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
-	err := ag.Regroup(agent.RegroupSpec{From: m.From, Gen: m.Gen, WorldSize: sp.WorldSize, Survivors: m.Survivors,
+	err := ag.Regroup(launcher.RegroupSpec{From: m.From, Gen: m.Gen, WorldSize: sp.WorldSize, Survivors: m.Survivors,
 		Admit: len(m.AdmitRanks), AdmitRanks: m.AdmitRanks, Grow: m.Grow, AtStep: m.AtStep,
 		Kill: m.Kill, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
 	if err != nil {

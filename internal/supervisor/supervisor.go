@@ -13,10 +13,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/chaos"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
 )
@@ -48,14 +48,14 @@ type Config struct {
 
 // Node is what the supervisor needs from an agent.
 type Node interface {
-	StartGeneration(agent.GenerationSpec) error
-	Regroup(agent.RegroupSpec) error
+	StartGeneration(launcher.GenerationSpec) error
+	Regroup(launcher.RegroupSpec) error
 	SpawnJoiners(n int) error
 	StopGeneration(gen int, grace time.Duration)
 	Signal(gen, rank int, sig syscall.Signal) error
 	LiveRanks(gen int) []int
 	Culprit(gen int, sampleCPU bool) (rank int, why string)
-	Events() <-chan agent.Event
+	Events() <-chan launcher.Event
 }
 
 // Detached is the outcome of a Run ended by Config.Detach: the job goes on.
@@ -153,25 +153,25 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 // (a stall of the process itself is left out).
 func (r *run) now() time.Duration { return time.Since(r.start) - r.paused }
 
-func (r *run) handle(ev agent.Event) {
+func (r *run) handle(ev launcher.Event) {
 	switch e := ev.(type) {
-	case agent.Launched:
+	case launcher.Launched:
 		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen, WorldSize: e.World}))
-	case agent.Progress:
+	case launcher.Progress:
 		if e.Gen == r.m.Generation() {
 			r.observeStep(e.Step, e.At)
 		}
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
-	case agent.Exited:
+	case launcher.Exited:
 		r.exitAt[e.Rank] = e.At
 		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also}))
-	case agent.Stopped:
+	case launcher.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
-	case agent.JoinerReady:
+	case launcher.JoinerReady:
 		r.apply(r.m.Step(r.now(), policy.JoinerReady{}))
-	case agent.JoinerLost:
+	case launcher.JoinerLost:
 		r.apply(r.m.Step(r.now(), policy.JoinerLost{}))
-	case agent.CollectiveFailed:
+	case launcher.CollectiveFailed:
 		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
 	}
 }
@@ -243,7 +243,7 @@ func (r *run) launch(d policy.Launch) {
 	for i := range ranks {
 		ranks[i] = i
 	}
-	spec := agent.GenerationSpec{Gen: d.Gen, RestartCount: d.RestartCount, WorldSize: d.WorldSize, Ranks: ranks,
+	spec := launcher.GenerationSpec{Gen: d.Gen, RestartCount: d.RestartCount, WorldSize: d.WorldSize, Ranks: ranks,
 		GroupWorldSize: 1, MasterAddr: r.cfg.MasterAddr, MasterPort: port}
 	// Recorded before the workers start: tools (bench/faults.py) read the
 	// event as "pids files newer than this belong to the new generation".
@@ -271,7 +271,7 @@ func (r *run) regroup(d policy.Regroup) {
 	}
 	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize, Cause: cause,
 		Detail: fmt.Sprintf("members (old ranks) %v, %d admitted, %d spawned", d.Survivors, d.Admit, d.Spawn)})
-	err = r.node.Regroup(agent.RegroupSpec{From: d.Gen - 1, Gen: d.Gen, WorldSize: d.WorldSize, Survivors: d.Survivors,
+	err = r.node.Regroup(launcher.RegroupSpec{From: d.Gen - 1, Gen: d.Gen, WorldSize: d.WorldSize, Survivors: d.Survivors,
 		Admit: d.Admit, Spawn: d.Spawn, Kill: d.Kill, Grow: d.Grow, AtStep: d.AtStep, MasterAddr: r.cfg.MasterAddr, MasterPort: port})
 	if err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})

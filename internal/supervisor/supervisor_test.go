@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
 )
@@ -21,14 +21,14 @@ import (
 // double for the supervisor's wiring (the real agent is tested end to end).
 type scriptedNode struct {
 	mu     sync.Mutex
-	ev     chan agent.Event
-	specs  []agent.GenerationSpec
+	ev     chan launcher.Event
+	specs  []launcher.GenerationSpec
 	stops  []int
-	onGen  func(n *scriptedNode, spec agent.GenerationSpec)
+	onGen  func(n *scriptedNode, spec launcher.GenerationSpec)
 	signal []syscall.Signal
 }
 
-func (n *scriptedNode) StartGeneration(s agent.GenerationSpec) error {
+func (n *scriptedNode) StartGeneration(s launcher.GenerationSpec) error {
 	n.mu.Lock()
 	n.specs = append(n.specs, s)
 	n.mu.Unlock()
@@ -40,29 +40,29 @@ func (n *scriptedNode) StopGeneration(gen int, _ time.Duration) {
 	n.mu.Lock()
 	n.stops = append(n.stops, gen)
 	n.mu.Unlock()
-	go func() { n.ev <- agent.Stopped{Gen: gen, At: time.Now()} }()
+	go func() { n.ev <- launcher.Stopped{Gen: gen, At: time.Now()} }()
 }
 
-func (n *scriptedNode) Regroup(agent.RegroupSpec) error       { return nil }
+func (n *scriptedNode) Regroup(launcher.RegroupSpec) error    { return nil }
 func (n *scriptedNode) SpawnJoiners(int) error                { return nil }
 func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
 func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
 func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }
-func (n *scriptedNode) Events() <-chan agent.Event            { return n.ev }
+func (n *scriptedNode) Events() <-chan launcher.Event         { return n.ev }
 
 func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {
-	node := &scriptedNode{ev: make(chan agent.Event, 64), onGen: func(n *scriptedNode, s agent.GenerationSpec) {
+	node := &scriptedNode{ev: make(chan launcher.Event, 64), onGen: func(n *scriptedNode, s launcher.GenerationSpec) {
 		now := time.Now()
-		n.ev <- agent.Launched{Gen: s.Gen, At: now}
+		n.ev <- launcher.Launched{Gen: s.Gen, At: now}
 		for r := 0; r < s.WorldSize; r++ {
-			n.ev <- agent.Progress{Gen: s.Gen, Rank: r, Step: 5, At: now}
+			n.ev <- launcher.Progress{Gen: s.Gen, Rank: r, Step: 5, At: now}
 		}
 		if s.Gen == 1 {
-			n.ev <- agent.Exited{Gen: 1, Rank: 1, Code: 137, Signal: "SIGKILL", At: time.Now()}
+			n.ev <- launcher.Exited{Gen: 1, Rank: 1, Code: 137, Signal: "SIGKILL", At: time.Now()}
 			return
 		}
 		for r := 0; r < s.WorldSize; r++ {
-			n.ev <- agent.Exited{Gen: s.Gen, Rank: r, At: time.Now()}
+			n.ev <- launcher.Exited{Gen: s.Gen, Rank: r, At: time.Now()}
 		}
 	}}
 	dir := t.TempDir()

@@ -1,4 +1,4 @@
-package agent
+package launcher
 
 import (
 	"bufio"
@@ -84,7 +84,7 @@ func (c *ctlConn) send(v any) {
 	c.c.Write(append(b, '\n'))
 }
 
-func (a *Agent) startControl() error {
+func (a *Launcher) startControl() error {
 	addr := fmt.Sprintf("@bulsajo-%s-%d-ctl", a.cfg.RunID, os.Getpid())
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
 	if err != nil {
@@ -95,7 +95,7 @@ func (a *Agent) startControl() error {
 	return nil
 }
 
-func (a *Agent) acceptControl() {
+func (a *Launcher) acceptControl() {
 	for {
 		c, err := a.ctl.ln.AcceptUnix()
 		if err != nil {
@@ -105,7 +105,7 @@ func (a *Agent) acceptControl() {
 	}
 }
 
-func (a *Agent) serveControl(c *net.UnixConn) {
+func (a *Launcher) serveControl(c *net.UnixConn) {
 	defer c.Close()
 	pid, err := peerPID(c)
 	if err != nil {
@@ -153,7 +153,7 @@ func (a *Agent) serveControl(c *net.UnixConn) {
 }
 
 // tell sends w its assignment, if it has said hello (else it gets it then).
-func (a *Agent) tell(w *worker) {
+func (a *Launcher) tell(w *worker) {
 	as, ok := w.assignment()
 	if !ok || a.ctl == nil {
 		return
@@ -180,7 +180,7 @@ func peerPID(c *net.UnixConn) (int, error) {
 	return int(cred.Pid), nil
 }
 
-func (a *Agent) workerByPID(pid int) *worker {
+func (a *Launcher) workerByPID(pid int) *worker {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, w := range a.joiners {
@@ -223,7 +223,7 @@ type RegroupSpec struct {
 }
 
 // Regroup carries out a live-mode regroup on this node.
-func (a *Agent) Regroup(spec RegroupSpec) error {
+func (a *Launcher) Regroup(spec RegroupSpec) error {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -303,7 +303,7 @@ func (a *Agent) Regroup(spec RegroupSpec) error {
 // SpawnJoiners starts n replacement processes. A joiner runs the script up
 // to the SDK's init and waits there, outside every generation, until a
 // regroup admits it; it then receives the training state from a member.
-func (a *Agent) SpawnJoiners(n int) error {
+func (a *Launcher) SpawnJoiners(n int) error {
 	for i := 0; i < n; i++ {
 		a.mu.Lock()
 		if a.closed {
@@ -337,7 +337,7 @@ func (a *Agent) SpawnJoiners(n int) error {
 
 // freeLocalRank is the lowest local slot (GPU) no member or joiner holds.
 // Called with a.mu held.
-func (a *Agent) freeLocalRank() int {
+func (a *Launcher) freeLocalRank() int {
 	used := map[int]bool{}
 	for _, g := range a.gens {
 		for _, w := range g.workers {
@@ -358,7 +358,7 @@ func (a *Agent) freeLocalRank() int {
 
 // takeReadyJoiner removes and returns the first joiner that said hello.
 // Called with a.mu held.
-func (a *Agent) takeReadyJoiner() *worker {
+func (a *Launcher) takeReadyJoiner() *worker {
 	for i, w := range a.joiners {
 		if w.ready.Load() && !w.hasExited() {
 			a.joiners = append(a.joiners[:i], a.joiners[i+1:]...)

@@ -1,4 +1,4 @@
-package agent
+package launcher
 
 import (
 	"os"
@@ -25,7 +25,7 @@ type GenerationSpec struct {
 // not: the caller's environment plus what is the same in every generation.
 // OMP_NUM_THREADS must be here, not in the activation: torch reads it at
 // import, and a standby has imported torch before it is activated.
-func (a *Agent) baseEnv() []string {
+func (a *Launcher) baseEnv() []string {
 	env := os.Environ()
 	set := map[string]string{
 		"PYTHONUNBUFFERED":          "1", // torchrun runs `python -u`
@@ -66,7 +66,7 @@ func (a *Agent) baseEnv() []string {
 }
 
 // rankEnv is what differs per rank and generation: torchrun's variables.
-func (a *Agent) rankEnv(spec GenerationSpec, slot int) map[string]string {
+func (a *Launcher) rankEnv(spec GenerationSpec, slot int) map[string]string {
 	rank := spec.Ranks[slot]
 	return map[string]string{
 		"RANK":                       strconv.Itoa(rank),
@@ -86,7 +86,7 @@ func (a *Agent) rankEnv(spec GenerationSpec, slot int) map[string]string {
 	}
 }
 
-func (a *Agent) errorFile(gen, rank int) string {
+func (a *Launcher) errorFile(gen, rank int) string {
 	return filepath.Join(a.cfg.RunDir, "errors", "gen"+strconv.Itoa(gen), "rank"+strconv.Itoa(rank)+".json")
 }
 

@@ -1,12 +1,12 @@
-// Package agent starts, watches and stops the worker processes of each
+// Package launcher starts, watches and stops the worker processes of each
 // generation on one node. It reports what happens to them as Events; it
 // decides nothing (that is the policy's job).
 //
 // Workers run in their own process groups with the parent-death signal set,
-// so none outlives the agent. For `python SCRIPT` commands the agent keeps a
+// so none outlives the agent. For `python SCRIPT` commands the launcher keeps a
 // pool of standby workers that have already imported torch and wait for their
 // rank assignment, taking the import off the critical path of a restart.
-package agent
+package launcher
 
 import (
 	"bufio"
@@ -29,7 +29,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/health"
 )
 
-// Config is what the agent needs to run workers.
+// Config is what the launcher needs to run workers.
 type Config struct {
 	Command       []string
 	RunID         string
@@ -49,7 +49,7 @@ type Config struct {
 	Env map[string]string
 }
 
-// Events the agent reports.
+// Events the launcher reports.
 type (
 	Event interface{ agentEvent() }
 	// Launched: every worker of Gen has started.
@@ -94,11 +94,11 @@ func (Exited) agentEvent()          {}
 func (Progress) agentEvent()        {}
 func (Stopped) agentEvent()         {}
 
-// ErrClosed is returned by calls on a closed agent.
+// ErrClosed is returned by calls on a closed launcher.
 var ErrClosed = errors.New("agent: closed")
 
-// Agent runs the workers of one node.
-type Agent struct {
+// Launcher runs the workers of one node.
+type Launcher struct {
 	cfg          Config
 	base         []string // worker base environment
 	shim         []string // command through the standby shim, or nil
@@ -126,12 +126,12 @@ type generation struct {
 	killTimer *time.Timer
 }
 
-// New creates the agent and its local progress endpoint.
-func New(cfg Config) (*Agent, error) {
+// New creates the launcher and its local progress endpoint.
+func New(cfg Config) (*Launcher, error) {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 3 * time.Second
 	}
-	a := &Agent{
+	a := &Launcher{
 		cfg:    cfg,
 		events: make(chan Event, 4096),
 		quit:   make(chan struct{}),
@@ -163,9 +163,9 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // Events is the stream of what happens to workers.
-func (a *Agent) Events() <-chan Event { return a.events }
+func (a *Launcher) Events() <-chan Event { return a.events }
 
-func (a *Agent) emit(e Event) {
+func (a *Launcher) emit(e Event) {
 	select {
 	case a.events <- e:
 	case <-a.quit:
@@ -174,7 +174,7 @@ func (a *Agent) emit(e Event) {
 
 // StartGeneration starts (or activates standbys for) every local slot of
 // spec. Rank 0 goes first, and the others once its store listens (listen.go).
-func (a *Agent) StartGeneration(spec GenerationSpec) error {
+func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -248,7 +248,7 @@ const rendezvousWait = 2 * time.Second
 
 // startSlot starts the worker of one slot with env, from a waiting shim
 // process when there is one. join marks a live-mode replacement.
-func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int, env map[string]string, join bool) error {
+func (a *Launcher) startSlot(g *generation, spec GenerationSpec, slot int, env map[string]string, join bool) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
@@ -276,13 +276,13 @@ func (a *Agent) startSlot(g *generation, spec GenerationSpec, slot int, env map[
 
 // writePID records which process holds rank now, for operators and tools
 // (py-spy, a fault script): a standby's /proc/PID/environ predates its rank.
-func (a *Agent) writePID(rank, pid int) {
+func (a *Launcher) writePID(rank, pid int) {
 	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }
 
 // Prewarm fills the standby pool before any generation runs here: a spare
 // that takes over then skips the interpreter's start and torch's import.
-func (a *Agent) Prewarm() {
+func (a *Launcher) Prewarm() {
 	if a.shim != nil {
 		go a.refillStandbys()
 	}
@@ -291,7 +291,7 @@ func (a *Agent) Prewarm() {
 // StopGeneration stops every worker of gen: SIGTERM (and SIGCONT, so a
 // stopped worker can act on it), then SIGKILL after grace. Stopped follows
 // once all are reaped.
-func (a *Agent) StopGeneration(gen int, grace time.Duration) {
+func (a *Launcher) StopGeneration(gen int, grace time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	g := a.gens[gen]
@@ -323,7 +323,7 @@ func (a *Agent) StopGeneration(gen int, grace time.Duration) {
 	}
 }
 
-func (a *Agent) killGeneration(g *generation) {
+func (a *Launcher) killGeneration(g *generation) {
 	for _, w := range g.workers {
 		if !w.hasExited() {
 			signalGroup(w.pid, syscall.SIGKILL)
@@ -332,7 +332,7 @@ func (a *Agent) killGeneration(g *generation) {
 }
 
 // Signal delivers sig to one worker process (for fault injection).
-func (a *Agent) Signal(gen, rank int, sig syscall.Signal) error {
+func (a *Launcher) Signal(gen, rank int, sig syscall.Signal) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if g := a.gens[gen]; g != nil {
@@ -346,7 +346,7 @@ func (a *Agent) Signal(gen, rank int, sig syscall.Signal) error {
 }
 
 // LiveRanks lists the ranks of gen whose process is running.
-func (a *Agent) LiveRanks(gen int) []int {
+func (a *Launcher) LiveRanks(gen int) []int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var out []int
@@ -364,7 +364,7 @@ func (a *Agent) LiveRanks(gen int) []int {
 // stopped process first; else, when sampleCPU, the one rank whose CPU time
 // moves while the others' does not (it spins while they wait for it), or the
 // reverse.
-func (a *Agent) Culprit(gen int, sampleCPU bool) (int, string) {
+func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
 	a.mu.Lock()
 	var ws []*worker
 	if g := a.gens[gen]; g != nil {
@@ -408,7 +408,7 @@ func (a *Agent) Culprit(gen int, sampleCPU bool) (int, string) {
 }
 
 // Close kills every worker and standby at once and waits for them.
-func (a *Agent) Close() {
+func (a *Launcher) Close() {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -434,14 +434,14 @@ func (a *Agent) Close() {
 // ---- workers ----
 
 type worker struct {
-	a         *Agent
+	a         *Launcher
 	cmd       *exec.Cmd
 	pid       int
 	activate  func(env map[string]string) error // nil for a direct start
 	discardFn func()
 
 	quiet     atomic.Bool // output to the rank log only
-	joiner    bool        // a replacement waiting for admission (under Agent.mu)
+	joiner    bool        // a replacement waiting for admission (under Launcher.mu)
 	ready     atomic.Bool // a joiner that has said hello
 	discarded atomic.Bool // killed on purpose before it held a rank
 	localRank int         // slot on this node (its GPU); kept across regroups
@@ -498,7 +498,7 @@ func (w *worker) activateAs(gen, rank int, env map[string]string, log *os.File) 
 
 // spawn starts a worker for rank right away (through the shim when the
 // command allows it, so that it can write the same way either path).
-func (a *Agent) spawn(gen, rank int, env map[string]string, log *os.File) (*worker, error) {
+func (a *Launcher) spawn(gen, rank int, env map[string]string, log *os.File) (*worker, error) {
 	if a.shim != nil {
 		w, err := a.startProcess(a.shim, false, gen, rank, log)
 		if err != nil {
@@ -511,7 +511,7 @@ func (a *Agent) spawn(gen, rank int, env map[string]string, log *os.File) (*work
 
 // startProcess starts a shim worker that waits for its activation on fd 3.
 // A standby (rank -1) imports at the lowest CPU priority until activated.
-func (a *Agent) startProcess(args []string, standby bool, gen, rank int, log *os.File) (*worker, error) {
+func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log *os.File) (*worker, error) {
 	r, wr, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -544,7 +544,7 @@ func (a *Agent) startProcess(args []string, standby bool, gen, rank int, log *os
 	return w, nil
 }
 
-func (a *Agent) startProcessEnv(args, env []string, activateFD *os.File, gen, rank int, log *os.File) (*worker, error) {
+func (a *Launcher) startProcessEnv(args, env []string, activateFD *os.File, gen, rank int, log *os.File) (*worker, error) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = env
 	cmd.Dir = a.cfg.Dir
@@ -657,7 +657,7 @@ func (w *worker) wait() {
 	w.a.reaped(w, code, sig, at)
 }
 
-func (a *Agent) reaped(w *worker, code int, sig string, at time.Time) {
+func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
 	lastErr := ""
@@ -719,7 +719,7 @@ func (a *Agent) reaped(w *worker, code int, sig string, at time.Time) {
 // ---- standbys ----
 
 // takeStandby returns a live standby from the pool, or nil. Called with a.mu held.
-func (a *Agent) takeStandby() *worker {
+func (a *Launcher) takeStandby() *worker {
 	for len(a.standbys) > 0 {
 		w := a.standbys[0]
 		a.standbys = a.standbys[1:]
@@ -732,7 +732,7 @@ func (a *Agent) takeStandby() *worker {
 
 // refillStandbys tops the pool up to StandbyCount. A standby that keeps
 // failing (say, the preload crashes) turns the pool off rather than loop.
-func (a *Agent) refillStandbys() {
+func (a *Launcher) refillStandbys() {
 	for {
 		a.mu.Lock()
 		if a.closed || len(a.standbys) >= a.cfg.StandbyCount || a.standbyFailed > 2*a.cfg.StandbyCount {
@@ -761,7 +761,7 @@ func (w *worker) discard() {
 // ---- progress from the SDK ----
 
 // readProgress serves the local endpoint: datagrams "step GEN RANK STEP".
-func (a *Agent) readProgress() {
+func (a *Launcher) readProgress() {
 	buf := make([]byte, 512)
 	for {
 		n, _, err := a.progress.ReadFromUnix(buf)
@@ -793,7 +793,7 @@ func parseProgress(b []byte) (Progress, bool) {
 
 // ---- helpers ----
 
-func (a *Agent) openRankLog(gen, rank int) *os.File {
+func (a *Launcher) openRankLog(gen, rank int) *os.File {
 	f, err := os.OpenFile(filepath.Join(a.cfg.RunDir, "logs", "rank"+strconv.Itoa(rank)+".log"),
 		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
