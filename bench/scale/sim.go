@@ -281,7 +281,7 @@ func (s *sim) connectOnce(a *simAgent) error {
 		lease := time.Duration(w.LeaseMS) * time.Millisecond
 		s.hbInterval.Store(int64(hb))
 		s.leaseMS.Store(int64(w.LeaseMS))
-		// The real agent's read deadline (nodeagent.session).
+		// The real agent's read deadline (agent.session).
 		s.gapLimit.Store(int64(min(lease/2, max(4*hb, 500*time.Millisecond))))
 		s.startHeartbeats(hb)
 	})

@@ -23,12 +23,12 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/bulsajo/bulsajo/internal/agent"
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
-	"github.com/bulsajo/bulsajo/internal/nodeagent"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
 	"github.com/bulsajo/bulsajo/internal/wire"
@@ -315,7 +315,7 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			con.Printf("bulsajo agent %s · %s · %d slots · coordinator %s", name, role, n, strings.Join(addrs, ","))
 			sctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			a := nodeagent.New(nodeagent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
+			a := agent.New(agent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
 				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version})
 			if err := a.Run(sctx); err != nil {
 				return err

@@ -1,10 +1,10 @@
-// Package nodeagent is `bulsajo agent`: the daemon on each node. It keeps a
+// Package agent is `bulsajo agent`: the daemon on each node. It keeps a
 // session with the coordinator (join token, heartbeats), starts and stops
 // this node's workers of each generation through internal/agent, and fences
 // itself: when no heartbeat has been acknowledged for the lease, it kills its
 // workers, because by then the coordinator may have given their ranks to
 // another node.
-package nodeagent
+package agent
 
 import (
 	"bufio"
