@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -491,66 +490,11 @@ func (j *job) prepareIdle() {
 		j.prepared = map[string]bool{}
 	}
 	for _, n := range j.s.nodes {
-		if j.usable(n) && !j.holds(n) && !j.prepared[n.Name] {
+		if usable(n, j.rec.Spec.NProcPerNode) && !j.holds(n) && !j.prepared[n.Name] {
 			j.prepared[n.Name] = true
 			n.sess.send(wire.Msg{Type: wire.TPrepare, Job: j.rec.Spec.ID, Spec: j.wireSpec(1, []int{0}, 0, 1, n.Addr, 1)})
 		}
 	}
-}
-
-// usable reports whether n can take part in a new generation.
-func (j *job) usable(n *node) bool {
-	return n.sess != nil && !n.lost && !n.Quarantined && n.NProc >= j.rec.Spec.NProcPerNode
-}
-
-// choose picks the nodes of the next generation: the last generation's
-// nodes that are still good (same group ranks where possible), then spares,
-// then idle nodes, up to the maximum.
-func (j *job) choose() []*node {
-	sp := j.rec.Spec
-	var out []*node
-	taken := map[string]bool{}
-	add := func(n *node) {
-		if len(out) < sp.NNodesMax && !taken[n.Name] && j.usable(n) {
-			out = append(out, n)
-			taken[n.Name] = true
-		}
-	}
-	for _, p := range j.rec.Placement {
-		if n := j.s.nodes[p.Node]; n != nil {
-			add(n)
-		}
-	}
-	var spares, others []*node
-	for _, n := range j.s.nodes {
-		if n.Spare {
-			spares = append(spares, n)
-		} else {
-			others = append(others, n)
-		}
-	}
-	byName := func(a, b *node) int { return cmpString(a.Name, b.Name) }
-	slices.SortFunc(spares, byName)
-	slices.SortFunc(others, byName)
-	if len(j.rec.Placement) == 0 {
-		// First generation: worker nodes first; spares only to reach the minimum.
-		for _, n := range others {
-			add(n)
-		}
-		for _, n := range spares {
-			if len(out) < sp.NNodesMin {
-				add(n)
-			}
-		}
-		return out
-	}
-	for _, n := range spares {
-		add(n)
-	}
-	for _, n := range others {
-		add(n)
-	}
-	return out
 }
 
 // someNames lists names for a console line: all of a few, the first of many.
@@ -562,21 +506,11 @@ func someNames(names []string) string {
 	return fmt.Sprintf("[%s … and %d more]", strings.Join(names[:most], " "), len(names)-most)
 }
 
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // launchPending starts the pending generation if there are enough nodes.
 func (j *job) launchPending() {
 	spec := j.pending
 	sp := j.rec.Spec
-	nodes := j.choose()
+	nodes := choose(j.s.nodes, j.rec.Placement, j.rec.Spec.NNodesMax, j.rec.Spec.NNodesMin, j.rec.Spec.NProcPerNode)
 	if len(nodes) < sp.NNodesMin {
 		if !j.waitSaid {
 			j.s.con.Printf("… generation %d waits for nodes: %d of at least %d usable", spec.Gen, len(nodes), sp.NNodesMin)
@@ -740,27 +674,7 @@ func (j *job) spawn(n int) error {
 	if j.joiners == nil {
 		j.joiners, j.ready = map[string]int{}, map[string]int{}
 	}
-	var hosts []*node
-	for _, nd := range j.s.nodes {
-		if nd.sess != nil && !nd.lost && !nd.Quarantined {
-			hosts = append(hosts, nd)
-		}
-	}
-	rank := func(nd *node) int {
-		switch {
-		case nd.Spare && !j.holds(nd):
-			return 0
-		case !j.holds(nd):
-			return 1
-		}
-		return 2
-	}
-	slices.SortFunc(hosts, func(a, b *node) int {
-		if ra, rb := rank(a), rank(b); ra != rb {
-			return ra - rb
-		}
-		return cmpString(a.Name, b.Name)
-	})
+	hosts := joinerHosts(j.s.nodes, j.ranksOf)
 	for _, nd := range hosts {
 		free := nd.NProc - len(j.ranksOf(nd.Name)) - j.joiners[nd.Name]
 		k := min(free, n)
@@ -1043,119 +957,4 @@ func (j *job) tick(now time.Time) {
 		}
 	}
 	j.checkStopped(now, true)
-}
-
-// ---- HTTP: submit, cancel, events ----
-
-func (s *Server) serveSubmit(w http.ResponseWriter, r *http.Request) {
-	var sp JobSpec
-	if err := readJSON(r, &sp); err != nil {
-		httpError(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	if err := sp.Validate(); err != nil {
-		httpError(w, http.StatusBadRequest, "%v", err)
-		return
-	}
-	s.mu.Lock()
-	if j := s.job; j != nil && !j.rec.Done {
-		s.mu.Unlock()
-		httpError(w, http.StatusConflict, "job %s is running; one job at a time", j.rec.Spec.ID)
-		return
-	}
-	if j := s.job; j != nil && j.rec.Spec.ID == sp.ID {
-		s.mu.Unlock()
-		httpError(w, http.StatusConflict, "job id %s was used already", sp.ID)
-		return
-	}
-	j, err := s.newJob(jobRecord{Spec: sp, Step: -1})
-	if err != nil {
-		s.mu.Unlock()
-		httpError(w, http.StatusInternalServerError, "%v", err)
-		return
-	}
-	s.job = j
-	j.save()
-	s.mu.Unlock()
-	s.con.Printf("job %s submitted: %d-%d nodes × %d workers: %v", sp.ID, sp.NNodesMin, sp.NNodesMax, sp.NProcPerNode, sp.Command)
-	j.start(nil)
-	w.WriteHeader(http.StatusCreated)
-	json.NewEncoder(w).Encode(map[string]string{"id": sp.ID})
-}
-
-func (s *Server) currentJob(id string) *job {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if j := s.job; j != nil && (id == "current" || id == j.rec.Spec.ID) {
-		return j
-	}
-	return nil
-}
-
-func (s *Server) serveCancel(w http.ResponseWriter, r *http.Request) {
-	j := s.currentJob(r.PathValue("id"))
-	if j == nil {
-		httpError(w, http.StatusNotFound, "no such job")
-		return
-	}
-	select {
-	case <-j.done:
-	default:
-		select {
-		case j.sig <- syscall.SIGINT:
-		default:
-		}
-	}
-	json.NewEncoder(w).Encode(map[string]string{"id": j.rec.Spec.ID})
-}
-
-// serveEvents streams the job's events as JSON lines from ?from=N (0-based),
-// ending after run_finished. A client that loses the stream (a coordinator
-// restart) asks again from where it was.
-func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
-	j := s.currentJob(r.PathValue("id"))
-	if j == nil {
-		httpError(w, http.StatusNotFound, "no such job")
-		return
-	}
-	from, _ := strconv.Atoi(r.URL.Query().Get("from"))
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set("X-Bulsajo-Job", j.rec.Spec.ID)
-	rc := http.NewResponseController(w)
-	enc := json.NewEncoder(w)
-	for {
-		j.evMu.Lock()
-		evs, ready := j.evs[min(max(from, 0), len(j.evs)):], j.evReady
-		ended := len(j.evs) > 0 && j.evs[len(j.evs)-1].Type == events.RunFinished
-		j.evMu.Unlock()
-		if ended && len(evs) == 0 {
-			rc.Flush()
-			return // asked for more than a finished job has
-		}
-		for _, e := range evs {
-			if enc.Encode(e) != nil {
-				return
-			}
-			from++
-			if e.Type == events.RunFinished {
-				rc.Flush()
-				return
-			}
-		}
-		if rc.Flush() != nil {
-			return
-		}
-		select {
-		case <-ready:
-		case <-r.Context().Done():
-			return
-		case <-s.quit:
-			return
-		case <-time.After(time.Second):
-			// Keep-alive: a blank line the client ignores.
-			if _, err := w.Write([]byte("\n")); err != nil {
-				return
-			}
-		}
-	}
 }

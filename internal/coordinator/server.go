@@ -240,12 +240,6 @@ func (s *Server) Serve(l net.Listener, tlsCfg *tls.Config) error {
 	return err
 }
 
-func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf(format, args...)})
-}
-
 // ---- agent sessions ----
 
 type session struct {
@@ -602,31 +596,6 @@ func (s *Server) ticker() {
 
 // ---- admin ----
 
-func (s *Server) serveRelease(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	s.mu.Lock()
-	n := s.nodes[name]
-	if n == nil {
-		s.mu.Unlock()
-		httpError(w, http.StatusNotFound, "no node named %q", name)
-		return
-	}
-	was := n.Quarantined
-	n.Quarantined, n.Reason, n.Faults = false, "", 0
-	s.saveNode(n)
-	if j := s.job; j != nil {
-		if was {
-			j.logAsync(events.Event{Type: events.NodeReleased, Node: name})
-		}
-		j.capacityChanged()
-	}
-	s.mu.Unlock()
-	if was {
-		s.con.Printf("+ node %s released from quarantine", name)
-	}
-	json.NewEncoder(w).Encode(map[string]any{"node": name, "released": was})
-}
-
 // NodeStatus is one node in `bulsajo status`.
 type NodeStatus struct {
 	Name        string  `json:"name"`
@@ -682,22 +651,4 @@ func (s *Server) Status() Status {
 		st.Job = &js
 	}
 	return st
-}
-
-func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(s.Status())
-}
-
-// readJSON decodes a bounded request body, refusing unknown fields.
-func readJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("bad request body: %v", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("bad request body: data after the JSON object")
-	}
-	return nil
 }
