@@ -4,7 +4,7 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build demo test deps lint bench clean
+.PHONY: build demo test stress deps lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
@@ -28,6 +28,14 @@ test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/...
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
+
+# Flakiness hunt: every Go package's tests 20 times under the race detector,
+# then the end-to-end suites 3 times. A failure here is a bug to fix, not to retry.
+stress: deps build lint
+	$(GO) test -race -count=20 -timeout 90m $(RACE_PKGS)
+	for i in 1 2 3; do \
+	  BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/... || exit 1; \
+	done
 
 bench: deps build
 	python3 bench/faults.py --bulsajo-bin $(BIN) --live-steps 3000 --out bench/results.json --markdown bench/results.md

@@ -40,9 +40,12 @@ const (
 	testToken = "test-join-token-0123456789abcdef"
 	wrongTok  = "wrong-join-token-0123456789abcdef"
 
+	// Silence is judged against tNodeTimeout, so it must exceed the worst
+	// scheduling delay of a heartbeat goroutine under -race on a busy
+	// 2-core machine (150 ms did not: nodes were dropped as silent).
 	tHeartbeat   = 20 * time.Millisecond
-	tNodeTimeout = 150 * time.Millisecond
-	tLease       = 400 * time.Millisecond
+	tNodeTimeout = 600 * time.Millisecond
+	tLease       = 1200 * time.Millisecond
 
 	// wait is how long a test waits for something that should happen
 	// promptly (generous: -race on a loaded 2-core machine).
@@ -271,6 +274,7 @@ type fakeAgent struct {
 	port     atomic.Int64 // free_port in heartbeats
 	lastSent atomic.Int64 // unix ns of the last message written
 	mute     atomic.Bool  // do not report rank 0's store listening
+	closing  atomic.Bool  // the test closed the connection: replies may fail
 	hbStop   chan struct{}
 	hbDone   chan struct{}
 }
@@ -344,13 +348,20 @@ func (a *fakeAgent) reader(br *bufio.Reader) {
 		}
 		// As a real agent does: the node holding rank 0 says when its store
 		// listens, which releases the other nodes' starts.
+		// The reply races with the test's end: a start read just before
+		// the test closes the connection may find it closed, which is no
+		// failure of the coordinator.
 		if m.Type == wire.TStart && m.Spec.GroupWorldSize > 1 && slices.Contains(m.Spec.Ranks, 0) && !a.mute.Load() {
-			a.send(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen})
+			b, _ := wire.Encode(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen})
+			if err := a.sendRaw(b); err != nil && !a.closing.Load() {
+				a.t.Errorf("agent %s: sending listening: %v", a.name, err)
+			}
 		}
 	}
 }
 
 func (a *fakeAgent) close() {
+	a.closing.Store(true)
 	a.stopHeartbeats()
 	a.conn.Close()
 }
