@@ -22,7 +22,8 @@ import (
 // Job holds one process's metrics registry and the per-job series. Its
 // methods are safe for concurrent use; Event and Step never block.
 type Job struct {
-	reg *prometheus.Registry
+	reg   *prometheus.Registry
+	colls []prometheus.Collector
 
 	mu       sync.Mutex
 	evs      []events.Event // this run's events, for the derived lost time
@@ -73,17 +74,42 @@ func New(extra ...prometheus.Collector) *Job {
 		Help: "Ranks in the current generation."}, job)
 	m.nodeEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bulsajo_node_events_total",
 		Help: "Node membership events: joined, lost, quarantined, released."}, []string{"job", "event"})
-	m.reg.MustRegister(m.step, m.steps, m.stepSeconds, m.faults, m.recoveries, m.recoverySec, m.lost,
-		m.goodput, m.generation, m.world, m.nodeEvents,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, c := range extra {
-		m.reg.MustRegister(c)
-	}
+	m.colls = append([]prometheus.Collector{m.step, m.steps, m.stepSeconds, m.faults, m.recoveries, m.recoverySec,
+		m.lost, m.goodput, m.generation, m.world, m.nodeEvents}, extra...)
+	m.reg.MustRegister(m.colls...)
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Registry is where the metrics live (tests gather from it).
 func (m *Job) Registry() *prometheus.Registry { return m.reg }
+
+// histograms are exported as NAME_bucket, NAME_sum and NAME_count.
+var histograms = []string{"bulsajo_job_step_duration_seconds", "bulsajo_recovery_duration_seconds"}
+
+// Names lists the bulsajo_ series names this process can export, histogram
+// suffixes included (what a dashboard's queries may name).
+func (m *Job) Names() []string {
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range m.colls {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	var out []string
+	for d := range ch {
+		// Desc has no accessor for its name; its String() starts with it.
+		_, rest, _ := strings.Cut(d.String(), `fqName: "`)
+		name, _, _ := strings.Cut(rest, `"`)
+		out = append(out, name)
+		if slices.Contains(histograms, name) {
+			out = append(out, name+"_bucket", name+"_sum", name+"_count")
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Handler serves the metrics in the Prometheus text format.
 func (m *Job) Handler() http.Handler {

@@ -16,7 +16,10 @@
   const fmtS = (s) => (s >= 100 ? s.toFixed(0) : s.toFixed(1)) + " s";
   const ms = (v) => (v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms");
 
+  // The right edge of the plots: now, or the end of a finished run.
   function nowMs() {
+    const last = data.events[data.events.length - 1];
+    if (last && last.type === "run_finished") return t(last.time);
     if (data.now) return t(data.now);
     return Date.now();
   }
