@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"bytes"
 	"embed"
 	"encoding/json"
 	"io"
@@ -66,6 +67,11 @@ func stream(w http.ResponseWriter, r *http.Request, h *Hub) {
 				return
 			}
 			fl.Flush()
+			// An event changes the counts and the state: send them with it
+			// rather than up to a second later.
+			if bytes.HasPrefix(f, []byte("event: event\n")) && sendLive() != nil {
+				return
+			}
 		case <-tick.C:
 			if sendLive() != nil {
 				return

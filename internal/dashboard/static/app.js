@@ -93,16 +93,28 @@
     if (s.length < 2 || !data.events.length) return;
     const w = svg.clientWidth || 900, h = 120, pad = 30;
     const t0 = t(data.events[0].time), t1 = Math.max(nowMs(), t0 + 1000);
-    const pts = [];
+    // Rate between consecutive samples; a gap far longer than usual (a
+    // restart: no step advanced) breaks the line instead of averaging over it.
+    const gaps = [];
+    for (let i = 1; i < s.length; i++) gaps.push(t(s[i].t) - t(s[i - 1].t));
+    const usual = gaps.slice().sort((a, b) => a - b)[Math.floor(gaps.length / 2)] || 1;
+    const lines = [[]];
     for (let i = 1; i < s.length; i++) {
-      const dt = (t(s[i].t) - t(s[i - 1].t)) / 1000;
-      if (dt > 0) pts.push([t(s[i].t), (s[i].step - s[i - 1].step) / dt]);
+      const dt = gaps[i - 1] / 1000;
+      if (gaps[i - 1] > 4 * usual && gaps[i - 1] > 1000) {
+        lines.push([]);
+        continue;
+      }
+      if (dt > 0) lines[lines.length - 1].push([t(s[i].t), (s[i].step - s[i - 1].step) / dt]);
     }
-    if (!pts.length) return;
-    const ymax = Math.max(...pts.map((p) => p[1])) * 1.1 || 1;
+    const all = [].concat(...lines);
+    if (!all.length) return;
+    const ymax = Math.max(...all.map((p) => p[1])) * 1.1 || 1;
     const x = (v) => pad + ((v - t0) / (t1 - t0)) * (w - 2 * pad);
     const y = (v) => h - 15 - (v / ymax) * (h - 30);
-    svgEl("polyline", { class: "rate", points: pts.map((p) => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)).join(" ") }, svg);
+    for (const pts of lines) {
+      if (pts.length) svgEl("polyline", { class: "rate", points: pts.map((p) => x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)).join(" ") }, svg);
+    }
     svgEl("text", { x: 2, y: 14 }, svg).textContent = ymax.toFixed(1) + "/s";
   }
 
