@@ -668,7 +668,8 @@ func (m *mcluster) checkDashboardShowsQuarantine(name string) {
 		return coord.Dial(ctx, network, m.coordAddr())
 	}}
 	srv := httptest.NewServer(proxy)
-	defer srv.Close()
+	// The page's event stream stays open: cut it before closing.
+	defer func() { srv.CloseClientConnections(); srv.Close() }()
 	ctx := browser(t)
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
