@@ -7,6 +7,7 @@ missing=()
 "$PYTHON" -c 'import torch.distributed' 2>/dev/null || missing+=(python3-torch)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ -x /usr/bin/etcd ] || missing+=(etcd-server) # internal/store's external-cluster tests
+[ -x /usr/bin/chromium ] || missing+=(chromium)  # the dashboard's browser tests (test/e2e)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

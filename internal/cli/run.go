@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,15 +16,18 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/bulsajo/bulsajo/internal/chaos"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/dashboard"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/launcher"
+	"github.com/bulsajo/bulsajo/internal/metrics"
 	"github.com/bulsajo/bulsajo/internal/policy"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/supervisor"
@@ -91,6 +96,7 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.StringVar(&c.Preload, "standby-preload", "", "modules a standby worker imports ahead (default torch,torch.distributed,torch.nn.parallel)")
 	f.StringVar(&c.Chaos, "chaos", "", "testing aid: inject faults, e.g. kill-every=10s,stop-at=30s,seed=1")
 	f.StringVar(&c.Python, "python", c.Python, "interpreter for a command that is a bare script.py")
+	f.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics and the live dashboard at HOST:PORT (off by default)")
 	// Accepted for torchrun compatibility; output is always streamed and kept.
 	var ignored string
 	f.StringVar(&ignored, "redirects", "", "accepted for torchrun compatibility (ignored)")
@@ -169,6 +175,16 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	if os.Getenv("OMP_NUM_THREADS") == "" && c.NProc > 1 {
 		con.Printf("  note: OMP_NUM_THREADS=1 for each worker (as torchrun does); set it to tune")
 	}
+	var observers []supervisor.Observer
+	if c.MetricsAddr != "" {
+		obs, addr, stop, err := serveWeb(c.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		observers = obs
+		con.Printf("  dashboard: http://%s/ · metrics: http://%s/metrics", addr, addr)
+	}
 	res := supervisor.Run(supervisor.Config{
 		RunID: c.RunID,
 		Policy: policy.Config{
@@ -177,7 +193,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 			Live: c.Recovery == "live", Replace: c.Replace, MinWorld: c.MinNProc, ExitGrace: c.ExitGrace,
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
-		Chaos: plan, Console: con, Log: log, Store: st,
+		Chaos: plan, Console: con, Log: log, Store: st, Observers: observers,
 	}, ag, sigs)
 
 	switch res.Outcome {
@@ -200,4 +216,21 @@ func relPath(p string) string {
 		}
 	}
 	return p
+}
+
+// serveWeb serves /metrics and the dashboard for `run` (read-only, like the
+// coordinator's GET endpoints) and returns the observers that feed them.
+func serveWeb(addr string) ([]supervisor.Observer, string, func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	m := metrics.New()
+	hub := dashboard.NewHub(nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/", dashboard.Handler(hub))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	return []supervisor.Observer{m, hub}, l.Addr().String(), func() { srv.Close() }, nil
 }

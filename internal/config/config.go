@@ -5,8 +5,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +42,7 @@ type Run struct {
 	Preload        string
 	Chaos          string
 	Python         string // interpreter for a bare `script.py` command
+	MetricsAddr    string // HOST:PORT for /metrics and the dashboard; "" = off
 }
 
 // Default returns the settings used when no flag says otherwise.
@@ -105,6 +108,12 @@ func (r *Run) Validate() error {
 		}
 		if re.NumSubexp() < 1 {
 			return usage("--progress-regex needs a group capturing the step number, e.g. 'step (\\d+)'")
+		}
+	}
+	if r.MetricsAddr != "" {
+		host, port, err := net.SplitHostPort(r.MetricsAddr)
+		if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 0 || p > 65535 || strings.ContainsAny(host, " /") {
+			return usage("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9400", r.MetricsAddr)
 		}
 	}
 	if _, err := chaos.Parse(r.Chaos); err != nil {

@@ -296,8 +296,11 @@ func (j *job) start(resume *policy.Resume) {
 		Console:    j.s.con,
 		Log:        j.log,
 		Resume:     resume,
-		FirstSeq:   j.rec.Seq,
-		Detach:     j.detachC,
+		// Events reach the metrics and the dashboard through published
+		// (node events too); the supervisor adds the progress.
+		Observers: []supervisor.Observer{progressOnly{j.s}},
+		FirstSeq:  j.rec.Seq,
+		Detach:    j.detachC,
 	}
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 3 * time.Second
@@ -334,6 +337,11 @@ func (j *job) published(e events.Event) {
 	j.evMu.Unlock()
 	b, _ := json.Marshal(e)
 	j.s.persist(fmt.Sprintf("%s/events/%08d", j.prefix(), seq), b)
+	if e.RunID == "" {
+		e.RunID = j.rec.Spec.ID
+	}
+	j.s.metrics.Event(e)
+	j.s.hub.Event(e)
 	if e.Type == events.FaultDetected && e.Rank != nil && e.Cause != string(policy.FaultNodeLost) {
 		// Attribute the fault to the node that held the rank.
 		go func(gen, rank int, why string) {

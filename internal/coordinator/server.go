@@ -26,7 +26,9 @@ import (
 
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/dashboard"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/metrics"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
@@ -79,6 +81,8 @@ type Server struct {
 
 	// heartbeats counts heartbeats received (metrics).
 	heartbeats atomic.Uint64
+	metrics    *metrics.Job
+	hub        *dashboard.Hub
 
 	writes   chan write // to the store, in order (writer)
 	closing  bool       // Close has begun (s.mu)
@@ -169,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{}),
 		writes: make(chan write, 1<<16)}
+	s.initWeb()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs, err := cfg.Store.List(ctx, keyNodes)
@@ -221,8 +226,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/nodes/{name}/release", tok(s.serveRelease))
 	mux.HandleFunc("GET /v1/status", s.serveStatus)
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveEvents)
-	mux.HandleFunc("GET /metrics", s.serveMetrics)
-	mux.HandleFunc("GET /{$}", s.serveDashboard)
+	s.webRoutes(mux)
 	return mux
 }
 

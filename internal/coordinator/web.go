@@ -1,57 +1,80 @@
 package coordinator
 
 import (
-	"fmt"
-	"html"
 	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bulsajo/bulsajo/internal/dashboard"
+	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/metrics"
 )
 
-// serveMetrics is the Prometheus text format (read-only, no token).
-func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	st := s.Status()
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-	counts := map[string]int{}
+// What the coordinator shows: /metrics (Prometheus) and the dashboard at /,
+// both read-only and open, like GET /v1/status. The job's series are fed by
+// the supervisor (Config.Observers); the node table is read at each scrape.
+
+func (s *Server) initWeb() {
+	s.metrics = metrics.New(nodeCollector{s})
+	s.hub = dashboard.NewHub(func() any { return s.Status() })
+}
+
+func (s *Server) webRoutes(mux *http.ServeMux) {
+	mux.Handle("GET /metrics", s.metrics.Handler())
+	d := dashboard.Handler(s.hub)
+	mux.Handle("GET /{$}", d)
+	mux.Handle("GET /static/", d)
+	mux.Handle("GET /api/", d)
+}
+
+// progressOnly passes the job's progress to the metrics and the dashboard;
+// its events reach them from the log (job.published), node events included.
+type progressOnly struct{ s *Server }
+
+func (progressOnly) Event(events.Event) {}
+func (p progressOnly) Step(job string, step int, at time.Time) {
+	p.s.metrics.Step(job, step, at)
+	p.s.hub.Step(job, step, at)
+}
+
+var (
+	descNodes = prometheus.NewDesc("bulsajo_nodes", "Nodes by state (ready, training, lost, disconnected).",
+		[]string{"state"}, nil)
+	descQuarantined = prometheus.NewDesc("bulsajo_nodes_quarantined", "Nodes excluded after faults.", nil, nil)
+	descNodeQuar    = prometheus.NewDesc("bulsajo_node_quarantined",
+		"1 for each quarantined node, with the reason.", []string{"Hostname", "reason"}, nil)
+	descNodeFaults = prometheus.NewDesc("bulsajo_node_faults",
+		"Faults counted against a node (the quarantine's evidence).", []string{"Hostname"}, nil)
+	descSessions   = prometheus.NewDesc("bulsajo_agent_sessions", "Connected agent sessions.", nil, nil)
+	descHeartbeats = prometheus.NewDesc("bulsajo_heartbeats_total", "Heartbeats received.", nil, nil)
+)
+
+// nodeCollector reads the node table at each scrape.
+type nodeCollector struct{ s *Server }
+
+func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descNodes, descQuarantined, descNodeQuar, descNodeFaults, descSessions, descHeartbeats} {
+		ch <- d
+	}
+}
+
+func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Status()
+	counts := map[string]int{"ready": 0, "training": 0, "lost": 0, "disconnected": 0}
 	quarantined := 0
 	for _, n := range st.Nodes {
 		counts[n.State]++
 		if n.Quarantined {
 			quarantined++
+			ch <- prometheus.MustNewConstMetric(descNodeQuar, prometheus.GaugeValue, 1, n.Name, n.Reason)
 		}
+		ch <- prometheus.MustNewConstMetric(descNodeFaults, prometheus.GaugeValue, float64(n.Faults), n.Name)
 	}
-	fmt.Fprintf(w, "# HELP bulsajo_nodes Nodes by state.\n# TYPE bulsajo_nodes gauge\n")
-	for _, state := range []string{"ready", "training", "lost", "disconnected"} {
-		fmt.Fprintf(w, "bulsajo_nodes{state=%q} %d\n", state, counts[state])
+	for state, k := range counts {
+		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(k), state)
 	}
-	fmt.Fprintf(w, "# HELP bulsajo_nodes_quarantined Nodes excluded after repeated faults.\n# TYPE bulsajo_nodes_quarantined gauge\nbulsajo_nodes_quarantined %d\n", quarantined)
-	fmt.Fprintf(w, "# HELP bulsajo_agent_sessions Connected agent sessions.\n# TYPE bulsajo_agent_sessions gauge\nbulsajo_agent_sessions %d\n", s.sessions.Load())
-	fmt.Fprintf(w, "# HELP bulsajo_heartbeats_total Heartbeats received.\n# TYPE bulsajo_heartbeats_total counter\nbulsajo_heartbeats_total %d\n", s.heartbeats.Load())
-	if j := st.Job; j != nil {
-		fmt.Fprintf(w, "# HELP bulsajo_job_generation Current generation.\n# TYPE bulsajo_job_generation gauge\nbulsajo_job_generation{job=%q} %d\n", j.ID, j.Gen)
-		fmt.Fprintf(w, "# HELP bulsajo_job_step Highest step reported.\n# TYPE bulsajo_job_step gauge\nbulsajo_job_step{job=%q} %d\n", j.ID, j.Step)
-		fmt.Fprintf(w, "# HELP bulsajo_job_restarts Restarts so far.\n# TYPE bulsajo_job_restarts gauge\nbulsajo_job_restarts{job=%q} %d\n", j.ID, j.Restarts)
-		fmt.Fprintf(w, "# HELP bulsajo_job_world_size Ranks in the current generation.\n# TYPE bulsajo_job_world_size gauge\nbulsajo_job_world_size{job=%q} %d\n", j.ID, j.World)
-	}
+	ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, float64(quarantined))
+	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(c.s.sessions.Load()))
+	ch <- prometheus.MustNewConstMetric(descHeartbeats, prometheus.CounterValue, float64(c.s.heartbeats.Load()))
 }
-
-// serveDashboard is a plain read-only page.
-func (s *Server) serveDashboard(w http.ResponseWriter, r *http.Request) {
-	st := s.Status()
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	fmt.Fprint(w, `<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>bulsajo</title>
-<style>body{font:14px system-ui;margin:2em}td,th{padding:2px 10px;text-align:left}</style><h1>bulsajo</h1>`)
-	if j := st.Job; j != nil {
-		fmt.Fprintf(w, "<p>job <b>%s</b>: %s · generation %d · world %d · step %d · restarts %d %s</p>",
-			esc(j.ID), esc(j.State), j.Gen, j.World, j.Step, j.Restarts, esc(j.Outcome))
-	}
-	fmt.Fprint(w, "<table><tr><th>node<th>state<th>addr<th>slots<th>ranks<th>faults<th>quarantine</tr>")
-	for _, n := range st.Nodes {
-		role := ""
-		if n.Spare {
-			role = " (spare)"
-		}
-		fmt.Fprintf(w, "<tr><td>%s%s<td>%s<td>%s<td>%d<td>%v<td>%d<td>%s</tr>", esc(n.Name), role, n.State, esc(n.Addr), n.NProc, n.Ranks, n.Faults, esc(n.Reason))
-	}
-	fmt.Fprint(w, "</table>")
-}
-
-func esc(s string) string { return html.EscapeString(s) }

@@ -68,6 +68,11 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 	return s
 }
 
+// LostByCause is the lost time broken down as the summary line shows it.
+func (s Summary) LostByCause() map[string]float64 {
+	return map[string]float64{"detect": s.DetectS, "restart": s.RestartS, "rollback": s.RollbackS}
+}
+
 // Line renders the summary as the one line a user pastes into a report.
 func (s Summary) Line() string {
 	var b strings.Builder

@@ -44,6 +44,17 @@ type Config struct {
 	// Detach, when closed, ends Run at once without touching the workers:
 	// this coordinator is going away and another will adopt the job.
 	Detach <-chan struct{}
+	// Observers see every event as it is logged and the job's progress
+	// (metrics, the dashboard). They are called on the supervisor's
+	// goroutine and must not block.
+	Observers []Observer
+}
+
+// Observer watches a job as it runs.
+type Observer interface {
+	Event(events.Event)
+	// Step reports the job's highest step so far and when it was reached.
+	Step(job string, step int, at time.Time)
 }
 
 // Node is what the supervisor needs from an agent.
@@ -186,6 +197,9 @@ func (r *run) observeStep(step int, at time.Time) {
 			}
 		}
 		r.lastStep, r.lastAt = step, at
+		for _, o := range r.cfg.Observers {
+			o.Step(r.cfg.RunID, step, at)
+		}
 	}
 }
 
@@ -392,11 +406,17 @@ func (r *run) maybeInject() {
 }
 
 func (r *run) record(e events.Event) {
-	if r.log == nil {
-		return
-	}
 	if e.RunID == "" {
 		e.RunID = r.cfg.RunID
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	for _, o := range r.cfg.Observers {
+		o.Event(e)
+	}
+	if r.log == nil {
+		return
 	}
 	if err := r.log.Append(e); err != nil {
 		r.con.Printf("! event log: %v", err)

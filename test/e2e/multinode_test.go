@@ -8,6 +8,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +27,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/test/netlab"
 	"github.com/bulsajo/bulsajo/tools/fakeworker/steplog"
+	"github.com/chromedp/chromedp"
 )
 
 // mcluster is a coordinator and agents on namespaced hosts.
@@ -402,6 +408,8 @@ func TestMultiNodeQuarantineAndRelease(t *testing.T) {
 	if !strings.Contains(m.coord.out.String(), "generation 2 on 2 nodes ([n1 s1])") {
 		t.Errorf("generation 2 should avoid the quarantined n2:\n%s", m.coord.out.String())
 	}
+	m.checkDashboardShowsQuarantine("n2")
+	m.checkReport()
 	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, "node", "release", "n2",
 		"--coordinator", m.coordAddr(), "--token-file", m.tokenFile()).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "released") {
@@ -644,5 +652,51 @@ func TestMultiNodeCoordinatorStallIsNoFault(t *testing.T) {
 	}
 	if evs := m.events(); countType(evs, events.FaultDetected) != 0 {
 		t.Fatalf("faults recorded for a coordinator stall: %+v", evs)
+	}
+}
+
+// checkDashboardShowsQuarantine opens the coordinator's dashboard in a real
+// browser (through a local proxy into the coordinator's namespace) and finds
+// the node in the node table, marked quarantined with its reason.
+func (m *mcluster) checkDashboardShowsQuarantine(name string) {
+	t := m.t
+	t.Helper()
+	coord := m.lab.Host("coord")
+	target, _ := url.Parse("http://" + m.coordAddr())
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return coord.Dial(ctx, network, m.coordAddr())
+	}}
+	srv := httptest.NewServer(proxy)
+	// The page's event stream stays open: cut it before closing.
+	defer func() { srv.CloseClientConnections(); srv.Close() }()
+	ctx := browser(t)
+	tctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := chromedp.Do(tctx, chromedp.Navigate(srv.URL+"/")); err != nil {
+		t.Fatalf("opening the coordinator's dashboard: %v", err)
+	}
+	row := fmt.Sprintf(`document.querySelector('#nodes tr[data-node=%q]')`, name)
+	waitFor(t, 20*time.Second, "the quarantined node in the dashboard's node table", func() bool {
+		return evalInt(tctx, row+` !== null && `+row+`.classList.contains("quarantined") ? 1 : 0`) == 1
+	})
+	text, _ := chromedp.Run(tctx, chromedp.Evaluate[string](row+`.textContent`))
+	if !strings.Contains(text, "quarantined") || !strings.Contains(text, "rank 2") {
+		t.Errorf("node row %q should say quarantined and why", text)
+	}
+	screenshot(t, tctx, "dashboard-nodes.png")
+}
+
+// checkReport runs `bulsajo report` on the coordinator's job directory.
+func (m *mcluster) checkReport() {
+	t := m.t
+	t.Helper()
+	dir := filepath.Join(m.dir, "coord", "runs", "job1")
+	out, err := exec.Command(bulsajoBin, "report", dir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "1 fault") {
+		t.Errorf("report of the multi-node job: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "report.html")); err != nil || !strings.Contains(string(b), `"node_quarantined"`) {
+		t.Errorf("report.html should hold the job's events, the quarantine included (%v)", err)
 	}
 }
