@@ -649,7 +649,7 @@ func (w *worker) wait() {
 	// from here on are the consequence of this death.
 	w.stopHold()
 	if gen, rank := w.current(); rank >= 0 && (code != 0 || sig != "") {
-		w.a.faults.died(gen)
+		w.a.faults.died(gen, at)
 	}
 	// Anything the worker forked goes with it.
 	signalGroup(w.pid, syscall.SIGKILL)

@@ -164,7 +164,14 @@ func (w *worker) holdExpired() {
 		s.timer.Reset(time.Until(s.deadline()))
 		return
 	}
-	w.release(!w.quiet.Load() && !w.a.faults.failing(s.heldGen))
+	since := w.a.faults.since(s.heldGen)
+	if !since.IsZero() && !s.causeAt.IsZero() && s.causeAt.Before(since) && time.Since(s.causeAt) < causeWindow {
+		// This worker's error came before the death: it may be dying of it
+		// (slow to exit), and then it is the fault. Its exit decides.
+		s.timer.Reset(blockQuiet)
+		return
+	}
+	w.release(!w.quiet.Load() && since.IsZero())
 }
 
 // release ends the hold: the lines go to the terminal if show (they are in
@@ -197,25 +204,32 @@ type genFaults struct {
 }
 
 type genFault struct {
-	owner *worker // the worker whose death is the fault (nil: not yet decided)
+	since time.Time // the first abnormal death
+	owner *worker   // the worker whose death is the fault (nil: not yet decided)
 }
 
-// died notes that a worker of gen died abnormally (before its output drained).
-func (f *genFaults) died(gen int) {
+// died notes that a worker of gen died abnormally at (before its output drained).
+func (f *genFaults) died(gen int, at time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.m == nil {
 		f.m = map[int]*genFault{}
 	}
 	if f.m[gen] == nil {
-		f.m[gen] = &genFault{}
+		f.m[gen] = &genFault{since: at}
 	}
 }
 
-func (f *genFaults) failing(gen int) bool {
+func (f *genFaults) failing(gen int) bool { return !f.since(gen).IsZero() }
+
+// since is when the first worker of gen died abnormally (zero: none has).
+func (f *genFaults) since(gen int) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.m[gen] != nil
+	if g := f.m[gen]; g != nil {
+		return g.since
+	}
+	return time.Time{}
 }
 
 // claim makes w the fault of gen if no other worker is; reports whether w is.
@@ -224,7 +238,7 @@ func (f *genFaults) claim(gen int, w *worker) bool {
 	defer f.mu.Unlock()
 	g := f.m[gen]
 	if g == nil {
-		g = &genFault{}
+		g = &genFault{since: time.Now()}
 		f.m[gen] = g
 	}
 	if g.owner == nil {
