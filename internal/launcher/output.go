@@ -22,6 +22,9 @@ import (
 // traceback, or an error line, printed in the moments before a worker exited
 // of its own accord (an exit code, or a crash signal it raised itself).
 const (
+	// plainWindow: a plain line (`sys.exit("no data")`) this close to an
+	// exit with an error code is its cause.
+	plainWindow = time.Second
 	lineHold    = 200 * time.Millisecond // an ordinary stderr line
 	blockQuiet  = 500 * time.Millisecond // a traceback block: since its last line
 	blockMax    = 2 * time.Second        // a traceback block: since its first line
@@ -47,10 +50,15 @@ type stderrState struct {
 
 	cause   string // latest exception or error line
 	causeAt time.Time
+	plain   string // latest other line at column 0 that is no warning
+	plainAt time.Time
 }
 
 // observe reads one stderr line: traceback structure and error lines.
 func (s *stderrState) observe(text string, now time.Time) {
+	if s.inBlock && now.Sub(s.lastLine) > blockQuiet {
+		s.inBlock = false // that traceback is over
+	}
 	s.lastLine = now
 	t := strings.TrimSpace(text)
 	switch {
@@ -70,8 +78,13 @@ func (s *stderrState) observe(text string, now time.Time) {
 		// The exception's message continues (torch's "At:" lines ...).
 	case isErrorLine(t):
 		s.cause, s.causeAt = t, now
+	case t != "" && text[0] != ' ' && text[0] != '\t' && !warningLine.MatchString(t):
+		s.plain, s.plainAt = t, now
 	}
 }
+
+// warningLine: Python's `file:line: UserWarning: ...` (and the like).
+var warningLine = regexp.MustCompile(`\b[A-Z]\w*Warning\b`)
 
 func isChainLine(t string) bool {
 	return strings.HasPrefix(t, "During handling of the above exception") ||
@@ -106,6 +119,9 @@ func minTime(a, b time.Time) time.Time {
 // printed before cannot have brought it on.
 func (s *stderrState) exitCause(code int, sig string, at time.Time) string {
 	if s.cause == "" || at.Sub(s.causeAt) > causeWindow {
+		if sig == "" && code != 0 && s.plain != "" && at.Sub(s.plainAt) <= plainWindow {
+			return s.plain
+		}
 		return ""
 	}
 	switch sig {

@@ -64,6 +64,11 @@ func TestExitCause(t *testing.T) {
 		{"a warning is no error", warn, 1, "", 0, ""},
 		{"exit 0", tb(0, "ValueError: caught"), 0, "", 0, ""},
 		{"nothing printed", nil, 1, "", time.Second, ""},
+		{"sys.exit(message)", []line{{time.Second, "no data in /data/train"}}, 1, "", time.Second + 5*time.Millisecond, "no data in /data/train"},
+		{"a plain line long before exit 1", []line{{time.Second, "loading data"}}, 1, "", 10 * time.Second, ""},
+		{"a plain line, then killed", []line{{time.Second, "loading data"}}, 137, "SIGKILL", time.Second, ""},
+		{"an error line beats a later plain line", cat(tb(time.Second, "OSError: disk full"), []line{{2 * time.Second, "cleaning up"}}),
+			1, "", 2 * time.Second, "OSError: disk full"},
 	}
 	t0 := time.Now()
 	for _, tt := range tests {
