@@ -117,7 +117,8 @@ type Launcher struct {
 	noStagger     atomic.Bool
 	closed        bool
 	waiters       sync.WaitGroup
-	faults        genFaults // which generations have a dead worker (output.go)
+	faults        genFaults    // which generations have a dead worker (output.go)
+	lastProgress  atomic.Int64 // unix ns of the latest Progress
 }
 
 type generation struct {
@@ -168,6 +169,9 @@ func New(cfg Config) (*Launcher, error) {
 func (a *Launcher) Events() <-chan Event { return a.events }
 
 func (a *Launcher) emit(e Event) {
+	if p, ok := e.(Progress); ok {
+		a.lastProgress.Store(p.At.UnixNano())
+	}
 	select {
 	case a.events <- e:
 	case <-a.quit:
@@ -363,7 +367,8 @@ func (a *Launcher) LiveRanks(gen int) []int {
 }
 
 // Culprit names the rank most likely to blame for a hang of gen, and why: a
-// stopped process first; else, when sampleCPU, the one rank whose CPU time
+// stopped process first; then one that printed an error and is slow to exit;
+// else, when sampleCPU, the one rank whose CPU time
 // moves while the others' does not (it spins while they wait for it), or the
 // reverse.
 func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
@@ -383,6 +388,9 @@ func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
 			return w.rank, "process stopped (state T)"
 		}
 		first[i] = st
+	}
+	if rank, why := a.dyingRank(ws); rank >= 0 {
+		return rank, why
 	}
 	if !sampleCPU {
 		return -1, ""

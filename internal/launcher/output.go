@@ -170,14 +170,25 @@ func (w *worker) errLine(prefix, text string) {
 // unless a worker of its generation has died meanwhile.
 func (w *worker) holdExpired() {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	s := &w.errOut
 	if s.exiting || len(s.held) == 0 {
+		w.mu.Unlock()
 		return
 	}
 	if time.Now().Before(s.deadline()) {
 		// A line came in since the timer was set: wait for it.
 		s.timer.Reset(time.Until(s.deadline()))
+		w.mu.Unlock()
+		return
+	}
+	gen, causeAt := s.heldGen, s.causeAt
+	w.mu.Unlock()
+	// A peer that printed its error first, and has not exited yet (torch can
+	// take seconds to exit after an exception): this error is its consequence.
+	earlier := !causeAt.IsZero() && w.a.earlierTraceback(w, gen, causeAt) != nil
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s.exiting || len(s.held) == 0 || s.heldGen != gen {
 		return
 	}
 	since := w.a.faults.since(s.heldGen)
@@ -187,7 +198,7 @@ func (w *worker) holdExpired() {
 		s.timer.Reset(blockQuiet)
 		return
 	}
-	w.release(!w.quiet.Load() && since.IsZero())
+	w.release(!w.quiet.Load() && since.IsZero() && !earlier)
 }
 
 // release ends the hold: the lines go to the terminal if show (they are in
@@ -301,4 +312,27 @@ func (w *worker) isSettled() bool {
 	default:
 		return false
 	}
+}
+
+// dyingRank names the worker of gen that printed an uncaught error (the
+// first, if several) since the job's last progress and has not exited: the
+// likely culprit when it hangs on its way out.
+func (a *Launcher) dyingRank(ws []*worker) (int, string) {
+	after := time.Unix(0, a.lastProgress.Load())
+	rank, cause, first := -1, "", time.Time{}
+	for _, w := range ws {
+		if w.hasExited() {
+			continue
+		}
+		w.mu.Lock()
+		at, c, r := w.errOut.causeAt, w.errOut.cause, w.rank
+		w.mu.Unlock()
+		if !at.IsZero() && at.After(after) && (first.IsZero() || at.Before(first)) {
+			rank, cause, first = r, c, at
+		}
+	}
+	if rank < 0 {
+		return -1, ""
+	}
+	return rank, "printed " + cause + ", not exited"
 }
