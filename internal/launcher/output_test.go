@@ -109,7 +109,9 @@ import os, sys, time, warnings
 rank, mode, d = int(os.environ["RANK"]), sys.argv[2], sys.argv[1]
 if rank == 1:
     warnings.warn("Seems like optimizer.step() has been overridden after learning rate scheduler initialization")
-    open(os.path.join(d, "pid"), "w").write(str(os.getpid()))
+    with open(os.path.join(d, "pid.tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(d, "pid.tmp"), os.path.join(d, "pid"))  # whole, for rank 0
     time.sleep(1.0)
     if mode == "raise":
         raise ValueError("bad batch 7")
