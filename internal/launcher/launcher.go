@@ -64,7 +64,8 @@ type (
 	Exited struct {
 		Gen, Rank, Code int
 		Signal          string
-		LastError       string
+		LastError       string // the error it died of (output.go), if any
+		Log             string // its rank log (the full output)
 		At              time.Time
 		Also            []int // other ranks gone with this one (a lost node)
 	}
@@ -116,6 +117,8 @@ type Launcher struct {
 	noStagger     atomic.Bool
 	closed        bool
 	waiters       sync.WaitGroup
+	faults        genFaults    // which generations have a dead worker (output.go)
+	lastProgress  atomic.Int64 // unix ns of the latest Progress
 }
 
 type generation struct {
@@ -166,6 +169,9 @@ func New(cfg Config) (*Launcher, error) {
 func (a *Launcher) Events() <-chan Event { return a.events }
 
 func (a *Launcher) emit(e Event) {
+	if p, ok := e.(Progress); ok {
+		a.lastProgress.Store(p.At.UnixNano())
+	}
 	select {
 	case a.events <- e:
 	case <-a.quit:
@@ -361,7 +367,8 @@ func (a *Launcher) LiveRanks(gen int) []int {
 }
 
 // Culprit names the rank most likely to blame for a hang of gen, and why: a
-// stopped process first; else, when sampleCPU, the one rank whose CPU time
+// stopped process first; then one that printed an error and is slow to exit;
+// else, when sampleCPU, the one rank whose CPU time
 // moves while the others' does not (it spins while they wait for it), or the
 // reverse.
 func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
@@ -381,6 +388,9 @@ func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
 			return w.rank, "process stopped (state T)"
 		}
 		first[i] = st
+	}
+	if rank, why := a.dyingRank(ws); rank >= 0 {
+		return rank, why
 	}
 	if !sampleCPU {
 		return -1, ""
@@ -451,8 +461,9 @@ type worker struct {
 	gen     int
 	rank    int // -1 while a standby
 	log     *os.File
-	tail    []string // last lines of stderr
-	exited  chan struct{}
+	errOut  stderrState   // held stderr lines and the error seen (output.go)
+	exited  chan struct{} // the process is gone
+	settled chan struct{} // its exit has been reported (or it was a standby)
 	outDone sync.WaitGroup
 }
 
@@ -570,7 +581,8 @@ func (a *Launcher) startProcessEnv(args, env []string, activateFD *os.File, gen,
 		errR.Close()
 		return nil, fmt.Errorf("agent: start %s: %w", args[0], err)
 	}
-	w := &worker{a: a, cmd: cmd, pid: cmd.Process.Pid, gen: gen, rank: rank, log: log, exited: make(chan struct{})}
+	w := &worker{a: a, cmd: cmd, pid: cmd.Process.Pid, gen: gen, rank: rank, log: log,
+		exited: make(chan struct{}), settled: make(chan struct{})}
 	w.outDone.Add(2)
 	go w.pump(outR, false)
 	go w.pump(errR, true)
@@ -597,22 +609,19 @@ func (w *worker) pump(r *os.File, isErr bool) {
 func (w *worker) line(text string, isErr bool) {
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
-	if isErr && strings.TrimSpace(text) != "" {
-		if len(w.tail) == 8 {
-			w.tail = w.tail[1:]
-		}
-		w.tail = append(w.tail, text)
-	}
-	w.mu.Unlock()
 	prefix := "[standby] "
 	if rank >= 0 {
 		prefix = "[rank" + strconv.Itoa(rank) + "] "
 	}
-	if !w.quiet.Load() {
-		w.a.cfg.Console.Line(prefix, text)
-	}
 	if log != nil {
 		log.WriteString(text + "\n")
+	}
+	if isErr {
+		w.errLine(prefix, text) // held a moment (output.go)
+	}
+	w.mu.Unlock()
+	if !isErr && !w.quiet.Load() {
+		w.a.cfg.Console.Line(prefix, text)
 	}
 	if re := w.a.cfg.ProgressRegex; re != nil && rank >= 0 {
 		if m := re.FindStringSubmatch(text); m != nil {
@@ -644,6 +653,12 @@ func (w *worker) wait() {
 			code = ee.ExitCode()
 		}
 	}
+	// Held stderr now waits for the exit's verdict; and the peers' errors
+	// from here on are the consequence of this death.
+	w.stopHold()
+	if gen, rank := w.current(); rank >= 0 && (code != 0 || sig != "") {
+		w.a.faults.died(gen, at)
+	}
 	// Anything the worker forked goes with it.
 	signalGroup(w.pid, syscall.SIGKILL)
 	// Let the output drain (for the last error line), but do not wait on a
@@ -658,12 +673,27 @@ func (w *worker) wait() {
 }
 
 func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
+	defer close(w.settled)
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
-	lastErr := ""
-	if len(w.tail) > 0 {
-		lastErr = w.tail[len(w.tail)-1]
+	lastErr, causeAt := w.errOut.exitCause(code, sig, at), w.errOut.causeAt
+	w.mu.Unlock()
+	abnormal := code != 0 || sig != ""
+	if abnormal && rank >= 0 && lastErr != "" {
+		// A peer that printed its error first goes first: its death is the
+		// fault, this one's error the consequence.
+		if v := a.earlierTraceback(w, gen, causeAt); v != nil {
+			select {
+			case <-v.settled:
+			case <-time.After(deferMax):
+			}
+		}
 	}
+	// The fault's own error stays on the terminal, before the fault line;
+	// the rest of a failing generation's stderr is in the rank logs.
+	fault := abnormal && rank >= 0 && a.faults.claim(gen, w)
+	w.mu.Lock()
+	w.release(!w.quiet.Load() && (fault || rank < 0 || !a.faults.failing(gen)))
 	w.mu.Unlock()
 	a.mu.Lock()
 	for i, j := range a.joiners {
@@ -689,14 +719,14 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 		a.mu.Unlock()
 		return
 	}
-	if msg := readErrorFile(a.errorFile(gen, rank)); msg != "" {
+	if msg := readErrorFile(a.errorFile(gen, rank)); msg != "" && code != 0 {
 		lastErr = msg
 	}
 	if log != nil {
 		fmt.Fprintf(log, "--- exited: code %d %s\n", code, sig)
 		log.Close()
 	}
-	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at})
+	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at, Log: a.rankLogPath(rank)})
 	a.mu.Lock()
 	g := a.gens[gen]
 	allDone := false
@@ -708,6 +738,7 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 				g.killTimer.Stop()
 			}
 			delete(a.gens, gen)
+			a.faults.forget(gen)
 		}
 	}
 	a.mu.Unlock()
@@ -793,8 +824,12 @@ func parseProgress(b []byte) (Progress, bool) {
 
 // ---- helpers ----
 
+func (a *Launcher) rankLogPath(rank int) string {
+	return filepath.Join(a.cfg.RunDir, "logs", "rank"+strconv.Itoa(rank)+".log")
+}
+
 func (a *Launcher) openRankLog(gen, rank int) *os.File {
-	f, err := os.OpenFile(filepath.Join(a.cfg.RunDir, "logs", "rank"+strconv.Itoa(rank)+".log"),
+	f, err := os.OpenFile(a.rankLogPath(rank),
 		os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil

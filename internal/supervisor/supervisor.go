@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -100,6 +102,7 @@ type run struct {
 	result  *Result
 
 	exitAt    map[int]time.Time // rank -> exit time, for detection latency
+	exitLog   map[int]string    // rank -> its log (where its full output is)
 	stepTimes []time.Duration   // per-step durations, to price rollbacks
 	lastStep  int
 	lastAt    time.Time
@@ -117,7 +120,7 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		cfg.MasterAddr = "127.0.0.1"
 	}
 	r := &run{cfg: cfg, node: node, m: policy.New(cfg.Policy), start: time.Now(), con: cfg.Console,
-		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, lastStep: -1}
+		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1}
 	r.seq = cfg.FirstSeq
 	if rs := cfg.Resume; rs != nil {
 		r.record(events.Event{Type: events.CoordinatorResumed, Gen: rs.Gen, WorldSize: rs.WorldSize})
@@ -175,6 +178,7 @@ func (r *run) handle(ev launcher.Event) {
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
 	case launcher.Exited:
 		r.exitAt[e.Rank] = e.At
+		r.exitLog[e.Rank] = e.Log
 		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also}))
 	case launcher.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
@@ -340,7 +344,13 @@ func (r *run) fault(f policy.Fault) {
 	ev.DetectMS = ms(detect)
 	switch f.Kind {
 	case policy.FaultExit:
-		r.con.Printf("! rank %d exited (%s) · detected in %s", rank, f.Detail, human(detect))
+		// One line per fault: the rest (the full traceback, the peers'
+		// errors that followed) is in the rank logs, and the line says where.
+		see := ""
+		if p := r.exitLog[rank]; p != "" {
+			see = " · see " + displayPath(p)
+		}
+		r.con.Printf("! rank %d exited (%s) · detected in %s%s", rank, f.Detail, human(detect), see)
 	case policy.FaultNodeLost:
 		r.con.Printf("! %s · detected in %s", f.Detail, human(detect))
 	case policy.FaultHang:
@@ -440,6 +450,16 @@ func freePort(addr string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// displayPath is p relative to the working directory when it lies below it.
+func displayPath(p string) string {
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return p
 }
 
 func plural(n int, one, many string) string {

@@ -768,6 +768,13 @@ class State(object):
             job._applied = True
             return out
 
+        # Keep the marks an LR scheduler made on the method it wrapped
+        # (torch 1.x `_with_counter`, 2.x `_wrapped_by_lr_sched`): without
+        # them the scheduler, made before this State, warns that
+        # optimizer.step() was overridden after it.
+        for k, v in vars(getattr(orig, "__func__", orig)).items():
+            if k != "__wrapped__":
+                setattr(step, k, v)
         step.__wrapped__ = orig
         # a bound method, as LR schedulers expect (they re-wrap opt.step)
         opt.step = types.MethodType(step, opt)

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// What a fault puts on the terminal, with real torch: one line, the right
+// cause, where the full output is. The survivors' errors that follow (gloo's
+// "Connection reset/closed by peer" tracebacks) go to the rank logs only.
+
+var peerError = regexp.MustCompile(`by peer`)
+
+// survivorErrors counts the gloo errors in the rank logs: what the terminal
+// was spared.
+func survivorErrors(t *testing.T, runDir string) int {
+	n := 0
+	logs, _ := filepath.Glob(filepath.Join(runDir, "logs", "rank*.log"))
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		n += len(peerError.FindAll(b, -1))
+	}
+	return n
+}
+
+func TestTorchKilledWorkerIsOneLine(t *testing.T) {
+	requireTorch(t)
+	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "3", "--run-id", "oneline"}, trainArgs(t, "200")...)...)
+	waitFor(t, 60*time.Second, "training to start", func() bool { return strings.Contains(out.String(), "step 20 ") })
+	b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank1"))
+	victim, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || victim <= 0 {
+		t.Fatalf("rank 1's pid file: %v %q", err, b)
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("bulsajo: %v\n%s", err, out.String())
+	}
+	term := out.String()
+	faults := regexp.MustCompile(`(?m)^! .*$`).FindAllString(term, -1)
+	if len(faults) == 0 {
+		t.Fatalf("no fault line:\n%s", term)
+	}
+	// The cause is the signal alone, and the line says where rank 1's output is.
+	want := regexp.MustCompile(`^! rank 1 exited \(SIGKILL\) · detected in [0-9.]+ m?s · see \S*/logs/rank1\.log$`)
+	if !want.MatchString(faults[0]) {
+		t.Errorf("fault line %q, want %v", faults[0], want)
+	}
+	if peerError.MatchString(term) || strings.Contains(term, "Traceback") {
+		t.Errorf("the survivors' errors reached the terminal:\n%s", term)
+	}
+	t.Logf("survivors' errors kept in the rank logs: %d; terminal:\n%s", survivorErrors(t, runDir), term)
+}
+
+func TestTorchOwnExceptionIsShown(t *testing.T) {
+	requireTorch(t)
+	r := bulsajo(t, 3*time.Minute, append([]string{"--nproc-per-node", "3", "--max-restarts", "0"},
+		trainArgs(t, "200", "--fail-at-step", "30")...)...)
+	if r.code != 1 {
+		t.Fatalf("exit %d, want 1:\n%s", r.code, r.out)
+	}
+	// Rank 0's own traceback stays on the terminal, before the fault line,
+	// which names it as the cause: its exit, or (torch can take seconds to
+	// exit after an exception) a hang whose culprit it is.
+	tb := strings.Index(r.out, "[rank0] Traceback (most recent call last):")
+	exc := strings.Index(r.out, "[rank0] RuntimeError: injected failure at step 30")
+	want := regexp.MustCompile(`(?m)^! (rank 0 exited \(exit code 1: RuntimeError: injected failure at step 30\) · detected in [0-9.]+ m?s · see \S*/logs/rank0\.log|` +
+		`hang: .* · rank 0: printed RuntimeError: injected failure at step 30, not exited · detected in [0-9.]+ m?s)$`)
+	line := regexp.MustCompile(`(?m)^! .*$`).FindStringIndex(r.out)
+	if tb < 0 || exc < tb || line == nil || line[0] < exc || !want.MatchString(r.out[line[0]:line[1]]) {
+		t.Errorf("want rank 0's traceback, then the fault line %v:\n%s", want, r.out)
+	}
+	for _, rank := range []string{"[rank1] ", "[rank2] "} {
+		if strings.Contains(r.out, rank+"Traceback") {
+			t.Errorf("a survivor's traceback reached the terminal:\n%s", r.out)
+		}
+	}
+	if peerError.MatchString(r.out) {
+		t.Errorf("the survivors' errors reached the terminal:\n%s", r.out)
+	}
+	t.Logf("survivors' errors kept in the rank logs: %d; terminal:\n%s", survivorErrors(t, r.runDir), r.out)
+}
