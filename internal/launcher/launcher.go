@@ -67,6 +67,9 @@ type (
 		LastError       string
 		At              time.Time
 		Also            []int // other ranks gone with this one (a lost node)
+		// Output lines this generation's workers printed before this exit,
+		// NewOutput of them lines no earlier generation printed (output.go).
+		Output, NewOutput int
 	}
 	// Progress: a worker reported a step (SDK or output regex).
 	Progress struct {
@@ -113,6 +116,7 @@ type Launcher struct {
 	standbys      []*worker
 	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
+	book          lineBook // lines printed, by generation (output.go)
 	noStagger     atomic.Bool
 	closed        bool
 	waiters       sync.WaitGroup
@@ -452,6 +456,8 @@ type worker struct {
 	rank    int // -1 while a standby
 	log     *os.File
 	tail    []string // last lines of stderr
+	out     genOutput
+	peers   genOutput // the other workers' output when this one died
 	exited  chan struct{}
 	outDone sync.WaitGroup
 }
@@ -597,6 +603,9 @@ func (w *worker) pump(r *os.File, isErr bool) {
 func (w *worker) line(text string, isErr bool) {
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
+	if rank >= 0 {
+		w.count(gen, text)
+	}
 	if isErr && strings.TrimSpace(text) != "" {
 		if len(w.tail) == 8 {
 			w.tail = w.tail[1:]
@@ -644,6 +653,11 @@ func (w *worker) wait() {
 			code = ee.ExitCode()
 		}
 	}
+	gen, _ := w.current()
+	peers := w.a.peerOutput(w, gen)
+	w.mu.Lock()
+	w.peers = peers
+	w.mu.Unlock()
 	// Anything the worker forked goes with it.
 	signalGroup(w.pid, syscall.SIGKILL)
 	// Let the output drain (for the last error line), but do not wait on a
@@ -663,6 +677,11 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 	lastErr := ""
 	if len(w.tail) > 0 {
 		lastErr = w.tail[len(w.tail)-1]
+	}
+	out := w.peers
+	if w.out.gen == gen && out.gen == gen {
+		out.lines += w.out.lines
+		out.fresh += w.out.fresh
 	}
 	w.mu.Unlock()
 	a.mu.Lock()
@@ -696,7 +715,7 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 		fmt.Fprintf(log, "--- exited: code %d %s\n", code, sig)
 		log.Close()
 	}
-	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at})
+	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at, Output: out.lines, NewOutput: out.fresh})
 	a.mu.Lock()
 	g := a.gens[gen]
 	allDone := false

@@ -164,7 +164,9 @@ func (r *run) handle(ev launcher.Event) {
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
 	case launcher.Exited:
 		r.exitAt[e.Rank] = e.At
-		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also}))
+		injected := r.inject != nil && r.inject.gen == e.Gen && r.inject.rank == e.Rank
+		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also,
+			Injected: injected, Output: e.Output, NewOutput: e.NewOutput}))
 	case launcher.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
 	case launcher.JoinerReady:

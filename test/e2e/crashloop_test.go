@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/events"
+)
+
+// These tests run test/e2e/testdata/tutorial_train.py, a script written as
+// the PyTorch DDP tutorial writes it (a line per epoch, a snapshot every few
+// epochs, no step numbers bulsajo can read), to check both sides of the
+// crash-loop rule: a job killed from outside again and again is not given
+// up on, and a script that fails by itself every time is.
+
+func tutorialArgs(t *testing.T, extra ...string) []string {
+	script := filepath.Join(repoRoot, "test", "e2e", "testdata", "tutorial_train.py")
+	return append([]string{"--", torchPython, script}, extra...)
+}
+
+func TestTorchUnmodifiedScriptKilledFromOutsideRunsToCompletion(t *testing.T) {
+	requireTorch(t)
+	start := time.Now()
+	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "4", "--max-restarts", "20"},
+		tutorialArgs(t, "24", "3")...)...)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// kill -9 of a worker every 10 s, each time once the generation has
+	// trained (printed an epoch since the last kill): every generation
+	// trains a while and then dies of a signal it did not raise.
+	const kills = 4
+	mark, killed := 0, 0
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	var err error
+wait:
+	for {
+		select {
+		case err = <-done:
+			break wait
+		case <-time.After(4 * time.Minute):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			t.Fatalf("not done in 4 min:\n%s", out.String())
+		case <-tick.C:
+			s := out.String()
+			if killed == kills || !strings.Contains(s[mark:], "Epoch") {
+				continue
+			}
+			rank := 1 + killed%3
+			b, _ := os.ReadFile(filepath.Join(runDir, "pids", "rank"+strconv.Itoa(rank)))
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if pid <= 0 || syscall.Kill(pid, syscall.SIGKILL) != nil {
+				continue
+			}
+			killed++
+			waitFor(t, time.Minute, "the fault line", func() bool {
+				return strings.Count(out.String(), "! rank") >= killed
+			})
+			mark = len(out.String())
+		}
+	}
+	s := out.String()
+	if code := exitCode(err); code != 0 || !strings.Contains(s, "✓ done") {
+		t.Fatalf("exit %d after %d kills from outside, want 0 and ✓ done:\n%s", code, killed, s)
+	}
+	if killed < 3 {
+		t.Fatalf("only %d kills landed before the job finished; the test needs at least 3 (the old crash-loop limit):\n%s", killed, s)
+	}
+	n := 0
+	for _, e := range (result{runDir: runDir}).events(t) {
+		if e.Type == events.FaultDetected && strings.Contains(e.Detail, "SIGKILL") {
+			n++
+		}
+	}
+	if n != killed {
+		t.Errorf("%d SIGKILL faults recorded, %d kills sent", n, killed)
+	}
+	t.Logf("%d kills from outside, done in %.1f s", killed, time.Since(start).Seconds())
+}
+
+func TestTorchTrueCrashLoopsEndWithinThreeGenerations(t *testing.T) {
+	requireTorch(t)
+	for _, tt := range []struct {
+		fail, shows string
+	}{
+		{"import", "ModuleNotFoundError: No module named 'torch_helpers_that_do_not_exist'"},
+		{"step0", "RuntimeError: loss is not a tensor"},
+		{"exit-after-2s", "exit code 1"},
+	} {
+		t.Run(tt.fail, func(t *testing.T) {
+			start := time.Now()
+			r := bulsajo(t, 3*time.Minute, append([]string{"--nproc-per-node", "2", "--max-restarts", "100"},
+				tutorialArgs(t, "10", "2", "--fail", tt.fail)...)...)
+			took := time.Since(start)
+			if r.code != 1 || !strings.Contains(r.out, "✗ crash_loop: crash loop") {
+				t.Fatalf("exit %d, want 1 with a crash loop:\n%s", r.code, r.out)
+			}
+			if !strings.Contains(r.out, tt.shows) {
+				t.Errorf("the error %q is not on the terminal:\n%s", tt.shows, r.out)
+			}
+			if n := r.count(events.GenerationStart, r.events(t)); n > 3 {
+				t.Errorf("%d generations before giving up, want at most 3:\n%s", n, r.out)
+			}
+			t.Logf("crash loop %q ended after %.1f s", tt.fail, took.Seconds())
+		})
+	}
+}
