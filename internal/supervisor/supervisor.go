@@ -376,7 +376,7 @@ func (r *run) finish(f policy.Finish) {
 
 func (r *run) maybeInject() {
 	gen := r.m.Generation()
-	sig, due := r.chaos.Due(r.now(), r.m.Training() && r.inject == nil)
+	sig, due := r.chaos.DueAt(r.now(), r.m.JobStep(), r.m.Training() && r.inject == nil)
 	if !due {
 		return
 	}
