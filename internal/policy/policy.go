@@ -501,7 +501,8 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 		kind, detail = FaultNodeLost, ev.LastError
 	}
 	return m.failObserved(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Also: ev.Also, Detail: detail, Step: m.jobStep},
-		sig, observed{foreign: ev.Injected || foreignSignal[ev.Signal], output: ev.Output, newOutput: ev.NewOutput})
+		sig, observed{foreign: ev.Injected || foreignSignal[ev.Signal], nodeLost: ev.Signal == SignalNodeLost,
+			output: ev.Output, newOutput: ev.NewOutput})
 }
 
 // foreignSignal lists the deaths a program does not cause itself: signals
@@ -517,6 +518,7 @@ var foreignSignal = map[string]bool{
 // observed is what is known of a failed generation besides its progress.
 type observed struct {
 	foreign           bool // the failure is not the program's own
+	nodeLost          bool // a node went away: what it printed is not known
 	output, newOutput int  // see Exited
 }
 
@@ -615,8 +617,10 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 	case m.progressed:
 		m.lastSig = "" // a generation that worked starts the count over
 		m.sameFailures = 0
-	case o.foreign && noReports && o.output > 0:
-		// past startup, and not the program's doing: no verdict
+	case o.foreign && noReports && (o.output > 0 || o.nodeLost):
+		// past startup, and not the program's doing: no verdict. A lost
+		// node cannot say what it printed; losing one is no verdict on
+		// the program either.
 	case signature == m.lastSig && !(noReports && o.newOutput > 0):
 		m.sameFailures++
 	default:
