@@ -1,6 +1,14 @@
 package launcher
 
-import "testing"
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/console"
+)
 
 func TestMaskLine(t *testing.T) {
 	for _, tt := range []struct {
@@ -41,6 +49,66 @@ func TestLineBookNewPerGeneration(t *testing.T) {
 	for _, s := range steps {
 		if got := b.note(s.gen, s.line); got != s.new {
 			t.Errorf("gen %d %q: new=%v, want %v", s.gen, s.line, got, s.new)
+		}
+	}
+}
+
+// Exited carries what the generation printed before the death, and how much
+// of it no earlier generation printed. Real processes (sh).
+func TestExitedCountsNewOutput(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "w.sh")
+	// Rank 0 waits for rank 1's line, prints a time (masked), an epoch (1
+	// in generations 1-2, then 2) and fails; rank 1 prints a line and waits.
+	os.WriteFile(script, []byte(`#!/bin/sh
+ready="$(dirname "$0")/ready.$BULSAJO_GENERATION"
+if [ "$RANK" = 0 ]; then
+  while [ ! -e "$ready" ]; do sleep 0.05; done
+  sleep 0.2
+  echo "started at $(date +%T.%N)"
+  e=1; [ "$BULSAJO_GENERATION" -ge 3 ] && e=2
+  echo "Epoch $e"
+  echo "Traceback: boom" >&2
+  exit 3
+fi
+echo "rank 1 ready"
+touch "$ready"
+exec sleep 60
+`), 0o755)
+	a, err := New(Config{Command: []string{script}, RunID: "outputtest", RunDir: dir,
+		StopGrace: 100 * time.Millisecond, Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i, want := range []struct{ out, fresh int }{{4, 4}, {4, 0}, {4, 1}} {
+		gen := i + 1
+		spec := GenerationSpec{Gen: gen, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
+		if err := a.StartGeneration(spec); err != nil {
+			t.Fatal(err)
+		}
+		var ex *Exited
+		for ex == nil {
+			select {
+			case e := <-a.Events():
+				if x, ok := e.(Exited); ok && x.Gen == gen && x.Rank == 0 {
+					ex = &x
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("generation %d: no exit of rank 0", gen)
+			}
+		}
+		if ex.Output != want.out || ex.NewOutput != want.fresh {
+			t.Errorf("generation %d: output %d, new %d; want %d, %d", gen, ex.Output, ex.NewOutput, want.out, want.fresh)
+		}
+		a.StopGeneration(gen, 0)
+		for stopped := false; !stopped; {
+			select {
+			case e := <-a.Events():
+				_, stopped = e.(Stopped)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("generation %d not stopped", gen)
+			}
 		}
 	}
 }
