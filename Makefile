@@ -16,7 +16,7 @@ deps:
 # training, not of the clock, so a slow machine meets the same four: workers
 # SIGKILLed at steps 300, 700 and 1100, one SIGSTOPped (a hang) at step 900.
 # 10 restarts for 4 faults. About a minute on 2 idle cores.
-DEMO_CHAOS := kill-at-step=300,stop-at-step=900,kill-at-step=700,kill-at-step=1100,seed=1
+DEMO_CHAOS := kill-at-step=300,kill-at-step=700,stop-at-step=900,kill-at-step=1100,seed=1
 demo: deps build
 	@rm -rf runs/demo
 	$(BIN) run --nproc-per-node 4 --run-id demo --run-dir runs/demo --max-restarts 10 \
