@@ -23,7 +23,7 @@ type lineBook struct {
 
 // maxBook bounds the memory of a job that prints a lot; past it, unseen
 // lines count as new (the side that never calls a working job a loop).
-const maxBook = 1 << 20
+const maxBook = 1 << 18 // about 10 MB
 
 var (
 	maskTime  = regexp.MustCompile(`\b\d{4}-\d\d-\d\d\b|\b\d{1,2}:\d\d(:\d\d)?([.,]\d+)?\b`)
