@@ -4,7 +4,7 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build demo test stress deps lint bench clean
+.PHONY: build demo demo-check test stress deps lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
@@ -12,13 +12,28 @@ build:
 deps:
 	@PYTHON=$(PYTHON) scripts/deps.sh
 
-# A real PyTorch DDP job (4 workers, gloo) with faults injected: a worker is
-# SIGKILLed every 10 s and one is SIGSTOPped (a hang) at 25 s.
+# A real PyTorch DDP job (4 workers, gloo) with faults injected at points of
+# training, not of the clock, so a slow machine meets the same four: workers
+# SIGKILLed at steps 300, 700 and 1100, one SIGSTOPped (a hang) at step 900.
+# 10 restarts for 4 faults. About a minute on 2 idle cores.
+DEMO_CHAOS := kill-at-step=300,kill-at-step=700,stop-at-step=900,kill-at-step=1100,seed=1
 demo: deps build
 	@rm -rf runs/demo
-	$(BIN) run --nproc-per-node 4 --run-id demo --run-dir runs/demo \
-	  --chaos kill-every=10s,stop-at=25s,seed=1 \
+	$(BIN) run --nproc-per-node 4 --run-id demo --run-dir runs/demo --max-restarts 10 \
+	  --chaos $(DEMO_CHAOS) \
 	  -- $(PYTHON) examples/ddp_train.py --steps 1500
+
+# The demo as a test (`make test` runs it): exit 0 and the ✓ done summary,
+# after exactly the four injected faults.
+demo-check: deps build
+	@rm -rf runs/demo-check; mkdir -p runs
+	@$(BIN) run --nproc-per-node 4 --run-id demo-check --run-dir runs/demo-check --max-restarts 10 \
+	  --chaos $(DEMO_CHAOS) \
+	  -- $(PYTHON) examples/ddp_train.py --steps 1500 > runs/demo-check.out 2>&1 \
+	  || { tail -40 runs/demo-check.out; echo "demo-check: bulsajo exited non-zero"; exit 1; }
+	@grep -q '✓ done' runs/demo-check.out && test "$$(grep -c '⚡ chaos' runs/demo-check.out)" = 4 \
+	  || { tail -40 runs/demo-check.out; echo "demo-check: want ✓ done after the 4 injected faults"; exit 1; }
+	@grep '✓ done' runs/demo-check.out
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -28,6 +43,7 @@ test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/...
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
+	$(MAKE) demo-check
 
 # Flakiness hunt: every Go package's tests 20 times under the race detector,
 # then the end-to-end suites 3 times. A failure here is a bug to fix, not to retry.

@@ -538,7 +538,8 @@ func (a *Agent) pump(ag *launcher.Launcher, job string) {
 		case launcher.Launched:
 			m = wire.Msg{Type: wire.TLaunched, Job: job, Gen: e.Gen}
 		case launcher.Exited:
-			m = wire.Msg{Type: wire.TExited, Job: job, Gen: e.Gen, Rank: e.Rank, Code: e.Code, Sig: e.Signal, Err: trim(e.LastError), AtMS: e.At.UnixMilli()}
+			m = wire.Msg{Type: wire.TExited, Job: job, Gen: e.Gen, Rank: e.Rank, Code: e.Code, Sig: e.Signal, Err: trim(e.LastError), AtMS: e.At.UnixMilli(),
+				Out: e.Output, NewOut: e.NewOutput}
 			if e.Gen == a.gen {
 				delete(a.running, e.Rank)
 				if len(a.exited) < 1024 {

@@ -8,7 +8,14 @@
 //	kill-at=5s       SIGKILL a random worker once, 5 s into the run
 //	stop-every=30s   SIGSTOP a random worker (a hang) every 30 s
 //	stop-at=20s      SIGSTOP a random worker once
+//	kill-at-step=300 SIGKILL a random worker once, when the job reaches step 300
+//	stop-at-step=800 SIGSTOP a random worker once, when the job reaches step 800
+//	max-faults=4     inject no more than 4 faults in all
 //	seed=7           choose ranks reproducibly
+//
+// The -at-step forms need progress reports (the SDK or --progress-regex).
+// They put faults at points of training rather than of the wall clock, so
+// a slow machine meets the same faults as a fast one (the demo uses them).
 package chaos
 
 import (
@@ -25,12 +32,14 @@ type Action struct {
 	Signal syscall.Signal
 	At     time.Duration // first time
 	Every  time.Duration // 0 = once
+	AtStep int           // > 0: once, when the job's step reaches it (At, Every unused)
 }
 
 // Plan is a parsed --chaos value.
 type Plan struct {
-	Actions []Action
-	Seed    int64
+	Actions   []Action
+	Seed      int64
+	MaxFaults int // 0 = no limit
 }
 
 // Parse reads a plan; the empty string is no plan.
@@ -53,6 +62,21 @@ func Parse(s string) (Plan, error) {
 			p.Seed = n
 			continue
 		}
+		if k == "kill-at-step" || k == "stop-at-step" || k == "max-faults" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return p, fmt.Errorf("chaos: %s=%q: want a positive integer", k, v)
+			}
+			switch k {
+			case "kill-at-step":
+				p.Actions = append(p.Actions, Action{Signal: syscall.SIGKILL, AtStep: n})
+			case "stop-at-step":
+				p.Actions = append(p.Actions, Action{Signal: syscall.SIGSTOP, AtStep: n})
+			default:
+				p.MaxFaults = n
+			}
+			continue
+		}
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
 			return p, fmt.Errorf("chaos: %s=%q: want a positive duration like 15s", k, v)
@@ -67,7 +91,7 @@ func Parse(s string) (Plan, error) {
 		case "stop-at":
 			p.Actions = append(p.Actions, Action{Signal: syscall.SIGSTOP, At: d})
 		default:
-			return p, fmt.Errorf("chaos: unknown key %q (kill-every, kill-at, stop-every, stop-at, seed)", k)
+			return p, fmt.Errorf("chaos: unknown key %q (kill-every, kill-at, stop-every, stop-at, kill-at-step, stop-at-step, max-faults, seed)", k)
 		}
 	}
 	return p, nil
@@ -76,9 +100,10 @@ func Parse(s string) (Plan, error) {
 // Injector says, as time passes, which fault to inject next. It is driven by
 // the coordinator's ticks; the coordinator picks the live worker and signals it.
 type Injector struct {
-	next []time.Duration
-	plan Plan
-	rng  *rand.Rand
+	next  []time.Duration
+	plan  Plan
+	rng   *rand.Rand
+	fired int
 }
 
 // NewInjector starts the schedule of p.
@@ -94,11 +119,23 @@ func NewInjector(p Plan) *Injector {
 // while canInject is false (no generation is training), so faults land on a
 // training job as the schedule intends rather than piling up during restarts.
 func (in *Injector) Due(now time.Duration, canInject bool) (syscall.Signal, bool) {
-	if !canInject {
+	return in.DueAt(now, -1, canInject)
+}
+
+// DueAt is Due for a job that has reached step (-1: none yet).
+func (in *Injector) DueAt(now time.Duration, step int, canInject bool) (syscall.Signal, bool) {
+	if !canInject || (in.plan.MaxFaults > 0 && in.fired >= in.plan.MaxFaults) {
 		return 0, false
 	}
 	for i, a := range in.plan.Actions {
-		if in.next[i] < 0 || now < in.next[i] {
+		if in.next[i] < 0 {
+			continue
+		}
+		if a.AtStep > 0 {
+			if step < a.AtStep {
+				continue
+			}
+		} else if now < in.next[i] {
 			continue
 		}
 		if a.Every > 0 {
@@ -106,6 +143,7 @@ func (in *Injector) Due(now time.Duration, canInject bool) (syscall.Signal, bool
 		} else {
 			in.next[i] = -1
 		}
+		in.fired++
 		return a.Signal, true
 	}
 	return 0, false

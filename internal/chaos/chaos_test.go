@@ -30,6 +30,14 @@ func TestParseValid(t *testing.T) {
 			{Signal: syscall.SIGKILL, At: time.Second},
 			{Signal: syscall.SIGKILL, At: 2 * time.Second},
 		}}},
+		{"kill-at-step=300,stop-at-step=800,kill-at-step=1000", Plan{Seed: 1, Actions: []Action{
+			{Signal: syscall.SIGKILL, AtStep: 300},
+			{Signal: syscall.SIGSTOP, AtStep: 800},
+			{Signal: syscall.SIGKILL, AtStep: 1000},
+		}}},
+		{"kill-every=10s,max-faults=3", Plan{Seed: 1, MaxFaults: 3, Actions: []Action{
+			{Signal: syscall.SIGKILL, At: 10 * time.Second, Every: 10 * time.Second},
+		}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -60,6 +68,11 @@ func TestParseErrors(t *testing.T) {
 		{"explode-at=5s", `unknown key "explode-at"`},
 		{"Kill-At=5s", `unknown key "Kill-At"`},
 		{"kill-at=5s,bogus=1s", `unknown key "bogus"`},
+		{"kill-at-step=0", "want a positive integer"},
+		{"kill-at-step=1.5", "want a positive integer"},
+		{"stop-at-step=-3", "want a positive integer"},
+		{"stop-at-step=5s", "want a positive integer"},
+		{"max-faults=0", "want a positive integer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -175,6 +188,65 @@ func TestInjectorDue(t *testing.T) {
 				if sig != tk.wantSig || ok != tk.wantOK {
 					t.Errorf("tick %d: Due(%v, %v) = (%v, %v), want (%v, %v)",
 						i, tk.at, tk.canInject, sig, ok, tk.wantSig, tk.wantOK)
+				}
+			}
+		})
+	}
+}
+
+// stepTick is one call of DueAt.
+type stepTick struct {
+	at        time.Duration
+	step      int
+	canInject bool
+	wantSig   syscall.Signal
+	wantOK    bool
+}
+
+func TestInjectorDueAtStep(t *testing.T) {
+	s := time.Second
+	tests := []struct {
+		name  string
+		plan  string
+		ticks []stepTick
+	}{
+		{"by step, whatever the time", "kill-at-step=100,stop-at-step=200", []stepTick{
+			{time.Hour, -1, true, 0, false},
+			{time.Hour, 99, true, 0, false},
+			{time.Hour + s, 100, true, syscall.SIGKILL, true},
+			{time.Hour + 2*s, 150, true, 0, false},
+			{time.Hour + 3*s, 230, true, syscall.SIGSTOP, true},
+			{time.Hour + 4*s, 1000, true, 0, false},
+		}},
+		{"a step reached while restarting waits for training", "kill-at-step=10", []stepTick{
+			{s, 12, false, 0, false},
+			{2 * s, 12, true, syscall.SIGKILL, true},
+			{3 * s, 13, true, 0, false},
+		}},
+		{"two due on the same step fire one per call", "kill-at-step=10,kill-at-step=10", []stepTick{
+			{s, 10, true, syscall.SIGKILL, true},
+			{s, 10, true, syscall.SIGKILL, true},
+			{s, 10, true, 0, false},
+		}},
+		{"max-faults bounds a repeating plan", "kill-every=1s,max-faults=2", []stepTick{
+			{s, -1, true, syscall.SIGKILL, true},
+			{2 * s, -1, true, syscall.SIGKILL, true},
+			{3 * s, -1, true, 0, false},
+			{time.Hour, -1, true, 0, false},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse(tt.plan)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := NewInjector(p)
+			for i, tk := range tt.ticks {
+				sig, ok := in.DueAt(tk.at, tk.step, tk.canInject)
+				if sig != tk.wantSig || ok != tk.wantOK {
+					t.Errorf("tick %d: DueAt(%v, %d, %v) = (%v, %v), want (%v, %v)",
+						i, tk.at, tk.step, tk.canInject, sig, ok, tk.wantSig, tk.wantOK)
 				}
 			}
 		})

@@ -811,7 +811,8 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 		j.emit(launcher.Progress{Gen: m.Gen, Rank: m.Rank, Step: m.Step, At: time.Now()})
 	case wire.TExited:
 		j.faulted = j.faulted || m.Code != 0 || m.Sig != ""
-		j.emit(launcher.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS)})
+		j.emit(launcher.Exited{Gen: m.Gen, Rank: m.Rank, Code: m.Code, Signal: m.Sig, LastError: m.Err, At: agentTime(m.AtMS),
+			Output: m.Out, NewOutput: m.NewOut})
 	case wire.TCollectiveFailed:
 		j.emit(launcher.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
 	case wire.TListening:

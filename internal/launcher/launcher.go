@@ -68,6 +68,9 @@ type (
 		Log             string // its rank log (the full output)
 		At              time.Time
 		Also            []int // other ranks gone with this one (a lost node)
+		// Output lines this generation's workers printed before this exit,
+		// NewOutput of them lines no earlier generation printed (outputcount.go).
+		Output, NewOutput int
 	}
 	// Progress: a worker reported a step (SDK or output regex).
 	Progress struct {
@@ -114,6 +117,7 @@ type Launcher struct {
 	standbys      []*worker
 	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
+	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
 	closed        bool
 	waiters       sync.WaitGroup
@@ -462,6 +466,8 @@ type worker struct {
 	rank    int // -1 while a standby
 	log     *os.File
 	errOut  stderrState   // held stderr lines and the error seen (output.go)
+	out     genOutput     // lines this generation printed (outputcount.go)
+	peers   genOutput     // the other workers' output when this one died
 	exited  chan struct{} // the process is gone
 	settled chan struct{} // its exit has been reported (or it was a standby)
 	outDone sync.WaitGroup
@@ -609,6 +615,9 @@ func (w *worker) pump(r *os.File, isErr bool) {
 func (w *worker) line(text string, isErr bool) {
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
+	if rank >= 0 {
+		w.count(gen, text)
+	}
 	prefix := "[standby] "
 	if rank >= 0 {
 		prefix = "[rank" + strconv.Itoa(rank) + "] "
@@ -656,9 +665,15 @@ func (w *worker) wait() {
 	// Held stderr now waits for the exit's verdict; and the peers' errors
 	// from here on are the consequence of this death.
 	w.stopHold()
-	if gen, rank := w.current(); rank >= 0 && (code != 0 || sig != "") {
+	gen, rank := w.current()
+	if rank >= 0 && (code != 0 || sig != "") {
 		w.a.faults.died(gen, at)
 	}
+	// What the others had printed by now (not their reaction to this death).
+	peers := w.a.peerOutput(w, gen)
+	w.mu.Lock()
+	w.peers = peers
+	w.mu.Unlock()
 	// Anything the worker forked goes with it.
 	signalGroup(w.pid, syscall.SIGKILL)
 	// Let the output drain (for the last error line), but do not wait on a
@@ -694,6 +709,11 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 	fault := abnormal && rank >= 0 && a.faults.claim(gen, w)
 	w.mu.Lock()
 	w.release(!w.quiet.Load() && (fault || rank < 0 || !a.faults.failing(gen)))
+	out := w.peers
+	if w.out.gen == gen && out.gen == gen {
+		out.lines += w.out.lines
+		out.fresh += w.out.fresh
+	}
 	w.mu.Unlock()
 	a.mu.Lock()
 	for i, j := range a.joiners {
@@ -726,7 +746,8 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 		fmt.Fprintf(log, "--- exited: code %d %s\n", code, sig)
 		log.Close()
 	}
-	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at, Log: a.rankLogPath(rank)})
+	a.emit(Exited{Gen: gen, Rank: rank, Code: code, Signal: sig, LastError: lastErr, At: at, Log: a.rankLogPath(rank),
+		Output: out.lines, NewOutput: out.fresh})
 	a.mu.Lock()
 	g := a.gens[gen]
 	allDone := false

@@ -30,11 +30,10 @@ type Config struct {
 	ProgressExpected bool
 
 	// CrashLoopLimit is how many consecutive generations may fail the same
-	// way without making progress before the job is declared a crash loop.
+	// way without doing work before the job is declared a crash loop. What
+	// counts as work is decided by what was observed (see fail), not by a
+	// time window.
 	CrashLoopLimit int
-	// CrashLoopWindow: for a job that reports no progress, a generation that
-	// failed sooner than this after launch counts as having made none.
-	CrashLoopWindow time.Duration
 	// ExitGrace: once a rank has finished (exit 0), the others have this
 	// long to finish too; meanwhile the hang watchdog is off (the job is
 	// tearing down, not training). Default 30 s.
@@ -54,7 +53,6 @@ const (
 	InitialStartupTimeout = 5 * time.Minute
 	MinStartupTimeout     = 15 * time.Second
 	DefaultCrashLoopLimit = 3
-	DefaultCrashWindow    = 10 * time.Second
 	DefaultExitGrace      = 30 * time.Second
 )
 
@@ -113,6 +111,13 @@ type Exited struct {
 	// Also lists other ranks that ended with this one (the rest of a lost
 	// node's ranks): live recovery must not count them as survivors.
 	Also []int
+	// Injected: the driver sent the signal itself (--chaos).
+	Injected bool
+	// What the generation's workers printed before this exit (the failing
+	// rank's output, the others' up to its death): Output lines in all,
+	// NewOutput of them lines no earlier generation printed. Only read
+	// for a job that reports no progress.
+	Output, NewOutput int
 }
 
 // Progress: a worker (Rank, or -1 when unknown) reported Step.
@@ -279,9 +284,6 @@ type Machine struct {
 func New(cfg Config) *Machine {
 	if cfg.CrashLoopLimit == 0 {
 		cfg.CrashLoopLimit = DefaultCrashLoopLimit
-	}
-	if cfg.CrashLoopWindow == 0 {
-		cfg.CrashLoopWindow = DefaultCrashWindow
 	}
 	if cfg.ExitGrace == 0 {
 		cfg.ExitGrace = DefaultExitGrace
@@ -498,7 +500,26 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 	if ev.Signal == SignalNodeLost {
 		kind, detail = FaultNodeLost, ev.LastError
 	}
-	return m.fail(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Also: ev.Also, Detail: detail, Step: m.jobStep}, sig)
+	return m.failObserved(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Also: ev.Also, Detail: detail, Step: m.jobStep},
+		sig, observed{foreign: ev.Injected || foreignSignal[ev.Signal], nodeLost: ev.Signal == SignalNodeLost,
+			output: ev.Output, newOutput: ev.NewOutput})
+}
+
+// foreignSignal lists the deaths a program does not cause itself: signals
+// that another process (a person, a scheduler, the OOM killer, --chaos)
+// sends, and a lost node. A program's own failures are its exit codes and
+// the signals its own execution raises (SIGSEGV, SIGABRT, SIGBUS, SIGFPE,
+// SIGILL, SIGPIPE, ...).
+var foreignSignal = map[string]bool{
+	"SIGKILL": true, "SIGTERM": true, "SIGINT": true, "SIGHUP": true, "SIGQUIT": true,
+	"SIGUSR1": true, "SIGUSR2": true, SignalNodeLost: true,
+}
+
+// observed is what is known of a failed generation besides its progress.
+type observed struct {
+	foreign           bool // the failure is not the program's own
+	nodeLost          bool // a node went away: what it printed is not known
+	output, newOutput int  // see Exited
 }
 
 func (m *Machine) tick(now time.Duration) []Decision {
@@ -574,16 +595,37 @@ func (m *Machine) laggingRank() int {
 // fail records f and stops the generation; whether a new one follows is
 // decided here, and carried out when the stop completes.
 func (m *Machine) fail(now time.Duration, f Fault, signature string) []Decision {
-	madeProgress := m.progressed || (!m.cfg.ProgressExpected && !m.everProgress && now-m.launchedAt >= m.cfg.CrashLoopWindow)
-	if !madeProgress && signature == m.lastSig {
-		m.sameFailures++
-	} else {
-		m.sameFailures = 1
-	}
-	m.lastSig = signature
-	if madeProgress {
-		m.lastSig = "" // a generation that progressed starts the count over
+	return m.failObserved(now, f, signature, observed{})
+}
+
+// failObserved is fail with what was observed of the generation. A crash
+// loop is the same deterministic failure in generations that did no work:
+//   - A generation that reported progress did work: the count starts over.
+//   - A failure that is not the program's own (foreign) says nothing about
+//     the program once it is past startup, and leaves the count as it is.
+//     Before startup completed it counts, so a job killed during startup
+//     every time still ends. Startup is complete at the first progress
+//     report or, for a job that reports none, at its first line of output.
+//   - The program's own failure, in a job that reports no progress, is a
+//     repeat when the error is the same and the generation printed nothing
+//     that no earlier generation had printed (it got no further, and
+//     nowhere else). A generation with new output starts a new series, of
+//     which it is the first: its own failure is what the next must repeat.
+func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o observed) []Decision {
+	noReports := !m.cfg.ProgressExpected && !m.everProgress
+	switch {
+	case m.progressed:
+		m.lastSig = "" // a generation that worked starts the count over
 		m.sameFailures = 0
+	case o.foreign && noReports && (o.output > 0 || o.nodeLost):
+		// past startup, and not the program's doing: no verdict. A lost
+		// node cannot say what it printed; losing one is no verdict on
+		// the program either.
+	case signature == m.lastSig && !(noReports && o.newOutput > 0):
+		m.sameFailures++
+	default:
+		m.sameFailures = 1
+		m.lastSig = signature
 	}
 
 	m.phase = stopping

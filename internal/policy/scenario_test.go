@@ -8,7 +8,7 @@ package policy
 //
 //	# comment
 //	config world=4 max-restarts=3 progress-expected=false hang-timeout=0s
-//	at 1.5s exited gen=1 rank=2 signal=SIGKILL
+//	at 1.5s exited gen=1 rank=2 signal=SIGKILL output=12 new=3
 //	  fault gen=1 kind=worker_exit ...      <- expected decisions, indented
 //	ticks 2s..6s every 500ms               <- one Tick per interval; decisions
 //	  [5.5s] fault ...                        prefixed by the tick's time
@@ -81,7 +81,7 @@ func runScenario(t *testing.T, path string) {
 			continue
 		}
 		cmdLine, lineNo = trimmed, n
-		fields := strings.Fields(trimmed)
+		fields := splitFields(trimmed)
 		switch fields[0] {
 		case "config":
 			m = New(parseConfig(t, kv(t, fields[1:])))
@@ -176,7 +176,8 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 				also = append(also, atoi(t, f))
 			}
 		}
-		return Exited{Gen: get("gen"), Rank: get("rank"), Code: get("code"), Signal: a["signal"], LastError: a["error"], Also: also}
+		return Exited{Gen: get("gen"), Rank: get("rank"), Code: get("code"), Signal: a["signal"], LastError: a["error"], Also: also,
+			Injected: a["injected"] == "true", Output: get("output"), NewOutput: get("new")}
 	case "stopped":
 		return Stopped{Gen: get("gen")}
 	case "interrupt":
@@ -194,6 +195,35 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 	}
 	t.Fatalf("unknown input %q", name)
 	return nil
+}
+
+// splitFields splits a line at spaces outside double quotes (so that
+// error="No module named x" is one field).
+func splitFields(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, escaped := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\' && quoted:
+			escaped = true
+		case r == '"':
+			quoted = !quoted
+		case r == ' ' && !quoted:
+			if cur.Len() > 0 {
+				out = append(out, cur.String())
+				cur.Reset()
+			}
+			continue
+		}
+		cur.WriteRune(r)
+	}
+	if cur.Len() > 0 {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 func kv(t *testing.T, fields []string) map[string]string {

@@ -179,7 +179,9 @@ func (r *run) handle(ev launcher.Event) {
 	case launcher.Exited:
 		r.exitAt[e.Rank] = e.At
 		r.exitLog[e.Rank] = e.Log
-		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also}))
+		injected := r.inject != nil && r.inject.gen == e.Gen && r.inject.rank == e.Rank
+		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also,
+			Injected: injected, Output: e.Output, NewOutput: e.NewOutput}))
 	case launcher.Stopped:
 		r.apply(r.m.Step(r.now(), policy.Stopped{Gen: e.Gen}))
 	case launcher.JoinerReady:
@@ -398,7 +400,7 @@ func (r *run) finish(f policy.Finish) {
 
 func (r *run) maybeInject() {
 	gen := r.m.Generation()
-	sig, due := r.chaos.Due(r.now(), r.m.Training() && r.inject == nil)
+	sig, due := r.chaos.DueAt(r.now(), r.m.JobStep(), r.m.Training() && r.inject == nil)
 	if !due {
 		return
 	}

@@ -84,6 +84,9 @@ type Msg struct {
 	Err   string `json:"err,omitempty"`
 	AtMS  int64  `json:"at_ms,omitempty"`    // unix ms on the agent's clock
 	Grace int    `json:"grace_ms,omitempty"` // stop
+	// exited: lines the generation printed before it, and of them new ones
+	Out    int `json:"out,omitempty"`
+	NewOut int `json:"new_out,omitempty"`
 
 	Reason string `json:"reason,omitempty"` // reject, fenced
 
@@ -217,6 +220,9 @@ func (m *Msg) Validate() error {
 	case TExited, TProgress, TSignal:
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 || m.Step < 0 {
 			return invalid(t, "job, generation and rank required")
+		}
+		if m.Out < 0 || m.NewOut < 0 || m.NewOut > m.Out {
+			return invalid(t, "output counts out of range")
 		}
 		if (t == TSignal || m.Sig != "") && !sigRE.MatchString(m.Sig) {
 			return invalid(t, "bad signal name")
