@@ -180,6 +180,8 @@ func (r *run) handle(ev launcher.Event) {
 		r.apply(r.m.Step(r.now(), policy.JoinerReady{}))
 	case launcher.JoinerLost:
 		r.apply(r.m.Step(r.now(), policy.JoinerLost{}))
+	case launcher.Finishing:
+		r.apply(r.m.Step(r.now(), policy.Finishing{Gen: e.Gen, Rank: e.Rank}))
 	case launcher.CollectiveFailed:
 		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
 	}

@@ -447,6 +447,9 @@ class Job(object):
             return True
         t = torch.tensor([self._state.step], dtype=torch.int64, device=self._device)
         if self.all_reduce(t, op=dist.ReduceOp.MIN) and int(t.item()) >= total - 1:
+            # Teardown from here: no step will follow, and that is no hang.
+            self._send({"type": "finished", "gen": self._gen, "rank": self._rank,
+                        "step": self._state.step})
             return True
         self._recover(self._broken or "final check: a rank is behind")
         return False
