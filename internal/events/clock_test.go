@@ -90,6 +90,28 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last := tl.steps(2, 2, 0, 10, 3, 0.1) // 1.5 s of startup
 			return tl.finish(last, "succeeded")
 		}, Summary{WallS: 4, UsefulS: 2.5, HealthyStepS: 0.1, Faults: 1, DetectS: 0.3, RestartS: 1.2, LostS: 1.5, Goodput: 2.5 / 4}},
+		{"a live regroup before the first step keeps the processes: startup stays useful", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			tl.ev(Event{Time: at(0), Type: GenerationStart, Gen: 1})
+			tl.ev(Event{Time: at(2), Type: FaultDetected, Cause: "collective_failed"})
+			tl.ev(Event{Time: at(2), Type: GenerationStart, Gen: 2, Cause: "regroup"})
+			tl.ev(Event{Time: at(2.1), Type: Recovered, RecoverMS: 100})
+			last := tl.steps(2, 2, 0, 10, 2.5, 0.1)
+			return tl.finish(last, "succeeded")
+		}, Summary{WallS: 3.5, UsefulS: 3.5, HealthyStepS: 0.1, Faults: 1, Goodput: 1}},
+		{"a grow that failed: the wait is the grow's", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			tl.steps(1, 1, 0, 10, 1, 0.1) // to 2.0, world 1
+			tl.c.Cause(StretchGrow)
+			tl.ev(Event{Time: at(2.05), Type: GenerationStart, Gen: 2, Cause: StretchGrow})
+			tl.c.Cause(StretchFault)
+			tl.ev(Event{Time: at(5), Type: FaultDetected, Cause: "collective_failed"})
+			tl.ev(Event{Time: at(5), Type: GenerationStart, Gen: 3, Cause: "regroup"})
+			tl.ev(Event{Time: at(6), Type: Recovered, RecoverMS: 1000})
+			last := tl.steps(3, 2, 11, 20, 6, 0.1)
+			return tl.finish(last, "succeeded")
+		}, Summary{WallS: 6.9, UsefulS: 1 + 2, HealthyStepS: 0.1, Faults: 1,
+			RestartS: 1, GrowS: 2.9, LostS: 3.9, Goodput: 3 / 6.9}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

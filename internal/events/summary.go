@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -28,6 +29,9 @@ type Summary struct {
 	// the job reported no steps).
 	HealthyStepS float64 `json:"healthy_step_s,omitempty"`
 	UsefulS      float64 `json:"useful_s,omitempty"`
+	// StartupS: from the start to the first step (counted useful: a
+	// fault-free run pays it too, unless faults came before the first step).
+	StartupS float64 `json:"startup_s,omitempty"`
 
 	// Lost time, in seconds, by cause:
 	// DetectS: from the fault to its detection.
@@ -78,18 +82,23 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 	var faults []Event
 	var recovers []Event
 	world := 0
-	genAt := map[int]time.Time{}
+	var launches, grows []time.Time // generations started as new processes; grows
 	for _, e := range evs {
 		switch e.Type {
 		case RunStarted:
 			// A run dir used again: account the latest run only.
 			s, start, end = Summary{}, e.Time, e.Time
 			stretches, faults, recovers = nil, nil, nil
-			clear(genAt)
+			launches, grows = nil, nil
 			world = e.WorldSize
 		case GenerationStart:
 			s.Generations++
-			genAt[e.Gen] = e.Time
+			switch e.Cause {
+			case "": // a launch: all processes new
+				launches = append(launches, e.Time)
+			case StretchGrow:
+				grows = append(grows, e.Time)
+			}
 		case FaultDetected:
 			s.Faults++
 			faults = append(faults, e)
@@ -133,11 +142,11 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 		}
 		return s
 	}
-	s.account(start, end, world, genAt, stretches, faults, recovers, stepTime)
+	s.account(start, end, world, launches, grows, stretches, faults, recovers, stepTime)
 	return s
 }
 
-func (s *Summary) account(start, end time.Time, world int, genAt map[int]time.Time, st []Stretch, faults, recovers []Event, stepTime time.Duration) {
+func (s *Summary) account(start, end time.Time, world int, launches, grows []time.Time, st []Stretch, faults, recovers []Event, stepTime time.Duration) {
 	for _, x := range st {
 		world = max(world, x.World)
 	}
@@ -165,6 +174,7 @@ func (s *Summary) account(start, end time.Time, world int, genAt map[int]time.Ti
 	first, last := st[0], st[len(st)-1]
 	steps := last.ToStep - first.FromStep
 	startup := first.FirstAt.Sub(start).Seconds()
+	s.StartupS = startup
 	teardown := end.Sub(last.LastAt).Seconds()
 
 	// Each fault belongs to the first stretch that began after it (none:
@@ -199,13 +209,27 @@ func (s *Summary) account(start, end time.Time, world int, genAt map[int]time.Ti
 	}
 
 	// split lays a stretch of lost time over detection, then the restart,
-	// then work thrown away.
+	// then work thrown away (or, when replacements were being admitted in
+	// that time, their admission).
 	split := func(lost float64, i int) {
 		d := min(max(detect[i], 0), max(lost, 0))
 		r := min(max(recover[i], 0), max(lost-d, 0))
 		s.DetectS += d
 		s.RestartS += r
-		s.RollbackS += max(lost-d-r, 0) // a gap shorter than its steps: noise, left in OtherS
+		rest := max(lost-d-r, 0) // a gap shorter than its steps: noise, left in OtherS
+		from := start
+		if i > 0 {
+			from = st[i-1].LastAt
+		}
+		to := end
+		if i < len(st) {
+			to = st[i].FirstAt
+		}
+		if slices.ContainsFunc(grows, func(g time.Time) bool { return g.After(from) && g.Before(to) }) {
+			s.GrowS += rest
+		} else {
+			s.RollbackS += rest
+		}
 	}
 	for i, x := range st {
 		if i == 0 {
@@ -232,10 +256,18 @@ func (s *Summary) account(start, end time.Time, world int, genAt map[int]time.Ti
 	s.UsefulS = startup + float64(steps)*mean + teardown
 	if faulted[0] {
 		// Faults before the first step: a fault-free run would have started
-		// like the generation that made it, the rest is the faults'.
-		if g, ok := genAt[first.Gen]; ok && g.After(start) && g.Before(first.FirstAt) {
-			s.UsefulS -= g.Sub(start).Seconds()
-			split(g.Sub(start).Seconds(), 0)
+		// like the processes that made it (the last launch before it; a
+		// live regroup keeps the processes), the rest is the faults'.
+		var launch time.Time
+		for _, l := range launches {
+			if l.Before(first.FirstAt) {
+				launch = l
+			}
+		}
+		if launch.After(start) {
+			s.StartupS = first.FirstAt.Sub(launch).Seconds()
+			s.UsefulS -= launch.Sub(start).Seconds()
+			split(launch.Sub(start).Seconds(), 0)
 		}
 	}
 	if faulted[len(st)] {
