@@ -301,7 +301,7 @@ func (s Summary) Line() string {
 		fmt.Fprintf(&b, " · last step %d", s.Steps) // the highest step index reported
 	}
 	fmt.Fprintf(&b, " · %d %s, %d %s · %.1f s lost", s.Faults, plural(s.Faults, "fault", "faults"),
-		s.Recoveries, plural(s.Recoveries, "recovery", "recoveries"), s.LostS)
+		s.Recoveries, plural(s.Recoveries, "recovery", "recoveries"), noNegZero(s.LostS))
 	if s.Faults > 0 || s.LostS >= 0.05 {
 		parts := []string{fmt.Sprintf("detect %.1f", s.DetectS), fmt.Sprintf("restart %.1f", s.RestartS),
 			fmt.Sprintf("rollback %.1f", s.RollbackS)}
@@ -317,6 +317,14 @@ func (s Summary) Line() string {
 	}
 	fmt.Fprintf(&b, " · goodput %.2f", s.Goodput)
 	return b.String()
+}
+
+// noNegZero: a lost time of -0.00001 s (float rounding) prints as 0.0, not -0.0.
+func noNegZero(x float64) float64 {
+	if x > -0.05 && x < 0 {
+		return 0
+	}
+	return x
 }
 
 func plural(n int, one, many string) string {
