@@ -80,7 +80,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 			tl.c.Cause(StretchFault)
 			tl.ev(Event{Time: at(2.5), Type: FaultDetected, DetectMS: 400})
 			return tl.finish(4, "failed")
-		}, Summary{WallS: 4, UsefulS: 2, HealthyStepS: 0.1, Faults: 1, DetectS: 0.4, RestartS: 0, RollbackS: 1.6, LostS: 2, Goodput: 0.5}},
+		}, Summary{WallS: 4, UsefulS: 2, HealthyStepS: 0.1, Faults: 1, DetectS: 0.4, RestartS: 1.6, LostS: 2, Goodput: 0.5}},
 		{"a fault before the first step: startup is the last generation's", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.ev(Event{Time: at(0), Type: GenerationStart, Gen: 1})

@@ -225,9 +225,12 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 		if i < len(st) {
 			to = st[i].FirstAt
 		}
-		if slices.ContainsFunc(grows, func(g time.Time) bool { return g.After(from) && g.Before(to) }) {
+		switch {
+		case slices.ContainsFunc(grows, func(g time.Time) bool { return g.After(from) && g.Before(to) }):
 			s.GrowS += rest
-		} else {
+		case i == len(st):
+			s.RestartS += rest // the run ended while recovering: no work after it to redo
+		default:
 			s.RollbackS += rest
 		}
 	}
