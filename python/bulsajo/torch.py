@@ -122,7 +122,9 @@ class Job(object):
     (True under bulsajo live recovery), ``regroups`` (recoveries the job has
     been through, agreed by all ranks), ``history`` (one dict per recovery
     this process took part in: generation, seconds, source rank, bytes
-    transferred, resumed step, steps lost, verified digest).
+    transferred, resumed step, steps lost, verified digest, and ``phases``:
+    seconds spent leaving the old group, forming the new one, agreeing,
+    transferring state, rebuilding DDP and verifying).
     """
 
     def __init__(self, backend="auto"):
@@ -401,6 +403,10 @@ class Job(object):
         failed before ``optimizer.step()``).  On a fault (live mode) it
         regroups under the next generation, reconciles the state and yields
         the first uncommitted step again.
+
+        Live mode: the first call runs ``gc.freeze()``, so that the garbage
+        collection each regroup does scans only objects made since (reference
+        cycles among objects made before training starts are not collected).
         """
         if not isinstance(state, State):
             raise TypeError("steps() needs a bulsajo.torch.State")
