@@ -1030,6 +1030,29 @@ def aggregate(runs, cfg):
             if r["faults_injected"]:
                 r["per_fault_cost_s"] = round((r["wall_s"] - base) / r["faults_injected"], 3)
 
+    # bulsajo's own account (the run_finished summary) next to the wall
+    # clock: goodput, lost time by cause, and the pause of every regroup.
+    for (launcher, scenario), a in agg.items():
+        if not is_bulsajo(launcher):
+            continue
+        rs = [r for r in groups[(launcher, scenario)] if r["finished"]]
+        sums = [(r, (r.get("bulsajo") or {}).get("summary") or {}) for r in rs]
+        sums = [(r, s) for r, s in sums if s.get("goodput") is not None]
+        diffs = [s["goodput"] - r["goodput"] for r, s in sums if r.get("goodput") is not None]
+        a["summary_goodput"] = med([s["goodput"] for _r, s in sums])
+        a["summary_minus_wall_goodput"] = diffs
+        a["summary_lost_s"] = {k: med([s.get(k) or 0.0 for _r, s in sums]) for k in
+                               ("detect_s", "restart_s", "rollback_s", "grow_s",
+                                "smaller_world_s", "other_s", "lost_s")}
+        pauses = [p for _r, s in sums for p in s.get("pauses") or []]
+        a["healthy_step_ms"] = med([s.get("healthy_step_s", 0) * 1000 for _r, s in sums
+                                    if s.get("healthy_step_s")])
+        for kind, causes in (("shrink", ("fault", "regroup")), ("grow", ("grow",))):
+            ps = [p["pause_s"] for p in pauses if p.get("cause") in causes]
+            ws = [p.get("warm_s", 0.0) for p in pauses if p.get("cause") in causes]
+            a["pause_%s_s" % kind] = {"n": len(ps), "median": med(ps),
+                                      "max": max(ps) if ps else None, "warm_median": med(ws)}
+
     def ratio(x, y, key):
         vx, vy = x.get(key), y.get(key)
         return vx / vy - 1 if (vx and vy) else None
@@ -1194,6 +1217,27 @@ def render(machine, cfg, agg, overhead):
                      fmt(sdk.get("bulsajo_live_step_ms_2nd_half"), "%.1f"),
                      fmt(sdk.get("torchrun_step_ms_2nd_half"), "%.1f"),
                      pct(sdk.get("wall")), pct(sdk.get("to_done")), same))
+    for key in [(l, s) for s in SCENARIOS for l in order]:
+        a = agg.get(key)
+        if not a or a.get("summary_goodput") is None:
+            continue
+        d = a.get("summary_minus_wall_goodput") or []
+        lost = a.get("summary_lost_s") or {}
+        line = ("%s %s, bulsajo's summary: goodput %s (wall clock %s; per run summary − wall: %s) · "
+                "lost %s s (detect %s, restart %s, rollback %s, grow %s, smaller world %s, other %s; "
+                "medians) · healthy step %s ms" % (
+                    a["launcher"], a["scenario"], fmt(a["summary_goodput"], "%.3f"),
+                    fmt(a.get("goodput"), "%.3f"), ", ".join("%+.3f" % x for x in d) or "—",
+                    fmt(lost.get("lost_s")), fmt(lost.get("detect_s")), fmt(lost.get("restart_s")),
+                    fmt(lost.get("rollback_s")), fmt(lost.get("grow_s")),
+                    fmt(lost.get("smaller_world_s")), fmt(lost.get("other_s")),
+                    fmt(a.get("healthy_step_ms"), "%.1f")))
+        for kind in ("shrink", "grow"):
+            p = a.get("pause_%s_s" % kind) or {}
+            if p.get("n"):
+                line += " · %s pauses (n=%d): median %.3f s, max %.3f s, then %.3f s slower first steps" % (
+                    kind, p["n"], p["median"], p["max"], p["warm_median"] or 0.0)
+        L.append(line + ".")
     ffs = [(l, agg[(l, "fault-free")]) for l in order if (l, "fault-free") in agg]
     if any(a.get("to_first_step_s") is not None for _l, a in ffs):
         L.append("Fault-free start → first step / `done` → launcher exit: %s." % "; ".join(

@@ -25,6 +25,9 @@ const (
 	Recovered       = "recovered"
 	GenerationStop  = "generation_stopped"
 	RunFinished     = "run_finished"
+	// StretchEnd closes a stretch of steps (Stretch): written when the
+	// next generation's steps begin, and at the end of the run.
+	StretchEnd = "steps"
 	// Multi-node.
 	CoordinatorResumed = "coordinator_resumed" // a restarted or new leader adopted the running job
 	NodeJoined         = "node_joined"
@@ -53,6 +56,8 @@ type Event struct {
 	WorldSize  int     `json:"world_size,omitempty"`
 	Outcome    string  `json:"outcome,omitempty"`
 	Node       string  `json:"node,omitempty"`
+	// Stretch is set on steps events.
+	Stretch *Stretch `json:"stretch,omitempty"`
 	// Summary is set on run_finished.
 	Summary *Summary `json:"summary,omitempty"`
 }

@@ -407,6 +407,8 @@ func TestSummaryLine(t *testing.T) {
 		{"many faults", Summary{WallS: 60.04, Steps: 12, Faults: 3, Recoveries: 2, DetectS: 0.5, RestartS: 1.25, LostS: 1.75, Goodput: 0.9708},
 			"in 60.0 s · last step 12 · 3 faults, 2 recoveries · 1.8 s lost (detect 0.5, restart 1.2, rollback 0.0) · goodput 0.97",
 			nil},
+		{"rounding below zero prints as zero", Summary{WallS: 10, LostS: -1e-9, Goodput: 1},
+			"in 10.0 s · 0 faults, 0 recoveries · 0.0 s lost · goodput 1.00", []string{"-0.0"}},
 		{"one fault no recovery", Summary{WallS: 10, Faults: 1, DetectS: 1, LostS: 1, Goodput: 0.9},
 			"in 10.0 s · 1 fault, 0 recoveries · 1.0 s lost (detect 1.0, restart 0.0, rollback 0.0) · goodput 0.90",
 			nil},

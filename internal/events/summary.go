@@ -2,11 +2,21 @@ package events
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
 
 // Summary is the end-of-run account: what happened and where time went.
+//
+// When the job reports its steps, the account is made against the run that
+// would have had no fault: useful time is the startup, every step the job
+// advanced priced at the healthy step time (the mean over steady stretches
+// at full world size), and the shutdown; lost time is the rest of the wall
+// time, so UsefulS + LostS == WallS. The lost time is broken down by what
+// the job was doing in each stretch of time (see Stretch): waiting for a
+// fault's detection, regrouping or restarting, re-doing work, admitting
+// replacements, running slower at a smaller world size.
 type Summary struct {
 	Outcome     string  `json:"outcome"`
 	WallS       float64 `json:"wall_s"`
@@ -15,38 +25,93 @@ type Summary struct {
 	Faults      int     `json:"faults"`
 	Recoveries  int     `json:"recoveries"`
 
-	// Badput, in seconds: detecting faults, restarting (detection to the
-	// next generation's first step), and re-doing rolled-back steps.
-	DetectS   float64 `json:"detect_s"`
-	RestartS  float64 `json:"restart_s"`
+	// HealthyStepS is the step time the useful time is priced at (0 when
+	// the job reported no steps).
+	HealthyStepS float64 `json:"healthy_step_s,omitempty"`
+	UsefulS      float64 `json:"useful_s,omitempty"`
+	// StartupS: from the start to the first step (counted useful: a
+	// fault-free run pays it too, unless faults came before the first step).
+	StartupS float64 `json:"startup_s,omitempty"`
+
+	// Lost time, in seconds, by cause:
+	// DetectS: from the fault to its detection.
+	DetectS float64 `json:"detect_s"`
+	// RestartS: from detection to the first step after it (stop, restart
+	// or regroup, state transfer, verification), plus the slower first
+	// steps after it.
+	RestartS float64 `json:"restart_s"`
+	// RollbackS: work re-done or thrown away (the step in flight, steps
+	// rolled back to a checkpoint).
 	RollbackS float64 `json:"rollback_s"`
-	LostS     float64 `json:"lost_s"`
-	// Goodput is 1 - lost/wall: the share of wall time spent training forward.
+	// GrowS: survivors' pauses while replacements were admitted.
+	GrowS float64 `json:"grow_s,omitempty"`
+	// SmallerS: steps slower (or faster: negative) than healthy while the
+	// world was smaller than asked for.
+	SmallerS float64 `json:"smaller_world_s,omitempty"`
+	// OtherS: what no cause explains (healthy steps that were slower than
+	// the healthy mean by chance are not here: they average out).
+	OtherS float64 `json:"other_s,omitempty"`
+	LostS  float64 `json:"lost_s"`
+	// Goodput is useful/wall: the share of wall time spent training forward,
+	// that is, about fault-free wall time / this run's wall time.
 	Goodput float64 `json:"goodput"`
+
+	// Pauses: what each regroup or restart cost the job, in order.
+	Pauses []Pause `json:"pauses,omitempty"`
 }
 
-// Summarize accounts a run from its events. stepTime is the median time of
-// one step (to price rolled-back steps); 0 leaves rollback unpriced.
+// Pause is the cost of one regroup: how long the job's step clock stopped
+// (Gap: from the last step before to the first step after), and how much
+// of that was more than the healthy pace (PauseS).
+type Pause struct {
+	Gen    int     `json:"gen"`
+	Cause  string  `json:"cause"`
+	World  int     `json:"world"`
+	GapS   float64 `json:"gap_s"`
+	PauseS float64 `json:"pause_s"`
+	// WarmS: the extra time of the first steps after it.
+	WarmS float64 `json:"warm_s"`
+}
+
+// Summarize accounts a run from its events. stepTime prices rolled-back
+// steps of a job whose steps the log does not hold (0: unpriced).
 func Summarize(evs []Event, stepTime time.Duration) Summary {
 	var s Summary
 	var start, end time.Time
+	var stretches []Stretch
+	var faults []Event
+	var recovers []Event
+	world := 0
+	var launches, grows []time.Time // generations started as new processes; grows
 	for _, e := range evs {
 		switch e.Type {
 		case RunStarted:
 			// A run dir used again: account the latest run only.
 			s, start, end = Summary{}, e.Time, e.Time
+			stretches, faults, recovers = nil, nil, nil
+			launches, grows = nil, nil
+			world = e.WorldSize
 		case GenerationStart:
 			s.Generations++
+			switch e.Cause {
+			case "": // a launch: all processes new
+				launches = append(launches, e.Time)
+			case StretchGrow:
+				grows = append(grows, e.Time)
+			}
 		case FaultDetected:
 			s.Faults++
-			s.DetectS += e.DetectMS / 1000
+			faults = append(faults, e)
 			if e.Step != nil && *e.Step > s.Steps {
 				s.Steps = *e.Step
 			}
 		case Recovered:
 			s.Recoveries++
-			s.RestartS += e.RecoverMS / 1000
-			s.RollbackS += float64(e.RolledBack) * stepTime.Seconds()
+			recovers = append(recovers, e)
+		case StretchEnd:
+			if e.Stretch != nil {
+				stretches = append(stretches, *e.Stretch)
+			}
 		case RunFinished:
 			end = e.Time
 			s.Outcome = e.Outcome
@@ -61,16 +126,174 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 	if !start.IsZero() {
 		s.WallS = end.Sub(start).Seconds()
 	}
-	s.LostS = s.DetectS + s.RestartS + s.RollbackS
-	if s.WallS > 0 {
-		s.Goodput = max(0, 1-s.LostS/s.WallS)
+	if len(stretches) == 0 || start.IsZero() {
+		// No steps to measure by: detection, restart and rollback as timed.
+		for _, f := range faults {
+			s.DetectS += f.DetectMS / 1000
+		}
+		for _, r := range recovers {
+			s.RestartS += r.RecoverMS / 1000
+			s.RollbackS += float64(r.RolledBack) * stepTime.Seconds()
+		}
+		s.LostS = s.DetectS + s.RestartS + s.RollbackS
+		if s.WallS > 0 {
+			s.Goodput = max(0, 1-s.LostS/s.WallS)
+			s.UsefulS = s.WallS - s.LostS
+		}
+		return s
 	}
+	s.account(start, end, world, launches, grows, stretches, faults, recovers, stepTime)
 	return s
 }
 
-// LostByCause is the lost time broken down as the summary line shows it.
-func (s Summary) LostByCause() map[string]float64 {
-	return map[string]float64{"detect": s.DetectS, "restart": s.RestartS, "rollback": s.RollbackS}
+func (s *Summary) account(start, end time.Time, world int, launches, grows []time.Time, st []Stretch, faults, recovers []Event, stepTime time.Duration) {
+	for _, x := range st {
+		world = max(world, x.World)
+	}
+	// The healthy pace: steady steps at full world size; failing those,
+	// steady steps at any size; failing those, the median the caller knows.
+	var sum float64
+	var n int
+	for _, full := range []bool{true, false} {
+		for _, x := range st {
+			if !full || x.World == world {
+				sum += x.SteadyS
+				n += x.SteadySteps
+			}
+		}
+		if n > 0 {
+			break
+		}
+	}
+	mean := stepTime.Seconds()
+	if n > 0 {
+		mean = sum / float64(n)
+	}
+	s.HealthyStepS = mean
+
+	first, last := st[0], st[len(st)-1]
+	steps := last.ToStep - first.FromStep
+	startup := first.FirstAt.Sub(start).Seconds()
+	s.StartupS = startup
+	teardown := end.Sub(last.LastAt).Seconds()
+
+	// Each fault belongs to the first stretch that began after it (none:
+	// the run ended before steps resumed); each recovery to the fault
+	// before it.
+	owner := func(t time.Time) int {
+		for i, x := range st {
+			if !x.FirstAt.Before(t) {
+				return i
+			}
+		}
+		return len(st)
+	}
+	detect := make([]float64, len(st)+1)
+	recover := make([]float64, len(st)+1)
+	faulted := make([]bool, len(st)+1)
+	for _, f := range faults {
+		i := owner(f.Time)
+		detect[i] += f.DetectMS / 1000
+		faulted[i] = true
+	}
+	for _, r := range recovers {
+		i := -1
+		for _, f := range faults {
+			if !f.Time.After(r.Time) {
+				i = owner(f.Time)
+			}
+		}
+		if i >= 0 {
+			recover[i] += r.RecoverMS / 1000
+		}
+	}
+
+	// split lays a stretch of lost time over detection, then the restart,
+	// then work thrown away (or, when replacements were being admitted in
+	// that time, their admission).
+	split := func(lost float64, i int) {
+		d := min(max(detect[i], 0), max(lost, 0))
+		r := min(max(recover[i], 0), max(lost-d, 0))
+		s.DetectS += d
+		s.RestartS += r
+		rest := max(lost-d-r, 0) // a gap shorter than its steps: noise, left in OtherS
+		from := start
+		if i > 0 {
+			from = st[i-1].LastAt
+		}
+		to := end
+		if i < len(st) {
+			to = st[i].FirstAt
+		}
+		switch {
+		case slices.ContainsFunc(grows, func(g time.Time) bool { return g.After(from) && g.Before(to) }):
+			s.GrowS += rest
+		case i == len(st):
+			s.RestartS += rest // the run ended while recovering: no work after it to redo
+		default:
+			s.RollbackS += rest
+		}
+	}
+	for i, x := range st {
+		if i == 0 {
+			continue // its steady steps are healthy by definition
+		}
+		gap := x.GapS - float64(x.GapSteps)*mean
+		warm := x.WarmS - float64(x.WarmSteps)*mean
+		switch {
+		case x.Cause == StretchGrow && !faulted[i]:
+			s.GrowS += gap + warm
+		default:
+			split(gap, i)
+			s.RestartS += warm
+		}
+		if x.World < world {
+			s.SmallerS += x.SteadyS - float64(x.SteadySteps)*mean
+		}
+		s.Pauses = append(s.Pauses, Pause{Gen: x.Gen, Cause: x.Cause, World: x.World,
+			GapS: round3(x.GapS), PauseS: round3(gap), WarmS: round3(warm)})
+	}
+	if st[0].World < world {
+		s.SmallerS += st[0].SteadyS - float64(st[0].SteadySteps)*mean
+	}
+	s.UsefulS = startup + float64(steps)*mean + teardown
+	if faulted[0] {
+		// Faults before the first step: a fault-free run would have started
+		// like the processes that made it (the last launch before it; a
+		// live regroup keeps the processes), the rest is the faults'.
+		var launch time.Time
+		for _, l := range launches {
+			if l.Before(first.FirstAt) {
+				launch = l
+			}
+		}
+		if launch.After(start) {
+			s.StartupS = first.FirstAt.Sub(launch).Seconds()
+			s.UsefulS -= launch.Sub(start).Seconds()
+			split(launch.Sub(start).Seconds(), 0)
+		}
+	}
+	if faulted[len(st)] {
+		// Faults after the last step: the job never resumed, so the time
+		// after the last step is theirs, not a shutdown's.
+		s.UsefulS -= teardown
+		split(teardown, len(st))
+	}
+	s.LostS = s.WallS - s.UsefulS
+	explained := s.DetectS + s.RestartS + s.RollbackS + s.GrowS + s.SmallerS
+	s.OtherS = s.LostS - explained
+	if s.WallS > 0 {
+		s.Goodput = max(0, s.UsefulS/s.WallS)
+	}
+}
+
+func round3(x float64) float64 { return float64(int64(x*1000+0.5*sign(x))) / 1000 }
+
+func sign(x float64) float64 {
+	if x < 0 {
+		return -1
+	}
+	return 1
 }
 
 // Line renders the summary as the one line a user pastes into a report.
@@ -81,12 +304,30 @@ func (s Summary) Line() string {
 		fmt.Fprintf(&b, " · last step %d", s.Steps) // the highest step index reported
 	}
 	fmt.Fprintf(&b, " · %d %s, %d %s · %.1f s lost", s.Faults, plural(s.Faults, "fault", "faults"),
-		s.Recoveries, plural(s.Recoveries, "recovery", "recoveries"), s.LostS)
-	if s.Faults > 0 {
-		fmt.Fprintf(&b, " (detect %.1f, restart %.1f, rollback %.1f)", s.DetectS, s.RestartS, s.RollbackS)
+		s.Recoveries, plural(s.Recoveries, "recovery", "recoveries"), noNegZero(s.LostS))
+	if s.Faults > 0 || s.LostS >= 0.05 {
+		parts := []string{fmt.Sprintf("detect %.1f", s.DetectS), fmt.Sprintf("restart %.1f", s.RestartS),
+			fmt.Sprintf("rollback %.1f", s.RollbackS)}
+		for _, p := range []struct {
+			name string
+			v    float64
+		}{{"grow", s.GrowS}, {"smaller world", s.SmallerS}, {"other", s.OtherS}} {
+			if p.v >= 0.05 || p.v <= -0.05 {
+				parts = append(parts, fmt.Sprintf("%s %.1f", p.name, p.v))
+			}
+		}
+		fmt.Fprintf(&b, " (%s)", strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(&b, " · goodput %.2f", s.Goodput)
 	return b.String()
+}
+
+// noNegZero: a lost time of -0.00001 s (float rounding) prints as 0.0, not -0.0.
+func noNegZero(x float64) float64 {
+	if x > -0.05 && x < 0 {
+		return 0
+	}
+	return x
 }
 
 func plural(n int, one, many string) string {
@@ -94,4 +335,11 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// LostByCause is the lost time broken down by cause (metrics, the dashboard):
+// the parts add up to LostS.
+func (s Summary) LostByCause() map[string]float64 {
+	return map[string]float64{"detect": s.DetectS, "restart": s.RestartS, "rollback": s.RollbackS,
+		"grow": s.GrowS, "smaller_world": s.SmallerS, "other": s.OtherS}
 }

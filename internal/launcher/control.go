@@ -38,7 +38,7 @@ type Assignment struct {
 
 // ctlMsg is a message from a worker.
 type ctlMsg struct {
-	Type   string `json:"type"` // hello, step, collective_failed
+	Type   string `json:"type"` // hello, step, finished, collective_failed
 	Gen    int    `json:"gen"`
 	Rank   int    `json:"rank"`
 	Step   int    `json:"step"`
@@ -54,6 +54,15 @@ type CollectiveFailed struct {
 }
 
 func (CollectiveFailed) agentEvent() {}
+
+// Finishing: a live-mode worker left its training loop (all ranks agreed
+// the last step committed); it is tearing down.
+type Finishing struct {
+	Gen, Rank int
+	At        time.Time
+}
+
+func (Finishing) agentEvent() {}
 
 // JoinerReady: a replacement process is up and waiting to be admitted.
 type JoinerReady struct{ At time.Time }
@@ -137,6 +146,11 @@ func (a *Launcher) serveControl(c *net.UnixConn) {
 			gen, rank := w.current()
 			if m.Gen == gen {
 				a.emit(Progress{Gen: gen, Rank: rank, Step: m.Step, At: time.Now()})
+			}
+		case "finished":
+			gen, rank := w.current()
+			if m.Gen == gen {
+				a.emit(Finishing{Gen: gen, Rank: rank, At: time.Now()})
 			}
 		case "collective_failed":
 			gen, rank := w.current()

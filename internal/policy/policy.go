@@ -148,6 +148,11 @@ type CollectiveFailed struct {
 	Detail    string
 }
 
+// Finishing: a live-mode rank left its training loop with every rank
+// agreeing the last step committed; what follows is teardown, not training.
+type Finishing struct{ Gen, Rank int }
+
+func (Finishing) input()        {}
 func (Start) input()            {}
 func (Launched) input()         {}
 func (Resume) input()           {}
@@ -267,6 +272,7 @@ type Machine struct {
 	doneRanks    map[int]bool
 	firstDone    int           // the first rank of this generation to finish
 	firstDoneAt  time.Duration // and when
+	finishing    bool          // a rank of this generation reported Finishing
 	jobStep      int           // highest step the job has reached, across generations
 	genStep      int           // highest step reached in the current generation
 
@@ -384,6 +390,12 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 			m.joiners++
 			return []Decision{SpawnJoiners{N: 1}}
 		}
+	case Finishing:
+		// Like a first clean exit: the hang watchdog is off for ExitGrace.
+		if ev.Gen == m.gen && m.phase == running && !m.finishing && len(m.doneRanks) == 0 {
+			m.finishing = true
+			m.firstDone, m.firstDoneAt = ev.Rank, now
+		}
 	case CollectiveFailed:
 		if ev.Gen == m.gen && m.phase == running {
 			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
@@ -406,6 +418,7 @@ func (m *Machine) newGeneration(world int) {
 	m.genStep = -1
 	m.rankStep = map[int]int{}
 	m.doneRanks = map[int]bool{}
+	m.finishing = false
 	m.cfg.Watchdog.Reset()
 }
 
@@ -526,7 +539,7 @@ func (m *Machine) tick(now time.Duration) []Decision {
 	if m.phase != running {
 		return nil
 	}
-	if len(m.doneRanks) > 0 {
+	if len(m.doneRanks) > 0 || m.finishing {
 		if now-m.firstDoneAt <= m.cfg.ExitGrace {
 			return nil
 		}

@@ -190,6 +190,8 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return JoinerReady{}
 	case "joiner_lost":
 		return JoinerLost{}
+	case "finishing":
+		return Finishing{Gen: get("gen"), Rank: get("rank")}
 	case "collective_failed":
 		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}

@@ -106,7 +106,9 @@ type run struct {
 	stepTimes []time.Duration   // per-step durations, to price rollbacks
 	lastStep  int
 	lastAt    time.Time
-	seq       int           // events written to the store
+	seq       int // events written to the store
+	clock     events.StepClock
+	worlds    map[int]int   // generation -> world size, for the step clock
 	paused    time.Duration // time this process did not run (left out of the policy's clock)
 }
 
@@ -120,7 +122,8 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		cfg.MasterAddr = "127.0.0.1"
 	}
 	r := &run{cfg: cfg, node: node, m: policy.New(cfg.Policy), start: time.Now(), con: cfg.Console,
-		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1}
+		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1,
+		worlds: map[int]int{}}
 	r.seq = cfg.FirstSeq
 	if rs := cfg.Resume; rs != nil {
 		r.record(events.Event{Type: events.CoordinatorResumed, Gen: rs.Gen, WorldSize: rs.WorldSize})
@@ -170,8 +173,14 @@ func (r *run) now() time.Duration { return time.Since(r.start) - r.paused }
 func (r *run) handle(ev launcher.Event) {
 	switch e := ev.(type) {
 	case launcher.Launched:
+		if e.World > 0 {
+			r.worlds[e.Gen] = e.World
+		}
 		r.apply(r.m.Step(r.now(), policy.Launched{Gen: e.Gen, WorldSize: e.World}))
 	case launcher.Progress:
+		// Before the policy sees it: a recovery it reports comes after the
+		// step that ended the pause.
+		r.advance(e)
 		if e.Gen == r.m.Generation() {
 			r.observeStep(e.Step, e.At)
 		}
@@ -188,8 +197,25 @@ func (r *run) handle(ev launcher.Event) {
 		r.apply(r.m.Step(r.now(), policy.JoinerReady{}))
 	case launcher.JoinerLost:
 		r.apply(r.m.Step(r.now(), policy.JoinerLost{}))
+	case launcher.Finishing:
+		r.apply(r.m.Step(r.now(), policy.Finishing{Gen: e.Gen, Rank: e.Rank}))
 	case launcher.CollectiveFailed:
 		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
+	}
+}
+
+// advance feeds the step clock; a stretch of steps it closes goes to the log.
+func (r *run) advance(e launcher.Progress) {
+	w := r.worlds[e.Gen]
+	if w == 0 {
+		w = r.cfg.Policy.WorldSize
+	}
+	at := e.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	if s := r.clock.Advance(e.Gen, w, e.Step, at); s != nil {
+		r.record(events.Event{Type: events.StretchEnd, Gen: s.Gen, WorldSize: s.World, Stretch: s})
 	}
 }
 
@@ -254,6 +280,7 @@ func (r *run) apply(ds []policy.Decision) {
 
 func (r *run) launch(d policy.Launch) {
 	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
+	r.worlds[d.Gen] = d.WorldSize
 	port, err := r.port()
 	if err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
@@ -285,9 +312,13 @@ func (r *run) regroup(d policy.Regroup) {
 	} else {
 		r.con.Printf("↻ regroup: generation %d · %d survivors continue in place · %d joining, %d starting", d.Gen, len(d.Survivors), d.Admit, d.Spawn)
 	}
+	r.worlds[d.Gen] = d.WorldSize
 	cause := "regroup"
 	if d.Grow {
 		cause = "grow"
+		r.clock.Cause(events.StretchGrow)
+	} else {
+		r.clock.Cause(events.StretchRegroup)
 	}
 	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize, Cause: cause,
 		Detail: fmt.Sprintf("members (old ranks) %v, %d admitted, %d spawned", d.Survivors, d.Admit, d.Spawn)})
@@ -312,6 +343,7 @@ func (r *run) port() (int, error) {
 
 func (r *run) fault(f policy.Fault) {
 	now := time.Now()
+	r.clock.Cause(events.StretchFault)
 	ev := events.Event{Type: events.FaultDetected, Gen: f.Gen, Cause: string(f.Kind), Detail: f.Detail}
 	if f.Step >= 0 {
 		ev.Step = events.Int(f.Step)
@@ -375,6 +407,9 @@ func (r *run) finish(f policy.Finish) {
 	ev := events.Event{Type: events.RunFinished, Outcome: string(f.Outcome), Detail: f.Reason}
 	if s := r.m.JobStep(); s >= 0 {
 		ev.Step = events.Int(s)
+	}
+	if s := r.clock.Flush(); s != nil {
+		r.record(events.Event{Type: events.StretchEnd, Gen: s.Gen, WorldSize: s.World, Stretch: s})
 	}
 	// The summary is computed from the log itself, plus this last event.
 	var evs []events.Event

@@ -122,7 +122,9 @@ class Job(object):
     (True under bulsajo live recovery), ``regroups`` (recoveries the job has
     been through, agreed by all ranks), ``history`` (one dict per recovery
     this process took part in: generation, seconds, source rank, bytes
-    transferred, resumed step, steps lost, verified digest).
+    transferred, resumed step, steps lost, verified digest, and ``phases``:
+    seconds spent leaving the old group, forming the new one, agreeing,
+    transferring state, rebuilding DDP and verifying).
     """
 
     def __init__(self, backend="auto"):
@@ -317,19 +319,28 @@ class Job(object):
         """Drop the current group (ignoring errors): shut its sockets so that
         no collective or destructor can wait on a dead peer (abandon), drop
         the DDP wrappers' inner modules, destroy the default group."""
+        ph = getattr(self, "_phases", None)
+        if ph is None:
+            ph = {}
+        t = _now()
         for w in self._wrappers:
             w._drop()
         group, self._group = self._group, None
         if group is not None and abandon:
             self._gens.abandon(group)
         self._pg = None
+        ph["leave_abandon"] = _now() - t
+        t = _now()
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
         except Exception:
             pass
         _reset_group_counter()
+        ph["leave_destroy"] = _now() - t
+        t = _now()
         gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+        ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
 
@@ -392,12 +403,24 @@ class Job(object):
         failed before ``optimizer.step()``).  On a fault (live mode) it
         regroups under the next generation, reconciles the state and yields
         the first uncommitted step again.
+
+        Live mode: the first call runs ``gc.freeze()``, so that the garbage
+        collection each regroup does scans only objects made since (reference
+        cycles among objects made before training starts are not collected).
         """
         if not isinstance(state, State):
             raise TypeError("steps() needs a bulsajo.torch.State")
         self._state = state
         state._job = self
         if not self._synced:
+            if self.live:
+                # Every regroup runs gc.collect() to drop the old group and
+                # DDP reducers at once; over the whole heap of a process that
+                # imported torch that takes 0.5-1 s on a busy machine, all of
+                # it a pause for the survivors. Everything made so far (torch,
+                # the user's data and model) lives for the whole job: leave it
+                # out of collections, which then only scan what regroups made.
+                gc.freeze()
             self._first_sync()
         while True:
             step = state.step + 1
@@ -447,6 +470,9 @@ class Job(object):
             return True
         t = torch.tensor([self._state.step], dtype=torch.int64, device=self._device)
         if self.all_reduce(t, op=dist.ReduceOp.MIN) and int(t.item()) >= total - 1:
+            # Teardown from here: no step will follow, and that is no hang.
+            self._send({"type": "finished", "gen": self._gen, "rank": self._rank,
+                        "step": self._state.step})
             return True
         self._recover(self._broken or "final check: a rank is behind")
         return False
@@ -470,11 +496,18 @@ class Job(object):
         attempts = 0
         detail = reason
         while True:
+            ph = self._phases = {}
+            t = _now()
             self._leave_group()
+            ph["leave"] = _now() - t
+            t = _now()
             msg = self._wait_generation(failed_gen, t_fault, detail, rank=failed_rank)
+            ph["wait_generation"] = _now() - t
             attempts += 1
             try:
+                t = _now()
                 self._create_group(msg)
+                ph["form_group"] = _now() - t
                 self._sync(counting=True, t0=t_fault, attempts=attempts)
                 return
             except StateDivergedError:
@@ -489,6 +522,10 @@ class Job(object):
         if state is None:
             raise RuntimeError("bulsajo: job.steps() was not started")
         dev = self._device
+        ph = getattr(self, "_phases", None)
+        if ph is None:
+            ph = self._phases = {}
+        t = _now()
         holder = self._has_state and not self._dirty
         mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
                              1 if counting else 0], dtype=torch.int64, device=dev)
@@ -503,6 +540,8 @@ class Job(object):
         source = min(r for r, s in holders if s == best)
         transfer = any(row[0] != best or row[1] for row in rows)
         counting = any(row[3] for row in rows)
+        ph["agree"] = _now() - t
+        t = _now()
         nbytes = 0
         if transfer:
             if self._rank == source:
@@ -521,8 +560,12 @@ class Job(object):
                 state._load(_tensor_bytes(buf))
         self._has_state = True
         self._dirty = False
+        ph["transfer"] = _now() - t
+        t = _now()
         for w in self._wrappers:
             w._build(self._pg)
+        ph["ddp_build"] = _now() - t
+        t = _now()
         digest = state.digest()
         d = torch.tensor(list(digest), dtype=torch.uint8, device=dev)
         ds = [torch.zeros_like(d) for _ in range(self._world)]
@@ -531,6 +574,8 @@ class Job(object):
             raise StateDivergedError(
                 "bulsajo: after recovery into generation %d the ranks' parameters and "
                 "optimizer state are not bit-identical" % self._gen)
+        ph["verify"] = _now() - t
+        self._phases = None
         # Success: account for it.
         self._synced = True
         self._broken = None
@@ -549,6 +594,8 @@ class Job(object):
                 "replacement": not holder,
                 "source": source, "transferred_bytes": nbytes, "step": state.step,
                 "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
+                # where the regroup's time went, in seconds (this rank's view)
+                "phases": {k: round(v, 4) for k, v in ph.items()},
             })
         return True
 

@@ -183,4 +183,66 @@ func TestLiveRecoveryInvariants(t *testing.T) {
 		t.Errorf("final loss %.4f with faults vs %.4f without: differ by more than 0.05", fl, cl)
 	}
 	t.Logf("fault-free %s, with faults %s (hash equal: %v)", cm[0], fm[0], cm[3] == fm[3])
+
+	checkGoodput(t, summaryOf(t, clean), summaryOf(t, r))
+}
+
+func summaryOf(t *testing.T, r result) events.Summary {
+	t.Helper()
+	for _, e := range r.events(t) {
+		if e.Type == events.RunFinished && e.Summary != nil {
+			return *e.Summary
+		}
+	}
+	t.Fatalf("no summary in the event log:\n%s", r.out)
+	return events.Summary{}
+}
+
+// checkGoodput: the summary's account of a faulty live run agrees with the
+// wall clock. Exactly: useful + lost = wall and the causes add up to the
+// lost time, in both runs; the fault-free run loses nothing. Against the
+// fault-free run measured just before: the summary's goodput is within 3%
+// of wall time of fault-free wall / faulty wall. Both sides leave out each
+// run's startup (importing torch on a busy machine varies by seconds and is
+// no fault's doing), and that comparison is only made when the two runs
+// trained at the same pace (healthy step times within 3%): on a shared
+// machine whose load changed between the runs, the fault-free run does not
+// tell how long this one would have taken.
+func checkGoodput(t *testing.T, clean, faulty events.Summary) {
+	t.Helper()
+	for _, s := range []struct {
+		name string
+		s    events.Summary
+	}{{"fault-free", clean}, {"faulty", faulty}} {
+		sm := s.s
+		if d := sm.UsefulS + sm.LostS - sm.WallS; d > 1e-6 || d < -1e-6 {
+			t.Errorf("%s run: useful %.3f + lost %.3f != wall %.3f", s.name, sm.UsefulS, sm.LostS, sm.WallS)
+		}
+		causes := sm.DetectS + sm.RestartS + sm.RollbackS + sm.GrowS + sm.SmallerS + sm.OtherS
+		if d := causes - sm.LostS; d > 1e-6 || d < -1e-6 {
+			t.Errorf("%s run: causes add to %.3f, lost %.3f", s.name, causes, sm.LostS)
+		}
+		if sm.HealthyStepS <= 0 || sm.StartupS <= 0 {
+			t.Errorf("%s run: no step accounting: %+v", s.name, sm)
+		}
+	}
+	if clean.Goodput < 0.999 {
+		t.Errorf("fault-free run: goodput %.3f, lost %.2f s: %+v", clean.Goodput, clean.LostS, clean)
+	}
+	if faulty.GrowS <= 0 || faulty.Faults == 0 || len(faulty.Pauses) == 0 {
+		t.Errorf("faulty run: grows or pauses not accounted: %+v", faulty)
+	}
+	cw, fw := clean.WallS-clean.StartupS, faulty.WallS-faulty.StartupS
+	wallGoodput := cw / fw
+	sumGoodput := (faulty.UsefulS - faulty.StartupS) / fw
+	pace := faulty.HealthyStepS / clean.HealthyStepS
+	t.Logf("after startup: fault-free %.1f s, faulty %.1f s: wall-clock goodput %.3f, summary %.3f (lost %.1f s: %s); pace faulty/fault-free %.3f",
+		cw, fw, wallGoodput, sumGoodput, faulty.LostS, faulty.Line(), pace)
+	if pace < 0.97 || pace > 1.03 {
+		t.Logf("the machine's pace changed between the runs by %.0f%%: goodput not compared with the fault-free run", (pace-1)*100)
+		return
+	}
+	if d := sumGoodput - wallGoodput; d > 0.03 || d < -0.03 {
+		t.Errorf("summary goodput %.3f vs wall-clock %.3f: differ by more than 3%% of wall time", sumGoodput, wallGoodput)
+	}
 }

@@ -139,7 +139,8 @@
   function drawEvents() {
     const body = $("events").tBodies[0];
     body.textContent = "";
-    const evs = data.events.slice(-500).reverse();
+    // "steps" events carry the accounting's stretches: not news for a person.
+    const evs = data.events.filter((e) => e.type !== "steps").slice(-500).reverse();
     for (const e of evs) {
       const tr = body.insertRow();
       tr.className = "ev-" + e.type;
@@ -164,7 +165,7 @@
     $("goodput").textContent = sum.goodput !== undefined ? sum.goodput.toFixed(2) : "–";
     $("lost").textContent = fmtS(sum.lost_s || 0);
     const by = [];
-    for (const k of ["detect", "restart", "rollback", "regroup", "slow"]) {
+    for (const k of ["detect", "restart", "rollback", "grow", "smaller_world", "other"]) {
       if (sum[k + "_s"]) by.push(k + " " + sum[k + "_s"].toFixed(1));
     }
     $("lostby").textContent = by.join(" · ");
