@@ -193,7 +193,7 @@ func Default() Params {
 		NetworkGroupP:   0.1,                        // assumption: most switch/cable faults are one link
 		StragglerMean:   Duration(72 * time.Minute), // Falcon: fail-slows last 72 min on average at >= 512 GPUs
 		StragglerSlow:   1.5,                        // assumption (Falcon: JCT ×1.34 over whole jobs)
-		HangCulpritP:    0.5,                        // assumption: an NCCL hang seldom shows its culprit in /proc
+		HangCulpritP:    0,                          // architecture.md "Known limits": across nodes a live-mode hang falls back to a full restart
 		RequeueWait:     Duration(11 * time.Minute), // Lablup B200 study: median retry interval 11 min
 		ScaleRefGPUs:    1024,
 		// fit through TrainMover's 20 s at 1,024 GPUs and FT-HSDP's 3 min at ~100K: log(9)/log(100)

@@ -217,7 +217,7 @@ func (r *Report) WriteCharts(dir string) error {
 }
 
 func (r *Report) ettrSVG() string {
-	const W, H, L, R, T, B = 720.0, 440.0, 70.0, 170.0, 40.0, 50.0
+	const W, H, L, R, T, B = 820.0, 440.0, 70.0, 170.0, 40.0, 50.0
 	lo := 1.0
 	for _, s := range r.Sweep {
 		lo = math.Min(lo, s.ETTR.Mean-s.ETTR.SE)
@@ -229,7 +229,7 @@ func (r *Report) ettrSVG() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%g" y="22" font-size="14">ETTR vs checkpoint interval: %s GPUs, %.3g faults/node-day, %g days, %d trials per point</text>`+"\n",
+	fmt.Fprintf(&b, `<text x="%g" y="22" font-size="14">ETTR vs checkpoint interval: %s GPUs, %.3g interruptions/node-day, %g days, %d trials/point</text>`+"\n",
 		L, thousands(r.GPUs), r.Unexpected, r.Days, r.SweepTrials)
 	for e := lo; e <= 1.0001; e += 0.05 {
 		y := py(e)
@@ -260,13 +260,14 @@ func (r *Report) ettrSVG() string {
 }
 
 func (r *Report) timelineSVG() string {
-	const W, L, R, T, rowH, gap = 900.0, 140.0, 20.0, 40.0, 26.0, 14.0
+	const W, L, R, T, rowH, gap = 900.0, 140.0, 20.0, 40.0, 30.0, 14.0
+	cols := int(W - L - R)
 	H := T + float64(len(r.Results))*(rowH+gap) + 70
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%g" height="%g" font-family="sans-serif" font-size="12">`+"\n", W, H)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%g" y="22" font-size="14">One run (trial 0, seed %d) per mode: %s GPUs, %g days, checkpoint every %s</text>`+"\n",
-		L, r.Seed, thousands(r.GPUs), r.Days, r.CkptInterval)
+	fmt.Fprintf(&b, `<text x="%g" y="22" font-size="14">One run per mode (trial 0, seed %d): %s GPUs, checkpoint every %s</text>`+"\n",
+		L, r.Seed, thousands(r.GPUs), r.CkptInterval)
 	span := 0.0
 	for _, m := range r.Results {
 		span = math.Max(span, r.timeline[m.Mode].Wall)
@@ -274,39 +275,69 @@ func (r *Report) timelineSVG() string {
 	if span <= 0 {
 		span = 1
 	}
-	px := func(s float64) float64 { return L + s/span*(W-L-R) }
+	per := span / float64(cols) // seconds per pixel column
 	for i, m := range r.Results {
 		tr := r.timeline[m.Mode]
 		y := T + float64(i)*(rowH+gap)
 		fmt.Fprintf(&b, `<text x="%g" y="%.1f" text-anchor="end">%s</text>`+"\n", L-8, y+rowH/2+4, m.Mode)
-		fmt.Fprintf(&b, `<rect x="%g" y="%.1f" width="%.1f" height="%g" fill="%s"/>`+"\n", L, y, px(tr.Wall)-L, rowH, causeColors[Productive])
+		// Each pixel column shows the shares of its time by cause, stacked.
+		bins := make([][NumCauses]float64, cols)
+		add := func(s Segment, sign float64, c Cause) {
+			for k := max(0, int(s.From/per)); k < cols && float64(k)*per < s.To; k++ {
+				lo, hi := math.Max(s.From, float64(k)*per), math.Min(s.To, float64(k+1)*per)
+				if hi > lo {
+					bins[k][c] += sign * (hi - lo)
+					if sign < 0 {
+						bins[k][Rollback] += hi - lo
+					}
+				}
+			}
+		}
 		for _, s := range tr.Timeline {
-			if s.Cause == Productive {
+			add(s, 1, s.Cause)
+		}
+		for _, s := range tr.Lost {
+			add(s, -1, Productive)
+		}
+		for k := range bins {
+			var tot float64
+			for _, v := range bins[k] {
+				tot += math.Max(0, v)
+			}
+			if tot <= 0 {
 				continue
 			}
-			w := math.Max(0.4, px(s.To)-px(s.From)) // a down stretch shorter than a pixel still shows
-			fmt.Fprintf(&b, `<rect x="%.2f" y="%.1f" width="%.2f" height="%g" fill="%s"/>`+"\n", px(s.From), y, w, rowH, causeColors[s.Cause])
+			yy := y + rowH
+			for c := Cause(0); c < NumCauses; c++ {
+				h := math.Max(0, bins[k][c]) / tot * rowH
+				if h < 0.05 {
+					continue
+				}
+				yy -= h
+				fmt.Fprintf(&b, `<rect x="%d" y="%.2f" width="1" height="%.2f" fill="%s"/>`+"\n", int(L)+k, yy, h, causeColors[c])
+			}
 		}
 		for _, mk := range tr.Marks {
-			fmt.Fprintf(&b, `<line x1="%.2f" y1="%.1f" x2="%.2f" y2="%.1f" stroke="black" stroke-width="0.5"/>`+"\n", px(mk.At), y+rowH, px(mk.At), y+rowH+5)
+			x := L + mk.At/span*(W-L-R)
+			fmt.Fprintf(&b, `<line x1="%.2f" y1="%.1f" x2="%.2f" y2="%.1f" stroke="black" stroke-width="0.5"/>`+"\n", x, y+rowH, x, y+rowH+5)
 		}
 	}
 	yAxis := T + float64(len(r.Results))*(rowH+gap)
 	days := span / 86400
 	step := math.Max(1, math.Ceil(days/10))
 	for d := 0.0; d <= days+1e-9; d += step {
-		x := px(d * 86400)
+		x := L + d*86400/span*(W-L-R)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%gd</text>`+"\n", x, yAxis+4, d)
 	}
 	x := L
 	for c := Cause(0); c < NumCauses; c++ {
-		if c == CkptCost || c == Slow {
+		if c == Slow || c == CkptCost {
 			continue // not drawn: both happen while training
 		}
 		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="12" height="12" fill="%s"/><text x="%.1f" y="%.1f">%s</text>`+"\n", x, yAxis+24, causeColors[c], x+16, yAxis+34, c)
 		x += 110
 	}
-	fmt.Fprintf(&b, `<text x="%g" y="%.1f" fill="#666">ticks under each row: faults that hit the job</text>`+"\n", L, yAxis+56)
+	fmt.Fprintf(&b, `<text x="%g" y="%.1f" fill="#666">each pixel column: its share of time by cause, %.1f h per column; ticks: faults that hit the job</text>`+"\n", L, yAxis+56, per/3600)
 	b.WriteString("</svg>\n")
 	return b.String()
 }

@@ -53,6 +53,7 @@ type TrialResult struct {
 	Regroups    int                // live regroups (losses and admissions)
 	Restarts    int                // full restarts (Launch after a fault)
 	Timeline    []Segment          `json:"-"`
+	Lost        []Segment          `json:"-"` // training later rolled back (Cause Rollback), drawn over Timeline
 	Marks       []Mark             `json:"-"`
 }
 
@@ -164,6 +165,7 @@ type trial struct {
 	scale    float64
 	segStart time.Duration
 	segCause Cause
+	downAt   time.Duration
 	res      TrialResult
 }
 
@@ -398,6 +400,7 @@ func (t *trial) setState(st jstate, c Cause) {
 func (t *trial) setDown(c Cause) {
 	if t.st != jsDown {
 		t.ckEp++ // a write in progress is lost
+		t.downAt = t.now
 	}
 	t.setState(jsDown, c)
 }
@@ -409,6 +412,11 @@ func (t *trial) rollback(lost float64) {
 	t.work -= lost
 	t.res.Time[Productive] -= lost
 	t.res.Time[Rollback] += lost
+	if t.record {
+		// roughly where the lost training was: just before the job went down
+		to := t.downAt.Seconds()
+		t.res.Lost = append(t.res.Lost, Segment{max(0, to-lost/max(t.rate, 1e-9)), to, Rollback})
+	}
 }
 
 func (t *trial) finish() {
