@@ -568,6 +568,19 @@ func (t *trial) release(id int) {
 	nd.ep++
 }
 
+// keep puts a healthy node whose process died on top of the spare pool,
+// so that the replacement process starts there (not counted as a spare used).
+func (t *trial) keep(id int) {
+	nd := &t.nodes[id]
+	nd.hung = false
+	if nd.quarantin {
+		t.quarantine(id)
+		return
+	}
+	nd.state = nsSpare
+	t.spares = append(t.spares, id)
+}
+
 func (t *trial) quarantine(id int) {
 	nd := &t.nodes[id]
 	nd.state = nsQuarantined
@@ -719,9 +732,9 @@ func (t *trial) jobFault(id int, c Class) {
 	case Crash:
 		detect = t.mp.DetectExit.D()
 		if t.mp.Live || nd.quarantin {
-			// the dead rank leaves the group; a fresh process (here or on a spare) joins later
+			// the dead rank leaves the group; a fresh process on the same node joins later
 			t.vacate(s)
-			t.release(id)
+			t.keep(id)
 		}
 	case GPU:
 		detect = t.mp.DetectExit.D()
@@ -965,7 +978,7 @@ func (t *trial) regroup(d policy.Regroup) {
 				t.hungN--
 			}
 			t.vacate(s)
-			t.release(id)
+			t.keep(id)
 		}
 	}
 	next := make([]int, 0, d.WorldSize)
