@@ -39,7 +39,7 @@ type Report struct {
 
 // SweepIntervals are the checkpoint intervals the chart compares.
 var SweepIntervals = []time.Duration{2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute,
-	30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+	30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour, 8 * time.Hour}
 
 // Run simulates modes with p, then (sweepTrials > 0) each mode at every
 // SweepIntervals interval.
