@@ -63,3 +63,27 @@ func TestClassRates(t *testing.T) {
 		}
 	}
 }
+
+// Stragglers: the job runs at the slowest node's pace while any straggler is
+// in it, so the slow share of training time is P(≥1 episode active) × (1 −
+// 1/slowdown), with active episodes Poisson(N·r·D). Node faults during an
+// episode must not make it last forever.
+func TestStragglerShare(t *testing.T) {
+	p := closedForm(4096, 0, time.Minute, 0, time.Hour)
+	p.Rates = Rates{Straggler: 0.02, Crash: 0.02}
+	p.Days = 30
+	res := RunMode(&p, ModeRestart, 4, 3)
+	var slow, train float64
+	for _, tr := range res.Trials {
+		checkSums(t, &tr)
+		slow += tr.Time[Slow]
+		train += tr.Time[Slow] + tr.Time[Productive] + tr.Time[Rollback] + tr.Time[CkptCost]
+	}
+	active := float64(p.Nodes()) * 0.02 * p.StragglerMean.Seconds() / 86400
+	want := (1 - math.Exp(-active)) * (1 - 1/p.StragglerSlow)
+	got := slow / train
+	t.Logf("slow share of training %.4f, expected %.4f", got, want)
+	if math.Abs(got/want-1) > 0.1 {
+		t.Errorf("slow share %.4f, expected %.4f ± 10%%", got, want)
+	}
+}

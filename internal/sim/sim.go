@@ -88,6 +88,7 @@ type node struct {
 	slot      int // nsJob: its slot; nsJoiner: the slot it will fill
 	lastSlot  int
 	ep        uint64
+	sep       uint64 // straggler episode epoch
 	lemon     bool
 	hung      bool
 	straggle  bool
@@ -296,7 +297,7 @@ func (t *trial) loop() {
 			}
 		case evStraggleEnd:
 			nd := &t.nodes[e.a]
-			if nd.straggle && e.ep == nd.ep {
+			if nd.straggle && e.ep == nd.sep {
 				nd.straggle = false
 				if nd.state == nsJob {
 					t.stragglers--
@@ -697,9 +698,8 @@ func (t *trial) straggle(id int) {
 		return
 	}
 	nd.straggle = true
-	nd.ep++ // restarts its fault clock below; also fences the end event
-	t.clock(id)
-	t.q.push(event{at: t.now + dur(t.rng.ExpFloat64()*t.p.StragglerMean.Seconds()), kind: evStraggleEnd, a: id, ep: nd.ep})
+	nd.sep++ // its own epoch: a fault or repair meanwhile must not cancel the end
+	t.q.push(event{at: t.now + dur(t.rng.ExpFloat64()*t.p.StragglerMean.Seconds()), kind: evStraggleEnd, a: id, ep: nd.sep})
 	if nd.state == nsJob {
 		t.stragglers++
 		t.rateChanged()
