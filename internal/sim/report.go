@@ -75,6 +75,9 @@ func Run(p Params, modes []Mode, trials int, seed uint64, sweepTrials int) *Repo
 }
 
 func pm(s Stat, prec int) string {
+	if s.SE == 0 && s.Mean != 0 {
+		return fmt.Sprintf("%.*f", prec, s.Mean) // one trial: no standard error
+	}
 	return fmt.Sprintf("%.*f ± %.*f", prec, s.Mean, prec, s.SE)
 }
 
