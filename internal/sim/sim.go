@@ -845,14 +845,8 @@ func (t *trial) deliver(i int) {
 
 // ---- the policy ----
 
-var debugFrom, debugTo float64
-
 func (t *trial) step(in policy.Input) {
-	ds := t.m.Step(t.now, in)
-	if ts := t.now.Seconds(); t.record && ts >= debugFrom && ts <= debugTo {
-		fmt.Printf("%.3f %T%+v -> %v\n", ts, in, in, ds)
-	}
-	t.apply(ds)
+	t.apply(t.m.Step(t.now, in))
 }
 
 func (t *trial) apply(ds []policy.Decision) {
