@@ -318,7 +318,10 @@ func (w *worker) isSettled() bool {
 // first, if several) since the job's last progress and has not exited: the
 // likely culprit when it hangs on its way out.
 func (a *Launcher) dyingRank(ws []*worker) (int, string) {
-	after := time.Unix(0, a.lastProgress.Load())
+	// Since the last progress, less a second: progress datagrams and output
+	// lines are read by different goroutines, and a peer's last report can be
+	// read just after the dying rank's error.
+	after := time.Unix(0, a.lastProgress.Load()).Add(-time.Second)
 	rank, cause, first := -1, "", time.Time{}
 	for _, w := range ws {
 		if w.hasExited() {
