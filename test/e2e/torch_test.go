@@ -122,9 +122,12 @@ func TestTorchKill9OfBulsajoAndCtrlCLeaveNoWorker(t *testing.T) {
 
 func TestTorchEnvironmentMatchesTorchrun(t *testing.T) {
 	requireTorch(t)
-	torchrun, err := exec.LookPath("torchrun")
-	if err != nil {
-		t.Fatal("torchrun not found (python3-torch provides it)")
+	torchrun := torchrunPath
+	if torchrun == "" {
+		var err error
+		if torchrun, err = exec.LookPath("torchrun"); err != nil {
+			t.Fatal("torchrun not found (python3-torch provides it)")
+		}
 	}
 	dir := t.TempDir()
 	script := filepath.Join(dir, "env.py")
