@@ -114,6 +114,7 @@ type Launcher struct {
 	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
 	noStagger     atomic.Bool
+	noLibuv       atomic.Bool // a shim found torch built without libuv (torchenv.go)
 	closed        bool
 	waiters       sync.WaitGroup
 }
@@ -760,7 +761,8 @@ func (w *worker) discard() {
 
 // ---- progress from the SDK ----
 
-// readProgress serves the local endpoint: datagrams "step GEN RANK STEP".
+// readProgress serves the local endpoint: datagrams "step GEN RANK STEP",
+// and the shim's "torch nolibuv".
 func (a *Launcher) readProgress() {
 	buf := make([]byte, 512)
 	for {
@@ -771,6 +773,8 @@ func (a *Launcher) readProgress() {
 		if p, ok := parseProgress(buf[:n]); ok {
 			p.At = time.Now()
 			a.emit(p)
+		} else if isNoLibuv(buf[:n]) {
+			a.noteNoLibuv()
 		}
 	}
 }
