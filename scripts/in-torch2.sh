@@ -3,8 +3,8 @@
 #
 #   scripts/in-torch2.sh CMD ARGS...         CMD runs inside the chroot, in the same directory
 #   scripts/in-torch2.sh --host CMD ARGS...  CMD runs here (Go, ip, etcd), with
-#       BULSAJO_TEST_PYTHON / BULSAJO_TEST_TORCHRUN pointing at scripts/torch2/{python3,torchrun},
-#       which run the chroot's python3 / torchrun in the caller's directory
+#       BULSAJO_TEST_PYTHON pointing at scripts/torch2/python3, which runs the
+#       chroot's python3 (as a python3 on the host would: same directory, same pid)
 #
 # The chroot gets /proc, /dev, /sys, /tmp, the repository (at the same path)
 # and the host's /etc/hosts mounted, in a mount namespace of its own: the
@@ -35,7 +35,6 @@ mount --bind "$REPO" "$ROOT$REPO"
 if [ "$1" = --host ]; then
   shift
   export BULSAJO_TEST_PYTHON=$REPO/scripts/torch2/python3
-  export BULSAJO_TEST_TORCHRUN=$REPO/scripts/torch2/torchrun
   exec "$@"
 fi
 case $PWD in

@@ -27,14 +27,11 @@ var (
 	repoRoot   string
 )
 
-// torchPython is the interpreter with PyTorch that the torch tests run:
-// env BULSAJO_TEST_PYTHON (scripts/in-torch2.sh points it into the torch 2.x
-// chroot), else Debian's /usr/bin/python3. torchrun likewise, for the
-// environment-parity test: env BULSAJO_TEST_TORCHRUN, else torchrun on PATH.
-var (
-	torchPython  = envOr("BULSAJO_TEST_PYTHON", "/usr/bin/python3")
-	torchrunPath = os.Getenv("BULSAJO_TEST_TORCHRUN")
-)
+// torchPython is the interpreter with PyTorch that the torch tests run (and
+// whose torchrun the environment-parity test compares with): env
+// BULSAJO_TEST_PYTHON (scripts/in-torch2.sh --host points it into the torch
+// 2.x chroot), else Debian 12's /usr/bin/python3 (torch 1.13).
+var torchPython = envOr("BULSAJO_TEST_PYTHON", "/usr/bin/python3")
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
