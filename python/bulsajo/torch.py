@@ -331,7 +331,15 @@ class Job(object):
                 raise _live.Superseded("generation %d superseded while forming" % gen)
         self._pg = dist.group.WORLD
         if self.backend == "nccl":
-            group.abort = _nccl_abort(self._pg)
+            abort = _nccl_abort(self._pg)
+            if abort is not None:
+                def abandon(abort=abort, gen=gen):
+                    # What an aborted NCCL collective leaves in its output is
+                    # garbage, not an error: the step must not commit.
+                    if self._gen == gen:
+                        self._note_failure("NCCL", RuntimeError("generation %d abandoned" % gen))
+                    abort()
+                group.abort = abandon
         self._broken = None
 
     def _leave_group(self, abandon=True):
