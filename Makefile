@@ -4,7 +4,7 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build demo test deps lint bench clean
+.PHONY: build demo test test-torch2 deps lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
@@ -28,6 +28,14 @@ test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/...
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
+	$(MAKE) --no-print-directory test-torch2
+
+# The suites that run real PyTorch, again on Debian 13's torch 2.6 (a chroot
+# made once by scripts/torch2-env.sh, cached in /var/cache/bulsajo).
+TORCH2_TESTS := ^(TestTorch[A-Z]|TestLive|TestMultiNodeTorch|TestMultiNodeLive)
+test-torch2: build
+	scripts/in-torch2.sh --host env BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 20m -run '$(TORCH2_TESTS)' ./test/e2e
+	scripts/in-torch2.sh sh -c 'PYTHONPATH=python python3 -m unittest discover -s python/tests -t python'
 
 bench: deps build
 	python3 bench/faults.py --bulsajo-bin $(BIN) --live-steps 3000 --out bench/results.json --markdown bench/results.md
