@@ -132,7 +132,9 @@ with open(os.path.join(sys.argv[1], "env%s.json" % os.environ["RANK"]), "w") as 
 	brun := filepath.Join(dir, "bulsajo")
 	os.Mkdir(tr, 0o755)
 	os.Mkdir(brun, 0o755)
-	c := exec.Command(torchPython, "-c", torchrunMain, "--nproc_per_node=2", "--redirects=1", "--tee=1", "--max_restarts=3", "--rdzv_id=same", script, tr)
+	// The torchrun of the interpreter's own torch (scripts/torch2/torchrun.py:
+	// its console script's main(), working where torch lacks libuv).
+	c := exec.Command(torchPython, filepath.Join(repoRoot, "scripts", "torch2", "torchrun.py"), "--nproc_per_node=2", "--redirects=1", "--tee=1", "--max_restarts=3", "--rdzv_id=same", script, tr)
 	c.Dir = dir
 	// torchrun of a torch built without libuv (Debian's 2.x) needs the user
 	// to say USE_LIBUV=0; bulsajo finds it out (the shim). Harmless elsewhere.
@@ -192,25 +194,6 @@ with open(os.path.join(sys.argv[1], "env%s.json" % os.environ["RANK"]), "w") as 
 		}
 	}
 }
-
-// torchrunMain is the torchrun of the interpreter's torch (what its console
-// script runs). Where torch was built without libuv its static rendezvous
-// fails even with USE_LIBUV=0 (2.6 passes no use_libuv to its TCPStore), so
-// there, and only there, that store is made without libuv: no worker
-// variable depends on it.
-const torchrunMain = `import datetime, functools, sys
-import torch.distributed as dist
-from torch.distributed.elastic.rendezvous import static_tcp_rendezvous as static
-try:
-    dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=5), wait_for_workers=False)
-except RuntimeError as e:
-    if "libuv" not in str(e):
-        raise
-    static.TCPStore = functools.partial(static.TCPStore, use_libuv=False)
-from torch.distributed.run import main
-sys.argv[0] = "torchrun"
-sys.exit(main())
-`
 
 // nameInOtherTorch: variables torchrun sets under a name that changed
 // between torch 1.13 and 2.x (bulsajo sets both).
