@@ -4,7 +4,7 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build demo demo-check test stress deps lint bench clean
+.PHONY: build demo demo-check test test-torch2 stress deps lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
@@ -41,16 +41,24 @@ lint:
 
 test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
-	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/...
+	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 30m ./test/...
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
-	$(MAKE) demo-check
+	$(MAKE) --no-print-directory test-torch2
+	$(MAKE) --no-print-directory demo-check
+
+# The suites that run real PyTorch, again on Debian 13's torch 2.6 (a chroot
+# made once by scripts/torch2-env.sh, cached in /var/cache/bulsajo).
+TORCH2_TESTS := ^(TestTorch[A-Z]|TestLive|TestMultiNodeTorch|TestMultiNodeLive)
+test-torch2: build
+	scripts/in-torch2.sh --host env BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 20m -run '$(TORCH2_TESTS)' ./test/e2e
+	scripts/in-torch2.sh sh -c 'PYTHONPATH=python python3 -m unittest discover -s python/tests -t python'
 
 # Flakiness hunt: every Go package's tests 20 times under the race detector,
 # then the end-to-end suites 3 times. A failure here is a bug to fix, not to retry.
 stress: deps build lint
 	$(GO) test -race -count=20 -timeout 90m $(RACE_PKGS)
 	for i in 1 2 3; do \
-	  BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 15m ./test/... || exit 1; \
+	  BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 30m ./test/... || exit 1; \
 	done
 
 bench: deps build

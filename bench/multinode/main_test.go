@@ -30,7 +30,14 @@ var (
 	repoRoot   string
 )
 
-const torchPython = "/usr/bin/python3"
+// torchPython: env BULSAJO_TEST_PYTHON (e.g. scripts/torch2/python3, into
+// the torch 2.x chroot under scripts/in-torch2.sh --host), else Debian's.
+var torchPython = func() string {
+	if p := os.Getenv("BULSAJO_TEST_PYTHON"); p != "" {
+		return p
+	}
+	return "/usr/bin/python3"
+}()
 
 func TestMain(m *testing.M) {
 	if !enabled {

@@ -41,8 +41,24 @@ func (a *Launcher) baseEnv() []string {
 	}
 	if !a.cfg.Live {
 		// torchrun's setting: NCCL's watchdog kills a process whose
-		// collective failed. In live mode that process is a survivor.
-		set["NCCL_ASYNC_ERROR_HANDLING"] = "1"
+		// collective failed (in live mode that process is a survivor: the
+		// SDK sets its own). Both names: torch 2.x's torchrun sets
+		// TORCH_NCCL_ASYNC_ERROR_HANDLING, 1.13's the old name (2.x reads it
+		// when the new one is unset). A value the user set under either name
+		// is kept, and given to the other name too.
+		v := "1"
+		names := []string{"TORCH_NCCL_ASYNC_ERROR_HANDLING", "NCCL_ASYNC_ERROR_HANDLING"}
+		for _, k := range names {
+			if u, ok := os.LookupEnv(k); ok {
+				v = u
+				break
+			}
+		}
+		for _, k := range names {
+			if _, ok := os.LookupEnv(k); !ok {
+				set[k] = v
+			}
+		}
 	}
 	if a.cfg.Live {
 		set["BULSAJO_RECOVERY"] = "live"

@@ -119,6 +119,7 @@ type Launcher struct {
 	standbyFailed int
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
+	noLibuv       atomic.Bool // a shim found torch built without libuv (torchenv.go)
 	closed        bool
 	waiters       sync.WaitGroup
 	faults        genFaults    // which generations have a dead worker (output.go)
@@ -812,7 +813,8 @@ func (w *worker) discard() {
 
 // ---- progress from the SDK ----
 
-// readProgress serves the local endpoint: datagrams "step GEN RANK STEP".
+// readProgress serves the local endpoint: datagrams "step GEN RANK STEP",
+// and the shim's "torch nolibuv".
 func (a *Launcher) readProgress() {
 	buf := make([]byte, 512)
 	for {
@@ -823,6 +825,8 @@ func (a *Launcher) readProgress() {
 		if p, ok := parseProgress(buf[:n]); ok {
 			p.At = time.Now()
 			a.emit(p)
+		} else if isNoLibuv(buf[:n]) {
+			a.noteNoLibuv()
 		}
 	}
 }

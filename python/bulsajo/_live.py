@@ -15,7 +15,9 @@ Two pieces live here because neither needs torch:
   process's socket inodes (``/proc/self/fd``) just before and just after the
   group is created; listening sockets are never touched (the TCPStore server
   thread treats an event on its listening socket as fatal), nor are non-TCP
-  sockets (the agent connection is a unix socket).
+  sockets (the agent connection is a unix socket).  A group can also carry
+  an ``abort`` callable (bulsajo.torch sets it for NCCL on torch 2.x: its
+  communicators' abort), called once, outside the lock, when it is abandoned.
 """
 
 import json
@@ -111,6 +113,12 @@ class GroupSockets(object):
         self.sockets = None       # [(fd, inode)] once creation finished
         self.abandoned = False
         self.shut = 0             # how many sockets an abandon shut down
+        self.abort = None         # callable: abort the group's communicators (or None)
+
+    def take_abort(self):
+        """The abort callable, once (called under Generations.cv)."""
+        fn, self.abort = self.abort, None
+        return fn
 
     def _candidates(self):
         if self.sockets is not None:
@@ -167,6 +175,7 @@ class Generations(object):
             gen = int(msg["gen"])
         except (KeyError, TypeError, ValueError):
             return False
+        aborts = []
         with self.cv:
             if self.latest is not None and gen <= int(self.latest["gen"]):
                 return False
@@ -179,7 +188,9 @@ class Generations(object):
                     if g.gen < gen and not g.abandoned:
                         g.abandoned = True
                         self.abandons.append((time.monotonic(), g.gen, g.shutdown(self.keep)))
+                        aborts.append(g.take_abort())
             self.cv.notify_all()
+        _call_aborts(aborts)
         return True
 
     def pending_boundary(self, gen):
@@ -238,12 +249,24 @@ class Generations(object):
         process fail at once and its destructor cannot wait on a dead peer."""
         with self.cv:
             g.abandoned = True
-            return g.shutdown(self.keep)
+            n = g.shutdown(self.keep)
+            fn = g.take_abort()
+        _call_aborts([fn])
+        return n
 
     def forget(self, g):
         with self.cv:
             if g in self.groups:
                 self.groups.remove(g)
+
+
+def _call_aborts(fns):
+    for fn in fns:
+        if fn is not None:
+            try:
+                fn()
+            except Exception as e:  # the group is being left anyway
+                _warn("bulsajo: aborting an abandoned process group: %r" % (e,))
 
 
 # ------------------------------------------------------------------ agent link

@@ -52,6 +52,45 @@ def _preload():
             pass
 
 
+def _torch_env():
+    """Variables this torch needs that depend on how it was built, found out
+    only when torch.distributed was preloaded (nothing is imported for it).
+
+    USE_LIBUV=0: torch >= 2.4's TCPStore uses libuv unless told otherwise, and
+    a torch built without it (Debian 13's 2.6) fails every env:// rendezvous.
+    A server store on port 0 says so at once (torch 1.x: no such argument)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or "USE_LIBUV" in os.environ:
+        return {}
+    import datetime
+    try:
+        dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=5),
+                      wait_for_workers=False, use_libuv=True)
+    except TypeError:
+        return {}   # torch without use_libuv: no libuv default either
+    except Exception as e:
+        if "libuv" in str(e):
+            _tell_agent(b"torch nolibuv")
+            return {"USE_LIBUV": "0"}
+    return {}
+
+
+def _tell_agent(msg):
+    # One datagram to the launcher's progress endpoint (best effort).
+    path = os.environ.get("BULSAJO_AGENT_SOCK")
+    if not path:
+        return
+    import socket
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.sendto(msg, "\0" + path[1:] if path.startswith("@") else path)
+        finally:
+            s.close()
+    except OSError:
+        pass
+
+
 def _read_activation():
     """Return the activation line (bytes, without the newline) or None on EOF."""
     raw = os.environ.get("BULSAJO_ACTIVATE_FD")
@@ -92,6 +131,7 @@ def main():
         _fail("usage: _standby.py SCRIPT [ARGS...] | -m MODULE [ARGS...]")
 
     _preload()
+    needs = _torch_env()
 
     line = _read_activation()
     if line is None:
@@ -109,6 +149,8 @@ def main():
     except Exception as e:
         _fail("malformed activation %r: %s" % (line[:200], e))
     os.environ.update(env)
+    for k, v in needs.items():
+        os.environ.setdefault(k, v)
 
     import runpy
     if args[0] == "-m":

@@ -33,8 +33,12 @@ Rules for the loop body:
   samples were used, metrics) belongs in a :meth:`Job.on_commit` callback.
 * Ranks must not differ in whether they call ``optimizer.step()``.
 
-Only gloo is exercised by the tests; the nccl path uses the same calls with
-CUDA tensors, but a hung NCCL kernel is not interrupted by abandoning sockets.
+The tests run gloo on torch 1.13 and 2.x.  With nccl (bench/gpu/nccl_check.sh)
+a group is abandoned by aborting its communicators (torch 2.x), since
+shutting its sockets does not interrupt a CUDA kernel, and the NCCL watchdog
+is told to clean up without ending the process (``TORCH_NCCL_ASYNC_ERROR_HANDLING``
+/ torch 1.13's ``NCCL_ASYNC_ERROR_HANDLING`` = 2, unless set): in live mode a
+failed collective's process is a survivor.
 """
 
 import atexit
@@ -64,6 +68,12 @@ GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
 
 _JOB = None
+
+# torch 1.x needs workarounds that 2.x does not (each use says which).
+_TORCH_MAJOR = int(torch.__version__.split(".")[0])
+# torch >= 2.4's TCPStore takes use_libuv (and defaults to True).
+_HAS_USE_LIBUV = "use_libuv" in (getattr(dist.TCPStore.__init__, "__doc__", None) or "")
+_NO_LIBUV = None   # this torch was built without libuv (probed once)
 
 
 class StateDivergedError(RuntimeError):
@@ -140,6 +150,12 @@ class Job(object):
             local = _env_int("LOCAL_RANK", 0)
             torch.cuda.set_device(local)
             self._device = torch.device("cuda", local)
+        if backend == "nccl" and self.live:
+            # The watchdog aborts a failed or timed-out communicator but leaves
+            # the process alive (CleanUpOnly); torch 2.x's default (3) and
+            # torchrun's (1) end it, and here it is a survivor.
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+            os.environ.setdefault("NCCL_ASYNC_ERROR_HANDLING", "2")  # torch 1.13's name
         self._wrappers = []
         self._commit_cbs = []
         self._state = None
@@ -182,6 +198,8 @@ class Job(object):
     # ---------------------------------------------------------------- static
     def _init_static(self):
         if not dist.is_initialized():
+            if _libuv_missing():
+                os.environ["USE_LIBUV"] = "0"  # or torch's env:// store fails
             if "WORLD_SIZE" not in os.environ and "MASTER_PORT" not in os.environ:
                 # plain `python script.py`: a world of one on a free port
                 with socket.socket() as s:
@@ -290,21 +308,22 @@ class Job(object):
         timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
         try:
             # What init_method="tcp://addr:port" does (rank 0 hosts the
-            # TCPStore, the others connect), except that nothing here blocks
-            # while holding the GIL: torch's TCPStore constructor keeps the
-            # GIL while the server waits for workers and while a client
-            # retries its connect, which would stop the reader thread from
-            # abandoning this group when a newer generation arrives.  The
-            # waiting is done by our probe (rank > 0) and by torch's
-            # store-based barrier and gloo's rendezvous (both release the GIL).
+            # TCPStore, the others connect).  The waiting is done by our probe
+            # (rank > 0: it gives up as soon as a newer generation exists, and
+            # spares the log torch 2.x's retries write), by torch's store-based
+            # barrier and by gloo's rendezvous, never in the store constructor.
             if rank == 0:
-                store = dist.TCPStore(addr, port, world, True, timeout,
-                                      wait_for_workers=False)
+                store = _tcp_store(addr, port, world, True, timeout)
             else:
                 self._wait_store(addr, port, gen)
-                store = dist.TCPStore(addr, port, world, False,
-                                      datetime.timedelta(seconds=5), wait_for_workers=False)
-                store.set_timeout(timeout)
+                if _TORCH_MAJOR >= 2:
+                    store = _tcp_store(addr, port, world, False, timeout)
+                else:
+                    # torch 1.x's constructor holds the GIL while a client
+                    # retries its connect, which would stop the reader thread
+                    # from abandoning this group: connect with a short timeout.
+                    store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
+                    store.set_timeout(timeout)
             dist.init_process_group(self.backend, store=store, rank=rank,
                                     world_size=world, timeout=timeout)
             del store
@@ -313,6 +332,16 @@ class Job(object):
             if not self._gens.end_group(group) and ok:
                 raise _live.Superseded("generation %d superseded while forming" % gen)
         self._pg = dist.group.WORLD
+        if self.backend == "nccl":
+            abort = _nccl_abort(self._pg)
+            if abort is not None:
+                def abandon(abort=abort, gen=gen):
+                    # What an aborted NCCL collective leaves in its output is
+                    # garbage, not an error: the step must not commit.
+                    if self._gen == gen:
+                        self._note_failure("NCCL", RuntimeError("generation %d abandoned" % gen))
+                    abort()
+                group.abort = abandon
         self._broken = None
 
     def _leave_group(self, abandon=True):
@@ -624,25 +653,68 @@ class Job(object):
 
 
 def _reset_group_counter():
-    """torch names a group's store prefix and barrier key after a private
-    counter that only destroy_process_group() resets; an init_process_group
-    that failed half-way leaves it raised, and the next group's rendezvous
-    would then never meet a fresh replacement's.  Put it back to 0."""
+    """torch (1.13 and 2.x alike) names a group's store prefix and barrier key
+    after a private counter that only destroy_process_group() resets; an
+    init_process_group that failed half-way leaves it raised (and no default
+    group to destroy), and the next group's rendezvous would then never meet a
+    fresh replacement's.  Put it back to 0.  There is no public API for it."""
     if dist.is_initialized():
         return
     c10d = dist.distributed_c10d
     try:
-        if hasattr(c10d, "_group_count"):          # torch <= 2.0
-            c10d._group_count = 0
-            for name in ("_pg_map", "_pg_names", "_pg_group_ranks"):
-                d = getattr(c10d, name, None)
-                if isinstance(d, dict):
-                    d.clear()
-        w = getattr(c10d, "_world", None)          # newer torch
-        if w is not None and hasattr(w, "group_count"):
-            w.group_count = 0
+        w = getattr(c10d, "_world", None)
+        if _TORCH_MAJOR >= 2 and w is not None and hasattr(w, "group_count"):
+            w.group_count = 0                      # 2.x: _World's property
+            return
+        # torch 1.13: module globals, and the half-made group's entries
+        c10d._group_count = 0
+        for name in ("_pg_map", "_pg_names", "_pg_group_ranks"):
+            d = getattr(c10d, name, None)
+            if isinstance(d, dict):
+                d.clear()
     except Exception:
         pass
+
+
+def _libuv_missing():
+    """True when this torch (>= 2.4) was built without libuv, its TCPStore's
+    default backend (Debian 13's 2.6): a server store on port 0 says so at
+    once.  Not probed when the user set USE_LIBUV."""
+    global _NO_LIBUV
+    if _NO_LIBUV is None:
+        _NO_LIBUV = False
+        if _HAS_USE_LIBUV and "USE_LIBUV" not in os.environ:
+            try:
+                dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=5),
+                              wait_for_workers=False, use_libuv=True)
+            except Exception as e:
+                _NO_LIBUV = "libuv" in str(e)
+    return _NO_LIBUV
+
+
+def _tcp_store(addr, port, world, is_master, timeout):
+    """A TCPStore that works with and without libuv: use_libuv=False where the
+    argument exists and libuv is absent or USE_LIBUV=0 (as torch's env://)."""
+    kw = {"wait_for_workers": False}
+    if _HAS_USE_LIBUV and (os.environ.get("USE_LIBUV") == "0" or _libuv_missing()):
+        kw["use_libuv"] = False
+    return dist.TCPStore(addr, port, world, is_master, timeout, **kw)
+
+
+def _nccl_abort(pg):
+    """What aborts an NCCL group's communicators from another thread, so that
+    a collective stuck on a dead peer (a CUDA kernel: closing sockets does not
+    reach it) fails now; None where torch offers none.  Called at most once,
+    by _live.Generations when the group is abandoned."""
+    if _TORCH_MAJOR < 2:
+        return None  # torch 1.13 has no public abort: the watchdog's timeout ends it
+    abort = getattr(pg, "abort", None)             # newer torch: ProcessGroup.abort()
+    if not callable(abort):
+        try:                                       # 2.x: the backend's abort (ncclCommAbort)
+            abort = pg._get_backend(torch.device("cuda")).abort
+        except Exception:
+            return None
+    return abort
 
 
 def _report_static_progress(step):
@@ -665,8 +737,9 @@ class _HookState(object):
     # Deliberately no reference to the process group: the hook's callback
     # runs, and is destroyed, on a gloo worker thread, and if it held the last
     # reference to the group, ~ProcessGroupGloo would run there and join its
-    # own thread (std::system_error "Resource deadlock avoided" -> abort).
-    # The group is read from the job, which only drops it on the main thread.
+    # own thread (std::system_error "Resource deadlock avoided" -> abort; seen
+    # on torch 1.13).  The group is read from the job, which only drops it on
+    # the main thread; that costs nothing on 2.x, so it holds for every version.
     __slots__ = ("job", "gen", "world", "live")
 
     def __init__(self, job, world):

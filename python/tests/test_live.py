@@ -150,6 +150,36 @@ class AbandonSocketsTest(unittest.TestCase):
         gens.offer({"type": "generation", "gen": 6})   # arrives during creation
         self.assertFalse(gens.end_group(g))
 
+    def test_abort_is_called_once_outside_the_lock(self):
+        """A group's abort (NCCL communicators on torch 2.x) runs once when a
+        newer generation abandons it, not again when the job leaves it, and
+        not under the lock (the training thread may be waiting on it)."""
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 1})
+        g = gens.begin_group(1)
+        self.assertTrue(gens.end_group(g))
+        calls = []
+
+        def abort():
+            got = gens.cv.acquire(blocking=False)
+            if got:
+                gens.cv.release()
+            calls.append(got)
+            raise RuntimeError("a failing abort is reported, not raised")
+
+        g.abort = abort
+        self.assertTrue(gens.offer({"type": "generation", "gen": 2}))
+        self.assertEqual(calls, [True])
+        gens.abandon(g)
+        self.assertEqual(calls, [True])
+        # abandon() is the other way in, for a group left on purpose
+        g2 = gens.begin_group(2)
+        gens.end_group(g2)
+        g2.abort = lambda: calls.append("g2")
+        gens.abandon(g2)
+        gens.abandon(g2)
+        self.assertEqual(calls, [True, "g2"])
+
 
 HOOK_WORKER = textwrap.dedent("""\
     import json, os, sys, time

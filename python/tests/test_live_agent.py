@@ -33,7 +33,9 @@ import uuid
 PYDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(PYDIR)
 EXAMPLE = os.path.join(REPO, "examples", "live_ddp.py")
-PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+# Workers run the interpreter running the tests (the one have_torch() checked):
+# Debian 12's torch 1.13, or torch 2.x inside scripts/in-torch2.sh.
+PYTHON = sys.executable
 
 # Environment that must not leak from the test runner into workers.
 SCRUB = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "BULSAJO_",

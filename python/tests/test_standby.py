@@ -281,6 +281,57 @@ class StandbyTest(unittest.TestCase):
         self.assertEqual(self.report(out)["modules"],
                          ["torch", "torch.distributed", "torch.nn.parallel"])
 
+    def test_env_rendezvous_works_on_this_torch(self):
+        """An env:// script, started through the shim with torch preloaded,
+        rendezvouses on this torch: where it was built without libuv (torch
+        2.x's default store backend) the shim sets USE_LIBUV=0 and tells the
+        launcher with one datagram; elsewhere it sets nothing."""
+        try:
+            import torch.distributed  # noqa: F401
+        except ImportError:
+            self.skipTest("torch not installed for this interpreter")
+        import socket
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        name = "bulsajo-test-%d" % os.getpid()
+        sock.bind("\0" + name)
+        self.addCleanup(sock.close)
+        script = os.path.join(self.tmp, "rdzv.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""\
+                import os, socket, torch.distributed as dist
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+                dist.init_process_group("gloo", init_method="env://")
+                dist.destroy_process_group()
+                print("USE_LIBUV=%s" % os.environ.get("USE_LIBUV"))
+            """))
+        env = self.base_env(BULSAJO_AGENT_SOCK="@" + name)
+        del env["BULSAJO_PRELOAD"]
+        env.pop("USE_LIBUV", None)
+        rc, out, err = self.activate([script], {"RANK": "0", "WORLD_SIZE": "1",
+                                                "MASTER_ADDR": "127.0.0.1"}, env=env)
+        self.assertEqual(rc, 0, err)
+        sock.setblocking(False)
+        try:
+            told = sock.recv(100)
+        except BlockingIOError:
+            told = None
+        if "USE_LIBUV=0" in out:
+            self.assertEqual(told, b"torch nolibuv")
+        else:
+            self.assertIn("USE_LIBUV=None", out)
+            self.assertIsNone(told)
+
+        # The user's own choice is left alone (and nothing is said).
+        env["USE_LIBUV"] = "0"
+        rc, out, err = self.activate([script], {"RANK": "0", "WORLD_SIZE": "1",
+                                                "MASTER_ADDR": "127.0.0.1"}, env=env)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("USE_LIBUV=0", out)
+        with self.assertRaises(BlockingIOError):
+            sock.recv(100)
+
 
 if __name__ == "__main__":
     unittest.main()

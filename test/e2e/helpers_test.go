@@ -27,7 +27,18 @@ var (
 	repoRoot   string
 )
 
-const torchPython = "/usr/bin/python3"
+// torchPython is the interpreter with PyTorch that the torch tests run (and
+// whose torchrun the environment-parity test compares with): env
+// BULSAJO_TEST_PYTHON (scripts/in-torch2.sh --host points it into the torch
+// 2.x chroot), else Debian 12's /usr/bin/python3 (torch 1.13).
+var torchPython = envOr("BULSAJO_TEST_PYTHON", "/usr/bin/python3")
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "bulsajo-e2e-")
@@ -191,8 +202,8 @@ func requireTorch(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real PyTorch test skipped in -short mode")
 	}
-	if err := exec.Command(torchPython, "-c", "import torch.distributed").Run(); err != nil {
-		t.Fatalf("PyTorch is required (apt-get install -y python3-torch; `make test` does this): %v", err)
+	if out, err := exec.Command(torchPython, "-c", "import torch.distributed").CombinedOutput(); err != nil {
+		t.Fatalf("PyTorch is required in %s (apt-get install -y python3-torch; `make test` does this): %v\n%s", torchPython, err, out)
 	}
 }
 
