@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulsajo/bulsajo/internal/cluster"
+	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/test/netlab"
 	"github.com/bulsajo/bulsajo/tools/fakeworker/steplog"
@@ -171,8 +171,8 @@ func (m *mcluster) startAgent(name string) *proc {
 }
 
 // status asks the coordinator, from the coordinator's host.
-func (m *mcluster) status() (cluster.Status, error) {
-	var st cluster.Status
+func (m *mcluster) status() (coordinator.Status, error) {
+	var st coordinator.Status
 	args := append([]string{"status", "--json", "--coordinator", m.coordAddr()}, m.caArgs()...)
 	out, err := m.lab.Host("coord").Command(context.Background(), bulsajoBin, args...).Output()
 	if err != nil {
@@ -181,7 +181,7 @@ func (m *mcluster) status() (cluster.Status, error) {
 	return st, json.Unmarshal(out, &st)
 }
 
-func (m *mcluster) node(name string) cluster.NodeStatus {
+func (m *mcluster) node(name string) coordinator.NodeStatus {
 	st, err := m.status()
 	if err != nil {
 		m.t.Fatalf("status: %v", err)
@@ -192,7 +192,7 @@ func (m *mcluster) node(name string) cluster.NodeStatus {
 		}
 	}
 	m.t.Fatalf("no node %s in status", name)
-	return cluster.NodeStatus{}
+	return coordinator.NodeStatus{}
 }
 
 func (m *mcluster) waitNodes(n int) {
