@@ -191,6 +191,10 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return JoinerLost{}
 	case "collective_failed":
 		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
+	case "capacity":
+		return Capacity{Slots: get("slots")}
+	case "gpu_fault":
+		return GPUFault{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}
 	t.Fatalf("unknown input %q", name)
 	return nil
