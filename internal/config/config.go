@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/chaos"
+	"github.com/bulsajo/bulsajo/internal/gpu"
 )
 
 // Run is one job on one machine.
@@ -40,6 +41,8 @@ type Run struct {
 	Preload        string
 	Chaos          string
 	Python         string // interpreter for a bare `script.py` command
+	GPUHealth      string // auto (watch the GPUs when NVML is there) | off
+	GPUXID         string // XID class overrides, e.g. "drain=13;ignore=43"
 }
 
 // Default returns the settings used when no flag says otherwise.
@@ -56,6 +59,7 @@ func Default() Run {
 		CrashLoopLimit: 3,
 		Standby:        true,
 		Python:         "python3",
+		GPUHealth:      "auto",
 	}
 }
 
@@ -106,6 +110,12 @@ func (r *Run) Validate() error {
 		if re.NumSubexp() < 1 {
 			return usage("--progress-regex needs a group capturing the step number, e.g. 'step (\\d+)'")
 		}
+	}
+	if r.GPUHealth != "auto" && r.GPUHealth != "off" {
+		return usage("--gpu-health %q: want auto or off", r.GPUHealth)
+	}
+	if rules := gpu.DefaultRules(); rules.ParseXIDClasses(r.GPUXID) != nil {
+		return usage("--gpu-xid: %v", rules.ParseXIDClasses(r.GPUXID))
 	}
 	if _, err := chaos.Parse(r.Chaos); err != nil {
 		return usage("--chaos: %v", err)

@@ -41,6 +41,11 @@ type Config struct {
 	Resume *policy.Resume
 	// FirstSeq is the number of events already in the store (resume).
 	FirstSeq int
+	// GPU delivers this node's GPU health verdicts; Preflight, when set,
+	// checks the GPUs before every generation (gpu.go). Both only for a
+	// Node that is a SlotNode (`bulsajo run`).
+	GPU       <-chan GPUReport
+	Preflight func() []GPUReport
 	// Detach, when closed, ends Run at once without touching the workers:
 	// this coordinator is going away and another will adopt the job.
 	Detach <-chan struct{}
@@ -94,6 +99,7 @@ type run struct {
 	lastAt    time.Time
 	seq       int           // events written to the store
 	paused    time.Duration // time this process did not run (left out of the policy's clock)
+	gpuAt     time.Time     // when the last GPU fault was reported
 }
 
 // Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
@@ -131,6 +137,8 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: SignalName(s)}))
 		case ev := <-node.Events():
 			r.handle(ev)
+		case g := <-cfg.GPU:
+			r.gpuReport(g)
 		case <-tick.C:
 			// A tick far behind means this process did not run (stopped, a
 			// frozen VM, swapping): the workers' silence meanwhile is ours,
@@ -234,6 +242,9 @@ func (r *run) apply(ds []policy.Decision) {
 
 func (r *run) launch(d policy.Launch) {
 	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
+	if !r.preflight(&d) {
+		return
+	}
 	port, err := r.port()
 	if err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: "no free port for the rendezvous: " + err.Error()})
@@ -329,6 +340,10 @@ func (r *run) fault(f policy.Fault) {
 		r.con.Printf("! rank %d exited (%s) · detected in %s", rank, f.Detail, human(detect))
 	case policy.FaultNodeLost:
 		r.con.Printf("! %s · detected in %s", f.Detail, human(detect))
+	case policy.FaultGPU:
+		detect = now.Sub(r.gpuAt)
+		ev.DetectMS = ms(detect)
+		r.con.Printf("! rank %d: its GPU failed (%s)", rank, f.Detail)
 	case policy.FaultHang:
 		who := "culprit unknown"
 		if rank >= 0 {
