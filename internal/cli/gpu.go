@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/bulsajo/bulsajo/internal/config"
@@ -51,7 +49,7 @@ func startGPUHealth(ctx context.Context, c config.Run, runDir string, con *conso
 		reports: make(chan supervisor.GPUReport, 64), file: filepath.Join(runDir, "gpus.json")}
 	first := h.mon.Preflight(ctx)
 	devs := h.mon.Devices()
-	h.slotOf = slotMap(devs, os.Getenv("CUDA_VISIBLE_DEVICES"))
+	h.slotOf = gpu.SlotMap(devs, os.Getenv("CUDA_VISIBLE_DEVICES"))
 	h.slots = len(h.slotOf)
 	h.initial = h.translate(first)
 	name := "GPU"
@@ -78,37 +76,6 @@ func startGPUHealth(ctx context.Context, c config.Run, runDir string, con *conso
 	}()
 	h.save()
 	return h, nil
-}
-
-// slotMap maps GPU indices (NVML: PCI bus order) to worker slots (CUDA's
-// order; the workers get CUDA_DEVICE_ORDER=PCI_BUS_ID so the two agree).
-// CUDA_VISIBLE_DEVICES, when set, selects and orders the GPUs by index or
-// UUID; GPUs it leaves out are not the job's.
-func slotMap(devs []gpu.Device, cvd string) map[int]int {
-	out := map[int]int{}
-	if strings.TrimSpace(cvd) == "" {
-		for i, d := range devs {
-			out[d.Index] = i
-		}
-		return out
-	}
-	for slot, id := range strings.Split(cvd, ",") {
-		id = strings.TrimSpace(id)
-		if n, err := strconv.Atoi(id); err == nil {
-			for _, d := range devs {
-				if d.Index == n {
-					out[d.Index] = slot
-				}
-			}
-			continue
-		}
-		for _, d := range devs {
-			if d.UUID != "" && strings.HasPrefix(d.UUID, id) {
-				out[d.Index] = slot
-			}
-		}
-	}
-	return out
 }
 
 func (h *gpuHealth) translate(vs []gpu.Verdict) []supervisor.GPUReport {
@@ -151,4 +118,28 @@ func (h *gpuHealth) save() {
 func (h *gpuHealth) close() {
 	h.save()
 	h.probe.Close()
+}
+
+// openGPUMonitor is the agent's GPU watch (nil when off or unavailable).
+func openGPUMonitor(mode, xid string, con *console.Console) (*gpu.Monitor, error) {
+	switch mode {
+	case "off":
+		return nil, nil
+	case "auto":
+	default:
+		return nil, fmt.Errorf("%w: --gpu-health %q: want auto or off", config.ErrUsage, mode)
+	}
+	rules := gpu.DefaultRules()
+	if err := rules.ParseXIDClasses(xid); err != nil {
+		return nil, fmt.Errorf("%w: --gpu-xid: %v", config.ErrUsage, err)
+	}
+	p, err := gpu.Open()
+	if errors.Is(err, gpu.ErrUnavailable) {
+		con.Printf("  %v; running without it", err)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", config.ErrUsage, err)
+	}
+	return gpu.NewMonitor(p, gpu.MonitorConfig{Rules: rules}), nil
 }

@@ -132,3 +132,28 @@ func (h *hangDevices) Devices(ctx context.Context) ([]Device, error) {
 	}
 	return d, err
 }
+
+func TestSlotMap(t *testing.T) {
+	devs := []Device{{Index: 0, UUID: "GPU-aaa"}, {Index: 1, UUID: "GPU-bbb"}, {Index: 2, UUID: "GPU-ccc"}}
+	cases := []struct {
+		cvd  string
+		want map[int]int
+	}{
+		{"", map[int]int{0: 0, 1: 1, 2: 2}},
+		{"2,0", map[int]int{2: 0, 0: 1}},
+		{"GPU-ccc,GPU-a", map[int]int{2: 0, 0: 1}},
+		{"7", map[int]int{}},
+	}
+	for _, c := range cases {
+		got := SlotMap(devs, c.cvd)
+		if len(got) != len(c.want) {
+			t.Errorf("%q: %v, want %v", c.cvd, got, c.want)
+			continue
+		}
+		for k, v := range c.want {
+			if got[k] != v {
+				t.Errorf("%q: %v, want %v", c.cvd, got, c.want)
+			}
+		}
+	}
+}
