@@ -10,6 +10,7 @@ import (
 
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/gpu"
+	"github.com/bulsajo/bulsajo/test/netlab"
 )
 
 // GPU health with the scripted fake probe (BULSAJO_FAKE_GPU): bulsajo
@@ -152,4 +153,75 @@ func TestGPUDrainLiveModeSurvivorsRegroup(t *testing.T) {
 		t.Fatalf("no regroup:\n%s", r.out)
 	}
 	checkLiveResults(t, results, 3)
+}
+
+// Multi-node: node b's fake probe reports XID 79 while the job trains. The
+// coordinator quarantines b with the reason, the spare takes b's ranks and
+// the job finishes.
+func TestMultiNodeGPUDrainQuarantinesNode(t *testing.T) {
+	m := newClusterWithout(t, []string{"a", "b", "s1"}, "b")
+	script := fakeGPUs(t, 2) // only the agent started from here on reads it: b
+	m.startAgent("b")
+	m.waitNodes(3)
+	sub := m.submit("2", "-steps", "80", "-step-time", "50ms")
+	m.waitStep(1, 10, 60*time.Second)
+	appendScript(t, script, "xid 79 gpu 1")
+	if code := sub.wait(t, 90*time.Second); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s", code, sub.out.String())
+	}
+	evs := m.events()
+	var quarantined, drained, lost bool
+	for _, e := range evs {
+		switch {
+		case e.Type == events.NodeQuarantined && e.Node == "b":
+			quarantined = strings.Contains(e.Detail, "GPU 1: XID 79 (GPU fell off the bus)")
+		case e.Type == events.GPUDrained && e.Node == "b" && e.GPU != nil && *e.GPU == 1:
+			drained = e.UUID == "GPU-fake-0001"
+		case e.Type == events.FaultDetected && e.Cause == "node_lost":
+			lost = strings.Contains(e.Detail, "node b drained: GPU 1: XID 79")
+		}
+	}
+	if !quarantined || !drained || !lost {
+		t.Fatalf("quarantined with the reason %v, gpu_drained %v, b's ranks faulted %v; events:\n%+v", quarantined, drained, lost, evs)
+	}
+	co := m.coord.out.String()
+	if !strings.Contains(co, "generation 2 on 2 nodes ([a s1])") {
+		t.Errorf("generation 2 should run on a and the spare s1; coordinator said:\n%s", co)
+	}
+	nb := m.node("b")
+	if !nb.Quarantined || !strings.Contains(nb.Reason, "XID 79") || len(nb.GPUs) != 1 || nb.GPUs[0].State != "drained" {
+		t.Errorf("status of b: %+v, want quarantined for XID 79 with GPU 1 drained", nb)
+	}
+	// Every step of the job was done, the last ones after the move.
+	last := 0
+	for _, r := range m.steps() {
+		if r.Gen >= 2 && r.Step > last {
+			last = r.Step
+		}
+	}
+	if last != 79 {
+		t.Errorf("last step after the move: %d, want 79", last)
+	}
+	noOverlap(t, m.steps())
+	m.waitNoWorkers(5 * time.Second)
+}
+
+// newClusterWithout is newCluster with the agent of host late not started
+// (the test starts it, e.g. with another environment).
+func newClusterWithout(t *testing.T, nodes []string, late string) *mcluster {
+	t.Helper()
+	netlab.Require(t)
+	m := &mcluster{t: t, lab: netlab.New(t, append([]string{"coord"}, nodes...)...), dir: t.TempDir(),
+		agents: map[string]*proc{}, slots: "2"}
+	m.stepLog = filepath.Join(m.dir, "steps.log")
+	m.pidDir = filepath.Join(m.dir, "pids")
+	os.MkdirAll(m.pidDir, 0o755)
+	m.startCoordinator()
+	for _, n := range nodes {
+		if n != late {
+			m.startAgent(n)
+		}
+	}
+	m.waitNodes(len(nodes) - 1)
+	return m
 }
