@@ -55,6 +55,8 @@ steps = int(sys.argv[1])
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 n = torch.cuda.device_count()
+if n == 0:
+    sys.exit("no CUDA device visible to torch")
 dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % n)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048)).to(dev)
@@ -77,7 +79,7 @@ for s in range(steps):
 dist.destroy_process_group()
 print("done rank %d" % rank, flush=True)
 PYEOF
-timeout 300 "$B" run --nproc-per-node 2 --run-dir "$OUT/run" -- "$PY" "$OUT/job.py" 300 >"$OUT/run.log" 2>&1
+timeout 300 "$B" run --nproc-per-node 2 --max-restarts 1 --run-dir "$OUT/run" -- "$PY" "$OUT/job.py" 300 >"$OUT/run.log" 2>&1
 rc=$?
 tail -25 "$OUT/run.log"
 [ $rc = 0 ] && grep -q "done rank 0" "$OUT/run.log" && pass "job on the GPU (exit 0)" || failed "job on the GPU (exit $rc)"
