@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"time"
 
@@ -95,4 +96,21 @@ func (j *job) drainNode(n *node, why string) {
 	if n.sess != nil {
 		n.sess.send(wire.Msg{Type: wire.TStop, Job: j.rec.Spec.ID, Gen: j.rec.Gen, Grace: j.rec.Spec.StopGraceMS})
 	}
+}
+
+// writeGPUMetrics: one gauge per GPU a node reported a problem with, with
+// dcgm-exporter's label names (Hostname, gpu, UUID) so dashboards can join
+// it with DCGM's metrics on UUID.
+func writeGPUMetrics(w io.Writer, st Status) {
+	fmt.Fprintf(w, "# HELP bulsajo_gpu_problem GPUs an agent reported (state drained, restart or warn; the last verdict).\n# TYPE bulsajo_gpu_problem gauge\n")
+	drained := 0
+	for _, n := range st.Nodes {
+		for _, g := range n.GPUs {
+			fmt.Fprintf(w, "bulsajo_gpu_problem{Hostname=%q,gpu=\"%d\",UUID=%q,state=%q} 1\n", n.Name, g.GPU, g.UUID, g.State)
+			if g.State == "drained" {
+				drained++
+			}
+		}
+	}
+	fmt.Fprintf(w, "# HELP bulsajo_gpus_drained GPUs drained (their nodes quarantined).\n# TYPE bulsajo_gpus_drained gauge\nbulsajo_gpus_drained %d\n", drained)
 }

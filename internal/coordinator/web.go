@@ -25,6 +25,7 @@ func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "# HELP bulsajo_nodes_quarantined Nodes excluded after repeated faults.\n# TYPE bulsajo_nodes_quarantined gauge\nbulsajo_nodes_quarantined %d\n", quarantined)
 	fmt.Fprintf(w, "# HELP bulsajo_agent_sessions Connected agent sessions.\n# TYPE bulsajo_agent_sessions gauge\nbulsajo_agent_sessions %d\n", s.sessions.Load())
 	fmt.Fprintf(w, "# HELP bulsajo_heartbeats_total Heartbeats received.\n# TYPE bulsajo_heartbeats_total counter\nbulsajo_heartbeats_total %d\n", s.heartbeats.Load())
+	writeGPUMetrics(w, st)
 	if j := st.Job; j != nil {
 		fmt.Fprintf(w, "# HELP bulsajo_job_generation Current generation.\n# TYPE bulsajo_job_generation gauge\nbulsajo_job_generation{job=%q} %d\n", j.ID, j.Gen)
 		fmt.Fprintf(w, "# HELP bulsajo_job_step Highest step reported.\n# TYPE bulsajo_job_step gauge\nbulsajo_job_step{job=%q} %d\n", j.ID, j.Step)
