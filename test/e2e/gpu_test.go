@@ -30,8 +30,6 @@ func fakeGPUs(t *testing.T, n int) string {
 	return p
 }
 
-
-
 func appendScript(t *testing.T, path, line string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
@@ -224,4 +222,21 @@ func newClusterWithout(t *testing.T, nodes []string, late string) *mcluster {
 	}
 	m.waitNodes(len(nodes) - 1)
 	return m
+}
+
+// Without NVML the job runs as before and says so once; a broken fake
+// script is a usage error, in one line.
+func TestGPUHealthUnavailableAndBadScript(t *testing.T) {
+	t.Setenv(gpu.FakeEnv, "")
+	r := bulsajo(t, 30*time.Second, "--nproc-per-node", "2", "--", "true")
+	if r.code != 0 || strings.Count(r.out, "GPU health unavailable") != 1 {
+		t.Fatalf("exit %d, want 0 with one \"GPU health unavailable\" line:\n%s", r.code, r.out)
+	}
+	p := filepath.Join(t.TempDir(), "gpus.txt")
+	os.WriteFile(p, []byte("gpus 2\nxid seventy gpu 1\n"), 0o644)
+	t.Setenv(gpu.FakeEnv, p)
+	r = bulsajo(t, 30*time.Second, "--nproc-per-node", "2", "--", "true")
+	if r.code != 2 || !strings.Contains(r.out, "gpus.txt:2") {
+		t.Fatalf("exit %d, want 2 naming the bad line:\n%s", r.code, r.out)
+	}
 }
