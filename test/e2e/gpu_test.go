@@ -240,3 +240,54 @@ func TestGPUHealthUnavailableAndBadScript(t *testing.T) {
 		t.Fatalf("exit %d, want 2 naming the bad line:\n%s", r.code, r.out)
 	}
 }
+
+// Restart-class XIDs (13) on the same GPU restart its worker's generation
+// on all four GPUs; the third within the hour drains the GPU and the job
+// finishes on three. (The fake worker: this is about the decisions.)
+func TestGPURestartClassEscalatesToDrain(t *testing.T) {
+	script := fakeGPUs(t, 4)
+	cmd, out, runDir := startBulsajo(t, "--nproc-per-node", "4", "--", fakeBin, "-steps", "150", "-step-time", "50ms")
+	recovered := func() int {
+		evs, _ := events.ReadFile(filepath.Join(runDir, "events.jsonl"))
+		n := 0
+		for _, e := range evs {
+			if e.Type == events.Recovered {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, 30*time.Second, "training", func() bool {
+		return strings.Contains(out.String(), "[rank0]") || fileExists(filepath.Join(runDir, "pids", "rank1"))
+	})
+	for i := 0; i < 3; i++ {
+		waitFor(t, 60*time.Second, fmt.Sprintf("recovery %d", i), func() bool { return recovered() == i })
+		appendScript(t, script, "xid 13 gpu 1")
+		waitFor(t, 60*time.Second, fmt.Sprintf("fault %d handled", i+1), func() bool { return recovered() == i+1 })
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit %v:\n%s", err, out.String())
+	}
+	evs, _ := events.ReadFile(filepath.Join(runDir, "events.jsonl"))
+	var faults, gpuFaults, drains, lastWorld int
+	for _, e := range evs {
+		switch e.Type {
+		case events.FaultDetected:
+			faults++
+		case events.GPUFault:
+			gpuFaults++
+		case events.GPUDrained:
+			drains++
+			if !strings.Contains(e.Detail, "3 application-class faults on this GPU") {
+				t.Errorf("drain reason %q, want the escalation named", e.Detail)
+			}
+		case events.GenerationStart:
+			lastWorld = e.WorldSize
+		}
+	}
+	if faults != 3 || gpuFaults != 2 || drains != 1 || lastWorld != 3 {
+		t.Fatalf("faults %d, gpu_fault events %d, drains %d, last world %d; want 3, 2, 1, 3:\n%s", faults, gpuFaults, drains, lastWorld, out.String())
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
