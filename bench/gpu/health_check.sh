@@ -25,7 +25,7 @@ GO=$(command -v go || true)
 echo "go: $($GO version) · out: $OUT"
 
 B=$OUT/bulsajo-nvml
-if CGO_ENABLED=1 timeout 300 "$GO" build -tags nvml -o "$B" ./cmd/bulsajo >"$OUT/build.log" 2>&1; then
+if CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" timeout 300 "$GO" build -tags nvml -o "$B" ./cmd/bulsajo >"$OUT/build.log" 2>&1; then
   pass "build -tags nvml"
 else
   failed "build -tags nvml"; grep -v -e warning -e note: "$OUT/build.log" | tail -20; exit 1
