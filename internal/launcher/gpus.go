@@ -83,6 +83,9 @@ func (a *Launcher) placeGPU(env map[string]string, i int) map[string]string {
 	visible := strings.Split(os.Getenv("CUDA_VISIBLE_DEVICES"), ",")
 	var ids []string
 	for _, g := range healthy {
+		if g >= a.cfg.GPUs {
+			break // slots past the GPUs (more workers than GPUs) have none
+		}
 		if os.Getenv("CUDA_VISIBLE_DEVICES") != "" && g < len(visible) {
 			ids = append(ids, strings.TrimSpace(visible[g]))
 		} else {
