@@ -4,10 +4,15 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build demo demo-check test test-torch2 stress deps lint bench clean
+.PHONY: build build-nvml demo demo-check test test-torch2 stress deps lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
+
+# For GPU nodes: GPU health through NVML (cgo; dlopens libnvidia-ml at run
+# time, so it builds without a driver). bench/gpu/health_check.sh checks it.
+build-nvml:
+	CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" $(GO) build -tags nvml -o $(BIN) ./cmd/bulsajo
 
 deps:
 	@PYTHON=$(PYTHON) scripts/deps.sh
@@ -38,6 +43,7 @@ demo-check: deps build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" $(GO) vet -tags nvml ./internal/gpu
 
 test: deps build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/console"
+	"github.com/bulsajo/bulsajo/internal/gpu"
 	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
@@ -44,6 +45,7 @@ type Config struct {
 	SDKDir       string
 	Console      *console.Console
 	Version      string
+	GPU          *gpu.Monitor // GPU health (nil: off); see gpu.go
 }
 
 // ErrAuth means the coordinator refused the token: retrying will not help.
@@ -70,6 +72,8 @@ type Agent struct {
 	step    int
 	fenced  bool
 	env     map[string]string // added to workers' environment
+	// gpuDrains: drain verdicts reported (repeated on every session)
+	gpuDrains []wire.Msg
 }
 
 type session struct {
@@ -120,6 +124,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	go a.fenceLoop(ctx)
+	if a.cfg.GPU != nil {
+		a.gpuPreflight() // the baseline; drains found are reported once connected
+		a.con.Printf("  GPU health: watching %d GPU(s)", len(a.cfg.GPU.Devices()))
+		go a.watchGPUs(ctx)
+	}
 	backoff := 100 * time.Millisecond
 	said := false
 	for ctx.Err() == nil {
@@ -283,6 +292,7 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 	a.until = sentHello.Add(lease)
 	a.mu.Unlock()
 	a.con.Printf("+ connected to the coordinator at %s as %s (lease %s)", sess.conn.RemoteAddr(), a.cfg.Name, lease)
+	a.resendGPU(sess)
 
 	hbCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -469,6 +479,7 @@ func (a *Agent) start(m wire.Msg) {
 	a.mu.Unlock()
 	a.con.Printf("▶ generation %d: ranks %v of %d · rendezvous %s:%d", m.Gen, sp.Ranks, sp.WorldSize, sp.MasterAddr, sp.MasterPort)
 	go func() {
+		a.gpuPreflight()
 		err := ag.StartGeneration(launcher.GenerationSpec{Gen: m.Gen, RestartCount: sp.RestartCount, WorldSize: sp.WorldSize,
 			Ranks: sp.Ranks, GroupRank: sp.GroupRank, GroupWorldSize: sp.GroupWorldSize, MasterAddr: sp.MasterAddr, MasterPort: sp.MasterPort})
 		if err != nil {

@@ -63,7 +63,7 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return fmt.Errorf("%w: %v", config.ErrUsage, err)
 	})
-	root.AddCommand(newRunCmd(ctx, stdout, stderr), newCoordinatorCmd(ctx, stdout), newAgentCmd(ctx, stdout),
+	root.AddCommand(newRunCmd(ctx, stdout, stderr), newGPUsCmd(ctx, stdout), newCoordinatorCmd(ctx, stdout), newAgentCmd(ctx, stdout),
 		newSubmitCmd(ctx, stdout), newStatusCmd(ctx, stdout), newNodeCmd(ctx, stdout), newReportCmd(stdout), newSimCmd(stdout), &cobra.Command{
 			Use:   "version",
 			Short: "Print the version",

@@ -268,6 +268,7 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
 		cn                              conn
 		name, advertise, dataDir, nproc string
+		gpuHealth, gpuXID               string
 		spare                           bool
 	)
 	cmd := &cobra.Command{
@@ -315,8 +316,12 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			con.Printf("bulsajo agent %s · %s · %d slots · coordinator %s", name, role, n, strings.Join(addrs, ","))
 			sctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			mon, err := openGPUMonitor(gpuHealth, gpuXID, con)
+			if err != nil {
+				return err
+			}
 			a := agent.New(agent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
-				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version})
+				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version, GPU: mon})
 			if err := a.Run(sctx); err != nil {
 				return err
 			}
@@ -328,6 +333,8 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	f.SetNormalizeFunc(torchrunNames)
 	cn.flags(f, true)
 	f.StringVar(&nproc, "nproc-per-node", "1", "worker slots on this node (an integer, or \"cpu\")")
+	f.StringVar(&gpuHealth, "gpu-health", "auto", "auto: watch the GPUs through NVML when present and report faults (a drain quarantines this node); off")
+	f.StringVar(&gpuXID, "gpu-xid", "", "override XID classes, e.g. 'drain=13,31;ignore=43' (classes drain, restart, warn, ignore)")
 	f.StringVar(&name, "node-name", "", "this node's name (default: hostname)")
 	f.BoolVar(&spare, "spare", false, "hot spare: hold no ranks until a node fails")
 	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
@@ -575,6 +582,11 @@ func printStatus(w io.Writer, st coordinator.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", name, n.State, n.Addr, n.NProc, ranks, n.Faults, q)
 	}
 	tw.Flush()
+	for _, n := range st.Nodes {
+		for _, g := range n.GPUs {
+			fmt.Fprintf(w, "  %s GPU %d %s: %s\n", n.Name, g.GPU, g.State, g.Reason)
+		}
+	}
 }
 
 func newNodeCmd(ctx context.Context, stdout io.Writer) *cobra.Command {

@@ -97,6 +97,8 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.StringVar(&c.Chaos, "chaos", "", "testing aid: inject faults, e.g. kill-every=10s,stop-at=30s,seed=1 or, by training step, kill-at-step=300,stop-at-step=900")
 	f.StringVar(&c.Python, "python", c.Python, "interpreter for a command that is a bare script.py")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics and the live dashboard at HOST:PORT (off by default)")
+	f.StringVar(&c.GPUHealth, "gpu-health", c.GPUHealth, "auto: watch the GPUs through NVML when present (drain a failing GPU, restart its worker, warn); off")
+	f.StringVar(&c.GPUXID, "gpu-xid", "", "override XID classes, e.g. 'drain=13,31;ignore=43' (classes drain, restart, warn, ignore)")
 	// Accepted for torchrun compatibility; output is always streamed and kept.
 	var ignored string
 	f.StringVar(&ignored, "redirects", "", "accepted for torchrun compatibility (ignored)")
@@ -150,10 +152,23 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	if c.ProgressRegex != "" {
 		re = regexp.MustCompile(c.ProgressRegex) // validated
 	}
+	con.Printf("bulsajo · run %s · %d workers · %s mode · events: %s", c.RunID, c.NProc, c.Recovery, relPath(logPath))
+	hctx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
+	gh, err := startGPUHealth(hctx, c, runDir, con)
+	if err != nil {
+		return err
+	}
+	gpus, env := 0, map[string]string(nil)
+	if gh != nil {
+		defer gh.close()
+		gpus, env = gh.slots, map[string]string{"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} // CUDA's GPU order = NVML's
+	}
 	ag, err := launcher.New(launcher.Config{
 		Command: c.Command, RunID: c.RunID, RunDir: runDir, MaxRestarts: c.MaxRestarts,
 		SDKDir: sdkDir, ProgressRegex: re, Standby: c.Standby, StandbyCount: c.NProc,
 		Preload: c.Preload, StopGrace: c.StopGrace, Console: con, Live: c.Recovery == "live",
+		GPUs: gpus, Env: env,
 	})
 	if err != nil {
 		return err
@@ -171,7 +186,6 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	plan, _ := chaos.Parse(c.Chaos) // validated
 	wd := health.DefaultWatchdog()
 	wd.Floor, wd.Timeout = c.HangFloor, c.HangTimeout
-	con.Printf("bulsajo · run %s · %d workers · %s mode · events: %s", c.RunID, c.NProc, c.Recovery, relPath(logPath))
 	if os.Getenv("OMP_NUM_THREADS") == "" && c.NProc > 1 {
 		con.Printf("  note: OMP_NUM_THREADS=1 for each worker (as torchrun does); set it to tune")
 	}
@@ -185,7 +199,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 		observers = obs
 		con.Printf("  dashboard: http://%s/ · metrics: http://%s/metrics", addr, addr)
 	}
-	res := supervisor.Run(supervisor.Config{
+	scfg := supervisor.Config{
 		RunID: c.RunID,
 		Policy: policy.Config{
 			WorldSize: c.NProc, MaxRestarts: c.MaxRestarts, Watchdog: wd,
@@ -194,7 +208,11 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
 		Chaos: plan, Console: con, Log: log, Store: st, Observers: observers,
-	}, ag, sigs)
+	}
+	if gh != nil {
+		scfg.GPU, scfg.Preflight = gh.reports, gh.preflight(hctx)
+	}
+	res := supervisor.Run(scfg, ag, sigs)
 
 	switch res.Outcome {
 	case policy.Succeeded:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/chaos"
+	"github.com/bulsajo/bulsajo/internal/gpu"
 )
 
 // Run is one job on one machine.
@@ -43,6 +44,8 @@ type Run struct {
 	Chaos          string
 	Python         string // interpreter for a bare `script.py` command
 	MetricsAddr    string // HOST:PORT for /metrics and the dashboard; "" = off
+	GPUHealth      string // auto (watch the GPUs when NVML is there) | off
+	GPUXID         string // XID class overrides, e.g. "drain=13;ignore=43"
 }
 
 // Default returns the settings used when no flag says otherwise.
@@ -59,6 +62,7 @@ func Default() Run {
 		CrashLoopLimit: 3,
 		Standby:        true,
 		Python:         "python3",
+		GPUHealth:      "auto",
 	}
 }
 
@@ -115,6 +119,12 @@ func (r *Run) Validate() error {
 		if p, perr := strconv.Atoi(port); err != nil || perr != nil || p < 0 || p > 65535 || strings.ContainsAny(host, " /") {
 			return usage("--metrics-addr %q: want HOST:PORT, e.g. 127.0.0.1:9400", r.MetricsAddr)
 		}
+	}
+	if r.GPUHealth != "auto" && r.GPUHealth != "off" {
+		return usage("--gpu-health %q: want auto or off", r.GPUHealth)
+	}
+	if rules := gpu.DefaultRules(); rules.ParseXIDClasses(r.GPUXID) != nil {
+		return usage("--gpu-xid: %v", rules.ParseXIDClasses(r.GPUXID))
 	}
 	if _, err := chaos.Parse(r.Chaos); err != nil {
 		return usage("--chaos: %v", err)

@@ -116,6 +116,7 @@ type node struct {
 	// lease has certainly run out, so its ranks may be handed to others.
 	lost    bool
 	fenceAt time.Time
+	gpus    map[int]GPUState // GPU verdicts the agent reported (gpu.go; s.mu)
 }
 
 // offerPort keeps a port the node reported free (each heartbeat brings
@@ -374,6 +375,12 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
 		case wire.TBye:
 			ss.bye.Store(true)
+		case wire.TGPU:
+			s.mu.Lock()
+			if n.sess == ss {
+				s.gpuHealth(n, m)
+			}
+			s.mu.Unlock()
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
 			wire.TJoinerReady, wire.TJoinerLost, wire.TListening:
 			s.mu.Lock()
@@ -602,16 +609,17 @@ func (s *Server) ticker() {
 
 // NodeStatus is one node in `bulsajo status`.
 type NodeStatus struct {
-	Name        string  `json:"name"`
-	Addr        string  `json:"addr,omitempty"`
-	NProc       int     `json:"nproc,omitempty"`
-	Spare       bool    `json:"spare,omitempty"`
-	State       string  `json:"state"` // ready, training, lost, disconnected
-	Quarantined bool    `json:"quarantined,omitempty"`
-	Reason      string  `json:"reason,omitempty"`
-	Faults      int     `json:"faults"`
-	SilentS     float64 `json:"silent_s"`
-	Ranks       []int   `json:"ranks,omitempty"`
+	Name        string     `json:"name"`
+	Addr        string     `json:"addr,omitempty"`
+	NProc       int        `json:"nproc,omitempty"`
+	Spare       bool       `json:"spare,omitempty"`
+	State       string     `json:"state"` // ready, training, lost, disconnected
+	Quarantined bool       `json:"quarantined,omitempty"`
+	Reason      string     `json:"reason,omitempty"`
+	Faults      int        `json:"faults"`
+	SilentS     float64    `json:"silent_s"`
+	Ranks       []int      `json:"ranks,omitempty"`
+	GPUs        []GPUState `json:"gpus,omitempty"` // GPUs with a reported problem
 }
 
 // Status is the answer of GET /v1/status.
@@ -629,7 +637,7 @@ func (s *Server) Status() Status {
 	st := Status{UptimeS: now.Sub(s.started).Seconds()}
 	for _, n := range s.nodes {
 		ns := NodeStatus{Name: n.Name, Addr: n.Addr, NProc: n.NProc, Spare: n.Spare, Quarantined: n.Quarantined,
-			Reason: n.Reason, Faults: n.Faults}
+			Reason: n.Reason, Faults: n.Faults, GPUs: n.gpuList()}
 		switch {
 		case n.lost:
 			ns.State = "lost"

@@ -54,7 +54,8 @@ var (
 type nodeCollector struct{ s *Server }
 
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descNodes, descQuarantined, descNodeQuar, descNodeFaults, descSessions, descHeartbeats} {
+	for _, d := range []*prometheus.Desc{descNodes, descQuarantined, descNodeQuar, descNodeFaults, descSessions, descHeartbeats,
+		descGPUProblem, descGPUsDrained} {
 		ch <- d
 	}
 }
@@ -75,6 +76,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(k), state)
 	}
 	ch <- prometheus.MustNewConstMetric(descQuarantined, prometheus.GaugeValue, float64(quarantined))
+	gpuMetrics(ch, st)
 	ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(c.s.sessions.Load()))
 	ch <- prometheus.MustNewConstMetric(descHeartbeats, prometheus.CounterValue, float64(c.s.heartbeats.Load()))
 }

@@ -34,6 +34,10 @@ const (
 	NodeLost           = "node_lost"
 	NodeQuarantined    = "node_quarantined"
 	NodeReleased       = "node_released"
+	// GPU health (internal/gpu).
+	GPUDrained = "gpu_drained" // a GPU taken out of the job (Cause: drain class reason)
+	GPUFault   = "gpu_fault"   // an application-class GPU fault: its worker restarts
+	GPUWarning = "gpu_warning"
 )
 
 // Event is one line of the log. Fields that do not apply stay empty.
@@ -58,6 +62,8 @@ type Event struct {
 	Node       string  `json:"node,omitempty"`
 	// Stretch is set on steps events.
 	Stretch *Stretch `json:"stretch,omitempty"`
+	GPU     *int     `json:"gpu,omitempty"` // GPU index on Node (the worker's slot)
+	UUID    string   `json:"uuid,omitempty"`
 	// Summary is set on run_finished.
 	Summary *Summary `json:"summary,omitempty"`
 }

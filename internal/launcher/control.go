@@ -364,7 +364,7 @@ func (a *Launcher) freeLocalRank() int {
 		used[w.localRank] = true
 	}
 	n := 0
-	for used[n] {
+	for used[n] || a.drained[n] {
 		n++
 	}
 	return n

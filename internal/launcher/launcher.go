@@ -47,6 +47,8 @@ type Config struct {
 	// Env is added to the workers' environment (where the caller's does
 	// not set the variable already).
 	Env map[string]string
+	// GPUs on this node when GPU health is on (0: off); see gpus.go.
+	GPUs int
 }
 
 // Events the launcher reports.
@@ -119,7 +121,8 @@ type Launcher struct {
 	standbyFailed int
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
-	noLibuv       atomic.Bool // a shim found torch built without libuv (torchenv.go)
+	noLibuv       atomic.Bool  // a shim found torch built without libuv (torchenv.go)
+	drained       map[int]bool // GPUs taken out (gpus.go)
 	closed        bool
 	waiters       sync.WaitGroup
 	faults        genFaults    // which generations have a dead worker (output.go)
@@ -229,7 +232,7 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 				a.noStagger.Store(true) // this script meets some other way
 			}
 		}
-		if err := a.startSlot(g, spec, slot, a.rankEnv(spec, slot), false); err != nil {
+		if err := a.startSlot(g, spec, slot, a.placeGPU(a.rankEnv(spec, slot), slot), false); err != nil {
 			a.mu.Lock()
 			g.remaining -= len(order) - i // slots that will never run
 			a.mu.Unlock()
@@ -280,6 +283,9 @@ func (a *Launcher) startSlot(g *generation, spec GenerationSpec, slot int, env m
 	w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: rank, WorldSize: spec.WorldSize,
 		MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, Join: join})
 	w.localRank, _ = strconv.Atoi(env["LOCAL_RANK"])
+	if gpu, err := strconv.Atoi(env["BULSAJO_GPU"]); err == nil {
+		w.localRank = gpu
+	}
 	g.workers = append(g.workers, w)
 	a.writePID(rank, w.pid)
 	return nil

@@ -284,6 +284,7 @@ type Machine struct {
 	sameFailures int
 	lastSig      string
 	finishAfter  *Finish // decided while stopping; emitted on Stopped
+	slots        int     // healthy slots (GPUs) left; 0 = not limited (gpu.go)
 }
 
 // New returns a machine for cfg, filling defaults.
@@ -396,6 +397,10 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 			m.finishing = true
 			m.firstDone, m.firstDoneAt = ev.Rank, now
 		}
+	case Capacity:
+		return m.capacity(ev)
+	case GPUFault:
+		return m.gpuFault(now, ev)
 	case CollectiveFailed:
 		if ev.Gen == m.gen && m.phase == running {
 			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
@@ -406,7 +411,7 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 }
 
 func (m *Machine) launch(now time.Duration) []Decision {
-	m.newGeneration(m.cfg.WorldSize)
+	m.newGeneration(m.target())
 	return []Decision{Launch{Gen: m.gen, WorldSize: m.world, RestartCount: m.gen - 1}}
 }
 
@@ -456,7 +461,7 @@ func (m *Machine) progress(now time.Duration, ev Progress) (out []Decision) {
 // admit grows the running generation by the ready joiners, at a step
 // boundary a few steps ahead (so every member reaches it before switching).
 func (m *Machine) admit() []Decision {
-	n := min(m.joinersReady, m.cfg.WorldSize-m.world)
+	n := min(m.joinersReady, m.target()-m.world)
 	if n <= 0 || m.phase != running || !m.progressed {
 		return nil
 	}
@@ -668,6 +673,8 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 			return append(out, m.regroup(append([]int{f.Rank}, f.Also...), nil)...)
 		case f.Kind == FaultCollective:
 			return append(out, m.regroup(nil, nil)...)
+		case f.Kind == FaultGPU:
+			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
 		case f.Kind == FaultHang:
 			// Survivors blocked in a collective look like the hung rank
 			// (same step), so steps cannot tell whom to kill: ask for the
@@ -698,11 +705,11 @@ func (m *Machine) regroup(dead, kill []int) []Decision {
 	}
 	spawn := 0
 	if m.cfg.Replace {
-		spawn = max(0, m.cfg.WorldSize-len(survivors)-m.joiners)
+		spawn = max(0, m.target()-len(survivors)-m.joiners)
 		m.joiners += spawn
 	}
 	// Joiners already waiting come in with this regroup.
-	admit := min(m.joinersReady, m.cfg.WorldSize-len(survivors))
+	admit := min(m.joinersReady, m.target()-len(survivors))
 	m.joiners -= admit
 	m.joinersReady -= admit
 	m.newGeneration(len(survivors) + admit)

@@ -194,6 +194,10 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return Finishing{Gen: get("gen"), Rank: get("rank")}
 	case "collective_failed":
 		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
+	case "capacity":
+		return Capacity{Slots: get("slots")}
+	case "gpu_fault":
+		return GPUFault{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}
 	t.Fatalf("unknown input %q", name)
 	return nil

@@ -43,6 +43,11 @@ type Config struct {
 	Resume *policy.Resume
 	// FirstSeq is the number of events already in the store (resume).
 	FirstSeq int
+	// GPU delivers this node's GPU health verdicts; Preflight, when set,
+	// checks the GPUs before every generation (gpu.go). Both only for a
+	// Node that is a SlotNode (`bulsajo run`).
+	GPU       <-chan GPUReport
+	Preflight func() []GPUReport
 	// Detach, when closed, ends Run at once without touching the workers:
 	// this coordinator is going away and another will adopt the job.
 	Detach <-chan struct{}
@@ -110,6 +115,7 @@ type run struct {
 	clock     events.StepClock
 	worlds    map[int]int   // generation -> world size, for the step clock
 	paused    time.Duration // time this process did not run (left out of the policy's clock)
+	gpuAt     time.Time     // when the last GPU fault was reported
 }
 
 // Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
@@ -148,6 +154,8 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: SignalName(s)}))
 		case ev := <-node.Events():
 			r.handle(ev)
+		case g := <-cfg.GPU:
+			r.gpuReport(g)
 		case <-tick.C:
 			// A tick far behind means this process did not run (stopped, a
 			// frozen VM, swapping): the workers' silence meanwhile is ours,
@@ -280,6 +288,9 @@ func (r *run) apply(ds []policy.Decision) {
 
 func (r *run) launch(d policy.Launch) {
 	r.lastStep, r.lastAt = -1, time.Time{} // a new generation's steps restart from its checkpoint
+	if !r.preflight(&d) {
+		return
+	}
 	r.worlds[d.Gen] = d.WorldSize
 	port, err := r.port()
 	if err != nil {
@@ -387,6 +398,10 @@ func (r *run) fault(f policy.Fault) {
 		r.con.Printf("! rank %d exited (%s) · detected in %s%s", rank, f.Detail, human(detect), see)
 	case policy.FaultNodeLost:
 		r.con.Printf("! %s · detected in %s", f.Detail, human(detect))
+	case policy.FaultGPU:
+		detect = now.Sub(r.gpuAt)
+		ev.DetectMS = ms(detect)
+		r.con.Printf("! rank %d: its GPU failed (%s)", rank, f.Detail)
 	case policy.FaultHang:
 		who := "culprit unknown"
 		if rank >= 0 {

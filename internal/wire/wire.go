@@ -39,6 +39,7 @@ const (
 	TCollectiveFailed = "collective_failed" // live: a worker's collective broke (Err says how)
 	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
 	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
+	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat
@@ -102,6 +103,11 @@ type Msg struct {
 	Grow       bool  `json:"grow,omitempty"`    // no fault: switch after committing AtStep
 	AtStep     int   `json:"at_step,omitempty"` // grow
 	Count      int   `json:"count,omitempty"`   // spawn
+
+	// gpu_health: GPU is the index on the node (-1: every GPU)
+	GPU   int    `json:"gpu,omitempty"`
+	UUID  string `json:"uuid,omitempty"`
+	Class string `json:"class,omitempty"`
 }
 
 // Spec is one node's part of a generation, with the job it belongs to.
@@ -277,6 +283,17 @@ func (m *Msg) Validate() error {
 	case TCollectiveFailed:
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 {
 			return invalid(t, "job, generation and rank required")
+		}
+	case TGPU:
+		switch {
+		case m.Class != "drain" && m.Class != "restart" && m.Class != "warn":
+			return invalid(t, "class must be drain, restart or warn")
+		case m.GPU < -1 || m.GPU >= 1024:
+			return invalid(t, "gpu index out of range")
+		case m.Reason == "" || len(m.Reason) > 1024 || len(m.UUID) > 128:
+			return invalid(t, "reason (1-1024 bytes) required, uuid up to 128")
+		case m.Job != "" && !ValidName(m.Job), m.Gen < 0:
+			return invalid(t, "bad job or generation")
 		}
 	case "":
 		return invalid("message", "type missing")

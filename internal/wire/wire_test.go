@@ -35,6 +35,9 @@ var validLines = map[string]string{
 	"end":            `{"type":"end","job":"job1"}`,
 	"reject":         `{"type":"reject","reason":"node name node-1 already connected"}`,
 	"whitespace":     " \t{\"type\":\"ack\"}\r\n ",
+	"gpu drain":      `{"type":"gpu_health","job":"job1","gen":2,"gpu":3,"uuid":"GPU-5f1c","class":"drain","reason":"XID 79 (GPU fell off the bus)"}`,
+	"gpu warn idle":  `{"type":"gpu_health","class":"warn","reason":"PCIe link width x8 of x16"}`,
+	"gpu all":        `{"type":"gpu_health","gpu":-1,"class":"drain","reason":"NVML event wait: Unknown Error"}`,
 }
 
 func TestDecodeValid(t *testing.T) {
@@ -133,6 +136,12 @@ func TestDecodeInvalid(t *testing.T) {
 		{"oversize whitespace", `{"type":"ack"}` + strings.Repeat(" ", MaxMessage), ErrTooLarge},
 		// type
 		{"missing type", `{"seq":1}`, ErrInvalid},
+		{"gpu bad class", `{"type":"gpu_health","class":"evict","reason":"x"}`, ErrInvalid},
+		{"gpu no reason", `{"type":"gpu_health","class":"drain"}`, ErrInvalid},
+		{"gpu index", `{"type":"gpu_health","class":"drain","gpu":-2,"reason":"x"}`, ErrInvalid},
+		{"gpu index high", `{"type":"gpu_health","class":"drain","gpu":1024,"reason":"x"}`, ErrInvalid},
+		{"gpu long reason", `{"type":"gpu_health","class":"warn","reason":"` + strings.Repeat("x", 1025) + `"}`, ErrInvalid},
+		{"gpu bad job", `{"type":"gpu_health","class":"warn","job":"a b","reason":"x"}`, ErrInvalid},
 		{"empty type", `{"type":""}`, ErrInvalid},
 		{"unknown type", `{"type":"launch"}`, ErrInvalid},
 		{"type not string", `{"type":1}`, ErrInvalid},

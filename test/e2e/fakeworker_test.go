@@ -201,6 +201,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bad chaos", []string{"run", "--chaos", "explode=1s", "--", "true"}, "unknown key"},
 		{"bad regex", []string{"run", "--progress-regex", "step", "--", "true"}, "capturing the step"},
 		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"bad gpu health", []string{"run", "--gpu-health", "maybe", "--", "true"}, "want auto or off"},
+		{"bad gpu xid", []string{"run", "--gpu-xid", "evict=79", "--", "true"}, "--gpu-xid"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
