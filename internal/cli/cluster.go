@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
 	"github.com/bulsajo/bulsajo/internal/wire"
@@ -95,6 +98,7 @@ func (c *conn) credentials() (string, *tls.Config, error) {
 func newCoordinatorCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
 		listen, tokenFile, dataDir, etcdEndpoints, advertise string
+		healthAddr                                           string
 		useTLS                                               bool
 		tlsCert, tlsKey                                      string
 		lease, heartbeat, nodeTimeout                        time.Duration
@@ -123,7 +127,7 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 				return usage("--tls-cert and --tls-key go together")
 			}
 			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
-				etcd: etcdEndpoints, advertise: advertise, tls: useTLS, cert: tlsCert, key: tlsKey,
+				etcd: etcdEndpoints, advertise: advertise, healthAddr: healthAddr, tls: useTLS, cert: tlsCert, key: tlsKey,
 				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
 		},
 	}
@@ -133,6 +137,7 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.StringVar(&dataDir, "data-dir", "bulsajo-data", "where the embedded etcd, event logs and TLS files live")
 	f.StringVar(&etcdEndpoints, "etcd-endpoints", "", "external etcd cluster (comma-separated URLs); coordinators elect a leader")
 	f.StringVar(&advertise, "advertise", "", "host:port others reach this coordinator at (default: --listen)")
+	f.StringVar(&healthAddr, "health-addr", "", "also serve /healthz and /readyz here, from the start (a standby coordinator answers it while the main port is closed); the main port always serves them")
 	f.BoolVar(&useTLS, "tls", false, "serve TLS with certificates generated in DATA_DIR/tls on first start")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate (with --tls-key)")
 	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
@@ -145,6 +150,7 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 
 type coordinatorOpts struct {
 	listen, tokenFile, dataDir, etcd, advertise string
+	healthAddr                                  string
 	tls                                         bool
 	cert, key                                   string
 	cfg                                         coordinator.Config
@@ -189,6 +195,27 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	if o.advertise == "" {
 		o.advertise = o.listen
 	}
+	// --health-addr answers from now on: a coordinator that is starting or
+	// standing by for the leadership is alive but not ready.
+	var (
+		ready    atomic.Pointer[coordinator.Server]
+		standing atomic.Bool
+	)
+	if o.healthAddr != "" {
+		stop, err := serveHealth(o.healthAddr, func(ctx context.Context) error {
+			if srv := ready.Load(); srv != nil {
+				return srv.Ready(ctx)
+			}
+			if standing.Load() {
+				return errors.New("standing by: another coordinator leads")
+			}
+			return errors.New("starting")
+		})
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	// The store: embedded etcd, or an external cluster with a leader election.
 	var st store.Store
@@ -214,6 +241,7 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 				"a failover will fence the workers and restart the job", o.cfg.Lease, etcdstore.DefaultElectionTTL, least)
 		}
 		con.Printf("state: etcd %v; campaigning for leadership as %s", eps, o.advertise)
+		standing.Store(true)
 		lead, err := ext.Campaign(ctx, "coordinator", o.advertise)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -228,6 +256,14 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 		}()
 		con.Printf("elected leader")
 		st, lost = lead.Store(), lead.Done()
+		o.cfg.Leading = func() bool {
+			select {
+			case <-lost:
+				return false
+			default:
+				return true
+			}
+		}
 	}
 
 	o.cfg.Token, o.cfg.Store, o.cfg.DataDir, o.cfg.Console, o.cfg.Version = token, st, dataDir, con, Version
@@ -235,6 +271,7 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	if err != nil {
 		return err
 	}
+	ready.Store(srv)
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		srv.Close()
@@ -268,6 +305,7 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
 		cn                              conn
 		name, advertise, dataDir, nproc string
+		healthAddr                      string
 		spare                           bool
 	)
 	cmd := &cobra.Command{
@@ -317,6 +355,13 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			defer stop()
 			a := agent.New(agent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
 				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version})
+			if healthAddr != "" {
+				stop, err := serveHealth(healthAddr, a.Ready)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			if err := a.Run(sctx); err != nil {
 				return err
 			}
@@ -332,7 +377,23 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	f.BoolVar(&spare, "spare", false, "hot spare: hold no ranks until a node fails")
 	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
 	f.StringVar(&dataDir, "data-dir", "", "where job logs go (default TMPDIR/bulsajo-agent-NAME)")
+	f.StringVar(&healthAddr, "health-addr", "", "serve /healthz (alive) and /readyz (session with the coordinator up) on host:port; off when empty")
 	return cmd
+}
+
+// serveHealth serves the probes on addr until stop is called. The address
+// is checked here, so a typo is a usage error before anything starts.
+func serveHealth(addr string, ready func(context.Context) error) (stop func(), err error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, usage("--health-addr %q: want host:port", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--health-addr: %w", err)
+	}
+	srv := &http.Server{Handler: health.Handler(ready), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return func() { srv.Close() }, nil
 }
 
 // ---- submit ----

@@ -27,6 +27,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/auth"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
@@ -49,6 +50,9 @@ type Config struct {
 	QuarantineAfter int
 	Console         *console.Console
 	Version         string
+	// Leading reports whether this coordinator still holds the leadership
+	// (external etcd); nil: it always does (embedded etcd). For /readyz.
+	Leading func() bool
 }
 
 // Defaults.
@@ -222,6 +226,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", s.serveStatus)
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveEvents)
 	mux.HandleFunc("GET /metrics", s.serveMetrics)
+	mux.HandleFunc("GET /healthz", health.ServeHealthz)
+	mux.HandleFunc("GET /readyz", health.ServeReadyz(s.Ready))
 	mux.HandleFunc("GET /{$}", s.serveDashboard)
 	return mux
 }
