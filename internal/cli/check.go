@@ -88,4 +88,3 @@ func Check(args []string) (subcommand string, flags *pflag.FlagSet, err error) {
 	}
 	return cmd.Name(), f, nil
 }
-
