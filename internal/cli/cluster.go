@@ -32,6 +32,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
+	"github.com/bulsajo/bulsajo/internal/slurm"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
 	"github.com/bulsajo/bulsajo/internal/wire"
@@ -98,8 +99,8 @@ func (c *conn) credentials() (string, *tls.Config, error) {
 func newCoordinatorCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
 		listen, tokenFile, dataDir, etcdEndpoints, advertise string
-		healthAddr                                           string
-		useTLS                                               bool
+		healthAddr, slurmExcluded                            string
+		useTLS, slurmDrain                                   bool
 		tlsCert, tlsKey                                      string
 		lease, heartbeat, nodeTimeout                        time.Duration
 		quarantineAfter                                      int
@@ -127,7 +128,8 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 				return usage("--tls-cert and --tls-key go together")
 			}
 			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
-				etcd: etcdEndpoints, advertise: advertise, healthAddr: healthAddr, tls: useTLS, cert: tlsCert, key: tlsKey,
+				etcd: etcdEndpoints, advertise: advertise, healthAddr: healthAddr, tls: useTLS,
+				slurmDrain: slurmDrain, slurmExcluded: slurmExcluded, cert: tlsCert, key: tlsKey,
 				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
 		},
 	}
@@ -145,13 +147,15 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.DurationVar(&heartbeat, "heartbeat", coordinator.DefaultHeartbeat, "agents' heartbeat interval")
 	f.DurationVar(&nodeTimeout, "node-timeout", coordinator.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
 	f.IntVar(&quarantineAfter, "quarantine-after", coordinator.DefaultQuarantineAfter, "faults on a node before it is quarantined")
+	f.BoolVar(&slurmDrain, "slurm-drain", true, "in a Slurm job: drain a quarantined node (scontrol update State=DRAIN; needs Slurm admin rights, a refusal is shown)")
+	f.StringVar(&slurmExcluded, "slurm-excluded", "", "in a Slurm job: file listing quarantined nodes Slurm would not drain, one a line, for the requeue to exclude (default DATA_DIR/slurm-excluded)")
 	return cmd
 }
 
 type coordinatorOpts struct {
 	listen, tokenFile, dataDir, etcd, advertise string
-	healthAddr                                  string
-	tls                                         bool
+	healthAddr, slurmExcluded                   string
+	tls, slurmDrain                             bool
 	cert, key                                   string
 	cfg                                         coordinator.Config
 }
@@ -267,11 +271,44 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	}
 
 	o.cfg.Token, o.cfg.Store, o.cfg.DataDir, o.cfg.Console, o.cfg.Version = token, st, dataDir, con, Version
+	if o.cfg.Slurm = slurm.FromEnv(); o.cfg.Slurm != nil {
+		excluded := o.slurmExcluded
+		if excluded == "" {
+			excluded = filepath.Join(dataDir, "slurm-excluded")
+		}
+		drain := o.slurmDrain
+		o.cfg.OnQuarantine = func(node, reason string) {
+			srv := ready.Load()
+			err := errors.New("--slurm-drain=false")
+			if drain {
+				err = slurm.Drain(ctx, node, reason)
+			}
+			if err == nil {
+				srv.SetDrain(node, "drained")
+				return
+			}
+			// Not allowed to drain (a normal user): keep the node out of
+			// this job (quarantine does) and of its requeue (the file).
+			note := fmt.Sprintf("not drained (%v); excluded from this job and its requeue (%s)", err, excluded)
+			if f, ferr := os.OpenFile(excluded, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); ferr == nil {
+				fmt.Fprintln(f, node)
+				f.Close()
+			} else {
+				note = fmt.Sprintf("not drained (%v); excluded from this job; recording it for the requeue failed: %v", err, ferr)
+			}
+			if srv != nil {
+				srv.SetDrain(node, note)
+			}
+		}
+	}
 	srv, err := coordinator.New(o.cfg)
 	if err != nil {
 		return err
 	}
 	ready.Store(srv)
+	if o.cfg.Slurm != nil {
+		con.Printf("slurm job %s · nodes %s · restart %d", o.cfg.Slurm.JobID, o.cfg.Slurm.NodeList, o.cfg.Slurm.RestartCount)
+	}
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		srv.Close()
@@ -307,6 +344,7 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 		name, advertise, dataDir, nproc string
 		healthAddr                      string
 		spare                           bool
+		requeueAfter                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -362,8 +400,31 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 				}
 				defer stop()
 			}
+			var requeued chan error
+			if requeueAfter > 0 {
+				if job := slurm.FromEnv(); job != nil {
+					self := os.Getenv("SLURMD_NODENAME")
+					if self == "" {
+						self = name
+					}
+					rctx, cancel := context.WithCancel(sctx)
+					defer cancel()
+					sctx = rctx
+					requeued = make(chan error, 1)
+					go func() { requeued <- requeueOnLoss(rctx, cancel, a, con, job, self, requeueAfter) }()
+				} else {
+					con.Printf("! --slurm-requeue-after: not in a Slurm job (no SLURM_JOB_ID); ignored")
+				}
+			}
 			if err := a.Run(sctx); err != nil {
 				return err
+			}
+			if requeued != nil {
+				select {
+				case err := <-requeued:
+					return err
+				default:
+				}
 			}
 			con.Printf("agent stopped; no worker left running")
 			return nil
@@ -378,7 +439,45 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
 	f.StringVar(&dataDir, "data-dir", "", "where job logs go (default TMPDIR/bulsajo-agent-NAME)")
 	f.StringVar(&healthAddr, "health-addr", "", "serve /healthz (alive) and /readyz (session with the coordinator up) on host:port; off when empty")
+	f.DurationVar(&requeueAfter, "slurm-requeue-after", 0, "in a Slurm job: no coordinator for this long (its batch host died) and the agents requeue the job, one of them, in a fixed order, then exit; 0: off")
 	return cmd
+}
+
+// requeueOnLoss watches the agent's session; once there has been none for
+// after (the batch host, and the coordinator with it, is gone: Slurm does
+// not requeue a --no-kill job for that), it requeues the job in this node's
+// turn and ends the agent. It returns nil while the agent ends for another
+// reason.
+func requeueOnLoss(ctx context.Context, cancel func(), a *agent.Agent, con *console.Console, job *slurm.Info, self string, after time.Duration) error {
+	last := time.Now()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if a.Ready(ctx) == nil {
+				last = now
+				continue
+			}
+			if now.Sub(last) < after {
+				continue
+			}
+		}
+		con.Printf("! no coordinator for %s: requeueing Slurm job %s (restart %d)", after.Round(time.Second), job.JobID, job.RestartCount)
+		did, err := slurm.RequeueAfterLoss(ctx, job.JobID, self, job.RestartCount, 10*time.Second, con.Printf)
+		switch {
+		case err != nil:
+			con.Printf("! requeue: %v", err)
+		case did:
+			con.Printf("requeued Slurm job %s", job.JobID)
+		default:
+			con.Printf("the job was requeued or is ending already")
+		}
+		cancel()
+		return &ExitError{Code: 3, Msg: fmt.Sprintf("lost the coordinator for %s; Slurm job %s requeued", after.Round(time.Second), job.JobID)}
+	}
 }
 
 // serveHealth serves the probes on addr until stop is called. The address
@@ -618,6 +717,9 @@ func printStatus(w io.Writer, st coordinator.Status) {
 	} else {
 		fmt.Fprintln(w, "no job")
 	}
+	if s := st.Slurm; s != nil {
+		fmt.Fprintf(w, "slurm job %s · nodes %s · restarts %d\n", s.JobID, s.NodeList, s.RestartCount)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tADDR\tSLOTS\tRANKS\tFAULTS\tQUARANTINE")
 	for _, n := range st.Nodes {
@@ -628,6 +730,9 @@ func printStatus(w io.Writer, st coordinator.Status) {
 		q := "-"
 		if n.Quarantined {
 			q = n.Reason
+		}
+		if n.Slurm != "" {
+			q += " · slurm: " + n.Slurm
 		}
 		ranks := "-"
 		if len(n.Ranks) > 0 {

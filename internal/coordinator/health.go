@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/store"
 )
 
@@ -31,4 +32,19 @@ func (s *Server) Ready(ctx context.Context) error {
 		return fmt.Errorf("store does not answer: %v", err)
 	}
 	return nil
+}
+
+// SetDrain records what the cluster's scheduler said when the quarantined
+// node was handed to it (Config.OnQuarantine): "drained", or the refusal.
+// status shows it next to the node.
+func (s *Server) SetDrain(node, note string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := s.nodes[node]; n != nil {
+		n.drain = note
+	}
+	s.con.Printf("! node %s: slurm: %s", node, note)
+	if s.job != nil {
+		s.job.logAsync(events.Event{Type: events.NodeQuarantined, Node: node, Detail: "slurm: " + note})
+	}
 }
