@@ -13,6 +13,7 @@ Output (rank 0): `resumed from step S world W` or `fresh start world W`,
 import argparse
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -35,6 +36,9 @@ def save(path, model, step):
     tmp = path + ".tmp"
     torch.save({"model": model.state_dict(), "step": step}, tmp)
     os.replace(tmp, path)
+    with open(path + ".step.tmp", "w") as f:  # for people and tests without torch at hand
+        f.write(f"{step}\n")
+    os.replace(path + ".step.tmp", path + ".step")
 
 
 def main():
@@ -43,6 +47,9 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--step-time", type=float, default=0.05)
     p.add_argument("--ckpt-every", type=int, default=10)
+    # Test aid: rank R exits 1 at step S in generation 1 only (a bad node).
+    p.add_argument("--crash-rank", type=int, default=-1)
+    p.add_argument("--crash-at-step", type=int, default=-1)
     a = p.parse_args()
     signal.signal(signal.SIGTERM, on_term)
     dist.init_process_group("gloo")
@@ -70,6 +77,9 @@ def main():
             dist.all_reduce(q.grad)
             q.grad /= world
         opt.step()
+        if rank == a.crash_rank and step == a.crash_at_step and os.environ.get("BULSAJO_GENERATION") == "1":
+            print(f"rank {rank} crashing at step {step} on {os.environ.get('SLURMD_NODENAME')}", flush=True)
+            os._exit(1)
         time.sleep(a.step_time)
         if bulsajo is not None:
             bulsajo.step(step)
@@ -88,7 +98,11 @@ def main():
     if rank == 0:
         save(path, model, a.steps)
         print(f"done steps={a.steps}", flush=True)
-    dist.destroy_process_group()
+    # Leave together and at once: a slow teardown after the last step reads
+    # as a hang.
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,9 @@ func (c *cluster) submit(nodes, spares int, env map[string]string, trainArgs ...
 	args = append(args, trainArgs...)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(c.env(), "RUN_DIR="+j.runDir, "BULSAJO="+bulsajoBin, "BULSAJO_SPARES="+strconv.Itoa(spares),
-		"BULSAJO_PORT="+strconv.Itoa(j.port), "BULSAJO_STOP_GRACE=4s", "BULSAJO_REQUEUE_AFTER=8s", "OMP_NUM_THREADS=1")
+		"BULSAJO_PORT="+strconv.Itoa(j.port), "BULSAJO_STOP_GRACE=4s", "BULSAJO_REQUEUE_AFTER=8s", "OMP_NUM_THREADS=1",
+		// 2 cores shared with other work: a slow step is not a hang here.
+		"BULSAJO_SUBMIT_ARGS=--hang-floor 20s")
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -301,15 +303,20 @@ func (c *cluster) submit(nodes, spares int, env map[string]string, trainArgs ...
 	c.t.Logf("job %s submitted", j.id)
 	c.t.Cleanup(func() {
 		if c.t.Failed() {
-			b, _ := os.ReadFile(j.output)
-			c.t.Logf("job output:\n%s", tail(string(b), 12000))
+			c.t.Logf("job output:\n%s", tail(j.out(), 16000))
 		}
 	})
 	return j
 }
 
+// out is the job's output: the batch script's, then every agent's log.
 func (j *job) out() string {
 	b, _ := os.ReadFile(j.output)
+	logs, _ := filepath.Glob(filepath.Join(j.runDir, "logs", "*", "agent-*.out"))
+	for _, l := range logs {
+		a, _ := os.ReadFile(l)
+		b = append(append(b, "==> "+l+"\n"...), a...)
+	}
 	return string(b)
 }
 
