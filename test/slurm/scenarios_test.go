@@ -149,4 +149,3 @@ func indexOf(s, sub string) int {
 	}
 	return -1
 }
-
