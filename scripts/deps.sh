@@ -7,6 +7,9 @@ missing=()
 "$PYTHON" -c 'import torch.distributed' 2>/dev/null || missing+=(python3-torch)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ -x /usr/bin/etcd ] || missing+=(etcd-server) # internal/store's external-cluster tests
+# test/slurm: a real Slurm (22.05 on Debian 12); not slurm-wlm-emulator
+command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v sbatch >/dev/null 2>&1 ||
+  missing+=(slurmctld slurmd slurm-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need ${missing[*]}; run as root or: sudo apt-get install -y ${missing[*]}" >&2

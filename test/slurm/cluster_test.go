@@ -63,7 +63,9 @@ func freePort(t *testing.T) int {
 // freeRange finds n consecutive free ports.
 func freeRange(t *testing.T, n int) int {
 	for try := 0; try < 50; try++ {
-		base := 20000 + (os.Getpid()*7+try*97)%20000
+		// Below the ephemeral range (32768-): no process binding port 0
+		// (etcd, gloo, torch's store) can take these meanwhile.
+		base := 20000 + (os.Getpid()*7+try*97)%12000
 		ok := true
 		var ls []net.Listener
 		for i := 0; i < n && ok; i++ {
@@ -109,7 +111,8 @@ func startCluster(t *testing.T, n int) *cluster {
 	for _, d := range []string{"state", "spool"} {
 		os.MkdirAll(filepath.Join(dir, d), 0o755)
 	}
-	ctldPort, base := freePort(t), freeRange(t, n)
+	ctldPort := freeRange(t, n+1)
+	base := ctldPort + 1
 	conf := fmt.Sprintf(`ClusterName=bulsajotest
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=%d
@@ -139,7 +142,7 @@ MpiDefault=none
 ReturnToService=2
 SlurmdTimeout=10
 MessageTimeout=5
-KillWait=5
+KillWait=30
 MinJobAge=300
 SchedulerParameters=sched_interval=1
 NodeName=n[1-%[3]d] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[%[4]d-%[5]d] CPUs=1 RealMemory=500 State=UNKNOWN
@@ -277,7 +280,7 @@ type job struct {
 // submit runs the example sbatch script with the training job.
 func (c *cluster) submit(nodes, spares int, env map[string]string, trainArgs ...string) *job {
 	c.t.Helper()
-	j := &job{c: c, port: freePort(c.t)}
+	j := &job{c: c, port: freeRange(c.t, 1)}
 	j.runDir = filepath.Join(c.dir, "run")
 	j.ckpt = filepath.Join(j.runDir, "ckpt")
 	os.MkdirAll(j.ckpt, 0o755)
@@ -289,7 +292,7 @@ func (c *cluster) submit(nodes, spares int, env map[string]string, trainArgs ...
 	args = append(args, trainArgs...)
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(c.env(), "RUN_DIR="+j.runDir, "BULSAJO="+bulsajoBin, "BULSAJO_SPARES="+strconv.Itoa(spares),
-		"BULSAJO_PORT="+strconv.Itoa(j.port), "BULSAJO_STOP_GRACE=4s", "BULSAJO_REQUEUE_AFTER=8s", "OMP_NUM_THREADS=1",
+		"BULSAJO_PORT="+strconv.Itoa(j.port), "BULSAJO_STOP_GRACE=20s", "BULSAJO_REQUEUE_AFTER=8s", "OMP_NUM_THREADS=1",
 		// 2 cores shared with other work: a slow step is not a hang here.
 		"BULSAJO_SUBMIT_ARGS=--hang-floor 20s")
 	for k, v := range env {

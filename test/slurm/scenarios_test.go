@@ -85,29 +85,33 @@ func TestSlurmQuarantinedNodeIsDrained(t *testing.T) {
 	t.Logf("scenario took %s", time.Since(t0).Round(time.Second))
 }
 
-// scancel: SIGTERM to the batch script and every step. The workers write a
-// checkpoint at the next step boundary and exit; nothing is left running.
-func TestSlurmScancelCheckpointsAndLeavesNoOrphan(t *testing.T) {
+// SIGTERM to the batch script, as Slurm sends it before the time limit
+// (--signal=B:TERM@T; here `scancel --batch --signal=TERM`): the workers
+// write a checkpoint at the next step boundary, the job is requeued and the
+// next run resumes from that step. A final scancel leaves nothing running.
+func TestSlurmTermCheckpointsRequeuesAndResumes(t *testing.T) {
 	c := startCluster(t, 3)
 	t0 := time.Now()
 	j := c.submit(3, 1, nil, "--steps", "100000", "--step-time", "0.1", "--ckpt-every", "1000")
 	j.waitState(60*time.Second, "RUNNING")
 	j.waitOut(120*time.Second, `fresh start world 2`)
 	time.Sleep(3 * time.Second) // some steps past the start, none checkpointed (--ckpt-every 1000)
+	c.must("scancel", "--batch", "--signal=TERM", j.id)
+	// --ckpt-every 1000: only the SIGTERM path writes a checkpoint.
+	var step int
+	c.waitFor(60*time.Second, "a checkpoint written on SIGTERM", func() bool {
+		b, err := os.ReadFile(filepath.Join(j.ckpt, "ckpt.pt.step"))
+		step, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil && step > 0
+	})
+	j.waitOut(150*time.Second, fmt.Sprintf(`resumed from step %d world 2`, step))
+	if r := j.field("Restarts"); r != "1" {
+		t.Errorf("Restarts = %s, want 1", r)
+	}
 	c.must("scancel", j.id)
 	j.waitState(60*time.Second, "CANCELLED")
-	// --ckpt-every 1000: only the SIGTERM path writes a checkpoint.
-	b, err := os.ReadFile(filepath.Join(j.ckpt, "ckpt.pt.step"))
-	if err != nil {
-		t.Fatalf("no checkpoint after scancel: %v", err)
-	}
-	step, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if step < 1 {
-		t.Errorf("checkpoint at step %q", b)
-	}
-	line := fmt.Sprintf("checkpoint at step %d", step)
-	c.waitFor(20*time.Second, "no process of the job left", func() bool { return len(orphans(j.runDir)) == 0 })
-	t.Logf("%s; scenario took %s", line, time.Since(t0).Round(time.Second))
+	c.waitFor(90*time.Second, "no process of the job left", func() bool { return len(orphans(j.runDir)) == 0 })
+	t.Logf("checkpoint at step %d on SIGTERM, resumed there; scenario took %s", step, time.Since(t0).Round(time.Second))
 }
 
 // The batch host dies (the coordinator with it). Slurm neither ends nor
