@@ -4,7 +4,7 @@ BIN    := bin/bulsajo
 # Packages whose code runs concurrently: tested with the race detector.
 RACE_PKGS := ./internal/...
 
-.PHONY: build build-nvml demo demo-check test test-torch2 stress deps lint bench clean
+.PHONY: build build-nvml demo demo-check test test-torch2 stress deps deps-test lint bench clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/bulsajo
@@ -16,6 +16,9 @@ build-nvml:
 
 deps:
 	@PYTHON=$(PYTHON) scripts/deps.sh
+
+deps-test:
+	@PYTHON=$(PYTHON) scripts/deps.sh --test
 
 # A real PyTorch DDP job (4 workers, gloo) with faults injected at points of
 # training, not of the clock, so a slow machine meets the same four: workers
@@ -45,9 +48,12 @@ lint:
 	$(GO) vet ./...
 	CGO_ENABLED=1 CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations" $(GO) vet -tags nvml ./internal/gpu
 
-test: deps build lint
+test: deps-test build lint
 	$(GO) test -race -count=1 $(RACE_PKGS)
-	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 30m ./test/...
+	BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 30m $$($(GO) list ./test/... | grep -v /test/slurm)
+	# A real slurmctld + slurmd per node on this machine (root; deps installs Slurm): alone,
+	# since its scenarios wait on Slurm's own timers.
+	$(GO) test -count=1 -timeout 15m ./test/slurm
 	PYTHONPATH=python $(PYTHON) -m unittest discover -s python/tests -t python
 	$(MAKE) --no-print-directory test-torch2
 	$(MAKE) --no-print-directory demo-check
@@ -61,7 +67,7 @@ test-torch2: build
 
 # Flakiness hunt: every Go package's tests 20 times under the race detector,
 # then the end-to-end suites 3 times. A failure here is a bug to fix, not to retry.
-stress: deps build lint
+stress: deps-test build lint
 	$(GO) test -race -count=20 -timeout 90m $(RACE_PKGS)
 	for i in 1 2 3; do \
 	  BULSAJO_REQUIRE_NETNS=1 $(GO) test -count=1 -timeout 30m ./test/... || exit 1; \

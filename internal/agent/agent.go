@@ -115,6 +115,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// gone, and it hands their ranks on at once.
 	go func() {
 		<-ctx.Done()
+		a.stopGracefully()
 		a.endJob()
 		a.mu.Lock()
 		s := a.sess

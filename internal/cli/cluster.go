@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,8 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/coordinator"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/health"
+	"github.com/bulsajo/bulsajo/internal/slurm"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/store/etcdstore"
 	"github.com/bulsajo/bulsajo/internal/wire"
@@ -95,7 +99,8 @@ func (c *conn) credentials() (string, *tls.Config, error) {
 func newCoordinatorCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	var (
 		listen, tokenFile, dataDir, etcdEndpoints, advertise string
-		useTLS                                               bool
+		healthAddr, slurmExcluded                            string
+		useTLS, slurmDrain                                   bool
 		tlsCert, tlsKey                                      string
 		lease, heartbeat, nodeTimeout                        time.Duration
 		quarantineAfter                                      int
@@ -123,7 +128,8 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 				return usage("--tls-cert and --tls-key go together")
 			}
 			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
-				etcd: etcdEndpoints, advertise: advertise, tls: useTLS, cert: tlsCert, key: tlsKey,
+				etcd: etcdEndpoints, advertise: advertise, healthAddr: healthAddr, tls: useTLS,
+				slurmDrain: slurmDrain, slurmExcluded: slurmExcluded, cert: tlsCert, key: tlsKey,
 				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
 		},
 	}
@@ -133,6 +139,7 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.StringVar(&dataDir, "data-dir", "bulsajo-data", "where the embedded etcd, event logs and TLS files live")
 	f.StringVar(&etcdEndpoints, "etcd-endpoints", "", "external etcd cluster (comma-separated URLs); coordinators elect a leader")
 	f.StringVar(&advertise, "advertise", "", "host:port others reach this coordinator at (default: --listen)")
+	f.StringVar(&healthAddr, "health-addr", "", "also serve /healthz and /readyz here, from the start (a standby coordinator answers it while the main port is closed); the main port always serves them")
 	f.BoolVar(&useTLS, "tls", false, "serve TLS with certificates generated in DATA_DIR/tls on first start")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate (with --tls-key)")
 	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
@@ -140,12 +147,15 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.DurationVar(&heartbeat, "heartbeat", coordinator.DefaultHeartbeat, "agents' heartbeat interval")
 	f.DurationVar(&nodeTimeout, "node-timeout", coordinator.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
 	f.IntVar(&quarantineAfter, "quarantine-after", coordinator.DefaultQuarantineAfter, "faults on a node before it is quarantined")
+	f.BoolVar(&slurmDrain, "slurm-drain", true, "in a Slurm job: drain a quarantined node (scontrol update State=DRAIN; needs Slurm admin rights, a refusal is shown)")
+	f.StringVar(&slurmExcluded, "slurm-excluded", "", "in a Slurm job: file listing quarantined nodes Slurm would not drain, one a line, for the requeue to exclude (default DATA_DIR/slurm-excluded)")
 	return cmd
 }
 
 type coordinatorOpts struct {
 	listen, tokenFile, dataDir, etcd, advertise string
-	tls                                         bool
+	healthAddr, slurmExcluded                   string
+	tls, slurmDrain                             bool
 	cert, key                                   string
 	cfg                                         coordinator.Config
 }
@@ -189,6 +199,27 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	if o.advertise == "" {
 		o.advertise = o.listen
 	}
+	// --health-addr answers from now on: a coordinator that is starting or
+	// standing by for the leadership is alive but not ready.
+	var (
+		ready    atomic.Pointer[coordinator.Server]
+		standing atomic.Bool
+	)
+	if o.healthAddr != "" {
+		stop, err := serveHealth(o.healthAddr, func(ctx context.Context) error {
+			if srv := ready.Load(); srv != nil {
+				return srv.Ready(ctx)
+			}
+			if standing.Load() {
+				return errors.New("standing by: another coordinator leads")
+			}
+			return errors.New("starting")
+		})
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	// The store: embedded etcd, or an external cluster with a leader election.
 	var st store.Store
@@ -214,6 +245,7 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 				"a failover will fence the workers and restart the job", o.cfg.Lease, etcdstore.DefaultElectionTTL, least)
 		}
 		con.Printf("state: etcd %v; campaigning for leadership as %s", eps, o.advertise)
+		standing.Store(true)
 		lead, err := ext.Campaign(ctx, "coordinator", o.advertise)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -228,12 +260,54 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 		}()
 		con.Printf("elected leader")
 		st, lost = lead.Store(), lead.Done()
+		o.cfg.Leading = func() bool {
+			select {
+			case <-lost:
+				return false
+			default:
+				return true
+			}
+		}
 	}
 
 	o.cfg.Token, o.cfg.Store, o.cfg.DataDir, o.cfg.Console, o.cfg.Version = token, st, dataDir, con, Version
+	if o.cfg.Slurm = slurm.FromEnv(); o.cfg.Slurm != nil {
+		excluded := o.slurmExcluded
+		if excluded == "" {
+			excluded = filepath.Join(dataDir, "slurm-excluded")
+		}
+		drain := o.slurmDrain
+		o.cfg.OnQuarantine = func(node, reason string) {
+			srv := ready.Load()
+			err := errors.New("--slurm-drain=false")
+			if drain {
+				err = slurm.Drain(ctx, node, reason)
+			}
+			if err == nil {
+				srv.SetDrain(node, "drained")
+				return
+			}
+			// Not allowed to drain (a normal user): keep the node out of
+			// this job (quarantine does) and of its requeue (the file).
+			note := fmt.Sprintf("not drained (%v); excluded from this job and its requeue (%s)", err, excluded)
+			if f, ferr := os.OpenFile(excluded, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); ferr == nil {
+				fmt.Fprintln(f, node)
+				f.Close()
+			} else {
+				note = fmt.Sprintf("not drained (%v); excluded from this job; recording it for the requeue failed: %v", err, ferr)
+			}
+			if srv != nil {
+				srv.SetDrain(node, note)
+			}
+		}
+	}
 	srv, err := coordinator.New(o.cfg)
 	if err != nil {
 		return err
+	}
+	ready.Store(srv)
+	if o.cfg.Slurm != nil {
+		con.Printf("slurm job %s · nodes %s · restart %d", o.cfg.Slurm.JobID, o.cfg.Slurm.NodeList, o.cfg.Slurm.RestartCount)
 	}
 	l, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -269,7 +343,9 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 		cn                              conn
 		name, advertise, dataDir, nproc string
 		gpuHealth, gpuXID               string
+		healthAddr                      string
 		spare                           bool
+		requeueAfter                    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -322,8 +398,38 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 			}
 			a := agent.New(agent.Config{Coordinators: addrs, Token: token, TLS: tlsCfg, Name: name, NProc: n,
 				Spare: spare, Advertise: advertise, DataDir: dataDir, SDKDir: sdk, Console: con, Version: Version, GPU: mon})
+			if healthAddr != "" {
+				stop, err := serveHealth(healthAddr, a.Ready)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			var requeued chan error
+			if requeueAfter > 0 {
+				if job := slurm.FromEnv(); job != nil {
+					self := os.Getenv("SLURMD_NODENAME")
+					if self == "" {
+						self = name
+					}
+					rctx, cancel := context.WithCancel(sctx)
+					defer cancel()
+					sctx = rctx
+					requeued = make(chan error, 1)
+					go func() { requeued <- requeueOnLoss(rctx, cancel, a, con, job, self, requeueAfter) }()
+				} else {
+					con.Printf("! --slurm-requeue-after: not in a Slurm job (no SLURM_JOB_ID); ignored")
+				}
+			}
 			if err := a.Run(sctx); err != nil {
 				return err
+			}
+			if requeued != nil {
+				select {
+				case err := <-requeued:
+					return err
+				default:
+				}
 			}
 			con.Printf("agent stopped; no worker left running")
 			return nil
@@ -339,7 +445,61 @@ func newAgentCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 	f.BoolVar(&spare, "spare", false, "hot spare: hold no ranks until a node fails")
 	f.StringVar(&advertise, "advertise-addr", "", "address other nodes' workers reach this node at (default: the one used to reach the coordinator)")
 	f.StringVar(&dataDir, "data-dir", "", "where job logs go (default TMPDIR/bulsajo-agent-NAME)")
+	f.StringVar(&healthAddr, "health-addr", "", "serve /healthz (alive) and /readyz (session with the coordinator up) on host:port; off when empty")
+	f.DurationVar(&requeueAfter, "slurm-requeue-after", 0, "in a Slurm job: no coordinator for this long (its batch host died) and the agents requeue the job, one of them, in a fixed order, then exit; 0: off")
 	return cmd
+}
+
+// requeueOnLoss watches the agent's session; once there has been none for
+// after (the batch host, and the coordinator with it, is gone: Slurm does
+// not requeue a --no-kill job for that), it requeues the job in this node's
+// turn and ends the agent. It returns nil while the agent ends for another
+// reason.
+func requeueOnLoss(ctx context.Context, cancel func(), a *agent.Agent, con *console.Console, job *slurm.Info, self string, after time.Duration) error {
+	last := time.Now()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if a.Ready(ctx) == nil {
+				last = now
+				continue
+			}
+			if now.Sub(last) < after {
+				continue
+			}
+		}
+		con.Printf("! no coordinator for %s: requeueing Slurm job %s (restart %d)", after.Round(time.Second), job.JobID, job.RestartCount)
+		did, err := slurm.RequeueAfterLoss(ctx, job.JobID, self, job.RestartCount, 10*time.Second, con.Printf)
+		switch {
+		case err != nil:
+			con.Printf("! requeue: %v", err)
+		case did:
+			con.Printf("requeued Slurm job %s", job.JobID)
+		default:
+			con.Printf("the job was requeued or is ending already")
+		}
+		cancel()
+		return &ExitError{Code: 3, Msg: fmt.Sprintf("lost the coordinator for %s; Slurm job %s requeued", after.Round(time.Second), job.JobID)}
+	}
+}
+
+// serveHealth serves the probes on addr until stop is called. The address
+// is checked here, so a typo is a usage error before anything starts.
+func serveHealth(addr string, ready func(context.Context) error) (stop func(), err error) {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, usage("--health-addr %q: want host:port", addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--health-addr: %w", err)
+	}
+	srv := &http.Server{Handler: health.Handler(ready), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return func() { srv.Close() }, nil
 }
 
 // ---- submit ----
@@ -564,6 +724,9 @@ func printStatus(w io.Writer, st coordinator.Status) {
 	} else {
 		fmt.Fprintln(w, "no job")
 	}
+	if s := st.Slurm; s != nil {
+		fmt.Fprintf(w, "slurm job %s · nodes %s · restarts %d\n", s.JobID, s.NodeList, s.RestartCount)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tADDR\tSLOTS\tRANKS\tFAULTS\tQUARANTINE")
 	for _, n := range st.Nodes {
@@ -574,6 +737,9 @@ func printStatus(w io.Writer, st coordinator.Status) {
 		q := "-"
 		if n.Quarantined {
 			q = n.Reason
+		}
+		if n.Slurm != "" {
+			q += " · slurm: " + n.Slurm
 		}
 		ranks := "-"
 		if len(n.Ranks) > 0 {

@@ -28,7 +28,9 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/dashboard"
 	"github.com/bulsajo/bulsajo/internal/events"
+	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/metrics"
+	"github.com/bulsajo/bulsajo/internal/slurm"
 	"github.com/bulsajo/bulsajo/internal/store"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
@@ -51,6 +53,14 @@ type Config struct {
 	QuarantineAfter int
 	Console         *console.Console
 	Version         string
+	// Leading reports whether this coordinator still holds the leadership
+	// (external etcd); nil: it always does (embedded etcd). For /readyz.
+	Leading func() bool
+	// Slurm is the Slurm job this coordinator runs in (nil: none), shown
+	// by status. OnQuarantine, when set, is called (in its own goroutine)
+	// when a node is quarantined: in a Slurm job, to drain it (slurm.go).
+	Slurm        *slurm.Info
+	OnQuarantine func(node, reason string)
 }
 
 // Defaults.
@@ -117,6 +127,7 @@ type node struct {
 	lost    bool
 	fenceAt time.Time
 	gpus    map[int]GPUState // GPU verdicts the agent reported (gpu.go; s.mu)
+	drain   string           // what Slurm said to draining it (SetDrain)
 }
 
 // offerPort keeps a port the node reported free (each heartbeat brings
@@ -227,6 +238,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/nodes/{name}/release", tok(s.serveRelease))
 	mux.HandleFunc("GET /v1/status", s.serveStatus)
 	mux.HandleFunc("GET /v1/jobs/{id}/events", s.serveEvents)
+	mux.HandleFunc("GET /healthz", health.ServeHealthz)
+	mux.HandleFunc("GET /readyz", health.ServeReadyz(s.Ready))
 	s.webRoutes(mux)
 	return mux
 }
@@ -510,6 +523,9 @@ func (s *Server) fault(n *node, why string) {
 		n.Quarantined = true
 		n.Reason = fmt.Sprintf("%d faults, the last: %s", n.Faults, why)
 		s.con.Printf("! node %s quarantined (%s); `bulsajo node release %s` brings it back", n.Name, n.Reason, n.Name)
+		if s.cfg.OnQuarantine != nil {
+			go s.cfg.OnQuarantine(n.Name, n.Reason)
+		}
 		if s.job != nil {
 			s.job.logAsync(events.Event{Type: events.NodeQuarantined, Node: n.Name, Detail: n.Reason})
 		}
@@ -619,7 +635,8 @@ type NodeStatus struct {
 	Faults      int        `json:"faults"`
 	SilentS     float64    `json:"silent_s"`
 	Ranks       []int      `json:"ranks,omitempty"`
-	GPUs        []GPUState `json:"gpus,omitempty"` // GPUs with a reported problem
+	GPUs        []GPUState `json:"gpus,omitempty"`  // GPUs with a reported problem
+	Slurm       string     `json:"slurm,omitempty"` // drained, or why Slurm refused
 }
 
 // Status is the answer of GET /v1/status.
@@ -627,6 +644,7 @@ type Status struct {
 	UptimeS float64      `json:"uptime_s"`
 	Nodes   []NodeStatus `json:"nodes"`
 	Job     *JobStatus   `json:"job,omitempty"`
+	Slurm   *slurm.Info  `json:"slurm,omitempty"`
 }
 
 // Status reports the cluster.
@@ -634,10 +652,10 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	st := Status{UptimeS: now.Sub(s.started).Seconds()}
+	st := Status{UptimeS: now.Sub(s.started).Seconds(), Slurm: s.cfg.Slurm}
 	for _, n := range s.nodes {
 		ns := NodeStatus{Name: n.Name, Addr: n.Addr, NProc: n.NProc, Spare: n.Spare, Quarantined: n.Quarantined,
-			Reason: n.Reason, Faults: n.Faults, GPUs: n.gpuList()}
+			Reason: n.Reason, Faults: n.Faults, GPUs: n.gpuList(), Slurm: n.drain}
 		switch {
 		case n.lost:
 			ns.State = "lost"

@@ -94,7 +94,7 @@ func (c *ctlConn) send(v any) {
 }
 
 func (a *Launcher) startControl() error {
-	addr := fmt.Sprintf("@bulsajo-%s-%d-ctl", a.cfg.RunID, os.Getpid())
+	addr := fmt.Sprintf("@bulsajo-%s-%d-%s-ctl", a.cfg.RunID, os.Getpid(), socketNonce)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("agent: control endpoint: %w", err)

@@ -10,6 +10,8 @@ package launcher
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,7 +151,7 @@ func New(cfg Config) (*Launcher, error) {
 		gens:   map[int]*generation{},
 	}
 	// A Linux abstract socket: no path length limit, nothing left on disk.
-	a.progressAddr = fmt.Sprintf("@bulsajo-%s-%d", cfg.RunID, os.Getpid())
+	a.progressAddr = fmt.Sprintf("@bulsajo-%s-%d-%s", cfg.RunID, os.Getpid(), socketNonce)
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: a.progressAddr, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("agent: progress endpoint: %w", err)
@@ -902,3 +904,12 @@ var sigNames = map[syscall.Signal]string{
 	syscall.SIGQUIT: "SIGQUIT", syscall.SIGILL: "SIGILL", syscall.SIGUSR1: "SIGUSR1",
 	syscall.SIGUSR2: "SIGUSR2",
 }
+
+// socketNonce tells apart the abstract sockets of agents that share a
+// network namespace but not a PID namespace (containers, or one slurmd per
+// PID namespace in the Slurm tests), where the pid alone collides.
+var socketNonce = func() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}()
