@@ -627,29 +627,36 @@ func (s *Server) ticker() {
 			// no one, and the next pass looks again.
 			late := now.Sub(prev) > s.cfg.NodeTimeout/2
 			prev = now
-			for _, n := range s.nodes {
-				if (n.sess == nil && !n.away) || late || n.tsess == nil {
-					continue
-				}
-				last := n.lastHeard()
-				tm := &n.tsess.tm
-				if silent := now.Sub(last); silent > s.timingAt(tm.interval()).nodeTimeout {
-					if n.sess != nil && unread(n.sess.conn) > 0 {
-						// It spoke; we have not read it yet (a backlog here
-						// is not silence there).
-						continue
-					}
-					// Its last acknowledged heartbeat was sent before we heard
-					// it, so its lease ends by lastHeard + lease (or a longer
-					// lease it was told before, see timing.go).
-					n.away = false
-					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, tm.fenceAt(last))
-				}
+			if !late {
+				s.judge(now)
 			}
 			if j := s.job; j != nil {
 				j.tick(now)
 			}
 			s.mu.Unlock()
+		}
+	}
+}
+
+// judge loses the nodes silent for longer than their node timeout (s.mu held).
+func (s *Server) judge(now time.Time) {
+	for _, n := range s.nodes {
+		if (n.sess == nil && !n.away) || n.tsess == nil {
+			continue
+		}
+		last := n.lastHeard()
+		tm := &n.tsess.tm
+		if silent := now.Sub(last); silent > s.timingAt(tm.interval()).nodeTimeout {
+			if n.sess != nil && unread(n.sess.conn) > 0 {
+				// It spoke; we have not read it yet (a backlog here is
+				// not silence there).
+				continue
+			}
+			// Its last acknowledged heartbeat was sent before we heard it,
+			// so its lease ends by lastHeard + lease (or a longer lease it
+			// was told before, see timing.go).
+			n.away = false
+			s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, tm.fenceAt(last))
 		}
 	}
 }
