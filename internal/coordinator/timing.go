@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
 // Timing: how often agents heartbeat, how long a node may be silent before
@@ -74,6 +76,9 @@ func levelFor(n, k, budget int, least time.Duration) int {
 // changed (s.mu held).
 func (s *Server) retime() {
 	k := levelFor(s.connected, s.level, s.cfg.MaxHeartbeatsPerSecond, s.cfg.Heartbeat)
+	// The protocol's longest interval (a tiny budget must not make an ack
+	// the agent refuses).
+	k = max(1, min(k, int(wire.MaxHeartbeatMS*time.Millisecond/s.cfg.Heartbeat)))
 	if k == s.level {
 		return
 	}

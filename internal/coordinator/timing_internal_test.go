@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/store"
+	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
 func TestLevelFor(t *testing.T) {
@@ -38,6 +39,25 @@ func TestLevelFor(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// However small the budget, the interval stays one the agents accept.
+func TestRetimeStaysWithinTheProtocol(t *testing.T) {
+	s, err := New(Config{Token: "t", Store: store.NewMemory(), DataDir: t.TempDir(), Heartbeat: 250 * time.Millisecond,
+		NodeTimeout: 1500 * time.Millisecond, Lease: 5 * time.Second, MaxHeartbeatsPerSecond: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected = 100000
+	s.retime()
+	tm := s.timing.Load()
+	ack := wire.Msg{Type: wire.TAck, Seq: 1, HeartbeatMS: int(tm.hb / time.Millisecond), LeaseMS: int(tm.lease / time.Millisecond)}
+	if err := ack.Validate(); err != nil {
+		t.Fatalf("timing %+v for 100,000 agents at 1 heartbeat/s: %v", tm, err)
 	}
 }
 
