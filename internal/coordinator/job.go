@@ -146,6 +146,9 @@ type job struct {
 	held      []heldStart
 	heldUntil time.Time
 	noStagger bool // the script does not listen on MASTER_PORT: never hold
+	// lastCall: until when the first generation waits for nodes that
+	// dropped their session a moment ago and are reconnecting.
+	lastCall time.Time
 	// the generation before, to blame a fault reported after the next began
 	prevGen       int
 	prevPlacement []placement
@@ -537,6 +540,13 @@ func (j *job) launchPending() {
 		return
 	}
 	nodes := choose(j.s.nodes, j.rec.Placement, j.rec.Spec.NNodesMax, j.rec.Spec.NNodesMin, j.rec.Spec.NProcPerNode)
+	if len(nodes) >= sp.NNodesMin && len(nodes) < sp.NNodesMax && j.rec.Gen == 0 && j.reconnecting() {
+		// The first start is for every node there is (like torchrun's
+		// last call): one whose session dropped a moment ago (a burst of
+		// load, a coordinator restart) is about to be back; a generation
+		// placed without it would leave it idle until the next fault.
+		return
+	}
 	if len(nodes) < sp.NNodesMin {
 		if !j.waitSaid {
 			j.s.con.Printf("… generation %d waits for nodes: %d of at least %d usable", spec.Gen, len(nodes), sp.NNodesMin)
@@ -577,6 +587,25 @@ func (j *job) launchPending() {
 	j.heldUntil = time.Now().Add(time.Second)
 	j.s.con.Printf("▶ generation %d on %d nodes (%s) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), someNames(names), world, j.rec.MasterAddr, port)
 	j.prepareIdle()
+}
+
+// reconnecting reports whether the first generation should wait a little
+// longer for a node that dropped its session a moment ago (s.mu held).
+func (j *job) reconnecting() bool {
+	now := time.Now()
+	nt := j.s.timing.Load().nodeTimeout
+	if j.lastCall.IsZero() {
+		j.lastCall = now.Add(2 * nt)
+	}
+	if now.After(j.lastCall) {
+		return false
+	}
+	for _, n := range j.s.nodes {
+		if n.sess == nil && !n.lost && !n.Quarantined && n.NProc >= j.rec.Spec.NProcPerNode && now.Sub(n.lastHeard()) < 2*nt {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseHeld sends the starts held back for rank 0's store (s.mu held).
@@ -967,6 +996,9 @@ func (j *job) tick(now time.Time) {
 	}
 	if len(j.held) > 0 && now.After(j.heldUntil) {
 		j.releaseHeld()
+	}
+	if j.pending != nil && !j.lastCall.IsZero() && now.After(j.lastCall) {
+		j.launchPending() // the last call is over: start with the nodes there are
 	}
 	// The step reached, for the next coordinator's rollback accounting.
 	if j.rec.Step != j.savedStep && now.Sub(j.savedAt) > 2*time.Second {

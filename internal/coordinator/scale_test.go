@@ -340,3 +340,43 @@ func TestStartReachesEveryAgent(t *testing.T) {
 		t.Fatalf("a node was lost:\n%s", c.log.String())
 	}
 }
+
+// The first generation waits a moment (twice the node timeout at most) for
+// a node whose session dropped just before the job came, so that it is not
+// left idle until the next fault; a node that does not come back in time is
+// not waited for.
+func TestFirstStartWaitsForAReconnectingNode(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		back bool
+	}{
+		{"it comes back", true},
+		{"it does not", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCoord(t)
+			a := connect(t, c, "a", agentOpts{addr: "10.0.0.1"})
+			b := connect(t, c, "b", agentOpts{addr: "10.0.0.2"})
+			b.close()
+			c.waitStatus("b gone", nodeState("b", "disconnected"))
+			sp := spec("lastcall", 1, 2)
+			submitted := time.Now()
+			c.submit(sp)
+			want := []*fakeAgent{a}
+			if tt.back {
+				time.Sleep(tNodeTimeout / 2)
+				b = connect(t, c, "b", agentOpts{addr: "10.0.0.2", instance: "b-instance-2"})
+				want = append(want, b)
+			}
+			for _, ag := range want {
+				s := ag.waitFor("start of gen 1", isGen(wire.TStart, sp.ID, 1))
+				if s.m.Spec.GroupWorldSize != len(want) {
+					t.Fatalf("agent %s: gen 1 on %d nodes, want %d", ag.name, s.m.Spec.GroupWorldSize, len(want))
+				}
+				if !tt.back && s.at.Sub(submitted) < tNodeTimeout {
+					t.Errorf("gen 1 started %s after the submit, before b could have come back", s.at.Sub(submitted))
+				}
+			}
+		})
+	}
+}
