@@ -457,6 +457,10 @@ func run(o options) (*result, error) {
 
 	// Registration.
 	s := newSim(coord.addr, token, o.agents, nsrc, o.shards)
+	// Filled in however the run ends (a run that stops early still tells).
+	defer func() {
+		res.Unexpected, res.Reconnects, res.Retimes = s.unexpected.Load(), s.reconnects.Load(), s.retimes.Load()
+	}()
 	go s.probe()
 	r0 := s.sample(coord.pid, coord.gc)
 	lat := make([]time.Duration, o.agents)
