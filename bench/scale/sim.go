@@ -37,7 +37,9 @@ type simAgent struct {
 	sentSeq  atomic.Uint64
 	lastHB   atomic.Int64 // unix ns the last heartbeat was written
 	lastRecv atomic.Int64 // unix ns the last message arrived
-	instance int
+	// unix ns the first start (of any generation) arrived
+	firstStart atomic.Int64
+	instance   int
 }
 
 type arrival struct {
@@ -100,8 +102,10 @@ type sim struct {
 	rec    recorder
 
 	hbOnce     sync.Once
-	hbInterval atomic.Int64 // ns, from the first welcome
+	hbInterval atomic.Int64 // ns: the interval the coordinator gave last (welcome or ack)
 	leaseMS    atomic.Int64
+	retimes    atomic.Int64 // acks that changed the timing
+	reconnects atomic.Int64 // sessions the coordinator ended, reconnected as a real agent does
 
 	hbSent       atomic.Uint64
 	acks         atomic.Uint64
@@ -276,15 +280,8 @@ func (s *sim) connectOnce(a *simAgent) error {
 		return fmt.Errorf("want welcome, got %s", w.Type)
 	}
 	conn.SetDeadline(time.Time{})
-	s.hbOnce.Do(func() {
-		hb := time.Duration(w.HeartbeatMS) * time.Millisecond
-		lease := time.Duration(w.LeaseMS) * time.Millisecond
-		s.hbInterval.Store(int64(hb))
-		s.leaseMS.Store(int64(w.LeaseMS))
-		// The real agent's read deadline (agent.session).
-		s.gapLimit.Store(int64(min(lease/2, max(4*hb, 500*time.Millisecond))))
-		s.startHeartbeats(hb)
-	})
+	s.setTiming(w.HeartbeatMS, w.LeaseMS)
+	s.hbOnce.Do(s.startHeartbeats)
 	done := make(chan struct{})
 	a.wmu.Lock()
 	a.conn, a.done = conn, done
@@ -298,6 +295,17 @@ func (s *sim) connectOnce(a *simAgent) error {
 	return nil
 }
 
+// setTiming follows the coordinator's timing (welcome, or an ack that
+// changes it): every simulated agent heartbeats at the newest interval.
+func (s *sim) setTiming(hbMS, leaseMS int) {
+	hb := time.Duration(hbMS) * time.Millisecond
+	lease := time.Duration(leaseMS) * time.Millisecond
+	if s.hbInterval.Swap(int64(hb)) != int64(hb) || s.leaseMS.Swap(int64(leaseMS)) != int64(leaseMS) {
+		// The real agent's read deadline (agent.readTimeout).
+		s.gapLimit.Store(int64(min(max(6*hb, lease/3), lease*7/10)))
+	}
+}
+
 func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan struct{}) {
 	defer close(done)
 	for {
@@ -305,11 +313,21 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 		now := time.Now().UnixNano()
 		if err != nil {
 			a.alive.Store(false)
+			conn.Close()
 			if !a.closing.Load() && !a.silent.Load() {
+				// The coordinator ended it: a real agent reconnects.
 				s.unexpected.Add(1)
 				s.noteErr(fmt.Errorf("%s: session ended: %v", a.name, err))
+				go func() {
+					time.Sleep(100 * time.Millisecond)
+					if a.closing.Load() || a.silent.Load() {
+						return
+					}
+					if err := s.connect(a); err == nil {
+						s.reconnects.Add(1)
+					}
+				}()
 			}
-			conn.Close()
 			return
 		}
 		if s.recording.Load() {
@@ -323,6 +341,10 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 		switch m.Type {
 		case wire.TAck:
 			s.acks.Add(1)
+			if m.HeartbeatMS > 0 {
+				s.retimes.Add(1)
+				s.setTiming(m.HeartbeatMS, m.LeaseMS)
+			}
 			if s.recording.Load() && m.Seq == a.sentSeq.Load() {
 				rtt := (now - a.lastHB.Load()) / 1000
 				s.rttMu.Lock()
@@ -331,6 +353,7 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 			}
 		case wire.TStart:
 			s.rec.add(true, m.Gen, a.id, now)
+			a.firstStart.CompareAndSwap(0, now)
 			if a.silent.Load() {
 				continue
 			}
@@ -361,17 +384,23 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 	}
 }
 
-// startHeartbeats runs the shard goroutines: shard k ticks every hb, its
-// phase k/shards of the interval, and heartbeats its agents in turn.
-func (s *sim) startHeartbeats(hb time.Duration) {
+// startHeartbeats runs the shard goroutines: shard k heartbeats its agents
+// in turn every interval (the newest the coordinator gave), its phase
+// k/shards of the interval.
+func (s *sim) startHeartbeats() {
 	for k := range s.shards {
 		go func(k int) {
-			time.Sleep(hb * time.Duration(k) / time.Duration(s.shards))
-			t := time.NewTicker(hb)
-			defer t.Stop()
-			for tick := range t.C {
+			hb := time.Duration(s.hbInterval.Load())
+			tick := time.Now().Add(hb * time.Duration(k) / time.Duration(s.shards))
+			for {
+				time.Sleep(time.Until(tick))
 				start := time.Now()
 				s.noteLate(start.Sub(tick))
+				hb := time.Duration(s.hbInterval.Load())
+				tick = tick.Add(hb)
+				if tick.Before(start) {
+					tick = start.Add(hb) // fell behind: no burst to catch up
+				}
 				for i := k; i < len(s.agents); i += s.shards {
 					a := s.agents[i]
 					if !a.alive.Load() || a.silent.Load() {
@@ -384,7 +413,7 @@ func (s *sim) startHeartbeats(hb time.Duration) {
 					}
 					a.lastHB.Store(now)
 					a.sentSeq.Store(seq)
-					if err := a.send(wire.Msg{Type: wire.THeartbeat, Seq: seq, FreePort: 20000 + (a.id+int(seq))%20000}); err == nil {
+					if err := a.send(wire.Msg{Type: wire.THeartbeat, Seq: seq, FreePort: 20000 + (a.id+int(seq))%20000, HeartbeatMS: int(hb / time.Millisecond)}); err == nil {
 						s.hbSent.Add(1)
 					}
 				}

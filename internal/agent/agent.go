@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,6 +82,10 @@ type session struct {
 	mu      sync.Mutex
 	sentAt  map[uint64]time.Time
 	closeMu sync.Once
+	// The heartbeat interval now (the coordinator may change it on an
+	// ack); retimed wakes the heartbeat loop to follow.
+	hb      atomic.Int64
+	retimed chan struct{}
 }
 
 func (s *session) send(m wire.Msg) error {
@@ -234,7 +239,7 @@ func (a *Agent) dial(ctx context.Context) (*session, *bufio.Reader, error) {
 		switch resp.StatusCode {
 		case http.StatusSwitchingProtocols:
 			a.next = idx
-			return &session{conn: conn, sentAt: map[uint64]time.Time{}}, br, nil
+			return &session{conn: conn, sentAt: map[uint64]time.Time{}, retimed: make(chan struct{}, 1)}, br, nil
 		case http.StatusUnauthorized:
 			conn.Close()
 			return nil, nil, ErrAuth
@@ -295,23 +300,37 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 	a.con.Printf("+ connected to the coordinator at %s as %s (lease %s)", sess.conn.RemoteAddr(), a.cfg.Name, lease)
 	a.resendGPU(sess)
 
+	sess.hb.Store(int64(hb))
 	hbCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go a.heartbeats(hbCtx, sess, hb)
+	go a.heartbeats(hbCtx, sess)
 	for {
 		// A coordinator that acknowledges nothing for a few heartbeats is
 		// dead, cut off, or deposed: reconnect, maybe to another one (a new
 		// leader), while the lease still holds.
-		// (6 heartbeats, or a third of the lease: longer than the
-		// coordinator's own node timeout, so a busy coordinator is not
-		// taken for a dead one first.)
-		sess.conn.SetReadDeadline(time.Now().Add(max(6*hb, lease/3)))
+		sess.conn.SetReadDeadline(time.Now().Add(readTimeout(hb, lease)))
 		m, err := rd.Read()
 		if err != nil {
 			return err
 		}
 		switch m.Type {
 		case wire.TAck:
+			if m.HeartbeatMS > 0 {
+				// The coordinator's timing changed (it scales with the
+				// number of agents). The new lease applies to this ack
+				// on; an end already reached under a longer one stays
+				// (the coordinator waits it out, see coordinator/timing.go).
+				hb, lease = time.Duration(m.HeartbeatMS)*time.Millisecond, time.Duration(m.LeaseMS)*time.Millisecond
+				a.mu.Lock()
+				a.lease = lease
+				a.mu.Unlock()
+				if time.Duration(sess.hb.Swap(int64(hb))) != hb {
+					select {
+					case sess.retimed <- struct{}{}:
+					default:
+					}
+				}
+			}
 			sess.mu.Lock()
 			at, ok := sess.sentAt[m.Seq]
 			for k := range sess.sentAt {
@@ -362,7 +381,17 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 	}
 }
 
-func (a *Agent) heartbeats(ctx context.Context, sess *session, every time.Duration) {
+// readTimeout: how long the agent waits for any word from the coordinator
+// before it reconnects: 6 heartbeats or a third of the lease, longer than
+// the coordinator's own node timeout (a busy coordinator is not taken for
+// a dead one first), but at most 70% of the lease, so that there is time to
+// reach another coordinator (a new leader) before the workers are fenced.
+func readTimeout(hb, lease time.Duration) time.Duration {
+	return min(max(6*hb, lease/3), lease*7/10)
+}
+
+func (a *Agent) heartbeats(ctx context.Context, sess *session) {
+	every := time.Duration(sess.hb.Load())
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var seq uint64
@@ -370,13 +399,18 @@ func (a *Agent) heartbeats(ctx context.Context, sess *session, every time.Durati
 		select {
 		case <-ctx.Done():
 			return
+		case <-sess.retimed:
+			every = time.Duration(sess.hb.Load())
+			t.Reset(every)
+			continue
 		case <-t.C:
 		}
 		seq++
 		sess.mu.Lock()
 		sess.sentAt[seq] = time.Now()
 		sess.mu.Unlock()
-		if err := sess.send(wire.Msg{Type: wire.THeartbeat, Seq: seq, FreePort: freePort()}); err != nil {
+		// It says the interval it is on: the coordinator judges its silence by it.
+		if err := sess.send(wire.Msg{Type: wire.THeartbeat, Seq: seq, FreePort: freePort(), HeartbeatMS: int(every / time.Millisecond)}); err != nil {
 			sess.close()
 			return
 		}

@@ -134,6 +134,7 @@ func TestExecuteUsageErrors(t *testing.T) {
 		{"coordinator lease below timeout", []string{"coordinator", "--lease", "1s", "--node-timeout", "2s"}, "--lease"},
 		{"coordinator zero heartbeat", []string{"coordinator", "--heartbeat", "0s"}, "--heartbeat"},
 		{"coordinator quarantine 0", []string{"coordinator", "--quarantine-after", "0"}, "--quarantine-after"},
+		{"coordinator negative heartbeat budget", []string{"coordinator", "--max-heartbeats-per-second", "-1"}, "--max-heartbeats-per-second"},
 		{"coordinator cert without key", []string{"coordinator", "--tls-cert", "c.pem"}, "--tls-key"},
 		{"agent without coordinator", []string{"agent", "--token-file", "t"}, "--coordinator host:port is required"},
 		{"agent bad coordinator", []string{"agent", "--coordinator", "nohostport"}, "want host:port"},

@@ -103,7 +103,7 @@ func newCoordinatorCmd(ctx context.Context, stdout io.Writer) *cobra.Command {
 		useTLS, slurmDrain                                   bool
 		tlsCert, tlsKey                                      string
 		lease, heartbeat, nodeTimeout                        time.Duration
-		quarantineAfter                                      int
+		quarantineAfter, maxHeartbeats                       int
 	)
 	cmd := &cobra.Command{
 		Use:   "coordinator",
@@ -118,6 +118,9 @@ One port serves everything: agent sessions and admin calls need the token;
 GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxHeartbeats < 0 {
+				return usage("--max-heartbeats-per-second must be 0 (a fixed interval) or more")
+			}
 			if quarantineAfter < 1 {
 				return usage("--quarantine-after must be at least 1")
 			}
@@ -130,7 +133,8 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 			return runCoordinator(ctx, stdout, coordinatorOpts{listen: listen, tokenFile: tokenFile, dataDir: dataDir,
 				etcd: etcdEndpoints, advertise: advertise, healthAddr: healthAddr, tls: useTLS,
 				slurmDrain: slurmDrain, slurmExcluded: slurmExcluded, cert: tlsCert, key: tlsKey,
-				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter}})
+				cfg: coordinator.Config{Lease: lease, Heartbeat: heartbeat, NodeTimeout: nodeTimeout, QuarantineAfter: quarantineAfter,
+					MaxHeartbeatsPerSecond: maxHeartbeats}})
 		},
 	}
 	f := cmd.Flags()
@@ -143,9 +147,10 @@ GET /v1/status, GET /metrics and the dashboard at / are read-only and open.`,
 	f.BoolVar(&useTLS, "tls", false, "serve TLS with certificates generated in DATA_DIR/tls on first start")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate (with --tls-key)")
 	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
-	f.DurationVar(&lease, "lease", coordinator.DefaultLease, "an agent that cannot reach the coordinator this long stops its workers; a silent node's ranks move only after it")
-	f.DurationVar(&heartbeat, "heartbeat", coordinator.DefaultHeartbeat, "agents' heartbeat interval")
-	f.DurationVar(&nodeTimeout, "node-timeout", coordinator.DefaultNodeTimeout, "no heartbeat for this long and a node is lost")
+	f.DurationVar(&lease, "lease", coordinator.DefaultLease, "an agent that cannot reach the coordinator this long stops its workers; a silent node's ranks move only after it (the least: it grows with the heartbeat interval)")
+	f.DurationVar(&heartbeat, "heartbeat", coordinator.DefaultHeartbeat, "agents' heartbeat interval (the least: it grows with the number of agents, see --max-heartbeats-per-second)")
+	f.DurationVar(&nodeTimeout, "node-timeout", coordinator.DefaultNodeTimeout, "no heartbeat for this long and a node is lost (the least: at least 3 heartbeat intervals)")
+	f.IntVar(&maxHeartbeats, "max-heartbeats-per-second", coordinator.DefaultMaxHeartbeatsPerSecond, "the agents' heartbeats together stay under this: the interval grows with their number (0: fixed)")
 	f.IntVar(&quarantineAfter, "quarantine-after", coordinator.DefaultQuarantineAfter, "faults on a node before it is quarantined")
 	f.BoolVar(&slurmDrain, "slurm-drain", true, "in a Slurm job: drain a quarantined node (scontrol update State=DRAIN; needs Slurm admin rights, a refusal is shown)")
 	f.StringVar(&slurmExcluded, "slurm-excluded", "", "in a Slurm job: file listing quarantined nodes Slurm would not drain, one a line, for the requeue to exclude (default DATA_DIR/slurm-excluded)")
@@ -318,7 +323,12 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	if tlsCfg != nil {
 		scheme = "https"
 	}
-	con.Printf("bulsajo coordinator %s on %s://%s · lease %s · node timeout %s", Version, scheme, l.Addr(), o.cfg.Lease, o.cfg.NodeTimeout)
+	scaled := ""
+	if o.cfg.MaxHeartbeatsPerSecond > 0 {
+		scaled = fmt.Sprintf(" (growing with the agents: at most %d heartbeats/s)", o.cfg.MaxHeartbeatsPerSecond)
+	}
+	con.Printf("bulsajo coordinator %s on %s://%s · heartbeat %s · node timeout %s · lease %s%s", Version, scheme, l.Addr(),
+		o.cfg.Heartbeat, o.cfg.NodeTimeout, o.cfg.Lease, scaled)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l, tlsCfg) }()
 	select {

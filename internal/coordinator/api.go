@@ -146,7 +146,7 @@ func (s *Server) serveRelease(w http.ResponseWriter, r *http.Request) {
 		if was {
 			j.logAsync(events.Event{Type: events.NodeReleased, Node: name})
 		}
-		j.capacityChanged()
+		j.capacityChanged(n)
 	}
 	s.mu.Unlock()
 	if was {

@@ -146,6 +146,9 @@ type job struct {
 	held      []heldStart
 	heldUntil time.Time
 	noStagger bool // the script does not listen on MASTER_PORT: never hold
+	// lastCall: until when the first generation waits for nodes that
+	// dropped their session a moment ago and are reconnecting.
+	lastCall time.Time
 	// the generation before, to blame a fault reported after the next began
 	prevGen       int
 	prevPlacement []placement
@@ -212,7 +215,11 @@ func (s *Server) loadJob(ctx context.Context) error {
 	// Adopt: the placement's agents should come back within a node timeout
 	// or two; until then their workers keep training on their own lease.
 	j.adopting = rec.Gen > 0
-	j.resumeBy = time.Now().Add(max(2*s.cfg.NodeTimeout, s.cfg.Lease/2))
+	// At the timing its agents had (as many as it placed, at least), and
+	// the longest lease any agent was told.
+	t := s.timingAt(time.Duration(levelFor(len(rec.Placement), 1, s.cfg.MaxHeartbeatsPerSecond, s.cfg.Heartbeat)) * s.cfg.Heartbeat)
+	lease := max(t.lease, s.leaseHigh)
+	j.resumeBy = time.Now().Add(max(2*t.nodeTimeout, lease/2))
 	j.launched, j.stopped = map[string]bool{}, map[string]bool{}
 	for _, p := range rec.Placement {
 		n := s.nodes[p.Node]
@@ -222,7 +229,7 @@ func (s *Server) loadJob(ctx context.Context) error {
 		}
 		// It may have renewed its lease right before we died.
 		n.hear(time.Now())
-		n.fenceAt = time.Now().Add(s.cfg.Lease)
+		n.fenceAt = time.Now().Add(lease)
 	}
 	s.con.Printf("resuming job %s at generation %d (%d nodes); waiting for its agents", rec.Spec.ID, rec.Gen, len(rec.Placement))
 	var resume *policy.Resume
@@ -479,12 +486,16 @@ func (j *job) StartGeneration(spec launcher.GenerationSpec) error {
 	return nil
 }
 
-// capacityChanged: a node joined or was released (s.mu held).
-func (j *job) capacityChanged() {
+// capacityChanged: node n joined, or was released (s.mu held). O(1) per
+// join unless the pending generation can start: 10,000 agents register in
+// a row.
+func (j *job) capacityChanged(n *node) {
 	if j.pending != nil {
 		j.launchPending()
 	}
-	j.prepareIdle()
+	if j.rec.Spec.Standby && !j.rec.Done && len(j.rec.Placement) > 0 {
+		j.prepare(n)
+	}
 }
 
 // prepareIdle has every usable node outside the generation (spares first of
@@ -498,10 +509,19 @@ func (j *job) prepareIdle() {
 		j.prepared = map[string]bool{}
 	}
 	for _, n := range j.s.nodes {
-		if usable(n, j.rec.Spec.NProcPerNode) && !j.holds(n) && !j.prepared[n.Name] {
-			j.prepared[n.Name] = true
-			n.sess.send(wire.Msg{Type: wire.TPrepare, Job: j.rec.Spec.ID, Spec: j.wireSpec(1, []int{0}, 0, 1, n.Addr, 1)})
-		}
+		j.prepare(n)
+	}
+}
+
+// prepare has n pre-start standby workers if it is usable and outside the
+// generation (s.mu held).
+func (j *job) prepare(n *node) {
+	if j.prepared == nil {
+		j.prepared = map[string]bool{}
+	}
+	if usable(n, j.rec.Spec.NProcPerNode) && !j.holds(n) && !j.prepared[n.Name] {
+		j.prepared[n.Name] = true
+		n.sess.send(wire.Msg{Type: wire.TPrepare, Job: j.rec.Spec.ID, Spec: j.wireSpec(1, []int{0}, 0, 1, n.Addr, 1)})
 	}
 }
 
@@ -518,7 +538,23 @@ func someNames(names []string) string {
 func (j *job) launchPending() {
 	spec := j.pending
 	sp := j.rec.Spec
+	if j.s.connected < sp.NNodesMin {
+		// Not enough even if every connected node were usable: skip
+		// choosing (a sort of every node) on each of thousands of joins.
+		if !j.waitSaid {
+			j.s.con.Printf("… generation %d waits for nodes: %d connected, at least %d needed", spec.Gen, j.s.connected, sp.NNodesMin)
+			j.waitSaid = true
+		}
+		return
+	}
 	nodes := choose(j.s.nodes, j.rec.Placement, j.rec.Spec.NNodesMax, j.rec.Spec.NNodesMin, j.rec.Spec.NProcPerNode)
+	if len(nodes) >= sp.NNodesMin && len(nodes) < sp.NNodesMax && j.rec.Gen == 0 && j.reconnecting() {
+		// The first start is for every node there is (like torchrun's
+		// last call): one whose session dropped a moment ago (a burst of
+		// load, a coordinator restart) is about to be back; a generation
+		// placed without it would leave it idle until the next fault.
+		return
+	}
 	if len(nodes) < sp.NNodesMin {
 		if !j.waitSaid {
 			j.s.con.Printf("… generation %d waits for nodes: %d of at least %d usable", spec.Gen, len(nodes), sp.NNodesMin)
@@ -559,6 +595,25 @@ func (j *job) launchPending() {
 	j.heldUntil = time.Now().Add(time.Second)
 	j.s.con.Printf("▶ generation %d on %d nodes (%s) · world %d · rendezvous %s:%d", spec.Gen, len(nodes), someNames(names), world, j.rec.MasterAddr, port)
 	j.prepareIdle()
+}
+
+// reconnecting reports whether the first generation should wait a little
+// longer for a node that dropped its session a moment ago (s.mu held).
+func (j *job) reconnecting() bool {
+	now := time.Now()
+	nt := j.s.timing.Load().nodeTimeout
+	if j.lastCall.IsZero() {
+		j.lastCall = now.Add(2 * nt)
+	}
+	if now.After(j.lastCall) {
+		return false
+	}
+	for _, n := range j.s.nodes {
+		if n.sess == nil && !n.lost && !n.Quarantined && n.NProc >= j.rec.Spec.NProcPerNode && now.Sub(n.lastHeard()) < 2*nt {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseHeld sends the starts held back for rank 0's store (s.mu held).
@@ -939,7 +994,7 @@ func (j *job) nodeBack(n *node, cur *wire.NodeState, restarted, wasLost bool) {
 		j.checkStopped(time.Now(), true)
 		j.s.fault(n, "its agent restarted")
 	}
-	j.capacityChanged()
+	j.capacityChanged(n)
 }
 
 // tick: silent nodes that never came back after a resume, and stops that
@@ -950,6 +1005,9 @@ func (j *job) tick(now time.Time) {
 	}
 	if len(j.held) > 0 && now.After(j.heldUntil) {
 		j.releaseHeld()
+	}
+	if j.pending != nil && !j.lastCall.IsZero() && now.After(j.lastCall) {
+		j.launchPending() // the last call is over: start with the nodes there are
 	}
 	// The step reached, for the next coordinator's rollback accounting.
 	if j.rec.Step != j.savedStep && now.Sub(j.savedAt) > 2*time.Second {

@@ -44,10 +44,17 @@ type Config struct {
 	// kills its workers; the coordinator gives a silent node's ranks to
 	// others only after its lease has run out.
 	Lease time.Duration
-	// Heartbeat is the agents' heartbeat interval.
+	// Heartbeat is the agents' heartbeat interval: the least one when
+	// MaxHeartbeatsPerSecond scales it.
 	Heartbeat time.Duration
-	// NodeTimeout: this long without a heartbeat and a node is lost.
+	// NodeTimeout: this long without a heartbeat and a node is lost (at
+	// the least interval; see timing.go for how it scales).
 	NodeTimeout time.Duration
+	// MaxHeartbeatsPerSecond: when > 0, the heartbeat interval grows with
+	// the number of connected agents so that together they send at most
+	// this many a second; the node timeout and the lease grow with it.
+	// 0: the interval, node timeout and lease are fixed.
+	MaxHeartbeatsPerSecond int
 	// QuarantineAfter faults attributed to a node exclude it from new
 	// generations until released.
 	QuarantineAfter int
@@ -65,17 +72,21 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultLease           = 5 * time.Second
-	DefaultHeartbeat       = 250 * time.Millisecond
-	DefaultNodeTimeout     = 1500 * time.Millisecond
-	DefaultQuarantineAfter = 3
-	maxRequestBody         = 1 << 20
+	DefaultLease       = 5 * time.Second
+	DefaultHeartbeat   = 250 * time.Millisecond
+	DefaultNodeTimeout = 1500 * time.Millisecond
+	// DefaultMaxHeartbeatsPerSecond: 250 ms up to 2,500 agents, 1 s at
+	// 10,000 (about 0.3 of a core of this project's 2-core test machine).
+	DefaultMaxHeartbeatsPerSecond = 10000
+	DefaultQuarantineAfter        = 3
+	maxRequestBody                = 1 << 20
 )
 
 // Store keys.
 const (
 	keyJob   = "/bulsajo/job"
 	keyNodes = "/bulsajo/nodes/"
+	keyLease = "/bulsajo/lease" // the longest lease agents were told (a duration)
 )
 
 // Server is the coordinator.
@@ -88,6 +99,14 @@ type Server struct {
 	nodes    map[string]*node
 	job      *job // the current or last job
 	sessions atomic.Int64
+
+	// Timing (timing.go): connected agents, the interval's level (a
+	// multiple of cfg.Heartbeat), the longest lease ever told (s.mu); the
+	// timing now, read by sessions without s.mu.
+	connected int
+	level     int
+	leaseHigh time.Duration
+	timing    atomic.Pointer[timing]
 
 	// heartbeats counts heartbeats received (metrics).
 	heartbeats atomic.Uint64
@@ -118,6 +137,7 @@ type node struct {
 	instance string
 
 	sess  *session     // nil when not connected
+	tsess *session     // the session whose timing it is judged by (its last)
 	away  bool         // disconnected by its own word (bye): lost only if silent too long
 	heard atomic.Int64 // unix ns of the last message: written without s.mu (heartbeats)
 	pmu   sync.Mutex
@@ -184,10 +204,20 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("coordinator: need heartbeat (%s) < node timeout (%s) <= lease (%s)", cfg.Heartbeat, cfg.NodeTimeout, cfg.Lease)
 	}
 	s := &Server{cfg: cfg, con: cfg.Console, started: time.Now(), nodes: map[string]*node{}, quit: make(chan struct{}),
-		writes: make(chan write, 1<<16)}
+		writes: make(chan write, 1<<16), level: 1, leaseHigh: cfg.Lease}
+	t := s.timingAt(cfg.Heartbeat)
+	s.timing.Store(&t)
 	s.initWeb()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if kv, err := cfg.Store.Get(ctx, keyLease); err == nil {
+		// Agents of the previous coordinator may hold a lease this long.
+		if d, err := time.ParseDuration(string(kv.Value)); err == nil && d > s.leaseHigh && d < time.Hour {
+			s.leaseHigh = d
+		}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("coordinator: loading the lease: %w", err)
+	}
 	kvs, err := cfg.Store.List(ctx, keyNodes)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: loading nodes: %w", err)
@@ -261,6 +291,7 @@ func (s *Server) Serve(l net.Listener, tlsCfg *tls.Config) error {
 // ---- agent sessions ----
 
 type session struct {
+	tm        sessionTiming
 	conn      net.Conn
 	out       chan []byte
 	done      chan struct{}
@@ -381,11 +412,17 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 		case wire.THeartbeat:
 			// The hot path at 10,000 nodes: no server lock.
 			s.heartbeats.Add(1)
+			ack := wire.Msg{Type: wire.TAck, Seq: m.Seq}
 			if ss.current.Load() {
-				n.hear(time.Now())
+				now := time.Now()
+				n.hear(now)
 				n.offerPort(m.FreePort)
+				ss.tm.heardOn(m.HeartbeatMS)
+				if t := s.timing.Load(); ss.tm.retell(t, now) {
+					ack.HeartbeatMS, ack.LeaseMS = int(t.hb/time.Millisecond), int(t.lease/time.Millisecond)
+				}
 			}
-			ss.send(wire.Msg{Type: wire.TAck, Seq: m.Seq})
+			ss.send(ack)
 		case wire.TBye:
 			ss.bye.Store(true)
 		case wire.TGPU:
@@ -396,6 +433,9 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			s.mu.Unlock()
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
 			wire.TJoinerReady, wire.TJoinerLost, wire.TListening:
+			if ss.current.Load() {
+				n.hear(time.Now()) // alive, even if s.mu keeps us waiting
+			}
 			s.mu.Lock()
 			if n.sess == ss {
 				n.hear(time.Now())
@@ -433,15 +473,20 @@ func (s *Server) register(ss *session, h wire.Msg) *node {
 		}
 		old.current.Store(false)
 		old.close()
+	} else {
+		s.connected++
+		s.retime()
 	}
 	restarted := n.instance != "" && n.instance != h.Instance
 	n.away = false
-	n.sess, n.instance = ss, h.Instance
+	n.sess, n.tsess, n.instance = ss, ss, h.Instance
 	n.NProc, n.Spare, n.Addr = h.NProc, h.Spare, h.Addr
 	n.offerPort(h.FreePort)
 	n.hear(time.Now())
 	ss.current.Store(true)
-	ss.send(wire.Msg{Type: wire.TWelcome, LeaseMS: int(s.cfg.Lease / time.Millisecond), HeartbeatMS: int(s.cfg.Heartbeat / time.Millisecond), Name: h.Name})
+	t := s.timing.Load()
+	ss.tm.welcome(*t)
+	ss.send(wire.Msg{Type: wire.TWelcome, LeaseMS: int(t.lease / time.Millisecond), HeartbeatMS: int(t.hb / time.Millisecond), Name: h.Name})
 	role := "worker node"
 	if n.Spare {
 		role = "spare"
@@ -480,7 +525,8 @@ func (s *Server) sessionEnded(n *node, ss *session, err error) {
 		// Alive, reconnecting: judged by silence like any other node.
 		ss.current.Store(false)
 		n.sess, n.away = nil, true
-		s.con.Printf("… node %s disconnected; it may come back within %s", n.Name, s.cfg.NodeTimeout)
+		s.disconnected()
+		s.con.Printf("… node %s disconnected; it may come back within %s", n.Name, s.timingAt(ss.tm.interval()).nodeTimeout)
 		return
 	}
 	gone := !ss.byUs.Load() && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET))
@@ -494,7 +540,13 @@ func (s *Server) sessionEnded(n *node, ss *session, err error) {
 	} else if err != nil {
 		why += ": " + err.Error()
 	}
-	s.lose(n, why, n.lastHeard(), n.lastHeard().Add(s.cfg.Lease))
+	s.lose(n, why, n.lastHeard(), ss.tm.fenceAt(n.lastHeard()))
+}
+
+// disconnected: a node's session is gone (s.mu held).
+func (s *Server) disconnected() {
+	s.connected--
+	s.retime()
 }
 
 // lose marks n gone. at is when it was last known alive; fenceAt when its
@@ -504,6 +556,7 @@ func (s *Server) lose(n *node, why string, at, fenceAt time.Time) {
 		n.sess.current.Store(false)
 		n.sess.close()
 		n.sess = nil
+		s.disconnected()
 	}
 	held := s.job != nil && s.job.holds(n)
 	if !held {
@@ -601,22 +654,36 @@ func (s *Server) ticker() {
 			// no one, and the next pass looks again.
 			late := now.Sub(prev) > s.cfg.NodeTimeout/2
 			prev = now
-			for _, n := range s.nodes {
-				if (n.sess == nil && !n.away) || late {
-					continue
-				}
-				last := n.lastHeard()
-				if silent := now.Sub(last); silent > s.cfg.NodeTimeout {
-					// Its last acknowledged heartbeat was sent before we heard
-					// it, so its lease ends by lastHeard + lease.
-					n.away = false
-					s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, last.Add(s.cfg.Lease))
-				}
+			if !late {
+				s.judge(now)
 			}
 			if j := s.job; j != nil {
 				j.tick(now)
 			}
 			s.mu.Unlock()
+		}
+	}
+}
+
+// judge loses the nodes silent for longer than their node timeout (s.mu held).
+func (s *Server) judge(now time.Time) {
+	for _, n := range s.nodes {
+		if (n.sess == nil && !n.away) || n.tsess == nil {
+			continue
+		}
+		last := n.lastHeard()
+		tm := &n.tsess.tm
+		if silent := now.Sub(last); silent > s.timingAt(tm.interval()).nodeTimeout {
+			if n.sess != nil && unread(n.sess.conn) > 0 {
+				// It spoke; we have not read it yet (a backlog here is
+				// not silence there).
+				continue
+			}
+			// Its last acknowledged heartbeat was sent before we heard it,
+			// so its lease ends by lastHeard + lease (or a longer lease it
+			// was told before, see timing.go).
+			n.away = false
+			s.lose(n, fmt.Sprintf("no heartbeat for %.1f s", silent.Seconds()), last, tm.fenceAt(last))
 		}
 	}
 }
@@ -641,10 +708,14 @@ type NodeStatus struct {
 
 // Status is the answer of GET /v1/status.
 type Status struct {
-	UptimeS float64      `json:"uptime_s"`
-	Nodes   []NodeStatus `json:"nodes"`
-	Job     *JobStatus   `json:"job,omitempty"`
-	Slurm   *slurm.Info  `json:"slurm,omitempty"`
+	UptimeS float64 `json:"uptime_s"`
+	// The timing agents are told now (it scales with their number).
+	HeartbeatMS   int64        `json:"heartbeat_ms"`
+	NodeTimeoutMS int64        `json:"node_timeout_ms"`
+	LeaseMS       int64        `json:"lease_ms"`
+	Nodes         []NodeStatus `json:"nodes"`
+	Job           *JobStatus   `json:"job,omitempty"`
+	Slurm         *slurm.Info  `json:"slurm,omitempty"`
 }
 
 // Status reports the cluster.
@@ -652,7 +723,9 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
-	st := Status{UptimeS: now.Sub(s.started).Seconds(), Slurm: s.cfg.Slurm}
+	t := s.timing.Load()
+	st := Status{UptimeS: now.Sub(s.started).Seconds(), HeartbeatMS: t.hb.Milliseconds(), NodeTimeoutMS: t.nodeTimeout.Milliseconds(),
+		LeaseMS: t.lease.Milliseconds(), Slurm: s.cfg.Slurm}
 	for _, n := range s.nodes {
 		ns := NodeStatus{Name: n.Name, Addr: n.Addr, NProc: n.NProc, Spare: n.Spare, Quarantined: n.Quarantined,
 			Reason: n.Reason, Faults: n.Faults, GPUs: n.gpuList(), Slurm: n.drain}

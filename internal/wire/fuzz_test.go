@@ -17,6 +17,8 @@ func addSeeds(f *testing.F) {
 		``, `{}`, `null`, `{"type":"ack"}}`, `{"type":"ack"} {"type":"ack"}`,
 		`{"type":"hello","name":"n","nproc":1,"addr":"h","current":{"job":"j","gen":1,"running":[0,0]}}`,
 		`{"type":"welcome","lease_ms":100,"heartbeat_ms":100}`,
+		`{"type":"ack","seq":1,"lease_ms":100,"heartbeat_ms":99}`, `{"type":"ack","heartbeat_ms":10}`,
+		`{"type":"heartbeat","seq":2,"heartbeat_ms":600000}`, `{"type":"heartbeat","heartbeat_ms":-1,"lease_ms":0}`,
 		`{"type":"start","job":"j","gen":1,"spec":{"run_id":"r","command":["x"],"world_size":2,"ranks":[1,1],"group_world_size":1,"master_addr":"h","master_port":1}}`,
 		`{"type":"reject","reason":"<\u2028\ufffd>"}`,
 		"{\"type\":\"reject\",\"reason\":\"\xff\xfe\"}",

@@ -28,7 +28,7 @@ const Protocol = "bulsajo-agent/1"
 const (
 	// agent -> coordinator
 	THello            = "hello"             // first message of a session
-	THeartbeat        = "heartbeat"         // every HeartbeatMS; renews the lease
+	THeartbeat        = "heartbeat"         // every HeartbeatMS (which it carries: the interval the agent is on); renews the lease
 	TLaunched         = "launched"          // every local worker of a generation started
 	TExited           = "exited"            // a worker ended
 	TProgress         = "progress"          // a worker committed a step
@@ -42,7 +42,7 @@ const (
 	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
-	TAck     = "ack"     // answer to heartbeat
+	TAck     = "ack"     // answer to heartbeat; with HeartbeatMS and LeaseMS: the timing changed (from now on)
 	TStart   = "start"   // start this node's part of a generation
 	TRegroup = "regroup" // live: this node's survivors form generation Gen in place (Spec: the new part)
 	TSpawn   = "spawn"   // live: start Count replacement processes for the job (Spec: the job)
@@ -70,7 +70,11 @@ type Msg struct {
 	Seq      uint64 `json:"seq,omitempty"`
 	FreePort int    `json:"free_port,omitempty"` // a port free on the node for the next rendezvous
 
-	// welcome
+	// welcome, and an ack when the timing changes (both set): the lease and
+	// the heartbeat interval from now on. In a heartbeat, HeartbeatMS is the
+	// interval the agent is on (agents before it was added send none; an
+	// agent before the ack carried it ignores it there and keeps the
+	// welcome's timing).
 	LeaseMS     int `json:"lease_ms,omitempty"`
 	HeartbeatMS int `json:"heartbeat_ms,omitempty"`
 
@@ -215,10 +219,16 @@ func (m *Msg) Validate() error {
 		if m.FreePort < 0 || m.FreePort > 65535 {
 			return invalid(t, "port out of range")
 		}
-	case TWelcome:
-		if m.LeaseMS < 100 || m.HeartbeatMS < 10 || m.HeartbeatMS >= m.LeaseMS {
-			return invalid(t, "lease and heartbeat must satisfy 10 <= heartbeat < lease, lease >= 100 ms")
+		switch {
+		case t == THeartbeat && m.LeaseMS != 0:
+			return invalid(t, "a heartbeat carries no lease")
+		case t == THeartbeat && (m.HeartbeatMS < 0 || m.HeartbeatMS > MaxHeartbeatMS):
+			return invalid(t, "heartbeat interval out of range")
+		case t == TAck && (m.LeaseMS != 0 || m.HeartbeatMS != 0):
+			return validTiming(t, m.LeaseMS, m.HeartbeatMS)
 		}
+	case TWelcome:
+		return validTiming(t, m.LeaseMS, m.HeartbeatMS)
 	case TLaunched, TStopped, TStop, TEnd, TListening:
 		if !ValidName(m.Job) || (t != TEnd && m.Gen < 1) || m.Grace < 0 {
 			return invalid(t, "job and generation required")
@@ -299,6 +309,17 @@ func (m *Msg) Validate() error {
 		return invalid("message", "type missing")
 	default:
 		return invalid(t, "unknown type")
+	}
+	return nil
+}
+
+// MaxHeartbeatMS bounds the heartbeat interval either side accepts.
+const MaxHeartbeatMS = 10 * 60 * 1000
+
+// validTiming checks a lease and heartbeat interval a coordinator gives.
+func validTiming(t string, leaseMS, heartbeatMS int) error {
+	if leaseMS < 100 || heartbeatMS < 10 || heartbeatMS >= leaseMS || heartbeatMS > MaxHeartbeatMS {
+		return invalid(t, "lease and heartbeat must satisfy 10 <= heartbeat < lease, lease >= 100 ms, heartbeat <= 10 min")
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ var validLines = map[string]string{
 	"heartbeat":      `{"type":"heartbeat","seq":42,"free_port":40000}`,
 	"heartbeat bare": `{"type":"heartbeat"}`,
 	"ack":            `{"type":"ack","seq":42}`,
+	"ack timing":     `{"type":"ack","seq":43,"lease_ms":6500,"heartbeat_ms":1000}`,
+	"heartbeat on":   `{"type":"heartbeat","seq":44,"free_port":40000,"heartbeat_ms":1000}`,
 	"welcome":        `{"type":"welcome","lease_ms":10000,"heartbeat_ms":2000}`,
 	"welcome min":    `{"type":"welcome","lease_ms":100,"heartbeat_ms":10}`,
 	"launched":       `{"type":"launched","job":"job1","gen":1,"at_ms":1700000000000}`,
@@ -184,6 +186,18 @@ func TestDecodeInvalid(t *testing.T) {
 		{"welcome lease short", `{"type":"welcome","lease_ms":99,"heartbeat_ms":10}`, ErrInvalid},
 		{"welcome heartbeat short", `{"type":"welcome","lease_ms":1000,"heartbeat_ms":9}`, ErrInvalid},
 		{"welcome empty", `{"type":"welcome"}`, ErrInvalid},
+		{"welcome heartbeat over 10 min", `{"type":"welcome","lease_ms":3600000,"heartbeat_ms":600001}`, ErrInvalid},
+		// a timing change on an ack: both, and as a welcome's
+		{"ack heartbeat without lease", `{"type":"ack","seq":1,"heartbeat_ms":1000}`, ErrInvalid},
+		{"ack lease without heartbeat", `{"type":"ack","seq":1,"lease_ms":5000}`, ErrInvalid},
+		{"ack heartbeat = lease", `{"type":"ack","seq":1,"lease_ms":1000,"heartbeat_ms":1000}`, ErrInvalid},
+		{"ack lease short", `{"type":"ack","seq":1,"lease_ms":50,"heartbeat_ms":10}`, ErrInvalid},
+		{"ack negative heartbeat", `{"type":"ack","seq":1,"lease_ms":5000,"heartbeat_ms":-1}`, ErrInvalid},
+		{"ack heartbeat as string", `{"type":"ack","seq":1,"lease_ms":5000,"heartbeat_ms":"1000"}`, ErrInvalid},
+		// the interval a heartbeat says it is on
+		{"heartbeat negative interval", `{"type":"heartbeat","seq":1,"heartbeat_ms":-250}`, ErrInvalid},
+		{"heartbeat interval over 10 min", `{"type":"heartbeat","seq":1,"heartbeat_ms":600001}`, ErrInvalid},
+		{"heartbeat with a lease", `{"type":"heartbeat","seq":1,"heartbeat_ms":250,"lease_ms":5000}`, ErrInvalid},
 		// job messages
 		{"launched no job", `{"type":"launched","gen":1}`, ErrInvalid},
 		{"launched gen 0", `{"type":"launched","job":"j"}`, ErrInvalid},
