@@ -668,11 +668,16 @@ func (m *mcluster) checkDashboardShowsQuarantine(name string) {
 		return coord.Dial(ctx, network, m.coordAddr())
 	}}
 	srv := httptest.NewServer(proxy)
-	// The page's event stream stays open: cut it before closing.
-	defer func() { srv.CloseClientConnections(); srv.Close() }()
+	// The page's event stream stays open through the proxy: leave the page
+	// first, then close without waiting on a stream the backend may still
+	// be writing (srv.Close would wait for it).
 	ctx := browser(t)
 	tctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
+	defer func() {
+		chromedp.Do(tctx, chromedp.Navigate("about:blank"))
+		cancel()
+		srv.Config.Close()
+	}()
 	if err := chromedp.Do(tctx, chromedp.Navigate(srv.URL+"/")); err != nil {
 		t.Fatalf("opening the coordinator's dashboard: %v", err)
 	}
