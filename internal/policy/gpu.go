@@ -45,20 +45,8 @@ func (m *Machine) capacity(ev Capacity) []Decision {
 	m.slots = ev.Slots
 	if min := max(1, m.cfg.MinWorld); ev.Slots < min {
 		m.slots = -1 // nothing left to launch on
-		fin := &Finish{Outcome: Failed, Reason: fmt.Sprintf(
-			"%d healthy GPU(s) left, fewer than the %d workers the job needs (--min-nproc)", ev.Slots, min)}
-		switch m.phase {
-		case idle:
-			m.phase = done
-			return []Decision{*fin}
-		case starting, running, diagnosing:
-			m.phase = stopping
-			m.finishAfter = fin
-			return []Decision{Stop{Gen: m.gen, Reason: "no healthy GPUs"}}
-		case stopping:
-			m.finishAfter = fin
-		}
-		return nil
+		return m.endJob(&Finish{Outcome: Failed, Reason: fmt.Sprintf(
+			"%d healthy GPU(s) left, fewer than the %d workers the job needs (--min-nproc)", ev.Slots, min)}, "no healthy GPUs")
 	}
 	if m.phase == starting {
 		// Decided but not yet started (the driver's preflight runs here).

@@ -725,7 +725,12 @@ func (m *Machine) restartAll() []Decision {
 }
 
 func (m *Machine) interrupt(ev Interrupt) []Decision {
-	fin := &Finish{Outcome: Interrupted, Reason: "stopped by " + ev.Signal}
+	return m.endJob(&Finish{Outcome: Interrupted, Reason: "stopped by " + ev.Signal}, "interrupted")
+}
+
+// endJob ends the job with fin: at once when nothing runs, else after the
+// generation has stopped (stopping it first with reason).
+func (m *Machine) endJob(fin *Finish, reason string) []Decision {
 	switch m.phase {
 	case idle:
 		m.phase = done
@@ -733,7 +738,7 @@ func (m *Machine) interrupt(ev Interrupt) []Decision {
 	case starting, running, diagnosing:
 		m.phase = stopping
 		m.finishAfter = fin
-		return []Decision{Stop{Gen: m.gen, Reason: "interrupted"}}
+		return []Decision{Stop{Gen: m.gen, Reason: reason}}
 	case stopping:
 		m.finishAfter = fin // still waiting for the stop; then finish
 	}
