@@ -56,6 +56,12 @@ type stderrState struct {
 
 // observe reads one stderr line: traceback structure and error lines.
 func (s *stderrState) observe(text string, now time.Time) {
+	// torch 2.x prefixes an uncaught exception's lines with "[rankN]: ";
+	// the line under it is what is read (and the cause must not depend on
+	// which rank printed it).
+	if m := torchRankPrefix.FindString(text); m != "" {
+		text = text[len(m):]
+	}
 	if s.inBlock && now.Sub(s.lastLine) > blockQuiet {
 		s.inBlock = false // that traceback is over
 	}
@@ -82,6 +88,8 @@ func (s *stderrState) observe(text string, now time.Time) {
 		s.plain, s.plainAt = t, now
 	}
 }
+
+var torchRankPrefix = regexp.MustCompile(`^\[rank\d+\]: ?`)
 
 // warningLine: Python's `file:line: UserWarning: ...` (and the like).
 var warningLine = regexp.MustCompile(`\b[A-Z]\w*Warning\b`)

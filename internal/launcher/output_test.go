@@ -55,6 +55,13 @@ func TestExitCause(t *testing.T) {
 			"At:", "  train.py(117): per_param_allreduce"), 1, "", time.Second, "RuntimeError: [../gloo/pair.cc:589] Read error: Connection reset by peer"},
 		{"chained: the last exception", cat(tb(time.Second, "KeyError: 'lr'", "", "During handling of the above exception, another exception occurred:", ""),
 			tb(time.Second, "RuntimeError: config broken")), 1, "", time.Second, "RuntimeError: config broken"},
+		{"torch 2.x: every line prefixed with its rank", func() []line {
+			var out []line
+			for _, l := range tb(time.Second, "RuntimeError: loss is not a tensor", "    ~~~~^^") {
+				out = append(out, line{l.at, "[rank3]: " + l.text})
+			}
+			return out
+		}(), 1, "", time.Second, "RuntimeError: loss is not a tensor"},
 		{"traceback long before a silent exit 1", tb(time.Second, "ValueError: caught and logged"), 1, "", 30 * time.Second, ""},
 		{"traceback, then killed from outside", tb(time.Second, "ValueError: caught and logged"), 137, "SIGKILL", time.Second, ""},
 		{"uncaught C++ exception", []line{{time.Second, "terminate called after throwing an instance of 'c10::Error'"}},
