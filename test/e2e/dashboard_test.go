@@ -116,15 +116,8 @@ func TestDashboardLiveAndMetrics(t *testing.T) {
 		t.Fatalf("%d fault markers on the page, %d faults in the log", before, n)
 	}
 
-	b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	killed := time.Now()
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill rank 1 (pid %d): %v", pid, err)
-	}
+	killRank(t, runDir, 1)
 	var shown time.Time
 	waitFor(t, 30*time.Second, "the fault on the timeline", func() bool {
 		if evalInt(tctx, `document.querySelectorAll("#timeline polygon.fault").length`) > before {

@@ -223,3 +223,17 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// killRank SIGKILLs the process that holds rank in runDir (pids/rankN), from
+// outside, as the OOM killer would.
+func killRank(t *testing.T, runDir string, rank int) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(runDir, "pids", fmt.Sprintf("rank%d", rank)))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		t.Fatalf("rank %d's pid file: %v %q", rank, err, b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill rank %d (pid %d): %v", rank, pid, err)
+	}
+}

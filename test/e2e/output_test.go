@@ -4,9 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -33,12 +31,7 @@ func TestTorchKilledWorkerIsOneLine(t *testing.T) {
 	requireTorch(t)
 	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "3", "--run-id", "oneline"}, trainArgs(t, "200")...)...)
 	waitFor(t, 60*time.Second, "training to start", func() bool { return strings.Contains(out.String(), "step 20 ") })
-	b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank1"))
-	victim, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || victim <= 0 {
-		t.Fatalf("rank 1's pid file: %v %q", err, b)
-	}
-	syscall.Kill(victim, syscall.SIGKILL)
+	killRank(t, runDir, 1)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("bulsajo: %v\n%s", err, out.String())
 	}

@@ -75,12 +75,7 @@ func TestTorchExternalSigkillOfAWorker(t *testing.T) {
 	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2", "--run-id", "extkill"}, trainArgs(t, "300")...)...)
 	// Wait until training runs, then kill rank 1 from outside, as the OOM killer would.
 	waitFor(t, 60*time.Second, "training to start", func() bool { return strings.Contains(out.String(), "step 20 ") })
-	b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank1"))
-	victim, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || victim <= 0 {
-		t.Fatalf("rank 1's pid file: %v %q", err, b)
-	}
-	syscall.Kill(victim, syscall.SIGKILL)
+	killRank(t, runDir, 1)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("bulsajo: %v\n%s", err, out.String())
 	}
