@@ -460,6 +460,13 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 func (s *Server) register(ss *session, h wire.Msg) *node {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closing {
+		// Close has already ended every session; one welcomed now would
+		// outlive it (an http.Server does not track hijacked connections)
+		// and keep the agent ready against a coordinator that is gone.
+		// No reject either: the agent should reconnect elsewhere, not quit.
+		return nil
+	}
 	n := s.nodes[h.Name]
 	if n == nil {
 		n = &node{nodeRecord: nodeRecord{Name: h.Name}}
