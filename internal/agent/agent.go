@@ -30,6 +30,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/gpu"
 	"github.com/bulsajo/bulsajo/internal/launcher"
+	"github.com/bulsajo/bulsajo/internal/ports"
 	"github.com/bulsajo/bulsajo/internal/wire"
 )
 
@@ -693,10 +694,9 @@ func (a *Agent) endJob() {
 
 // freePort is a port free on this node now, offered for the next rendezvous.
 func freePort() int {
-	l, err := net.Listen("tcp", ":0")
+	p, err := ports.Free("")
 	if err != nil {
 		return 0
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +19,7 @@ import (
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/launcher"
 	"github.com/bulsajo/bulsajo/internal/policy"
+	"github.com/bulsajo/bulsajo/internal/ports"
 	"github.com/bulsajo/bulsajo/internal/store"
 )
 
@@ -495,14 +495,7 @@ func (r *run) record(e events.Event) {
 
 func (r *run) prefix() string { return "/bulsajo/runs/" + r.cfg.RunID }
 
-func freePort(addr string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort(addr string) (int, error) { return ports.Free(addr) }
 
 // displayPath is p relative to the working directory when it lies below it.
 func displayPath(p string) string {

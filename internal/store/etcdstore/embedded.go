@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/bulsajo/bulsajo/internal/ports"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -180,18 +182,21 @@ func loopbackURL(port int) url.URL {
 	return url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
 }
 
-// freePorts returns n distinct loopback ports free at the time of the call.
+// freePorts returns n distinct loopback ports free at the time of the call,
+// from below the ephemeral range (see package ports: no outgoing connection
+// takes them before etcd binds them).
 func freePorts(n int) ([]int, error) {
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	var out []int
+	for len(out) < n {
+		p, err := ports.Free("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
-	return ports, nil
+	return out, nil
 }
 
 // Store returns the client of this member. It belongs to the Embedded:
