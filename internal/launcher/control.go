@@ -38,11 +38,14 @@ type Assignment struct {
 
 // ctlMsg is a message from a worker.
 type ctlMsg struct {
-	Type   string `json:"type"` // hello, step, finished, collective_failed
+	Type   string `json:"type"` // hello, ready, step, finished, collective_failed
 	Gen    int    `json:"gen"`
 	Rank   int    `json:"rank"`
 	Step   int    `json:"step"`
 	Detail string `json:"detail"`
+	// Wait, on a joiner's hello: it is not ready to be admitted until it
+	// says "ready" (the SDK does when the script enters steps()).
+	Wait bool `json:"wait"`
 }
 
 // CollectiveFailed is reported by a live-mode worker whose collective failed
@@ -139,7 +142,11 @@ func (a *Launcher) serveControl(c *net.UnixConn) {
 			a.ctl.mu.Unlock()
 			if as, ok := w.assignment(); ok {
 				cc.send(as)
-			} else if w.joiner && !w.ready.Swap(true) {
+			} else if w.joiner && !m.Wait && !w.ready.Swap(true) {
+				a.emit(JoinerReady{At: time.Now()})
+			}
+		case "ready":
+			if w.joiner && !w.ready.Swap(true) {
 				a.emit(JoinerReady{At: time.Now()})
 			}
 		case "step":
@@ -315,8 +322,9 @@ func (a *Launcher) Regroup(spec RegroupSpec) error {
 }
 
 // SpawnJoiners starts n replacement processes. A joiner runs the script up
-// to the SDK's init and waits there, outside every generation, until a
-// regroup admits it; it then receives the training state from a member.
+// to its training loop (the SDK's steps()), says it is ready there and
+// waits, outside every generation, until a regroup admits it; it then
+// receives the training state from a member.
 func (a *Launcher) SpawnJoiners(n int) error {
 	for i := 0; i < n; i++ {
 		a.mu.Lock()
@@ -370,7 +378,7 @@ func (a *Launcher) freeLocalRank() int {
 	return n
 }
 
-// takeReadyJoiner removes and returns the first joiner that said hello.
+// takeReadyJoiner removes and returns the first joiner ready to be admitted.
 // Called with a.mu held.
 func (a *Launcher) takeReadyJoiner() *worker {
 	for i, w := range a.joiners {

@@ -59,3 +59,79 @@ func TestDiscardedJoinersDoNotDisableStandbys(t *testing.T) {
 		}
 	}
 }
+
+// A joiner that says hello with wait is not offered for admission until it
+// says ready (the SDK says it when the script enters steps(), so its setup
+// does not pause the survivors). Real processes speaking the control
+// protocol; a file tells the script when to say ready.
+func TestJoinerIsReadyWhenItSaysSo(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not found")
+	}
+	dir := t.TempDir()
+	sdk, err := python.Extract(filepath.Join(dir, "sdk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := filepath.Join(dir, "go")
+	script := filepath.Join(dir, "j.py")
+	os.WriteFile(script, []byte(`import os, sys, time
+sys.path.insert(0, os.environ["SDK"])
+from bulsajo import _live
+link = _live.AgentLink(os.environ["BULSAJO_AGENT_CTL"], lambda m: None)
+link.send({"type": "hello", "pid": os.getpid(), "gen": 0, "rank": -1, "wait": True}, timeout=5)
+link.start()
+while not os.path.exists(os.environ["GATE"]):
+    time.sleep(0.01)
+link.send({"type": "ready"}, timeout=5)
+time.sleep(60)
+`), 0o644)
+	t.Setenv("SDK", sdk)
+	t.Setenv("GATE", gate)
+	a, err := New(Config{Command: []string{py, script}, RunID: "readytest", RunDir: dir, SDKDir: sdk,
+		Live: true, StopGrace: 100 * time.Millisecond, Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ready := make(chan time.Time, 1)
+	go func() {
+		for ev := range a.Events() {
+			if r, ok := ev.(JoinerReady); ok {
+				ready <- r.At
+			}
+		}
+	}()
+	if err := a.SpawnJoiners(1); err != nil {
+		t.Fatal(err)
+	}
+	// Its hello has arrived (its connection is registered) ...
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		a.ctl.mu.Lock()
+		n := len(a.ctl.conns)
+		a.ctl.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the joiner's hello did not arrive within 10 s")
+		}
+	}
+	// ... and it is not ready.
+	select {
+	case <-ready:
+		t.Fatal("a joiner that said hello with wait was reported ready before it said ready")
+	case <-time.After(500 * time.Millisecond):
+	}
+	opened := time.Now()
+	os.WriteFile(gate, nil, 0o644)
+	select {
+	case at := <-ready:
+		if at.Before(opened) {
+			t.Fatalf("ready at %v, before the script said so (%v)", at, opened)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no JoinerReady within 10 s of the joiner saying ready")
+	}
+}

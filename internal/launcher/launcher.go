@@ -465,7 +465,7 @@ type worker struct {
 
 	quiet     atomic.Bool // output to the rank log only
 	joiner    bool        // a replacement waiting for admission (under Launcher.mu)
-	ready     atomic.Bool // a joiner that has said hello
+	ready     atomic.Bool // a joiner ready to be admitted (said ready, or hello without wait)
 	discarded atomic.Bool // killed on purpose before it held a rank
 	localRank int         // slot on this node (its GPU); kept across regroups
 	as        Assignment  // current generation, for the control endpoint (under mu)

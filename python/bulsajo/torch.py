@@ -90,7 +90,9 @@ def init(backend="auto"):
 
     Under bulsajo live recovery (``BULSAJO_AGENT_CTL`` set) this connects to
     the agent, waits for the generation it assigns and creates the default
-    process group for it.  Otherwise it creates (or adopts) a static
+    process group for it; a replacement process (one started to take a lost
+    rank's place) does that when it enters :meth:`Job.steps`, so its
+    ``rank`` and ``world_size`` are None until then.  Otherwise it creates (or adopts) a static
     ``env://`` group as torchrun expects; plain ``python script.py`` gets a
     world of one.  ``backend``: "auto" (nccl with CUDA, else gloo), "gloo" or
     "nccl".
@@ -226,16 +228,31 @@ class Job(object):
         self._gens = _live.Generations()
         self._link = _live.AgentLink(os.environ["BULSAJO_AGENT_CTL"], self._on_message)
         self._gens.keep.add(self._link.inode)
-        self._link.send({"type": "hello", "pid": os.getpid(),
-                         "gen": _env_int("BULSAJO_GENERATION", 0),
-                         "rank": _env_int("RANK", -1)}, timeout=10.0)
+        # A replacement (a joiner, BULSAJO_JOIN=1) asks to be admitted only
+        # once it enters steps(): the survivors keep training while it builds
+        # its data, model and optimizer, and stop for it only to form the
+        # group and hand it the state.
+        self.replacement = os.environ.get("BULSAJO_JOIN") == "1"
+        hello = {"type": "hello", "pid": os.getpid(),
+                 "gen": _env_int("BULSAJO_GENERATION", 0), "rank": _env_int("RANK", -1)}
+        if self.replacement:
+            hello["wait"] = True
+        self._link.send(hello, timeout=10.0)
         self._link.start()
+        if self.replacement:
+            self._has_state = False
+            return
+        self._join_first()
+
+    def _join_first(self):
+        """Wait for this process's first generation and form its group."""
         first = self._gens.wait_newer(None, GENERATION_WAIT_S)
         if first is None:
-            raise RuntimeError("bulsajo: the agent sent no generation within %d s of hello"
-                               % GENERATION_WAIT_S)
-        self.replacement = bool(first.get("join")) or os.environ.get("BULSAJO_JOIN") == "1"
-        self._has_state = not self.replacement
+            raise RuntimeError("bulsajo: the agent sent no generation within %d s of %s"
+                               % (GENERATION_WAIT_S, "ready" if self.replacement else "hello"))
+        if first.get("join"):
+            self.replacement = True
+            self._has_state = False
         msg = first
         while True:
             try:
@@ -450,6 +467,9 @@ class Job(object):
                 # the user's data and model) lives for the whole job: leave it
                 # out of collections, which then only scan what regroups made.
                 gc.freeze()
+            if self._gen is None:  # a replacement: admitted now (see _init_live)
+                self._send({"type": "ready"}, timeout=10.0)
+                self._join_first()
             self._first_sync()
         while True:
             step = state.step + 1

@@ -20,6 +20,7 @@ Run from the repository root:
 import json
 import os
 import shutil
+import random
 import signal
 import socket
 import subprocess
@@ -52,11 +53,26 @@ def have_torch():
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, below the ephemeral range (as bulsajo's own choice,
+    internal/ports): a port from bind(0) can be taken by one of gloo's
+    outgoing connections before rank 0 binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    lo = max(1024, low - 12000)
+    for _ in range(64):
+        port = random.randrange(lo, low)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port below %d" % low)
 
 
 def proc_state(pid):
@@ -93,6 +109,7 @@ class FakeAgent(object):
         self.assign = {}     # pid -> latest generation message for it
         self.msgs = []       # (monotonic, pid, msg) every message received
         self.closed_pids = set()  # pids whose connection closed
+        self.readies = set()      # joiners that said ready
         self.procs = {}      # pid -> Popen
         self.logs = {}       # pid -> log path
         self._closing = False
@@ -127,6 +144,12 @@ class FakeAgent(object):
                         pid = msg["pid"]
                         self.hellos[pid] = msg
                         self.conns[pid] = c
+                        # A joiner says hello with wait and is admitted once
+                        # it says ready (as bulsajo's launcher does).
+                        if pid in self.assign and not msg.get("wait"):
+                            self._sendline(c, self.assign[pid])
+                    elif msg.get("type") == "ready" and pid is not None:
+                        self.readies.add(pid)
                         if pid in self.assign:
                             self._sendline(c, self.assign[pid])
                     self.msgs.append((time.monotonic(), pid, msg))
@@ -180,7 +203,8 @@ class FakeAgent(object):
         with self.cv:
             self.assign[pid] = msg
             c = self.conns.get(pid)
-            if c is not None:
+            waiting = self.hellos.get(pid, {}).get("wait") and pid not in self.readies
+            if c is not None and not waiting:
                 self._sendline(c, msg)
 
     def regroup(self, gen, members, port, world=None):
