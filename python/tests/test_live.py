@@ -236,7 +236,8 @@ ABANDON_WORKER = textwrap.dedent("""\
         res["raised"] = False
     except Exception as e:
         res.update(raised=True, t_raised=time.monotonic(), error=str(e)[:300])
-    res["abandoned"] = [n for (_, g, n) in job._gens.abandons]
+    with job._gens.cv:  # the reader thread records the abandon under cv, after the shutdown
+        res["abandoned"] = [n for (_, g, n) in job._gens.abandons]
     res["link_ok"] = job._link.send({"type": "step", "gen": 1, "rank": 0, "step": 777}, timeout=5)
     with open(out, "w") as f:
         json.dump(res, f)
