@@ -63,9 +63,21 @@ def parse_args():
                    help="extra sleep per step to simulate compute")
     p.add_argument("--sample-log", default=None,
                    help="append 'gen step rank sample_ids...' per step and rank")
+    p.add_argument("--slow-save-s", type=float, default=0.0,
+                   help="rank 0 computes this long (no progress) when it writes a checkpoint "
+                        "at a multiple of 100 steps and at the end, as a large model's save would")
     p.add_argument("--fail-at-step", type=int, default=None,
                    help="rank 0 raises RuntimeError on reaching this step (every run)")
     return p.parse_args()
+
+
+def busy(seconds):
+    """Use a CPU for this long (a stand-in for serializing a large model)."""
+    end = time.monotonic() + seconds
+    x = 0
+    while time.monotonic() < end:
+        x += 1
+    return x
 
 
 def make_model(hidden):
@@ -216,6 +228,8 @@ def main():
         if rank == 0 and (step % args.log_every == 0 or last):
             print("step %d loss %.4f" % (step, loss.item()), flush=True)
         if rank == 0 and ((step + 1) % args.ckpt_every == 0 or last):
+            if args.slow_save_s > 0 and ((step + 1) % 100 == 0 or last):
+                busy(args.slow_save_s)
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                      "step": step, "loss": loss.item()}
             tmp = "%s.tmp.%d" % (ckpt_path, os.getpid())

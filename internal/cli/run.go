@@ -91,6 +91,7 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.DurationVar(&c.StartupTimeout, "startup-timeout", 0, "launch to first progress (default: adaptive, 5 min until a startup was seen)")
 	f.DurationVar(&c.StopGrace, "stop-grace", c.StopGrace, "time between SIGTERM and SIGKILL when stopping workers")
 	f.DurationVar(&c.ExitGrace, "exit-grace", c.ExitGrace, "once a rank has finished, how long the others may take to exit (no hang detection meanwhile)")
+	f.DurationVar(&c.BusyLimit, "busy-limit", c.BusyLimit, "a stall while ranks still use CPU (a checkpoint, an evaluation) is not a hang until this long; 0: every stall past the threshold is a hang")
 	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many generations in a row fail the same way without progress")
 	f.BoolVar(&c.Standby, "standby", c.Standby, "pre-start the next generation's Python workers (torch imported) to restart fast")
 	f.StringVar(&c.Preload, "standby-preload", "", "modules a standby worker imports ahead (default torch,torch.distributed,torch.nn.parallel)")
@@ -205,6 +206,7 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 			WorldSize: c.NProc, MaxRestarts: c.MaxRestarts, Watchdog: wd,
 			StartupTimeout: c.StartupTimeout, ProgressExpected: re != nil, CrashLoopLimit: c.CrashLoopLimit,
 			Live: c.Recovery == "live", Replace: c.Replace, MinWorld: c.MinNProc, ExitGrace: c.ExitGrace,
+			ProbeBusy: c.BusyLimit > 0, BusyLimit: c.BusyLimit,
 		},
 		MasterAddr: c.MasterAddr, MasterPort: c.MasterPort, StopGrace: c.StopGrace,
 		Chaos: plan, Console: con, Log: log, Store: st, Observers: observers,

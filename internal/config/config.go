@@ -38,6 +38,7 @@ type Run struct {
 	StartupTimeout time.Duration // 0: adaptive
 	StopGrace      time.Duration
 	ExitGrace      time.Duration // after a rank finishes, how long the others may take
+	BusyLimit      time.Duration // longest stall excused while ranks use CPU; 0: no such check
 	CrashLoopLimit int
 	Standby        bool
 	Preload        string
@@ -59,6 +60,7 @@ func Default() Run {
 		HangFloor:      2 * time.Second,
 		StopGrace:      3 * time.Second,
 		ExitGrace:      30 * time.Second,
+		BusyLimit:      10 * time.Minute,
 		CrashLoopLimit: 3,
 		Standby:        true,
 		Python:         "python3",
@@ -99,7 +101,7 @@ func (r *Run) Validate() error {
 	if r.MasterPort < 0 || r.MasterPort > 65535 {
 		return usage("--master-port %d out of range", r.MasterPort)
 	}
-	if r.HangTimeout < 0 || r.StartupTimeout < 0 || r.StopGrace < 0 || r.HangFloor < 0 || r.ExitGrace < 0 {
+	if r.HangTimeout < 0 || r.StartupTimeout < 0 || r.StopGrace < 0 || r.HangFloor < 0 || r.ExitGrace < 0 || r.BusyLimit < 0 {
 		return usage("durations must not be negative")
 	}
 	if r.CrashLoopLimit < 1 {

@@ -837,6 +837,10 @@ func (j *job) LiveRanks(gen int) []int {
 // policy's own evidence (the lagging rank) is used instead.
 func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
 
+// Busy: the coordinator cannot see the workers' processes (ProbeBusy is off
+// for multi-node jobs).
+func (j *job) Busy(int) []int { return nil }
+
 // ---- from the agents (s.mu held) ----
 
 func (j *job) fromAgent(n *node, m wire.Msg) {

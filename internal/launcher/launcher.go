@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -428,6 +429,50 @@ func (a *Launcher) Culprit(gen int, sampleCPU bool) (int, string) {
 		return still[0], "only rank not using CPU"
 	}
 	return -1, ""
+}
+
+// Busy returns the ranks of gen whose process used CPU over a short sample
+// (at least 10% of a core), for the policy's check of a stall
+// (policy.Config.ProbeBusy). None when a rank is stopped: a stopped rank is
+// the hang, whatever the others do.
+func (a *Launcher) Busy(gen int) []int {
+	a.mu.Lock()
+	var ws []*worker
+	if g := a.gens[gen]; g != nil {
+		ws = append(ws, g.workers...)
+	}
+	a.mu.Unlock()
+	first := make([]health.ProcStat, len(ws))
+	ok := make([]bool, len(ws))
+	for i, w := range ws {
+		st, err := health.ReadProcStat(w.pid)
+		if err != nil {
+			continue
+		}
+		if st.Stopped() {
+			return nil
+		}
+		first[i], ok[i] = st, true
+	}
+	const sample = 200 * time.Millisecond
+	time.Sleep(sample)
+	var busy []int
+	for i, w := range ws {
+		st, err := health.ReadProcStat(w.pid)
+		if err != nil || !ok[i] {
+			continue
+		}
+		if st.Stopped() {
+			return nil
+		}
+		// CPU ticks are 10 ms: 2 of them in 200 ms is 10% of a core, more
+		// than the background threads of a process blocked in a collective.
+		if st.CPUTicks >= first[i].CPUTicks+2 {
+			busy = append(busy, w.rank)
+		}
+	}
+	sort.Ints(busy)
+	return busy
 }
 
 // Close kills every worker and standby at once and waits for them.

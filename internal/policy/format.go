@@ -43,4 +43,10 @@ func (d Regroup) String() string {
 
 func (d Diagnose) String() string { return fmt.Sprintf("diagnose gen=%d", d.Gen) }
 
+func (d Probe) String() string { return fmt.Sprintf("probe gen=%d", d.Gen) }
+
+func (d Busy) String() string {
+	return fmt.Sprintf("busy gen=%d ranks=%v silent=%s", d.Gen, d.Ranks, round(d.Silent))
+}
+
 func (d SpawnJoiners) String() string { return fmt.Sprintf("spawn joiners=%d", d.N) }

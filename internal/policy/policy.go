@@ -39,6 +39,19 @@ type Config struct {
 	// tearing down, not training). Default 30 s.
 	ExitGrace time.Duration
 
+	// ProbeBusy: before a stall counts as a hang, ask the driver (Probe)
+	// which ranks still use CPU. A rank that computes without reporting
+	// progress (a checkpoint, an evaluation, a slow teardown after the last
+	// step, a step slowed by a busy machine) is not hung: the watchdog waits
+	// for it, up to BusyLimit. A stopped rank, or ranks that all sit
+	// blocked, are a hang as before. Needs the workers' processes (the
+	// driver of `bulsajo run`); off where the driver cannot see them.
+	// Ignored with a fixed Watchdog.Timeout (the user's own bound).
+	ProbeBusy bool
+	// BusyLimit: the longest stall excused by busy ranks (an endless loop
+	// is a hang too). Default 10 min.
+	BusyLimit time.Duration
+
 	// Live recovery (workers use the SDK): survivors of a fault keep their
 	// processes and re-form the group; Replace starts replacements to get
 	// back to WorldSize; without them the job shrinks, down to MinWorld,
@@ -54,6 +67,7 @@ const (
 	MinStartupTimeout     = 15 * time.Second
 	DefaultCrashLoopLimit = 3
 	DefaultExitGrace      = 30 * time.Second
+	DefaultBusyLimit      = 10 * time.Minute
 )
 
 // SignalNodeLost in Exited means the rank's node was lost (no heartbeat, or
@@ -148,11 +162,19 @@ type CollectiveFailed struct {
 	Detail    string
 }
 
+// Probed answers Probe: the ranks of Gen that used CPU while it was looked
+// at. Empty when a rank is stopped (SIGSTOP, a tracer) or none is using CPU.
+type Probed struct {
+	Gen  int
+	Busy []int
+}
+
 // Finishing: a live-mode rank left its training loop with every rank
 // agreeing the last step committed; what follows is teardown, not training.
 type Finishing struct{ Gen, Rank int }
 
 func (Finishing) input()        {}
+func (Probed) input()           {}
 func (Start) input()            {}
 func (Launched) input()         {}
 func (Resume) input()           {}
@@ -226,6 +248,18 @@ type SpawnJoiners struct{ N int }
 // with Diagnosed.
 type Diagnose struct{ Gen int }
 
+// Probe asks the driver which ranks of Gen are using CPU (Config.ProbeBusy);
+// it answers with Probed.
+type Probe struct{ Gen int }
+
+// Busy: the job has stalled longer than the hang threshold, but these ranks
+// are using CPU, so it is not called a hang yet (once per stall).
+type Busy struct {
+	Gen    int
+	Ranks  []int
+	Silent time.Duration
+}
+
 // Finish ends the job.
 type Finish struct {
 	Outcome Outcome
@@ -239,6 +273,8 @@ func (Recovered) decision() {}
 func (Finish) decision()    {}
 func (Regroup) decision()   {}
 func (Diagnose) decision()  {}
+func (Probe) decision()     {}
+func (Busy) decision()      {}
 
 // ---- machine ----
 
@@ -285,6 +321,11 @@ type Machine struct {
 	lastSig      string
 	finishAfter  *Finish // decided while stopping; emitted on Stopped
 	slots        int     // healthy slots (GPUs) left; 0 = not limited (gpu.go)
+
+	// a stall being looked at (Config.ProbeBusy)
+	probing   bool          // Probe sent, Probed not yet in
+	busyUntil time.Duration // busy ranks seen: probe again after this
+	busyNoted bool          // Busy told for this stall
 }
 
 // New returns a machine for cfg, filling defaults.
@@ -294,6 +335,9 @@ func New(cfg Config) *Machine {
 	}
 	if cfg.ExitGrace == 0 {
 		cfg.ExitGrace = DefaultExitGrace
+	}
+	if cfg.BusyLimit == 0 {
+		cfg.BusyLimit = DefaultBusyLimit
 	}
 	if cfg.Watchdog.Floor == 0 && cfg.Watchdog.Timeout == 0 {
 		w := health.DefaultWatchdog()
@@ -366,6 +410,8 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 		}
 	case Interrupt:
 		return m.interrupt(ev)
+	case Probed:
+		return m.probed(now, ev)
 	case Diagnosed:
 		if ev.Gen == m.gen && m.phase == diagnosing {
 			if ev.Rank >= 0 {
@@ -424,6 +470,7 @@ func (m *Machine) newGeneration(world int) {
 	m.rankStep = map[int]int{}
 	m.doneRanks = map[int]bool{}
 	m.finishing = false
+	m.probing, m.busyUntil, m.busyNoted = false, 0, false
 	m.cfg.Watchdog.Reset()
 }
 
@@ -453,6 +500,7 @@ func (m *Machine) progress(now time.Duration, ev Progress) (out []Decision) {
 	if ev.Step > m.genStep {
 		m.genStep = ev.Step
 		m.cfg.Watchdog.Observe(now)
+		m.busyUntil, m.busyNoted = 0, false // the stall, if any, is over
 	}
 	m.jobStep = max(m.jobStep, ev.Step)
 	return out
@@ -562,9 +610,14 @@ func (m *Machine) tick(now time.Duration) []Decision {
 	w := &m.cfg.Watchdog
 	if w.Armed() {
 		if stalled, silent := w.Stalled(now); stalled {
-			return m.fail(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: m.laggingRank(),
-				Detail: fmt.Sprintf("no progress for %.1fs (threshold %.1fs)", silent.Seconds(), w.Threshold().Seconds()),
-				Step:   m.jobStep, Silent: silent}, "hang")
+			if m.probes(silent) {
+				if m.probing || now < m.busyUntil {
+					return nil
+				}
+				m.probing = true
+				return []Decision{Probe{Gen: m.gen}}
+			}
+			return m.hang(now, silent, "")
 		}
 		return nil
 	}
@@ -577,6 +630,44 @@ func (m *Machine) tick(now time.Duration) []Decision {
 			Step:   m.jobStep, Silent: since}, "startup hang")
 	}
 	return nil
+}
+
+// probes says whether a stall of this length is first checked for busy
+// ranks (Config.ProbeBusy) rather than called a hang at once.
+func (m *Machine) probes(silent time.Duration) bool {
+	return m.cfg.ProbeBusy && m.cfg.Watchdog.Timeout == 0 && silent < m.cfg.BusyLimit
+}
+
+func (m *Machine) hang(now, silent time.Duration, why string) []Decision {
+	w := &m.cfg.Watchdog
+	return m.fail(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: m.laggingRank(),
+		Detail: fmt.Sprintf("no progress for %.1fs (threshold %.1fs)%s", silent.Seconds(), w.Threshold().Seconds(), why),
+		Step:   m.jobStep, Silent: silent}, "hang")
+}
+
+func (m *Machine) probed(now time.Duration, ev Probed) []Decision {
+	if ev.Gen != m.gen || m.phase != running || !m.probing {
+		return nil
+	}
+	m.probing = false
+	stalled, silent := m.cfg.Watchdog.Stalled(now)
+	if !stalled || len(m.doneRanks) > 0 || m.finishing {
+		return nil // progress or an exit came meanwhile
+	}
+	if len(ev.Busy) == 0 {
+		return m.hang(now, silent, "")
+	}
+	if silent >= m.cfg.BusyLimit {
+		return m.hang(now, silent, fmt.Sprintf("; ranks %v busy for longer than %s", ev.Busy, m.cfg.BusyLimit))
+	}
+	// Look again one threshold later: a rank that stops using CPU while
+	// the job still stalls is hung then.
+	m.busyUntil = now + m.cfg.Watchdog.Threshold()
+	if m.busyNoted {
+		return nil
+	}
+	m.busyNoted = true
+	return []Decision{Busy{Gen: m.gen, Ranks: append([]int(nil), ev.Busy...), Silent: silent}}
 }
 
 func (m *Machine) startupTimeout() time.Duration {

@@ -138,6 +138,10 @@ func parseConfig(t *testing.T, a map[string]string) Config {
 			c.Replace = v == "true"
 		case "min-world":
 			c.MinWorld = atoi(t, v)
+		case "probe-busy":
+			c.ProbeBusy = v == "true"
+		case "busy-limit":
+			c.BusyLimit = dur(t, v)
 		default:
 			t.Fatalf("unknown config key %q", k)
 		}
@@ -186,6 +190,14 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return Tick{}
 	case "diagnosed":
 		return Diagnosed{Gen: get("gen"), Rank: get("rank")}
+	case "probed":
+		var busy []int
+		if v := a["busy"]; v != "" {
+			for _, f := range strings.Split(v, ",") {
+				busy = append(busy, atoi(t, f))
+			}
+		}
+		return Probed{Gen: get("gen"), Busy: busy}
 	case "joiner_ready":
 		return JoinerReady{}
 	case "joiner_lost":

@@ -73,6 +73,9 @@ type Node interface {
 	Signal(gen, rank int, sig syscall.Signal) error
 	LiveRanks(gen int) []int
 	Culprit(gen int, sampleCPU bool) (rank int, why string)
+	// Busy: the ranks of gen using CPU now; none when a rank is stopped or
+	// the driver cannot see the processes (policy.Config.ProbeBusy).
+	Busy(gen int) []int
 	Events() <-chan launcher.Event
 }
 
@@ -272,6 +275,11 @@ func (r *run) apply(ds []policy.Decision) {
 				r.con.Printf("  culprit: rank %d (%s)", rank, why)
 			}
 			r.apply(r.m.Step(r.now(), policy.Diagnosed{Gen: d.Gen, Rank: rank}))
+		case policy.Probe:
+			r.apply(r.m.Step(r.now(), policy.Probed{Gen: d.Gen, Busy: r.node.Busy(d.Gen)}))
+		case policy.Busy:
+			r.con.Printf("… no progress for %.1f s, but %s using CPU (a checkpoint? an evaluation?): not called a hang while it works",
+				d.Silent.Seconds(), rankList(d.Ranks))
 		case policy.Stop:
 			r.node.StopGeneration(d.Gen, r.cfg.StopGrace)
 		case policy.Fault:
@@ -505,6 +513,21 @@ func displayPath(p string) string {
 		}
 	}
 	return p
+}
+
+// rankList is "rank 3 is" or "ranks 0, 2 are".
+func rankList(rs []int) string {
+	if len(rs) == 1 {
+		return fmt.Sprintf("rank %d is", rs[0])
+	}
+	var b strings.Builder
+	for i, r := range rs {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprint(&b, r)
+	}
+	return "ranks " + b.String() + " are"
 }
 
 func plural(n int, one, many string) string {

@@ -48,6 +48,7 @@ func (n *scriptedNode) SpawnJoiners(int) error                { return nil }
 func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
 func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
 func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }
+func (n *scriptedNode) Busy(int) []int                        { return nil }
 func (n *scriptedNode) Events() <-chan launcher.Event         { return n.ev }
 
 func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {

@@ -63,7 +63,7 @@ func TestTorchFaultsDoNotChangeTheResult(t *testing.T) {
 		t.Fatalf("want a worker_exit and a hang fault, got %v:\n%s", causes, faulty.out)
 	}
 	if n := faulty.count(events.Recovered, evs); n != len(causes) {
-		t.Errorf("%d faults but %d recoveries", len(causes), n)
+		t.Errorf("%d faults (%v) but %d recoveries:\n%s", len(causes), causes, n, faulty.out)
 	}
 	if a, b := finalHash(t, clean.out), finalHash(t, faulty.out); a != b {
 		t.Errorf("parameters differ after recovery: fault-free %s, with faults %s", a, b)
@@ -217,4 +217,25 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// A rank that computes for seconds without reporting progress (rank 0
+// writing a large checkpoint while the others wait for it in the next
+// all-reduce, and again after the last step) is not hung: bulsajo sees it
+// using CPU, says so once per stall, and the job ends without a fault. A
+// SIGSTOPped rank is still a hang (TestTorchFaultsDoNotChangeTheResult).
+func TestTorchSlowSaveIsNotAHang(t *testing.T) {
+	requireTorch(t)
+	r := bulsajo(t, 3*time.Minute, append([]string{"--nproc-per-node", "2"},
+		trainArgs(t, "250", "--slow-save-s", "5")...)...)
+	if r.code != 0 {
+		t.Fatalf("exit %d:\n%s", r.code, r.out)
+	}
+	evs := r.events(t)
+	if n := r.count(events.FaultDetected, evs); n != 0 {
+		t.Fatalf("%d faults for a job that only saved slowly:\n%s", n, r.out)
+	}
+	if !strings.Contains(r.out, "but rank 0 is using CPU") {
+		t.Fatalf("no line saying rank 0 was busy during a 5 s stall:\n%s", r.out)
+	}
 }
