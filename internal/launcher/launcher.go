@@ -467,13 +467,18 @@ func (a *Launcher) Busy(gen int) []int {
 		}
 		// CPU ticks are 10 ms: 2 of them in 200 ms is 10% of a core, more
 		// than the background threads of a process blocked in a collective.
-		if st.CPUTicks >= first[i].CPUTicks+2 {
+		// On a loaded machine a working process may get less than that:
+		// its main thread runnable (R) or in disk I/O (D, an fsync) says
+		// it works too; one blocked in a collective sleeps (S).
+		if st.CPUTicks >= first[i].CPUTicks+2 || working(first[i].State) || working(st.State) {
 			busy = append(busy, w.rank)
 		}
 	}
 	sort.Ints(busy)
 	return busy
 }
+
+func working(state byte) bool { return state == 'R' || state == 'D' }
 
 // Close kills every worker and standby at once and waits for them.
 func (a *Launcher) Close() {
