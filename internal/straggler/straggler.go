@@ -212,9 +212,9 @@ func (d *Detector) Close(now time.Duration) Verdict {
 		m := median(others)
 		switch {
 		case w > 0:
-			v.Speeds[r] = m / w
+			v.Speeds[r] = min(m/w, maxSpeed)
 		case m > 0:
-			v.Speeds[r] = 1e9 // no measurable work: not slow
+			v.Speeds[r] = maxSpeed // no measurable work: not slow
 		default:
 			v.Speeds[r] = 1
 		}
@@ -297,6 +297,9 @@ func (d *Detector) job(v *Verdict, wallPerStep float64) {
 		v.JobSlow = &JobSlow{Ratio: ratio, Rate: rate, Baseline: d.best}
 	}
 }
+
+// maxSpeed caps a relative speed (a rank with next to no work).
+const maxSpeed = 10
 
 // jobSmooth windows make the job's rate (their median): the best of
 // single windows would be a noise peak that ordinary windows then fall
