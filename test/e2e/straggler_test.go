@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/events"
+)
+
+// cpuThrottle caps one process's CPU with a cgroup: v1's cpu controller
+// (cpu.cfs_quota_us) where it is mounted, else v2's cpu.max. It returns a
+// function that moves the process back and removes the cgroup; skips the
+// test when neither can be used (not root, no cpu controller).
+func cpuThrottle(t *testing.T, pid int, percent int) func() {
+	t.Helper()
+	name := fmt.Sprintf("bulsajo-e2e-%d-%d", os.Getpid(), pid)
+	var dir, parent string
+	var limit func() error
+	if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err == nil {
+		parent = "/sys/fs/cgroup/cpu"
+		dir = filepath.Join(parent, name)
+		limit = func() error {
+			if err := os.WriteFile(filepath.Join(dir, "cpu.cfs_period_us"), []byte("100000"), 0o644); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, "cpu.cfs_quota_us"), []byte(strconv.Itoa(percent*1000)), 0o644)
+		}
+	} else if b, err := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); err == nil && strings.Contains(string(b), "cpu") {
+		parent = "/sys/fs/cgroup"
+		dir = filepath.Join(parent, name)
+		limit = func() error {
+			return os.WriteFile(filepath.Join(dir, "cpu.max"), []byte(fmt.Sprintf("%d 100000", percent*1000)), 0o644)
+		}
+	} else {
+		t.Skip("no cgroup cpu controller to throttle a rank with (cgroup v1 /sys/fs/cgroup/cpu or v2 cpu.max)")
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot make a cgroup to throttle a rank: %v", err)
+	}
+	remove := func() {
+		// Move what is left back to the parent, then remove the group.
+		if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
+			for _, p := range strings.Fields(string(b)) {
+				os.WriteFile(filepath.Join(parent, "cgroup.procs"), []byte(p), 0o644)
+			}
+		}
+		for i := 0; i < 50; i++ {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("cgroup %s not removed", dir)
+	}
+	if err := limit(); err != nil {
+		remove()
+		t.Skipf("cannot set a CPU limit: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		remove()
+		t.Fatalf("move pid %d into %s: %v", pid, dir, err)
+	}
+	return remove
+}
+
+var rank0Step = regexp.MustCompile(`(?m)^\[rank0\] step (\d+) `)
+
+// stepRate follows rank 0's "step N" lines in out and returns the steps
+// per second over the next d.
+func stepRate(t *testing.T, out *syncBuffer, d time.Duration) float64 {
+	t.Helper()
+	last := func() int {
+		m := rank0Step.FindAllStringSubmatch(out.String(), -1)
+		if len(m) == 0 {
+			return -1
+		}
+		n, _ := strconv.Atoi(m[len(m)-1][1])
+		return n
+	}
+	s0, t0 := last(), time.Now()
+	time.Sleep(d)
+	s1, t1 := last(), time.Now()
+	return float64(s1-s0) / t1.Sub(t0).Seconds()
+}
+
+func rankPID(t *testing.T, runDir string, rank int) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(runDir, "pids", fmt.Sprintf("rank%d", rank)))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		t.Fatalf("rank %d's pid file: %v %q", rank, err, b)
+	}
+	return pid
+}
+
+// waitOut is waitFor with the run's output on a timeout.
+func waitOut(t *testing.T, out *syncBuffer, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; output:\n%s", within, what, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopRun interrupts a run and waits for it to end.
+func stopRun(t *testing.T, pid int, done <-chan error) {
+	t.Helper()
+	syscall.Kill(pid, syscall.SIGINT)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("bulsajo did not stop within 60 s of SIGINT")
+	}
+}
+
+// One rank of a real torch job is throttled to a tenth of a CPU: it is
+// named (rank, relative speed, no hardware evidence) within a few
+// detection windows, and --straggler-action replace moves it once it has
+// been slow for --straggler-replace-after: a replacement (a new process,
+// outside the throttled cgroup) joins and the step rate recovers.
+func TestLiveStragglerThrottledRankIsNamedAndReplaced(t *testing.T) {
+	requireTorch(t)
+	cmd, out, runDir := startBulsajo(t, "--recovery", "live", "--nproc-per-node", "3",
+		"--straggler-action", "replace", "--straggler-replace-after", "10s",
+		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000", "--log-every", "10")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitOut(t, out, 90*time.Second, "training to start", func() bool { return strings.Count(out.String(), "[rank0] step ") >= 3 })
+	before := stepRate(t, out, 8*time.Second)
+
+	pid := rankPID(t, runDir, 1)
+	remove := cpuThrottle(t, pid, 10)
+	defer remove()
+	throttled := time.Now()
+	named := regexp.MustCompile(`⚠ straggler: rank 1 on node \S+ at 0\.\d\d of median for \d+ s \(no hardware evidence\)`)
+	waitOut(t, out, 60*time.Second, "rank 1 named a straggler", func() bool { return named.MatchString(out.String()) })
+	detect := time.Since(throttled)
+	if strings.Contains(out.String(), "⚠ straggler: rank 0") || strings.Contains(out.String(), "⚠ straggler: rank 2") {
+		t.Errorf("an unthrottled rank was named:\n%s", out)
+	}
+
+	// Moved: the throttled process is killed, the survivors regroup, a
+	// replacement joins.
+	waitOut(t, out, 60*time.Second, "the straggler moved and a replacement admitted", func() bool {
+		s := out.String()
+		return strings.Contains(s, "↻ straggler: moving rank 1") && strings.Contains(s, "↻ grow:")
+	})
+	moved := time.Since(throttled)
+	waitOut(t, out, 30*time.Second, "steps after the grow", func() bool {
+		s := out.String()
+		return rank0Step.FindAllStringIndex(s[strings.LastIndex(s, "↻ grow:"):], -1) != nil
+	})
+	after := stepRate(t, out, 8*time.Second)
+	stopRun(t, cmd.Process.Pid, done)
+	t.Logf("throttled rank named %.1f s after the throttle, moved after %.1f s; steps/s before %.1f, after the move %.1f",
+		detect.Seconds(), moved.Seconds(), before, after)
+	if alive(pid) {
+		t.Errorf("the straggler's process %d still runs", pid)
+	}
+	// The replacement's rate is that of the unthrottled job again; the
+	// throttled job ran at well under half of it (a tenth of a CPU), so
+	// this cannot pass with the straggler still in.
+	if after < 0.7*before {
+		t.Errorf("steps/s after the move %.1f, before the throttle %.1f: not recovered", after, before)
+	}
+
+	r := result{runDir: runDir}
+	var found, fault bool
+	for _, e := range r.events(t) {
+		switch {
+		case e.Type == events.StragglerDetected:
+			if e.Rank == nil || *e.Rank != 1 || e.Speed <= 0 || e.Speed >= 0.8 || e.Cause != "none" || e.Node == "" {
+				t.Errorf("straggler event: %+v", e)
+			}
+			found = true
+		case e.Type == events.FaultDetected && e.Cause == "straggler":
+			fault = e.Rank != nil && *e.Rank == 1
+		}
+	}
+	if !found || !fault {
+		t.Errorf("event log: straggler event %v, straggler fault on rank 1 %v", found, fault)
+	}
+}
+
+// Without throttling, a real job runs through several detection windows
+// and nothing is named; the metric shows every rank's speed near 1.
+func TestLiveStragglerNoneWithoutThrottling(t *testing.T) {
+	requireTorch(t)
+	cmd, out, runDir := startBulsajo(t, "--recovery", "live", "--nproc-per-node", "3", "--metrics-addr", "127.0.0.1:0",
+		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000", "--log-every", "10")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	waitOut(t, out, 90*time.Second, "training to start", func() bool { return strings.Count(out.String(), "[rank0] step ") >= 3 })
+	// 35 s: the warm-up window and six more, over the 3-of-5 rule's reach.
+	time.Sleep(35 * time.Second)
+	addr := regexp.MustCompile(`metrics: http://(\S+)/metrics`).FindStringSubmatch(out.String())
+	if addr == nil {
+		t.Fatalf("no metrics address in the output:\n%s", out)
+	}
+	resp, err := http.Get("http://" + addr[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	stopRun(t, cmd.Process.Pid, done)
+
+	if strings.Contains(out.String(), "⚠ straggler") {
+		t.Errorf("a straggler named without throttling:\n%s", out)
+	}
+	for _, e := range (result{runDir: runDir}).events(t) {
+		if e.Type == events.StragglerDetected {
+			t.Errorf("straggler event without throttling: %+v", e)
+		}
+	}
+	// The detector did judge windows: every rank has a relative speed.
+	speed := regexp.MustCompile(`(?m)^bulsajo_rank_relative_speed\{job="[^"]+",rank="(\d)"\} (\S+)$`)
+	ms := speed.FindAllStringSubmatch(string(body), -1)
+	if len(ms) != 3 {
+		t.Fatalf("want the relative speed of 3 ranks, got %q", ms)
+	}
+	for _, m := range ms {
+		t.Logf("rank %s relative speed %s", m[1], m[2])
+	}
+}
