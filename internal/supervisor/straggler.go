@@ -19,7 +19,9 @@ type StragglerConfig struct {
 	Action       string // "" (off), warn, replace
 	ReplaceAfter time.Duration
 	Detector     straggler.Config
-	Node         string // this node's name, for the messages
+	Node         string // this node's name, for the messages (one node)
+	// NodeOf names the node of a rank (several nodes); overrides Node.
+	NodeOf func(rank int) string
 	// Evidence is the hardware evidence against the GPU in slot (its
 	// throttle reasons, a low SM clock), "" when there is none. Optional.
 	Evidence func(slot int) string
@@ -92,8 +94,8 @@ func (r *run) stragglerTick() {
 	}
 	for _, st := range v.New {
 		slot, gpuName, evidence := r.rankHardware(gen, st.Rank)
-		r.con.Printf("⚠ straggler: rank %d%s at %.2f of median for %s (%s)", st.Rank, r.onNode(), st.Speed, humanFor(st.For), evidenceText(gpuName, evidence))
-		ev := events.Event{Type: events.StragglerDetected, Gen: gen, Rank: events.Int(st.Rank), Node: r.cfg.Straggler.Node,
+		r.con.Printf("⚠ straggler: rank %d%s at %.2f of median for %s (%s)", st.Rank, r.onNode(st.Rank), st.Speed, humanFor(st.For), evidenceText(gpuName, evidence))
+		ev := events.Event{Type: events.StragglerDetected, Gen: gen, Rank: events.Int(st.Rank), Node: r.nodeOf(st.Rank),
 			Speed: round2(st.Speed), Cause: evidenceCause(evidence),
 			Detail: fmt.Sprintf("at %.2f of the median of the other ranks for %s", st.Speed, humanFor(st.For))}
 		if slot >= 0 && gpuName != "" {
@@ -102,8 +104,8 @@ func (r *run) stragglerTick() {
 		r.record(ev)
 	}
 	for _, rank := range v.Back {
-		r.con.Printf("✓ straggler: rank %d%s back to speed", rank, r.onNode())
-		r.record(events.Event{Type: events.StragglerRecovered, Gen: gen, Rank: events.Int(rank), Node: r.cfg.Straggler.Node})
+		r.con.Printf("✓ straggler: rank %d%s back to speed", rank, r.onNode(rank))
+		r.record(events.Event{Type: events.StragglerRecovered, Gen: gen, Rank: events.Int(rank), Node: r.nodeOf(rank)})
 	}
 	if j := v.JobSlow; j != nil {
 		r.con.Printf("⚠ job slowing: %.2f steps/s, %.2f of its best (%.2f)", j.Rate, j.Ratio, j.Baseline)
@@ -129,7 +131,7 @@ func (r *run) stragglerTick() {
 			why = gpuName + ": " + evidence
 		}
 		s.replaced[gen] = true
-		r.con.Printf("↻ straggler: moving rank %d%s (%s)", st.Rank, r.onNode(), why)
+		r.con.Printf("↻ straggler: moving rank %d%s (%s)", st.Rank, r.onNode(st.Rank), why)
 		r.apply(r.m.Step(r.now(), policy.Straggler{Gen: gen, Rank: st.Rank,
 			Detail: fmt.Sprintf("at %.2f of median, %s", st.Speed, why)}))
 		return
@@ -150,11 +152,18 @@ func (r *run) rankHardware(gen, rank int) (int, string, string) {
 	return slot, fmt.Sprintf("GPU %d", slot), r.cfg.Straggler.Evidence(slot)
 }
 
-func (r *run) onNode() string {
-	if r.cfg.Straggler.Node == "" {
-		return ""
+func (r *run) nodeOf(rank int) string {
+	if f := r.cfg.Straggler.NodeOf; f != nil {
+		return f(rank)
 	}
-	return " on node " + r.cfg.Straggler.Node
+	return r.cfg.Straggler.Node
+}
+
+func (r *run) onNode(rank int) string {
+	if n := r.nodeOf(rank); n != "" {
+		return " on node " + n
+	}
+	return ""
 }
 
 func evidenceText(gpuName, evidence string) string {

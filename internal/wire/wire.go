@@ -40,6 +40,7 @@ const (
 	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
 	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
 	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
+	TWork             = "work"              // live: a rank's work time over Steps steps (WorkUS of WallUS), for straggler detection
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat; with HeartbeatMS and LeaseMS: the timing changed (from now on)
@@ -109,6 +110,12 @@ type Msg struct {
 	Count      int   `json:"count,omitempty"`   // spawn
 
 	// gpu_health: GPU is the index on the node (-1: every GPU)
+	// work: over Steps steps of rank Rank, WorkUS µs of WallUS were its own
+	// computation (sent only when the job's Spec asks for WorkReports).
+	Steps  int   `json:"steps,omitempty"`
+	WorkUS int64 `json:"work_us,omitempty"`
+	WallUS int64 `json:"wall_us,omitempty"`
+
 	GPU   int    `json:"gpu,omitempty"`
 	UUID  string `json:"uuid,omitempty"`
 	Class string `json:"class,omitempty"`
@@ -116,21 +123,25 @@ type Msg struct {
 
 // Spec is one node's part of a generation, with the job it belongs to.
 type Spec struct {
-	RunID          string   `json:"run_id"`
-	Command        []string `json:"command"`
-	Dir            string   `json:"dir,omitempty"`
-	MaxRestarts    int      `json:"max_restarts"`
-	ProgressRegex  string   `json:"progress_regex,omitempty"`
-	Standby        bool     `json:"standby,omitempty"`
-	Live           bool     `json:"live,omitempty"` // workers use the SDK's live recovery
-	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
-	RestartCount   int      `json:"restart_count"`
-	WorldSize      int      `json:"world_size"`
-	Ranks          []int    `json:"ranks"`
-	GroupRank      int      `json:"group_rank"`
-	GroupWorldSize int      `json:"group_world_size"`
-	MasterAddr     string   `json:"master_addr"`
-	MasterPort     int      `json:"master_port"`
+	RunID         string   `json:"run_id"`
+	Command       []string `json:"command"`
+	Dir           string   `json:"dir,omitempty"`
+	MaxRestarts   int      `json:"max_restarts"`
+	ProgressRegex string   `json:"progress_regex,omitempty"`
+	Standby       bool     `json:"standby,omitempty"`
+	Live          bool     `json:"live,omitempty"` // workers use the SDK's live recovery
+	// WorkReports: forward the workers' work-time reports (TWork). Absent
+	// unless the job detects stragglers, so agents and coordinators of
+	// earlier versions never see the field or the message.
+	WorkReports    bool   `json:"work_reports,omitempty"`
+	StopGraceMS    int    `json:"stop_grace_ms,omitempty"`
+	RestartCount   int    `json:"restart_count"`
+	WorldSize      int    `json:"world_size"`
+	Ranks          []int  `json:"ranks"`
+	GroupRank      int    `json:"group_rank"`
+	GroupWorldSize int    `json:"group_world_size"`
+	MasterAddr     string `json:"master_addr"`
+	MasterPort     int    `json:"master_port"`
 }
 
 // NodeState is what an agent that reconnects tells the coordinator about the
@@ -293,6 +304,12 @@ func (m *Msg) Validate() error {
 	case TCollectiveFailed:
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 {
 			return invalid(t, "job, generation and rank required")
+		}
+	case TWork:
+		const maxUS = int64(1e12) // about 11 days
+		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 || m.Steps < 1 || m.Steps > 1e6 ||
+			m.WallUS < 1 || m.WallUS > maxUS || m.WorkUS < 0 || m.WorkUS > maxUS {
+			return invalid(t, "job, generation, rank, steps 1..1e6 and work/wall times required")
 		}
 	case TGPU:
 		switch {
