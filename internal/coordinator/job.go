@@ -695,6 +695,17 @@ func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	if len(order) == 0 {
 		return errors.New("regroup without survivors")
 	}
+	// A rank to kill on a node that keeps no member (a straggler moved
+	// off it) gets no regroup there: kill it directly.
+	for _, r := range spec.Kill {
+		name := nodeOf[r]
+		if _, member := newRanks[name]; member || name == "" {
+			continue // that node's regroup kills it
+		}
+		if n := j.s.nodes[name]; n != nil && n.sess != nil {
+			n.sess.send(wire.Msg{Type: wire.TSignal, Job: sp.ID, Gen: spec.From, Rank: r, Sig: "SIGKILL"})
+		}
+	}
 	world := next
 	first := j.s.nodes[order[0]]
 	port := first.takePort(29500 + spec.Gen%1000)

@@ -302,3 +302,46 @@ func TestLiveStragglerNoneWithoutThrottling(t *testing.T) {
 		t.Logf("rank %s relative speed %s", m[1], m[2])
 	}
 }
+
+// Across nodes (network namespaces, one worker a node, a spare): rank 1's
+// process on n2 is throttled; the coordinator names it with its node and,
+// with --straggler-action replace, moves it: the survivor regroups and a
+// replacement starts on the spare and joins.
+func TestMultiNodeLiveStragglerMovedToSpare(t *testing.T) {
+	requireTorch(t)
+	m := newClusterSlots(t, []string{"n1", "n2", "s1"}, 1)
+	// 1:2: the survivor may train alone while the replacement starts
+	// (with 2:2 one survivor is too few: a full restart).
+	sub := m.start("coord", "submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "1:2",
+		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live",
+		"--straggler-action", "replace", "--straggler-replace-after", "5s", "--",
+		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000", "--log-every", "10")
+	var pidFile string
+	waitOut(t, m.coord.out, 90*time.Second, "training on n1 and n2", func() bool {
+		for _, n := range []string{"n1", "n2"} {
+			f := filepath.Join(m.dir, "agent-"+n, "runs", "job1", "pids", "rank1")
+			if _, err := os.Stat(f); err == nil {
+				pidFile = f
+			}
+		}
+		return pidFile != "" && strings.Count(m.agentOutput(), "[rank0] step ") >= 3
+	})
+	node := filepath.Base(filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(pidFile)))))[len("agent-"):]
+	b, _ := os.ReadFile(pidFile)
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	remove := cpuThrottle(t, pid, 2)
+	defer remove()
+	throttled := time.Now()
+	named := regexp.MustCompile(`⚠ straggler: rank 1 on node ` + node + ` at 0\.\d\d of median`)
+	waitOut(t, m.coord.out, 60*time.Second, "rank 1 named on node "+node, func() bool { return named.MatchString(m.coord.out.String()) })
+	detect := time.Since(throttled)
+	waitOut(t, m.coord.out, 60*time.Second, "the straggler moved to the spare", func() bool {
+		s := m.coord.out.String()
+		return strings.Contains(s, "↻ straggler: moving rank 1 on node "+node) &&
+			regexp.MustCompile(`grow: generation \d+ on 2 nodes \[\S+ s1\]`).MatchString(s)
+	})
+	t.Logf("rank 1 on %s named %.1f s after the throttle, on the spare after %.1f s", node, detect.Seconds(), time.Since(throttled).Seconds())
+	waitOut(t, m.coord.out, 10*time.Second, "the straggler's process to end", func() bool { return !alive(pid) })
+	syscall.Kill(sub.cmd.Process.Pid, syscall.SIGINT)
+	sub.wait(t, 60*time.Second)
+}
