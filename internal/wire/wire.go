@@ -109,13 +109,13 @@ type Msg struct {
 	AtStep     int   `json:"at_step,omitempty"` // grow
 	Count      int   `json:"count,omitempty"`   // spawn
 
-	// gpu_health: GPU is the index on the node (-1: every GPU)
 	// work: over Steps steps of rank Rank, WorkUS µs of WallUS were its own
 	// computation (sent only when the job's Spec asks for WorkReports).
 	Steps  int   `json:"steps,omitempty"`
 	WorkUS int64 `json:"work_us,omitempty"`
 	WallUS int64 `json:"wall_us,omitempty"`
 
+	// gpu_health: GPU is the index on the node (-1: every GPU)
 	GPU   int    `json:"gpu,omitempty"`
 	UUID  string `json:"uuid,omitempty"`
 	Class string `json:"class,omitempty"`
@@ -123,25 +123,26 @@ type Msg struct {
 
 // Spec is one node's part of a generation, with the job it belongs to.
 type Spec struct {
-	RunID         string   `json:"run_id"`
-	Command       []string `json:"command"`
-	Dir           string   `json:"dir,omitempty"`
-	MaxRestarts   int      `json:"max_restarts"`
-	ProgressRegex string   `json:"progress_regex,omitempty"`
-	Standby       bool     `json:"standby,omitempty"`
-	Live          bool     `json:"live,omitempty"` // workers use the SDK's live recovery
-	// WorkReports: forward the workers' work-time reports (TWork). Absent
-	// unless the job detects stragglers, so agents and coordinators of
-	// earlier versions never see the field or the message.
-	WorkReports    bool   `json:"work_reports,omitempty"`
-	StopGraceMS    int    `json:"stop_grace_ms,omitempty"`
-	RestartCount   int    `json:"restart_count"`
-	WorldSize      int    `json:"world_size"`
-	Ranks          []int  `json:"ranks"`
-	GroupRank      int    `json:"group_rank"`
-	GroupWorldSize int    `json:"group_world_size"`
-	MasterAddr     string `json:"master_addr"`
-	MasterPort     int    `json:"master_port"`
+	RunID          string   `json:"run_id"`
+	Command        []string `json:"command"`
+	Dir            string   `json:"dir,omitempty"`
+	MaxRestarts    int      `json:"max_restarts"`
+	ProgressRegex  string   `json:"progress_regex,omitempty"`
+	Standby        bool     `json:"standby,omitempty"`
+	Live           bool     `json:"live,omitempty"` // workers use the SDK's live recovery
+	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
+	RestartCount   int      `json:"restart_count"`
+	WorldSize      int      `json:"world_size"`
+	Ranks          []int    `json:"ranks"`
+	GroupRank      int      `json:"group_rank"`
+	GroupWorldSize int      `json:"group_world_size"`
+	MasterAddr     string   `json:"master_addr"`
+	MasterPort     int      `json:"master_port"`
+	// WorkReports: forward the workers' work-time reports (TWork). Set
+	// only for a live job that detects stragglers (the default for live),
+	// so an agent never sends TWork to a coordinator that did not ask; an
+	// agent of an earlier version refuses a spec with it (unknown field).
+	WorkReports bool `json:"work_reports,omitempty"`
 }
 
 // NodeState is what an agent that reconnects tells the coordinator about the
