@@ -609,6 +609,13 @@ func (a *Agent) pump(ag *launcher.Launcher, job string) {
 			m = wire.Msg{Type: wire.TJoinerLost, Job: job}
 		case launcher.CollectiveFailed:
 			m = wire.Msg{Type: wire.TCollectiveFailed, Job: job, Gen: e.Gen, Rank: max(e.Rank, 0), Err: trim(e.Detail)}
+		case launcher.Work:
+			if a.spec == nil || !a.spec.WorkReports || e.Wall < time.Microsecond {
+				a.mu.Unlock()
+				continue // the coordinator did not ask for them (it may predate them)
+			}
+			m = wire.Msg{Type: wire.TWork, Job: job, Gen: e.Gen, Rank: max(e.Rank, 0), Steps: e.Steps,
+				WorkUS: e.Work.Microseconds(), WallUS: e.Wall.Microseconds()}
 		case launcher.Stopped:
 			m = wire.Msg{Type: wire.TStopped, Job: job, Gen: e.Gen}
 			if e.Gen == a.gen {

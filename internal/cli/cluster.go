@@ -563,6 +563,10 @@ reconnects and keeps following.`,
 				HangTimeoutMS: int(c.HangTimeout.Milliseconds()), HangFloorMS: int(c.HangFloor.Milliseconds()),
 				StopGraceMS: int(c.StopGrace.Milliseconds()), ExitGraceMS: int(c.ExitGrace.Milliseconds()),
 				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby, NoReplace: !c.Replace}
+			if c.Recovery == "live" && c.StragglerAction != "off" {
+				// Only live jobs carry it: restart mode has no work reports.
+				sp.StragglerAction, sp.StragglerReplaceAfterMS = c.StragglerAction, int(c.StragglerReplaceAfter.Milliseconds())
+			}
 			return runSubmit(ctx, stdout, coordinator.NewClient(addrs, token, tlsCfg), sp, wait)
 		},
 	}
@@ -584,6 +588,8 @@ reconnects and keeps following.`,
 	f.DurationVar(&c.ExitGrace, "exit-grace", c.ExitGrace, "once a rank has finished, how long the others may take")
 	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many identical failures without progress")
 	f.BoolVar(&c.Standby, "standby", c.Standby, "pre-start the next generation's Python workers on each node")
+	f.StringVar(&c.StragglerAction, "straggler-action", c.StragglerAction, "live: a rank persistently slower than the others: warn (event, metric, a line), replace (also move it: a replacement joins on spare capacity), off")
+	f.DurationVar(&c.StragglerReplaceAfter, "straggler-replace-after", c.StragglerReplaceAfter, "live, --straggler-action replace: move a straggler without hardware evidence after it has been slow this long")
 	f.DurationVar(&wait, "reconnect-timeout", 2*time.Minute, "how long to keep trying when the coordinator is unreachable")
 	return cmd
 }

@@ -103,6 +103,31 @@ func (h *gpuHealth) preflight(ctx context.Context) func() []supervisor.GPUReport
 	}
 }
 
+// evidence is the hardware evidence against the GPU of worker slot: its
+// hardware throttle reasons in the latest sample, else a warning the
+// monitor holds for it (thermal/power throttling held, PCIe width
+// degraded). "" when there is none.
+func (h *gpuHealth) evidence(slot int) string {
+	idx := -1
+	for i, s := range h.slotOf {
+		if s == slot {
+			idx = i
+		}
+	}
+	for _, st := range h.mon.Status() {
+		if st.Index != idx {
+			continue
+		}
+		switch {
+		case st.Reasons != "":
+			return st.Reasons
+		case st.State == "warn":
+			return st.Reason
+		}
+	}
+	return ""
+}
+
 // save writes every GPU's state to RUN_DIR/gpus.json (for people and tools).
 func (h *gpuHealth) save() {
 	h.saveMu.Lock()

@@ -100,6 +100,8 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics and the live dashboard at HOST:PORT (off by default)")
 	f.StringVar(&c.GPUHealth, "gpu-health", c.GPUHealth, "auto: watch the GPUs through NVML when present (drain a failing GPU, restart its worker, warn); off")
 	f.StringVar(&c.GPUXID, "gpu-xid", "", "override XID classes, e.g. 'drain=13,31;ignore=43' (classes drain, restart, warn, ignore)")
+	f.StringVar(&c.StragglerAction, "straggler-action", c.StragglerAction, "live: a rank persistently slower than the others: warn (event, metric, a line), replace (also move it: a replacement joins; needs hardware evidence or --straggler-replace-after), off")
+	f.DurationVar(&c.StragglerReplaceAfter, "straggler-replace-after", c.StragglerReplaceAfter, "live, --straggler-action replace: move a straggler without hardware evidence after it has been slow this long")
 	// Accepted for torchrun compatibility; output is always streamed and kept.
 	var ignored string
 	f.StringVar(&ignored, "redirects", "", "accepted for torchrun compatibility (ignored)")
@@ -213,6 +215,13 @@ func runJob(ctx context.Context, c config.Run, stdout, stderr io.Writer) error {
 	}
 	if gh != nil {
 		scfg.GPU, scfg.Preflight = gh.reports, gh.preflight(hctx)
+	}
+	if c.StragglerAction != "off" {
+		host, _ := os.Hostname()
+		scfg.Straggler = supervisor.StragglerConfig{Action: c.StragglerAction, ReplaceAfter: c.StragglerReplaceAfter, Node: host}
+		if gh != nil {
+			scfg.Straggler.Evidence = gh.evidence
+		}
 	}
 	res := supervisor.Run(scfg, ag, sigs)
 

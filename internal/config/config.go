@@ -47,6 +47,10 @@ type Run struct {
 	MetricsAddr    string // HOST:PORT for /metrics and the dashboard; "" = off
 	GPUHealth      string // auto (watch the GPUs when NVML is there) | off
 	GPUXID         string // XID class overrides, e.g. "drain=13;ignore=43"
+	// Stragglers (live mode): off | warn | replace; replace moves a slow
+	// rank once hardware evidence backs it or after StragglerReplaceAfter.
+	StragglerAction       string
+	StragglerReplaceAfter time.Duration
 }
 
 // Default returns the settings used when no flag says otherwise.
@@ -65,6 +69,9 @@ func Default() Run {
 		Standby:        true,
 		Python:         "python3",
 		GPUHealth:      "auto",
+
+		StragglerAction:       "warn",
+		StragglerReplaceAfter: time.Minute,
 	}
 }
 
@@ -127,6 +134,18 @@ func (r *Run) Validate() error {
 	}
 	if rules := gpu.DefaultRules(); rules.ParseXIDClasses(r.GPUXID) != nil {
 		return usage("--gpu-xid: %v", rules.ParseXIDClasses(r.GPUXID))
+	}
+	switch r.StragglerAction {
+	case "off", "warn":
+	case "replace":
+		if r.Recovery != "live" {
+			return usage("--straggler-action replace needs --recovery live (the live SDK reports each rank's work time)")
+		}
+	default:
+		return usage("--straggler-action %q: want off, warn or replace", r.StragglerAction)
+	}
+	if r.StragglerReplaceAfter <= 0 {
+		return usage("--straggler-replace-after %s: want a positive duration, e.g. 60s", r.StragglerReplaceAfter)
 	}
 	if _, err := chaos.Parse(r.Chaos); err != nil {
 		return usage("--chaos: %v", err)

@@ -36,6 +36,9 @@ func TestValidateErrors(t *testing.T) {
 		{"negative hang floor", func(r *Run) { r.HangFloor = -time.Nanosecond }, "durations must not be negative"},
 		{"crash-loop-limit zero", func(r *Run) { r.CrashLoopLimit = 0 }, "--crash-loop-limit must be at least 1"},
 		{"crash-loop-limit negative", func(r *Run) { r.CrashLoopLimit = -2 }, "--crash-loop-limit must be at least 1"},
+		{"bad straggler action", func(r *Run) { r.StragglerAction = "kill" }, `--straggler-action "kill": want off, warn or replace`},
+		{"straggler replace in restart mode", func(r *Run) { r.StragglerAction = "replace" }, `--straggler-action replace needs --recovery live`},
+		{"zero straggler replace-after", func(r *Run) { r.StragglerReplaceAfter = 0 }, `--straggler-replace-after 0s: want a positive duration`},
 		{"regex without group", func(r *Run) { r.ProgressRegex = `step \d+` }, "--progress-regex needs a group"},
 		{"invalid regex", func(r *Run) { r.ProgressRegex = `step (\d+` }, "--progress-regex: error parsing regexp"},
 		{"chaos without value", func(r *Run) { r.Chaos = "kill-every" }, "--chaos: chaos:"},
@@ -175,6 +178,8 @@ func TestDefault(t *testing.T) {
 		{"Standby", d.Standby, true},
 		{"Python", d.Python, "python3"},
 		{"Chaos", d.Chaos, ""},
+		{"StragglerAction", d.StragglerAction, "warn"},
+		{"StragglerReplaceAfter", d.StragglerReplaceAfter, time.Minute},
 	}
 	for _, c := range checks {
 		if c.got != c.want {

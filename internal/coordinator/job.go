@@ -44,6 +44,10 @@ type JobSpec struct {
 	// NoReplace: live mode keeps training with fewer workers instead of
 	// starting replacements on spare capacity.
 	NoReplace bool `json:"no_replace,omitempty"`
+	// Stragglers (live): "" or off, warn, replace; StragglerReplaceAfterMS:
+	// how long a straggler without hardware evidence is slow before it is moved.
+	StragglerAction         string `json:"straggler_action,omitempty"`
+	StragglerReplaceAfterMS int    `json:"straggler_replace_after_ms,omitempty"`
 }
 
 // Validate checks a spec the way the CLI does, for clients that are not it.
@@ -59,7 +63,11 @@ func (sp *JobSpec) Validate() error {
 		return errors.New("nproc_per_node must be 1..1024")
 	case sp.Recovery != "" && sp.Recovery != "restart" && sp.Recovery != "live":
 		return errors.New("recovery must be restart or live")
-	case sp.MaxRestarts < 0 || sp.HangTimeoutMS < 0 || sp.HangFloorMS < 0 || sp.StopGraceMS < 0 ||
+	case sp.StragglerAction != "" && sp.StragglerAction != "off" && sp.StragglerAction != "warn" && sp.StragglerAction != "replace":
+		return errors.New("straggler action must be off, warn or replace")
+	case sp.StragglerAction == "replace" && sp.Recovery != "live":
+		return errors.New("straggler action replace needs live recovery")
+	case sp.MaxRestarts < 0 || sp.StragglerReplaceAfterMS < 0 || sp.HangTimeoutMS < 0 || sp.HangFloorMS < 0 || sp.StopGraceMS < 0 ||
 		sp.ExitGraceMS < 0 || sp.CrashLoopLimit < 0:
 		return errors.New("negative limits are not allowed")
 	}
@@ -312,6 +320,12 @@ func (j *job) start(resume *policy.Resume) {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 3 * time.Second
 	}
+	if sp.StragglerAction != "" && sp.StragglerAction != "off" {
+		cfg.Straggler = supervisor.StragglerConfig{Action: sp.StragglerAction, ReplaceAfter: ms(sp.StragglerReplaceAfterMS), NodeOf: j.nodeOfRank}
+		if cfg.Straggler.ReplaceAfter <= 0 {
+			cfg.Straggler.ReplaceAfter = time.Minute
+		}
+	}
 	j.s.bg.Add(2)
 	go func() {
 		defer j.s.bg.Done()
@@ -416,6 +430,18 @@ func (j *job) save() {
 }
 
 func (j *job) holds(n *node) bool { return len(j.ranksOf(n.Name)) > 0 }
+
+// nodeOfRank names the node that holds rank (for straggler messages).
+func (j *job) nodeOfRank(rank int) string {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	for _, p := range j.rec.Placement {
+		if slices.Contains(p.Ranks, rank) {
+			return p.Node
+		}
+	}
+	return ""
+}
 
 func (j *job) ranksOf(name string) []int {
 	if j.rec.Done {
@@ -669,6 +695,17 @@ func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	if len(order) == 0 {
 		return errors.New("regroup without survivors")
 	}
+	// A rank to kill on a node that keeps no member (a straggler moved
+	// off it) gets no regroup there: kill it directly.
+	for _, r := range spec.Kill {
+		name := nodeOf[r]
+		if _, member := newRanks[name]; member || name == "" {
+			continue // that node's regroup kills it
+		}
+		if n := j.s.nodes[name]; n != nil && n.sess != nil {
+			n.sess.send(wire.Msg{Type: wire.TSignal, Job: sp.ID, Gen: spec.From, Rank: r, Sig: "SIGKILL"})
+		}
+	}
 	world := next
 	first := j.s.nodes[order[0]]
 	port := first.takePort(29500 + spec.Gen%1000)
@@ -706,7 +743,8 @@ func (j *job) wireSpec(world int, ranks []int, group, groups int, addr string, p
 	sp := j.rec.Spec
 	return &wire.Spec{RunID: sp.ID, Command: sp.Command, Dir: sp.Dir, MaxRestarts: sp.MaxRestarts, ProgressRegex: sp.ProgressRegex,
 		Standby: sp.Standby, Live: sp.Recovery == "live", StopGraceMS: sp.StopGraceMS, RestartCount: j.rec.Restarts,
-		WorldSize: world, Ranks: ranks, GroupRank: group, GroupWorldSize: groups, MasterAddr: addr, MasterPort: port}
+		WorkReports: sp.Recovery == "live" && sp.StragglerAction != "" && sp.StragglerAction != "off",
+		WorldSize:   world, Ranks: ranks, GroupRank: group, GroupWorldSize: groups, MasterAddr: addr, MasterPort: port}
 }
 
 // joinerNodes lists the nodes holding replacements, in name order.
@@ -855,7 +893,7 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 	case joinerMsg:
 	case len(mine) == 0:
 		return
-	case (m.Type == wire.TExited || m.Type == wire.TProgress || m.Type == wire.TCollectiveFailed) && !slices.Contains(mine, m.Rank):
+	case (m.Type == wire.TExited || m.Type == wire.TProgress || m.Type == wire.TCollectiveFailed || m.Type == wire.TWork) && !slices.Contains(mine, m.Rank):
 		j.s.con.Printf("! node %s reported rank %d, which it does not hold: ignored", n.Name, m.Rank)
 		return
 	}
@@ -874,6 +912,9 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 			Output: m.Out, NewOutput: m.NewOut})
 	case wire.TCollectiveFailed:
 		j.emit(launcher.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
+	case wire.TWork:
+		j.emit(launcher.Work{Gen: m.Gen, Rank: m.Rank, Steps: m.Steps, At: time.Now(),
+			Work: time.Duration(m.WorkUS) * time.Microsecond, Wall: time.Duration(m.WallUS) * time.Microsecond})
 	case wire.TListening:
 		if m.Err != "" && !j.noStagger {
 			j.noStagger = true // it will not listen next time either

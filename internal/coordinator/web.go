@@ -38,6 +38,11 @@ func (p progressOnly) Step(job string, step int, at time.Time) {
 	p.s.hub.Step(job, step, at)
 }
 
+// RankSpeeds passes the straggler detector's per-rank speeds to the metrics.
+func (p progressOnly) RankSpeeds(job string, speeds map[int]float64) {
+	p.s.metrics.RankSpeeds(job, speeds)
+}
+
 var (
 	descNodes = prometheus.NewDesc("bulsajo_nodes", "Nodes by state (ready, training, lost, disconnected).",
 		[]string{"state"}, nil)

@@ -38,6 +38,14 @@ const (
 	GPUDrained = "gpu_drained" // a GPU taken out of the job (Cause: drain class reason)
 	GPUFault   = "gpu_fault"   // an application-class GPU fault: its worker restarts
 	GPUWarning = "gpu_warning"
+	// Stragglers (internal/straggler): a rank persistently slower than the
+	// others (Speed: its work rate relative to the median of the others;
+	// Cause: the hardware evidence, or "none"), and back to speed; the
+	// whole job slower than its own best (Speed: the ratio).
+	StragglerDetected  = "straggler"
+	StragglerRecovered = "straggler_recovered"
+	JobSlowdown        = "job_slowdown"
+	JobSpeedRecovered  = "job_speed_recovered"
 )
 
 // Event is one line of the log. Fields that do not apply stay empty.
@@ -63,7 +71,9 @@ type Event struct {
 	// Stretch is set on steps events.
 	Stretch *Stretch `json:"stretch,omitempty"`
 	GPU     *int     `json:"gpu,omitempty"` // GPU index on Node (the worker's slot)
-	UUID    string   `json:"uuid,omitempty"`
+	// Speed is set on straggler events (relative speed, 1 = the median).
+	Speed float64 `json:"speed,omitempty"`
+	UUID  string  `json:"uuid,omitempty"`
 	// Summary is set on run_finished.
 	Summary *Summary `json:"summary,omitempty"`
 }

@@ -38,7 +38,7 @@ type Assignment struct {
 
 // ctlMsg is a message from a worker.
 type ctlMsg struct {
-	Type   string `json:"type"` // hello, ready, step, finished, collective_failed
+	Type   string `json:"type"` // hello, ready, step, finished, collective_failed, work
 	Gen    int    `json:"gen"`
 	Rank   int    `json:"rank"`
 	Step   int    `json:"step"`
@@ -46,7 +46,23 @@ type ctlMsg struct {
 	// Wait, on a joiner's hello: it is not ready to be admitted until it
 	// says "ready" (the SDK does when the script enters steps()).
 	Wait bool `json:"wait"`
+	// work: Steps steps took WallS seconds, WorkS of them the rank's own
+	// computation (collective waits left out).
+	Steps int     `json:"steps"`
+	WorkS float64 `json:"work_s"`
+	WallS float64 `json:"wall_s"`
 }
+
+// Work is a live-mode worker's work-time report (straggler detection):
+// over Steps committed steps, Work of the Wall time was its own computation.
+type Work struct {
+	Gen, Rank  int
+	Steps      int
+	Work, Wall time.Duration
+	At         time.Time
+}
+
+func (Work) agentEvent() {}
 
 // CollectiveFailed is reported by a live-mode worker whose collective failed
 // without a new generation following.
@@ -158,6 +174,12 @@ func (a *Launcher) serveControl(c *net.UnixConn) {
 			gen, rank := w.current()
 			if m.Gen == gen {
 				a.emit(Finishing{Gen: gen, Rank: rank, At: time.Now()})
+			}
+		case "work":
+			gen, rank := w.current()
+			if m.Gen == gen && m.Steps > 0 && m.WallS > 0 && m.WorkS >= 0 && m.WallS < 1e6 && m.WorkS < 1e6 {
+				a.emit(Work{Gen: gen, Rank: rank, Steps: m.Steps, At: time.Now(),
+					Work: time.Duration(m.WorkS * float64(time.Second)), Wall: time.Duration(m.WallS * float64(time.Second))})
 			}
 		case "collective_failed":
 			gen, rank := w.current()

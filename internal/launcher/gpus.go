@@ -95,3 +95,17 @@ func (a *Launcher) placeGPU(env map[string]string, i int) map[string]string {
 	env["CUDA_VISIBLE_DEVICES"] = strings.Join(ids, ",")
 	return env
 }
+
+// SlotOfRank is the GPU slot (local index) of rank in gen, or -1.
+func (a *Launcher) SlotOfRank(gen, rank int) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if g := a.gens[gen]; g != nil {
+		for _, w := range g.workers {
+			if _, r := w.current(); r == rank && !w.hasExited() {
+				return w.localRank
+			}
+		}
+	}
+	return -1
+}

@@ -8,6 +8,7 @@ package metrics
 import (
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,6 +43,8 @@ type Job struct {
 	generation  *prometheus.GaugeVec
 	world       *prometheus.GaugeVec
 	nodeEvents  *prometheus.CounterVec
+	rankSpeed   *prometheus.GaugeVec
+	stragglers  *prometheus.CounterVec
 }
 
 // New creates the registry with the job series and Go/process collectors.
@@ -74,8 +77,12 @@ func New(extra ...prometheus.Collector) *Job {
 		Help: "Ranks in the current generation."}, job)
 	m.nodeEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bulsajo_node_events_total",
 		Help: "Node membership events: joined, lost, quarantined, released."}, []string{"job", "event"})
+	m.rankSpeed = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bulsajo_rank_relative_speed",
+		Help: "Each rank's work rate relative to the median of the other ranks over the last straggler window (1 = as fast; below 0.8 in 3 of 5 windows is a straggler). Live mode."}, []string{"job", "rank"})
+	m.stragglers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bulsajo_stragglers_total",
+		Help: "Ranks found persistently slower than the others, by hardware evidence (none, or the GPU's throttle reasons)."}, []string{"job", "evidence"})
 	m.colls = append([]prometheus.Collector{m.step, m.steps, m.stepSeconds, m.faults, m.recoveries, m.recoverySec,
-		m.lost, m.goodput, m.generation, m.world, m.nodeEvents}, extra...)
+		m.lost, m.goodput, m.generation, m.world, m.nodeEvents, m.rankSpeed, m.stragglers}, extra...)
 	m.reg.MustRegister(m.colls...)
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -134,11 +141,25 @@ func (m *Job) Event(e events.Event) {
 	case events.Recovered:
 		m.recoveries.WithLabelValues(job).Inc()
 		m.recoverySec.WithLabelValues(job).Observe(e.RecoverMS / 1000)
+	case events.StragglerDetected:
+		m.stragglers.WithLabelValues(job, e.Cause).Inc()
 	case events.NodeJoined, events.NodeLost, events.NodeQuarantined, events.NodeReleased:
 		m.nodeEvents.WithLabelValues(job, strings.TrimPrefix(e.Type, "node_")).Inc()
 	}
 	m.evs = append(m.evs, e)
 	m.updateLost(job, e.Time)
+}
+
+// RankSpeeds sets every rank's relative speed (one straggler window); the
+// ranks of an earlier window that are not in this one are dropped (a
+// regroup renumbers ranks).
+func (m *Job) RankSpeeds(job string, speeds map[int]float64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rankSpeed.DeletePartialMatch(prometheus.Labels{"job": job})
+	for r, v := range speeds {
+		m.rankSpeed.WithLabelValues(job, strconv.Itoa(r)).Set(v)
+	}
 }
 
 // updateLost recomputes the derived lost time and goodput (m.mu held). The

@@ -61,3 +61,24 @@ func (m *Machine) gpuFault(now time.Duration, ev GPUFault) []Decision {
 	}
 	return m.fail(now, Fault{Gen: m.gen, Kind: FaultGPU, Rank: ev.Rank, Detail: ev.Detail, Step: m.jobStep}, "gpu: "+ev.Detail)
 }
+
+// FaultStraggler: a rank was replaced for being persistently slow
+// (--straggler-action replace).
+const FaultStraggler FaultKind = "straggler"
+
+// Straggler: move Rank of generation Gen off its slot. Live mode kills
+// it and regroups the others, with a replacement when configured (the
+// path a GPU fault takes); restart mode restarts the generation.
+type Straggler struct {
+	Gen, Rank int
+	Detail    string
+}
+
+func (Straggler) input() {}
+
+func (m *Machine) straggler(now time.Duration, ev Straggler) []Decision {
+	if ev.Gen != m.gen || !m.Training() || ev.Rank < 0 || ev.Rank >= m.world {
+		return nil // only a generation that trains can have a straggler
+	}
+	return m.fail(now, Fault{Gen: m.gen, Kind: FaultStraggler, Rank: ev.Rank, Detail: ev.Detail, Step: m.jobStep}, "straggler")
+}

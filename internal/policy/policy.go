@@ -447,6 +447,8 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 		return m.capacity(ev)
 	case GPUFault:
 		return m.gpuFault(now, ev)
+	case Straggler:
+		return m.straggler(now, ev)
 	case CollectiveFailed:
 		if ev.Gen == m.gen && m.phase == running {
 			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
@@ -764,7 +766,7 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 			return append(out, m.regroup(append([]int{f.Rank}, f.Also...), nil)...)
 		case f.Kind == FaultCollective:
 			return append(out, m.regroup(nil, nil)...)
-		case f.Kind == FaultGPU:
+		case f.Kind == FaultGPU || f.Kind == FaultStraggler:
 			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
 		case f.Kind == FaultHang:
 			// Survivors blocked in a collective look like the hung rank

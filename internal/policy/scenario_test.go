@@ -208,6 +208,8 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 		return CollectiveFailed{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	case "capacity":
 		return Capacity{Slots: get("slots")}
+	case "straggler":
+		return Straggler{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	case "gpu_fault":
 		return GPUFault{Gen: get("gen"), Rank: get("rank"), Detail: a["detail"]}
 	}

@@ -55,6 +55,8 @@ type Config struct {
 	// (metrics, the dashboard). They are called on the supervisor's
 	// goroutine and must not block.
 	Observers []Observer
+	// Straggler: detection of slow ranks (straggler.go).
+	Straggler StragglerConfig
 }
 
 // Observer watches a job as it runs.
@@ -119,6 +121,7 @@ type run struct {
 	worlds    map[int]int   // generation -> world size, for the step clock
 	paused    time.Duration // time this process did not run (left out of the policy's clock)
 	gpuAt     time.Time     // when the last GPU fault was reported
+	strag     *stragglers   // nil: no straggler detection
 }
 
 // Run drives one job to its end. signals delivers Ctrl-C / SIGTERM; a second
@@ -134,6 +137,7 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1,
 		worlds: map[int]int{}}
 	r.seq = cfg.FirstSeq
+	r.stragglerSetup()
 	if rs := cfg.Resume; rs != nil {
 		r.record(events.Event{Type: events.CoordinatorResumed, Gen: rs.Gen, WorldSize: rs.WorldSize})
 		r.apply(r.m.Step(0, *rs))
@@ -170,6 +174,7 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 			lastTick = time.Now()
 			r.apply(r.m.Step(r.now(), policy.Tick{}))
 			r.maybeInject()
+			r.stragglerTick()
 		case <-cfg.Detach:
 			return Result{Outcome: Detached, Reason: "coordinator going away"}
 		}
@@ -212,6 +217,8 @@ func (r *run) handle(ev launcher.Event) {
 		r.apply(r.m.Step(r.now(), policy.Finishing{Gen: e.Gen, Rank: e.Rank}))
 	case launcher.CollectiveFailed:
 		r.apply(r.m.Step(r.now(), policy.CollectiveFailed{Gen: e.Gen, Rank: e.Rank, Detail: e.Detail}))
+	case launcher.Work:
+		r.work(e)
 	}
 }
 
@@ -410,6 +417,8 @@ func (r *run) fault(f policy.Fault) {
 		detect = now.Sub(r.gpuAt)
 		ev.DetectMS = ms(detect)
 		r.con.Printf("! rank %d: its GPU failed (%s)", rank, f.Detail)
+	case policy.FaultStraggler:
+		r.con.Printf("! rank %d replaced: straggler (%s)", rank, f.Detail)
 	case policy.FaultHang:
 		who := "culprit unknown"
 		if rank >= 0 {

@@ -40,6 +40,7 @@ const (
 	TJoinerReady      = "joiner_ready"      // live: a replacement process is up, waiting to be admitted
 	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
 	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
+	TWork             = "work"              // live: a rank's work time over Steps steps (WorkUS of WallUS), for straggler detection
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat; with HeartbeatMS and LeaseMS: the timing changed (from now on)
@@ -108,6 +109,12 @@ type Msg struct {
 	AtStep     int   `json:"at_step,omitempty"` // grow
 	Count      int   `json:"count,omitempty"`   // spawn
 
+	// work: over Steps steps of rank Rank, WorkUS µs of WallUS were its own
+	// computation (sent only when the job's Spec asks for WorkReports).
+	Steps  int   `json:"steps,omitempty"`
+	WorkUS int64 `json:"work_us,omitempty"`
+	WallUS int64 `json:"wall_us,omitempty"`
+
 	// gpu_health: GPU is the index on the node (-1: every GPU)
 	GPU   int    `json:"gpu,omitempty"`
 	UUID  string `json:"uuid,omitempty"`
@@ -131,6 +138,11 @@ type Spec struct {
 	GroupWorldSize int      `json:"group_world_size"`
 	MasterAddr     string   `json:"master_addr"`
 	MasterPort     int      `json:"master_port"`
+	// WorkReports: forward the workers' work-time reports (TWork). Set
+	// only for a live job that detects stragglers (the default for live),
+	// so an agent never sends TWork to a coordinator that did not ask; an
+	// agent of an earlier version refuses a spec with it (unknown field).
+	WorkReports bool `json:"work_reports,omitempty"`
 }
 
 // NodeState is what an agent that reconnects tells the coordinator about the
@@ -293,6 +305,12 @@ func (m *Msg) Validate() error {
 	case TCollectiveFailed:
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 {
 			return invalid(t, "job, generation and rank required")
+		}
+	case TWork:
+		const maxUS = int64(1e12) // about 11 days
+		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 || m.Steps < 1 || m.Steps > 1e6 ||
+			m.WallUS < 1 || m.WallUS > maxUS || m.WorkUS < 0 || m.WorkUS > maxUS {
+			return invalid(t, "job, generation, rank, steps 1..1e6 and work/wall times required")
 		}
 	case TGPU:
 		switch {

@@ -40,6 +40,7 @@ var validLines = map[string]string{
 	"gpu drain":      `{"type":"gpu_health","job":"job1","gen":2,"gpu":3,"uuid":"GPU-5f1c","class":"drain","reason":"XID 79 (GPU fell off the bus)"}`,
 	"gpu warn idle":  `{"type":"gpu_health","class":"warn","reason":"PCIe link width x8 of x16"}`,
 	"gpu all":        `{"type":"gpu_health","gpu":-1,"class":"drain","reason":"NVML event wait: Unknown Error"}`,
+	"work":           `{"type":"work","job":"job1","gen":2,"rank":5,"steps":31,"work_us":612000,"wall_us":1003000}`,
 }
 
 func TestDecodeValid(t *testing.T) {
@@ -139,6 +140,11 @@ func TestDecodeInvalid(t *testing.T) {
 		// type
 		{"missing type", `{"seq":1}`, ErrInvalid},
 		{"gpu bad class", `{"type":"gpu_health","class":"evict","reason":"x"}`, ErrInvalid},
+		{"work no steps", `{"type":"work","job":"j","gen":1,"rank":0,"wall_us":10}`, ErrInvalid},
+		{"work no wall", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3}`, ErrInvalid},
+		{"work negative", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3,"work_us":-1,"wall_us":10}`, ErrInvalid},
+		{"work no job", `{"type":"work","gen":1,"rank":0,"steps":3,"wall_us":10}`, ErrInvalid},
+		{"work absurd", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3,"wall_us":10000000000000}`, ErrInvalid},
 		{"gpu no reason", `{"type":"gpu_health","class":"drain"}`, ErrInvalid},
 		{"gpu index", `{"type":"gpu_health","class":"drain","gpu":-2,"reason":"x"}`, ErrInvalid},
 		{"gpu index high", `{"type":"gpu_health","class":"drain","gpu":1024,"reason":"x"}`, ErrInvalid},

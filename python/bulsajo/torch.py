@@ -66,6 +66,8 @@ __all__ = ["init", "current_job", "Job", "DistributedDataParallel", "State",
 FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling the agent
 GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
+WORK_WARMUP_STEPS = 3     # steps after a group forms that work reports leave out
+WORK_REPORT_S = 1.0       # one work report per this many seconds (live mode)
 
 _JOB = None
 
@@ -179,6 +181,7 @@ class Job(object):
         self._world = None
         self.replacement = False
         self._has_state = True
+        self._meter = _WorkMeter(self._device.type == "cuda") if self.live else None
         if self.live:
             self._init_live()
         else:
@@ -414,6 +417,7 @@ class Job(object):
             op = dist.ReduceOp.SUM
         if self.live and (self._broken is not None or self._pg is None):
             return False
+        t = _now()
         try:
             dist.all_reduce(tensor, op=op, group=self._pg)
             return True
@@ -422,6 +426,9 @@ class Job(object):
                 raise
             self._note_failure("all_reduce", e)
             return False
+        finally:
+            if self._meter is not None and self._in_step:
+                self._meter.waited += _now() - t  # a collective: waiting, not work
 
     def on_commit(self, callback):
         """Call ``callback(step, rank, world_size, generation)`` once for every
@@ -487,6 +494,9 @@ class Job(object):
             self._opt_called = self._applied = self._skipped = False
             self._inflight = (step, self._rank, self._world, self._gen)
             self._in_step = True
+            meter = self._meter
+            if meter is not None:
+                meter.begin()
             try:
                 yield step
             finally:
@@ -495,6 +505,11 @@ class Job(object):
             if self._applied and self._skipped:
                 committed = False
                 self._dirty = True
+            if meter is not None:
+                rep = meter.end(committed and self._broken is None)
+                if rep is not None:
+                    rep.update({"type": "work", "gen": self._gen, "rank": self._rank})
+                    self._send(rep)
             if committed:
                 if self.live:
                     with self._gens.cv:  # ordered with a grow message's boundary check
@@ -626,6 +641,8 @@ class Job(object):
         ph["verify"] = _now() - t
         self._phases = None
         # Success: account for it.
+        if self._meter is not None:
+            self._meter.reset()  # a new group warms up again (DDP rebuilds its buckets)
         self._synced = True
         self._broken = None
         inflight, self._inflight = self._inflight, None
@@ -751,6 +768,113 @@ def _tensor_bytes(t):
     return ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
 
 
+# ------------------------------------------------------------------ work time
+
+class _WorkMeter(object):
+    """A rank's work time: the time of its steps without the time it waited
+    in collectives, reported to the agent once a second (live mode) for
+    straggler detection.  A collective ends every rank's step at the same
+    moment, so only the time a rank spends on its own shows who is slow.
+
+    CPU: wall clock (a throttled process shows as more wall time).  The wait
+    is from the moment the last gradient bucket was ready (backward's
+    computation is done) to the moment the last bucket's all-reduce
+    completed, plus the time in :meth:`Job.all_reduce`.  GPU: CUDA events
+    around forward+backward on the compute stream (the all-reduce runs on
+    NCCL's stream), read only once they completed, so nothing synchronises.
+    Cost: a few clock reads per step and one small message a second.
+    """
+
+    def __init__(self, cuda):
+        self.cuda = cuda
+        self.reset()
+
+    def reset(self):
+        self.skip = WORK_WARMUP_STEPS
+        self.steps = 0
+        self.work = 0.0
+        self.wall = 0.0
+        self.t_window = _now()
+        self.pending = []          # GPU: (start event, end event, wall) not yet read
+        self.t0 = None
+        self.ready_t = None
+        self.reduced_t = None
+        self.waited = 0.0
+        self.ev0 = self.ev1 = None
+
+    def begin(self):
+        self.t0 = _now()
+        self.ready_t = self.reduced_t = None
+        self.waited = 0.0
+        self.ev1 = None
+        if self.cuda:
+            self.ev0 = torch.cuda.Event(enable_timing=True)
+            self.ev0.record()
+
+    def bucket_ready(self):  # comm hook (backward's thread)
+        self.ready_t = _now()
+        if self.cuda:
+            if self.ev1 is None:
+                self.ev1 = torch.cuda.Event(enable_timing=True)
+            self.ev1.record()  # re-recorded for each bucket: the last one counts
+
+    def bucket_reduced(self):  # the all-reduce's completion (a gloo/NCCL thread)
+        t = _now()
+        if self.reduced_t is None or t > self.reduced_t:
+            self.reduced_t = t
+
+    def end(self, committed):
+        """Account for the step just run; returns a report to send, or None."""
+        t1 = _now()
+        if self.t0 is None:
+            return None
+        wall = t1 - self.t0
+        self.t0 = None
+        if not committed:
+            return None
+        if self.skip > 0:
+            self.skip -= 1
+            self.t_window = t1
+            return None
+        if self.cuda:
+            if self.ev1 is not None:
+                self.pending.append((self.ev0, self.ev1, wall))
+                del self.pending[:-256]  # never grows without bound
+            else:
+                self._add(wall, wall)
+        else:
+            wait = self.waited
+            if self.ready_t is not None and self.reduced_t is not None and self.reduced_t > self.ready_t:
+                wait += self.reduced_t - self.ready_t
+            self._add(max(0.0, wall - wait), wall)
+        if t1 - self.t_window < WORK_REPORT_S:
+            return None
+        if self.cuda:
+            self._read_events()
+        if self.steps == 0:
+            return None
+        rep = {"steps": self.steps, "work_s": round(self.work, 6), "wall_s": round(self.wall, 6)}
+        self.steps, self.work, self.wall = 0, 0.0, 0.0
+        self.t_window = t1
+        return rep
+
+    def _add(self, work, wall):
+        self.steps += 1
+        self.work += work
+        self.wall += wall
+
+    def _read_events(self):
+        # Events complete in order on the stream: stop at the first that has
+        # not (query() never blocks).
+        done = 0
+        for ev0, ev1, wall in self.pending:
+            if not ev1.query():
+                break
+            self._add(ev0.elapsed_time(ev1) / 1000.0, wall)
+            done += 1
+        del self.pending[:done]
+
+
 # ------------------------------------------------------------------ DDP wrapper
 
 class _HookState(object):
@@ -785,6 +909,9 @@ def _allreduce_hook(hs, bucket):
         job._note_failure("gradient all-reduce", RuntimeError("group is gone"))
         return _done_future(buf)  # the group is already known broken
     buf.div_(hs.world)
+    meter = job._meter
+    if meter is not None:
+        meter.bucket_ready()
     try:
         fut = dist.all_reduce(buf, group=job._pg, async_op=True).get_future()
     except Exception as e:
@@ -796,7 +923,11 @@ def _allreduce_hook(hs, bucket):
 
 
 def _make_done(job, buf, live):
+    meter = job._meter
+
     def done(f):
+        if meter is not None:
+            meter.bucket_reduced()
         try:
             return f.value()[0]
         except Exception as e:
