@@ -380,6 +380,7 @@ class Job(object):
         self._pg = None
         ph["leave_abandon"] = _now() - t
         t = _now()
+        backend = _hold_backend(self._device)
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
@@ -389,6 +390,7 @@ class Job(object):
         ph["leave_destroy"] = _now() - t
         t = _now()
         gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+        del backend   # the last reference: freed without the GIL (see _hold_backend)
         ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
@@ -679,12 +681,15 @@ class Job(object):
             for w in self._wrappers:
                 w._drop()
             self._pg = None
+            backend = None
             if getattr(self, "_owns_pg", False) and dist.is_initialized():
+                backend = _hold_backend(self._device)
                 try:
                     dist.destroy_process_group()
                 except Exception:
                     pass
             gc.collect()  # the group goes now, not during interpreter shutdown
+            del backend   # the last reference: freed without the GIL (see _hold_backend)
         if _JOB is self:
             _JOB = None
 
@@ -711,6 +716,32 @@ def _reset_group_counter():
                 d.clear()
     except Exception:
         pass
+
+
+def _hold_backend(device):
+    """A reference to the default group's backend (ProcessGroupGloo/NCCL),
+    to be dropped once the group is destroyed and its DDP reducers collected,
+    so that the backend's destructor runs without the GIL.  None when there
+    is no group.
+
+    That destructor joins the backend's worker threads.  A worker finishing a
+    collective whose tensor only it still holds (Python dropped its tensor)
+    takes the GIL to free that tensor's Python object, so the destructor run
+    under the GIL deadlocks: the process never exits (torch 2.6: in close()
+    after crash-then-hang, about 1 run in 4).  The backend's Python binding
+    releases the GIL in its destructor, but nothing else that may hold the
+    last reference does: on torch 2.x the ProcessGroup that wraps the backend
+    (destroy_process_group() drops it), on any version a DDP reducer (gc).
+    On torch 1.13 the default group is the backend itself."""
+    if not dist.is_initialized():
+        return None
+    pg = dist.group.WORLD
+    if _TORCH_MAJOR < 2:
+        return pg
+    try:
+        return pg._get_backend(device)
+    except Exception:
+        return None
 
 
 def _libuv_missing():

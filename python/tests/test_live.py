@@ -245,6 +245,28 @@ ABANDON_WORKER = textwrap.dedent("""\
 """)
 
 
+CLOSE_WORKER = textwrap.dedent("""\
+    import sys, time
+    import torch, torch.distributed as dist
+    import bulsajo.torch as bj
+    job = bj.init(backend="gloo")
+    t = torch.ones(1000)
+    if job.rank == 0:
+        # In flight on a gloo worker thread until rank 1 joins in (1 s);
+        # once `t` is dropped only that thread holds the tensor, so it
+        # needs the GIL to free it when the collective ends.
+        dist.all_reduce(t, group=job._pg, async_op=True)
+        del t
+        print("closing", flush=True)
+        job.close()
+        print("closed", flush=True)
+    else:
+        time.sleep(1.0)
+        dist.all_reduce(t, group=job._pg)
+        job.close()
+""")
+
+
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
 class CollectiveFailureTest(FakeAgentCase):
     tmp_prefix = "bulsajo-live-unit-"
@@ -268,6 +290,19 @@ class CollectiveFailureTest(FakeAgentCase):
         self.assertTrue(res["params_unchanged"], res)       # ... and the update was skipped
         self.assertEqual(res["state_step"], 2)
         self.assertEqual(res["committed"], [0, 1, 2])
+
+    def test_close_while_a_collective_is_in_flight(self):
+        # Destroying a group joins its gloo worker threads; one finishing a
+        # collective must be able to take the GIL (torch 2.x deadlocked here:
+        # a finished worker never exited).
+        a = self.agent
+        w = self.script("close_worker.py", CLOSE_WORKER)
+        port = free_port()
+        p0 = a.spawn([w], gen=1, rank=0, world=2, port=port)
+        p1 = a.spawn([w], gen=1, rank=1, world=2, port=port)
+        codes = a.wait_exit([p0.pid, p1.pid], 30)
+        self.assertEqual(codes, {p0.pid: 0, p1.pid: 0}, a.dump_logs())
+        self.assertIn("closed", a.log(p0.pid))
 
     def test_new_generation_releases_a_blocked_all_reduce(self):
         a = self.agent

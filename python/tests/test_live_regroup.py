@@ -97,13 +97,6 @@ class RegroupTest(FakeAgentCase):
         return res
 
     def test_crash_then_hang(self):
-        # Known defect, open: on torch 2.6 a worker that finished sometimes
-        # does not exit within 40 s after this sequence (1 run in 4 here; its
-        # teardown blocks, likely on the group abandoned at the hang). Skipped
-        # there until fixed, so the rest of the suite keeps guarding 2.x.
-        import torch
-        if int(torch.__version__.split(".")[0]) >= 2:
-            self.skipTest("torch 2.x: a finished worker sometimes does not exit after crash-then-hang (open defect)")
         a = self.agent
         p0, p1, p2 = self.start()
 
