@@ -278,6 +278,7 @@ class CollectiveFailureTest(FakeAgentCase):
         port = free_port()
         p0 = a.spawn([w, out], gen=1, rank=0, world=2, port=port)
         p1 = a.spawn([w, out + ".r1"], gen=1, rank=1, world=2, port=port)
+        a.wait_hello([p0.pid, p1.pid])
         codes = a.wait_exit([p0.pid, p1.pid], 30)
         self.assertEqual(codes[p0.pid], 0, a.dump_logs())
         with open(out) as f:
@@ -300,6 +301,7 @@ class CollectiveFailureTest(FakeAgentCase):
         port = free_port()
         p0 = a.spawn([w], gen=1, rank=0, world=2, port=port)
         p1 = a.spawn([w], gen=1, rank=1, world=2, port=port)
+        a.wait_hello([p0.pid, p1.pid])
         codes = a.wait_exit([p0.pid, p1.pid], 30)
         self.assertEqual(codes, {p0.pid: 0, p1.pid: 0}, a.dump_logs())
         self.assertIn("closed", a.log(p0.pid))
@@ -311,6 +313,7 @@ class CollectiveFailureTest(FakeAgentCase):
         port = free_port()
         p0 = a.spawn([w, out], gen=1, rank=0, world=2, port=port)
         p1 = a.spawn([w, out + ".r1"], gen=1, rank=1, world=2, port=port)
+        a.wait_hello([p0.pid, p1.pid])
         a.wait_for(lambda: proc_state(p1.pid) == "T" and "blocking" in a.log(p0.pid),
                    30, "rank 1 stopped and rank 0 blocked")
         time.sleep(0.5)

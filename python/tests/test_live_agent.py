@@ -52,6 +52,9 @@ def have_torch():
         return False
 
 
+STARTUP_S = 300.0  # import torch + SDK init, on the slowest machine we run on
+
+
 def free_port():
     """A port free now, below the ephemeral range (as bulsajo's own choice,
     internal/ports): a port from bind(0) can be taken by one of gloo's
@@ -239,6 +242,24 @@ class FakeAgent(object):
     def all_reached(self, pids, step, gen=None):
         return all(self.max_step(p, gen) >= step for p in pids)
 
+    def wait_hello(self, pids, timeout=None):
+        """Wait until every pid has said hello: torch is imported and the SDK
+        is up. Importing torch is not what these tests measure, and on a
+        loaded machine (torch 2.x above all) it alone can take a minute, so
+        the waits that follow count from here."""
+        timeout = STARTUP_S if timeout is None else timeout
+
+        def ready():
+            for p in pids:
+                if p in self.hellos:
+                    continue
+                if self.procs[p].poll() is not None:
+                    raise AssertionError("worker %d exited before its hello\n%s"
+                                         % (p, self.dump_logs()))
+                return False
+            return True
+        self.wait_for(ready, timeout, "hello from %s" % (pids,))
+
     def wait_exit(self, pids, timeout):
         deadline = time.monotonic() + timeout
         codes = {}
@@ -343,6 +364,7 @@ class ProtocolTest(unittest.TestCase):
         a = self.agent
         port = free_port()
         p = a.spawn(example_args(6, self.tmp, sleep_ms=0), gen=4, rank=0, world=1, port=port)
+        a.wait_hello([p.pid])
         codes = a.wait_exit([p.pid], 30)
         self.assertEqual(codes[p.pid], 0, a.dump_logs())
         hello = a.hellos[p.pid]
@@ -361,6 +383,7 @@ class ProtocolTest(unittest.TestCase):
         port = free_port()
         p = a.spawn(example_args(3, self.tmp, sleep_ms=0), gen=1, rank=0, world=1, port=free_port())
         a.send_generation(p.pid, a.generation(2, 0, 1, port))
+        a.wait_hello([p.pid])
         codes = a.wait_exit([p.pid], 30)
         self.assertEqual(codes[p.pid], 0, a.dump_logs())
         self.assertEqual({m["gen"] for m in a.messages(p.pid, "step")}, {2})
@@ -369,6 +392,7 @@ class ProtocolTest(unittest.TestCase):
         a = self.agent
         p = a.spawn(example_args(100000, self.tmp, sleep_ms=20), gen=1, rank=0, world=1,
                     port=free_port())
+        a.wait_hello([p.pid])
         a.wait_for(lambda: a.max_step(p.pid) >= 2, 20, "first steps")
         with a.cv:
             c = a.conns[p.pid]

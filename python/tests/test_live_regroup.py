@@ -51,8 +51,10 @@ class RegroupTest(FakeAgentCase):
 
     def start(self, world=3):
         port = free_port()
-        return [self.agent.spawn(self.args, gen=1, rank=r, world=world, port=port).pid
+        pids = [self.agent.spawn(self.args, gen=1, rank=r, world=world, port=port).pid
                 for r in range(world)]
+        self.agent.wait_hello(pids)
+        return pids
 
     def check_samples(self):
         """Every step 0..STEPS-1 logged exactly its global batch, once."""
@@ -108,6 +110,7 @@ class RegroupTest(FakeAgentCase):
         port2 = free_port()
         a.regroup(2, [p0, p2], port2, world=3)
         r2 = a.spawn(self.args, gen=2, rank=2, world=3, port=port2, join=True).pid
+        a.wait_hello([r2])
         gen2 = [p0, p2, r2]
         a.wait_for(lambda: a.all_reached(gen2, 0, gen=2), 30, "gen 2 steps")
         recovered1 = time.monotonic() - t_fault1
@@ -124,6 +127,7 @@ class RegroupTest(FakeAgentCase):
         t_fault2 = time.monotonic()
         a.regroup(3, [p0, r2], port3, world=3)
         r3 = a.spawn(self.args, gen=3, rank=2, world=3, port=port3, join=True).pid
+        a.wait_hello([r3])
         gen3 = [p0, r2, r3]
         a.wait_for(lambda: a.all_reached(gen3, stuck_at + 2, gen=3), 30, "gen 3 steps")
         recovered2 = time.monotonic() - t_fault2
@@ -170,6 +174,7 @@ class RegroupTest(FakeAgentCase):
         a.send_generation(p0, a.generation(3, 0, 3, port3))
         r1 = a.spawn(self.args, gen=3, rank=1, world=3, port=port3, join=True).pid
         r2 = a.spawn(self.args, gen=3, rank=2, world=3, port=port3, join=True).pid
+        a.wait_hello([r1, r2])
         res = self.check_results([p0, r1, r2], regroups=1)
         h = res[0]["history"]
         self.assertEqual(len(h), 1)
@@ -225,6 +230,7 @@ class CommitRaceTest(FakeAgentCase):
         port = free_port()
         p0, p1 = [a.spawn([script, log, out], gen=1, rank=r, world=2, port=port).pid
                   for r in range(2)]
+        a.wait_hello([p0, p1])
         # rank 1 regroups at once; rank 0 fails step 5; nobody died, so the
         # agent learns of it from collective_failed and regroups both.
         a.wait_for(lambda: len(a.messages(type="collective_failed")) >= 1, 20,
