@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
 const (
@@ -38,8 +37,8 @@ type tokenError struct {
 func (e *tokenError) Error() string { return "token file " + e.path + ": " + e.why }
 func (e *tokenError) Unwrap() error { return e.err }
 
-// errEmpty is what a token file another process has just created may read
-// as until that process has written it.
+// errEmpty: the token file holds no token (written by hand, or left by a
+// version that created it before writing it).
 var errEmpty = errors.New("empty token")
 
 func tokenErr(path string, err error) error {
@@ -109,23 +108,20 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 		return "", false, tokenErr(path, err)
 	}
 	tok = hex.EncodeToString(buf)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		// Another process created it first: use its token, giving it a
-		// moment to finish writing.
-		for range 50 {
-			tok, err = readToken(path)
-			if !errors.Is(err, errEmpty) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return tok, false, err
-	}
+	// Written in full to a temporary file, then linked into place: the
+	// token file never exists half-written (a racing creator or reader
+	// that found it empty used to fail), and link refuses to replace one
+	// another process made first.
+	f, err := os.CreateTemp(filepath.Dir(path), ".token-*")
 	if err != nil {
 		return "", false, tokenErr(path, err)
 	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
 	_, err = f.WriteString(tok + "\n")
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -133,7 +129,13 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(path)
+		return "", false, tokenErr(path, err)
+	}
+	if err := os.Link(tmp, path); errors.Is(err, fs.ErrExist) {
+		// Another process created it first: use its token.
+		tok, err = readToken(path)
+		return tok, false, err
+	} else if err != nil {
 		return "", false, tokenErr(path, err)
 	}
 	return tok, true, nil
