@@ -487,11 +487,16 @@ def global_batch(cfg, launcher):
     return DDP_TRAIN_BATCH_PER_RANK * cfg.nproc
 
 
+TORCHRUN_ENV = {}  # --torchrun-env: only for the torchrun launchers
+
+
 def launcher_env(launcher):
     """The launcher's environment.  torchrun-live-script needs the SDK on
     PYTHONPATH (bulsajo puts its embedded copy there for its own workers):
     the repository's python/ tree, which the binary embeds when built."""
     env = clean_env()
+    if launcher in ("torchrun", "torchrun-live-script"):
+        env.update(TORCHRUN_ENV)
     if launcher == "torchrun-live-script":
         sdk = os.path.join(REPO, "python")
         env["PYTHONPATH"] = sdk + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -1317,6 +1322,9 @@ def parse_args(argv=None):
     ap.add_argument("--python", default="/usr/bin/python3", help="interpreter with torch")
     ap.add_argument("--script", default=DEFAULT_SCRIPT,
                     help="training script of torchrun and bulsajo (restart mode)")
+    ap.add_argument("--torchrun-env", action="append", default=[], metavar="K=V",
+                    help="set K=V for the torchrun launchers only (repeatable); torch 2.6 "
+                         "without libuv: PYTHONPATH=scripts/torch2/nolibuv")
     ap.add_argument("--live-script", default=DEFAULT_LIVE_SCRIPT,
                     help="training script of bulsajo-live and torchrun-live-script "
                          "(bulsajo.torch SDK; takes --steps and --result-dir)")
@@ -1351,6 +1359,11 @@ def parse_args(argv=None):
         cfg.launchers = [x for x in LAUNCHERS if x in cfg.launchers]
     cfg.script = os.path.abspath(cfg.script)
     cfg.live_script = os.path.abspath(cfg.live_script)
+    for kv in cfg.torchrun_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            ap.error("--torchrun-env %r: want K=V" % kv)
+        TORCHRUN_ENV[k] = v
     cfg.script_match = script_match(cfg.script)
     if cfg.render:
         return cfg
