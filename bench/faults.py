@@ -129,13 +129,26 @@ def all_pids():
 
 
 def session_members(sid):
-    """Every live process whose session id is sid (the launcher's pid)."""
-    out = []
+    """Every live process whose session id is sid (the launcher's pid), and
+    every descendant of those that started a session of its own: torch 2.x's
+    torchrun starts each worker in a new session, so a search by session
+    alone found no torchrun worker to fault (its sigkill runs had 0 faults)."""
+    stats = {}
     for pid in all_pids():
         st = proc_stat(pid)
-        if st is not None and st[2] == sid and st[3] != "Z":
-            out.append(pid)
-    return out
+        if st is not None and st[3] != "Z":
+            stats[pid] = st
+    out = set(pid for pid, st in stats.items() if st[2] == sid)
+    children = {}
+    for pid, st in stats.items():
+        children.setdefault(st[0], []).append(pid)
+    stack = list(out | {sid})
+    while stack:
+        for c in children.get(stack.pop(), []):
+            if c not in out:
+                out.add(c)
+                stack.append(c)
+    return sorted(out)
 
 
 def proc_cmdline(pid):
