@@ -136,6 +136,32 @@ func LoadOrCreateToken(path string) (token string, created bool, err error) {
 		tok, err = readToken(path)
 		return tok, false, err
 	} else if err != nil {
+		// A file system without hard links: create it in place.
+		return createInPlace(path, tok)
+	}
+	return tok, true, nil
+}
+
+// createInPlace writes a new token file with O_EXCL, for file systems
+// without hard links. A racing reader may see it empty for a moment.
+func createInPlace(path, tok string) (string, bool, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		tok, err = readToken(path)
+		return tok, false, err
+	}
+	if err != nil {
+		return "", false, tokenErr(path, err)
+	}
+	_, err = f.WriteString(tok + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
 		return "", false, tokenErr(path, err)
 	}
 	return tok, true, nil

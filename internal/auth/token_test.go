@@ -292,3 +292,20 @@ func TestRequire(t *testing.T) {
 		})
 	}
 }
+
+// The fallback for file systems without hard links creates the file once
+// and hands later callers the token it holds.
+func TestCreateInPlace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "join.token")
+	tok, created, err := createInPlace(path, strings.Repeat("ab", 32))
+	if err != nil || !created || tok != strings.Repeat("ab", 32) {
+		t.Fatalf("first: %q, %v, %v", tok, created, err)
+	}
+	tok, created, err = createInPlace(path, strings.Repeat("cd", 32))
+	if err != nil || created || tok != strings.Repeat("ab", 32) {
+		t.Fatalf("second: %q, %v, %v; want the first token, not created", tok, created, err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode: %v, %v", st, err)
+	}
+}
