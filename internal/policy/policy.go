@@ -7,6 +7,7 @@ package policy
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/health"
@@ -573,6 +574,12 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 			output: ev.Output, newOutput: ev.NewOutput})
 }
 
+// peerConsequence: the error is a collective broken by a peer that went
+// away, the consequence of another rank's failure, not a cause.
+func peerConsequence(sig string) bool {
+	return strings.Contains(sig, "Connection closed by peer") || strings.Contains(sig, "Connection reset by peer")
+}
+
 // foreignSignal lists the deaths a program does not cause itself: signals
 // that another process (a person, a scheduler, the OOM killer, --chaos)
 // sends, and a lost node. A program's own failures are its exit codes and
@@ -733,6 +740,11 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 		// node cannot say what it printed; losing one is no verdict on
 		// the program either.
 	case signature == m.lastSig && !(noReports && o.newOutput > 0):
+		m.sameFailures++
+	case m.lastSig != "" && peerConsequence(signature) && !(noReports && o.newOutput > 0):
+		// A peer's broken connection seen before the rank that caused it
+		// (which exited too, printing nothing to tell): the same failure
+		// as before, not a new series.
 		m.sameFailures++
 	default:
 		m.sameFailures = 1
