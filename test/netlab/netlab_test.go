@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -292,6 +293,20 @@ func TestCleanup(t *testing.T) {
 		child = lab.Host("b").Command(context.Background(), "sleep", "300")
 		if err := child.Start(); err != nil {
 			t.Fatal(err)
+		}
+		// `ip netns exec` enters the namespace a moment after it starts; a
+		// cleanup that lists the namespace's processes before that cannot
+		// see it (the test once raced it on a loaded machine). Wait until
+		// it is in.
+		ns := lab.Host("b").NS
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+			if slices.Contains(strings.Fields(string(out)), strconv.Itoa(child.Process.Pid)) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the child never entered namespace %s", ns)
+			}
 		}
 		echo(t, a) // a socket keeps its namespace alive until closed
 	})
