@@ -48,48 +48,64 @@ type arrival struct {
 }
 
 // recorder keeps the arrival time of every start and stop, by generation.
-type recorder struct {
+// It is sharded by agent: 10,000 readers recording through one lock would
+// queue on it, and the simulator's own queue would be measured as the
+// coordinator's latency.
+type recorder struct{ shards [64]recShard }
+
+type recShard struct {
 	mu     sync.Mutex
 	starts map[int][]arrival
 	stops  map[int][]arrival
 }
 
 func (r *recorder) add(start bool, gen, id int, at int64) {
-	r.mu.Lock()
-	if start {
-		r.starts[gen] = append(r.starts[gen], arrival{int32(id), at})
-	} else {
-		r.stops[gen] = append(r.stops[gen], arrival{int32(id), at})
+	sh := &r.shards[id%len(r.shards)]
+	sh.mu.Lock()
+	if sh.starts == nil {
+		sh.starts, sh.stops = map[int][]arrival{}, map[int][]arrival{}
 	}
-	r.mu.Unlock()
+	if start {
+		sh.starts[gen] = append(sh.starts[gen], arrival{int32(id), at})
+	} else {
+		sh.stops[gen] = append(sh.stops[gen], arrival{int32(id), at})
+	}
+	sh.mu.Unlock()
+}
+
+// each calls fn with every shard's map of starts (or stops), shard locked.
+func (r *recorder) each(start bool, fn func(map[int][]arrival)) {
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		m := sh.stops
+		if start {
+			m = sh.starts
+		}
+		fn(m)
+		sh.mu.Unlock()
+	}
 }
 
 func (r *recorder) get(start bool, gen int) []arrival {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := r.stops
-	if start {
-		m = r.starts
-	}
-	return append([]arrival(nil), m[gen]...)
+	var out []arrival
+	r.each(start, func(m map[int][]arrival) { out = append(out, m[gen]...) })
+	return out
 }
 
 func (r *recorder) count(start bool, gen int) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if start {
-		return len(r.starts[gen])
-	}
-	return len(r.stops[gen])
+	n := 0
+	r.each(start, func(m map[int][]arrival) { n += len(m[gen]) })
+	return n
 }
 
 func (r *recorder) maxStartGen() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	g := 0
-	for k := range r.starts {
-		g = max(g, k)
-	}
+	r.each(true, func(m map[int][]arrival) {
+		for k := range m {
+			g = max(g, k)
+		}
+	})
 	return g
 }
 
@@ -153,7 +169,7 @@ func (s *sim) probe() {
 }
 
 func newSim(addr, token string, n, nsrc, shards int) *sim {
-	s := &sim{addr: addr, token: token, shards: shards, rec: recorder{starts: map[int][]arrival{}, stops: map[int][]arrival{}}}
+	s := &sim{addr: addr, token: token, shards: shards}
 	for i := range n {
 		src := fmt.Sprintf("127.0.0.%d", 2+i%max(nsrc, 1))
 		if nsrc <= 0 {
@@ -352,9 +368,10 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 				s.rttMu.Unlock()
 			}
 		case wire.TStart:
-			s.rec.add(true, m.Gen, a.id, now)
+			// Recorded after the answer, as a real agent answers first.
 			a.firstStart.CompareAndSwap(0, now)
 			if a.silent.Load() {
+				s.rec.add(true, m.Gen, a.id, now)
 				continue
 			}
 			// Workers "started" at once: the agents are simulated.
@@ -368,14 +385,14 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 					s.noteErr(err)
 				}
 			}
+			s.rec.add(true, m.Gen, a.id, now)
 		case wire.TStop:
+			if !a.silent.Load() {
+				if err := a.send(wire.Msg{Type: wire.TStopped, Job: m.Job, Gen: m.Gen}); err != nil {
+					s.noteErr(err)
+				}
+			}
 			s.rec.add(false, m.Gen, a.id, now)
-			if a.silent.Load() {
-				continue
-			}
-			if err := a.send(wire.Msg{Type: wire.TStopped, Job: m.Job, Gen: m.Gen}); err != nil {
-				s.noteErr(err)
-			}
 		case wire.TReject:
 			s.rejects.Add(1)
 			s.noteErr(fmt.Errorf("%s: rejected: %s", a.name, m.Reason))

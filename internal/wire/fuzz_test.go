@@ -125,3 +125,44 @@ func FuzzReader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastHeartbeat: whatever the heartbeat fast path accepts, encoding/json
+// decodes to the same message with the same verdict.
+func FuzzFastHeartbeat(f *testing.F) {
+	addSeeds(f)
+	for _, line := range []string{
+		`{"type":"heartbeat","seq":1,"free_port":20001,"heartbeat_ms":1000}`,
+		`{"type":"heartbeat","heartbeat_ms":250,"seq":18446744073709551615}`,
+		`{"type":"heartbeat","seq":01}`, `{"type":"heartbeat","seq":1,"seq":2}`,
+		`{"type":"heartbeat","free_port":70000}`, `{"type":"heartbeat"}` + "\r\n",
+		`{"type":"heartbeat","seq":-1}`, `{"type":"heartbeat","seq":1.5}`, `{"type":"heartbeat","Seq":1}`,
+	} {
+		f.Add([]byte(line))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		fast, ok := decodeHeartbeat(line)
+		if !ok {
+			return
+		}
+		slow, err := decodeJSON(line)
+		ferr := fast.Validate()
+		if (err == nil) != (ferr == nil) {
+			t.Fatalf("%q: encoding/json says %v, the fast path %v", line, err, ferr)
+		}
+		if err == nil && !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: encoding/json %+v, the fast path %+v", line, slow, fast)
+		}
+	})
+}
+
+func TestAppendAckIsEncode(t *testing.T) {
+	for _, seq := range []uint64{0, 1, 42, 1<<64 - 1} {
+		want, err := Encode(Msg{Type: TAck, Seq: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendAck(nil, seq); !bytes.Equal(got, want) {
+			t.Errorf("seq %d: AppendAck %q, Encode %q", seq, got, want)
+		}
+	}
+}

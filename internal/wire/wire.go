@@ -174,10 +174,19 @@ func invalid(t, why string) error { return fmt.Errorf("%w: %s: %s", ErrInvalid, 
 
 // Decode parses and validates one message.
 func Decode(line []byte) (Msg, error) {
-	var m Msg
 	if len(line) > MaxMessage {
-		return m, ErrTooLarge
+		return Msg{}, ErrTooLarge
 	}
+	if m, ok := decodeHeartbeat(line); ok {
+		return m, m.Validate()
+	}
+	return decodeJSON(line)
+}
+
+// decodeJSON is Decode through encoding/json (every message but the
+// commonest heartbeats).
+func decodeJSON(line []byte) (Msg, error) {
+	var m Msg
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
