@@ -94,7 +94,7 @@ a crash loop; 2 for usage errors; 130/143 when stopped by SIGINT/SIGTERM.`,
 	f.DurationVar(&c.BusyLimit, "busy-limit", c.BusyLimit, "a stall while ranks still use CPU (a checkpoint, an evaluation) is not a hang until this long; 0: every stall past the threshold is a hang")
 	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many generations in a row fail the same way without progress")
 	f.BoolVar(&c.Standby, "standby", c.Standby, "pre-start the next generation's Python workers (torch imported) to restart fast")
-	f.StringVar(&c.Preload, "standby-preload", "", "modules a standby worker imports ahead (default torch,torch.distributed,torch.nn.parallel)")
+	f.StringVar(&c.Preload, "standby-preload", "", "modules a standby worker imports ahead (default torch,torch.distributed,torch.nn.parallel,torch._dynamo; a module that fails to import is skipped)")
 	f.StringVar(&c.Chaos, "chaos", "", "testing aid: inject faults, e.g. kill-every=10s,stop-at=30s,seed=1 or, by training step, kill-at-step=300,stop-at-step=900")
 	f.StringVar(&c.Python, "python", c.Python, "interpreter for a command that is a bare script.py")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus /metrics and the live dashboard at HOST:PORT (off by default)")

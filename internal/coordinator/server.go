@@ -345,34 +345,19 @@ func (ss *session) sendBytes(b []byte) {
 	}
 }
 
-// writer writes what is queued, several messages in one system call when
-// they are waiting together (a generation change queues one to every
-// session while heartbeats are being acked).
+// writer writes what is queued, in order.
 func (ss *session) writer() {
-	const most = 16
-	bufs := make(net.Buffers, 0, most)
 	var deadline time.Time
 	for {
 		select {
 		case b := <-ss.out:
-			bufs = append(bufs[:0], b)
-		more:
-			for len(bufs) < most {
-				select {
-				case b := <-ss.out:
-					bufs = append(bufs, b)
-				default:
-					break more
-				}
-			}
 			// A write may block at most 5 s; moving the deadline costs a
 			// timer update, so it moves only when under 4 s are left.
 			if now := time.Now(); deadline.Sub(now) < 4*time.Second {
 				deadline = now.Add(5 * time.Second)
 				ss.conn.SetWriteDeadline(deadline)
 			}
-			batch := bufs // WriteTo consumes the slice it is given
-			if _, err := batch.WriteTo(ss.conn); err != nil {
+			if _, err := ss.conn.Write(b); err != nil {
 				ss.close()
 				return
 			}
