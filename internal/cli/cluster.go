@@ -170,9 +170,10 @@ func runCoordinator(ctx context.Context, stdout io.Writer, o coordinatorOpts) er
 	con := console.New(stdout)
 	if os.Getenv("GOGC") == "" {
 		// The heap is mostly long-lived session state (about 20 KB an
-		// agent); at Go's default a collection every few seconds at 10,000
-		// agents lands in generation changes and slows them. Twice the
-		// headroom halves the collections. GOGC in the environment wins.
+		// agent). At Go's default, 10,000 agents' heartbeats bring a
+		// collection every few seconds, whose 100-250 ms of marking often
+		// overlaps a generation change; twice the headroom halves them.
+		// GOGC in the environment wins.
 		debug.SetGCPercent(200)
 	}
 	dataDir, err := filepath.Abs(o.dataDir)
