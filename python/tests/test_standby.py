@@ -282,7 +282,9 @@ class StandbyTest(unittest.TestCase):
         want = ["torch", "torch.distributed", "torch.nn.parallel"]
         if int(torch.__version__.split(".")[0]) >= 2:
             want.append("torch._dynamo")  # the first optimizer's import on 2.x
-        self.assertEqual(self.report(out)["modules"], want)
+        # (colorsys, the marker of the test above, comes with torch._dynamo)
+        got = [m for m in self.report(out)["modules"] if m.startswith("torch")]
+        self.assertEqual(got, want)
 
     def test_env_rendezvous_works_on_this_torch(self):
         """An env:// script, started through the shim with torch preloaded,
