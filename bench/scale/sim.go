@@ -368,23 +368,21 @@ func (s *sim) readLoop(a *simAgent, conn net.Conn, rd *wire.Reader, done chan st
 				s.rttMu.Unlock()
 			}
 		case wire.TStart:
-			// Recorded after the answer, as a real agent answers first.
 			a.firstStart.CompareAndSwap(0, now)
-			if a.silent.Load() {
-				s.rec.add(true, m.Gen, a.id, now)
-				continue
-			}
-			// Workers "started" at once: the agents are simulated.
-			if err := a.send(wire.Msg{Type: wire.TLaunched, Job: m.Job, Gen: m.Gen}); err != nil {
-				s.noteErr(err)
-			}
-			// As a real agent does when its rank 0's store listens: the
-			// coordinator holds the other nodes' starts (up to 1 s) until then.
-			if m.Spec != nil && m.Spec.GroupWorldSize > 1 && slices.Contains(m.Spec.Ranks, 0) {
-				if err := a.send(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen}); err != nil {
+			if !a.silent.Load() {
+				// Workers "started" at once: the agents are simulated.
+				if err := a.send(wire.Msg{Type: wire.TLaunched, Job: m.Job, Gen: m.Gen}); err != nil {
 					s.noteErr(err)
 				}
+				// As a real agent does when its rank 0's store listens: the
+				// coordinator holds the other nodes' starts (up to 1 s) until then.
+				if m.Spec != nil && m.Spec.GroupWorldSize > 1 && slices.Contains(m.Spec.Ranks, 0) {
+					if err := a.send(wire.Msg{Type: wire.TListening, Job: m.Job, Gen: m.Gen}); err != nil {
+						s.noteErr(err)
+					}
+				}
 			}
+			// Recorded after the answer, as a real agent answers first.
 			s.rec.add(true, m.Gen, a.id, now)
 		case wire.TStop:
 			if !a.silent.Load() {
