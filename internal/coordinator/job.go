@@ -329,6 +329,8 @@ func (j *job) start(resume *policy.Resume) {
 	j.s.bg.Add(2)
 	go func() {
 		defer j.s.bg.Done()
+		// The policy loop has returned when done closes: nothing else writes.
+		defer j.log.Close()
 		for {
 			select {
 			case e := <-j.logQ:

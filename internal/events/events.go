@@ -81,12 +81,20 @@ type Event struct {
 // Int returns a pointer to n, for Rank and Step.
 func Int(n int) *int { return &n }
 
-// Log appends events to a file, one fsynced line each.
+// Log appends events to a file, one line each. A line is written before
+// Append returns, so it survives a kill -9 of the writer (the kernel holds
+// it); it reaches the disk in the background, within an fsync's time, so
+// that a slow disk (an fsync can take hundreds of ms while etcd writes on
+// the same disk) never delays the recovery that the event reports.
 type Log struct {
-	mu   sync.Mutex
-	path string
-	f    *os.File
-	sink func(Event) // optional second destination (the store)
+	mu      sync.Mutex
+	path    string
+	f       *os.File
+	sink    func(Event)   // optional second destination (the store)
+	dirty   chan struct{} // a write waits for the syncer (capacity 1)
+	synced  chan struct{} // closed when the syncer has finished
+	closed  bool
+	syncErr error // the syncer's first error, reported by the next Append
 }
 
 // Create opens (appending) the log at path. A torn last line left by a
@@ -103,16 +111,33 @@ func Create(path string) (*Log, error) {
 			return nil, fmt.Errorf("events: cut torn line: %w", err)
 		}
 	}
-	return &Log{f: f, path: path}, nil
+	l := &Log{f: f, path: path, dirty: make(chan struct{}, 1), synced: make(chan struct{})}
+	go l.syncer()
+	return l, nil
+}
+
+// syncer fsyncs after writes; writes that come while it syncs share the
+// next fsync.
+func (l *Log) syncer() {
+	defer close(l.synced)
+	for range l.dirty {
+		if err := l.f.Sync(); err != nil {
+			l.mu.Lock()
+			if l.syncErr == nil {
+				l.syncErr = err
+			}
+			l.mu.Unlock()
+		}
+	}
 }
 
 // Path is the file the log writes.
 func (l *Log) Path() string { return l.path }
 
-// Tee sends every appended event to fn as well (after it is on disk).
+// Tee sends every appended event to fn as well (after it is written).
 func (l *Log) Tee(fn func(Event)) { l.sink = fn }
 
-// Append writes e as one line and syncs it to disk before returning.
+// Append writes e as one line; the fsync follows in the background.
 func (l *Log) Append(e Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -124,11 +149,19 @@ func (l *Log) Append(e Event) error {
 	b = append(b, '\n')
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed {
+		return fmt.Errorf("events: append to %s after close", l.path)
+	}
+	if err := l.syncErr; err != nil {
+		l.syncErr = nil
+		return fmt.Errorf("events: %w", err)
+	}
 	if _, err := l.f.Write(b); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
-	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("events: %w", err)
+	select {
+	case l.dirty <- struct{}{}:
+	default: // a sync is already due
 	}
 	if l.sink != nil {
 		l.sink(e)
@@ -136,8 +169,26 @@ func (l *Log) Append(e Event) error {
 	return nil
 }
 
-// Close closes the file.
-func (l *Log) Close() error { return l.f.Close() }
+// Close syncs what was written and closes the file.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.dirty)
+	l.mu.Unlock()
+	<-l.synced
+	err := l.f.Sync()
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = l.syncErr
+	}
+	return err
+}
 
 // ErrCorrupt reports a bad line that is not the last one.
 var ErrCorrupt = errors.New("events: corrupt line")

@@ -109,6 +109,32 @@ func TestAppendFillsTimeAndIsOnDisk(t *testing.T) {
 	}
 }
 
+func TestCloseSyncsAndRefusesLaterAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.jsonl")
+	l, err := Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range sampleEvents()[:3] {
+		if err := l.Append(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := l.Append(Event{Type: RunFinished}); err == nil {
+		t.Error("Append after Close succeeded")
+	}
+	evs, err := ReadFile(path)
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("after Close: %d events, %v", len(evs), err)
+	}
+}
+
 func TestCreateAppendsToExisting(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "events.jsonl")
 	for i := range 2 {
@@ -136,13 +162,13 @@ func TestCreateError(t *testing.T) {
 	}
 }
 
-func TestTeeAfterDisk(t *testing.T) {
+func TestTeeAfterWrite(t *testing.T) {
 	l, path := newLog(t)
 	var seen []Event
 	l.Tee(func(e Event) {
 		evs, err := ReadFile(path)
 		if err != nil || len(evs) != len(seen)+1 {
-			t.Errorf("tee called before the event was on disk (%d events, %v)", len(evs), err)
+			t.Errorf("tee called before the event was written (%d events, %v)", len(evs), err)
 		}
 		seen = append(seen, e)
 	})

@@ -126,9 +126,9 @@ func FuzzReader(f *testing.F) {
 	})
 }
 
-// FuzzFastHeartbeat: whatever the heartbeat fast path accepts, encoding/json
-// decodes to the same message with the same verdict.
-func FuzzFastHeartbeat(f *testing.F) {
+// FuzzFastPath: whatever the fast path accepts, encoding/json decodes to
+// the same message with the same verdict.
+func FuzzFastPath(f *testing.F) {
 	addSeeds(f)
 	for _, line := range []string{
 		`{"type":"heartbeat","seq":1,"free_port":20001,"heartbeat_ms":1000}`,
@@ -136,11 +136,18 @@ func FuzzFastHeartbeat(f *testing.F) {
 		`{"type":"heartbeat","seq":01}`, `{"type":"heartbeat","seq":1,"seq":2}`,
 		`{"type":"heartbeat","free_port":70000}`, `{"type":"heartbeat"}` + "\r\n",
 		`{"type":"heartbeat","seq":-1}`, `{"type":"heartbeat","seq":1.5}`, `{"type":"heartbeat","Seq":1}`,
+		`{"type":"launched","job":"train-1","gen":3}`, `{"type":"stopped","job":"j","gen":12}`,
+		`{"type":"progress","job":"j","gen":2,"rank":7,"step":1500}`, `{"type":"stopped","job":"","gen":1}`,
+		`{"type":"launched","job":"a\\u0041","gen":1}`, `{"type":"launched","job":"\xff","gen":1}`,
+		`{"type":"stopped","job":"j","gen":1,"at_ms":1733140000000}`, `{"type":"launchedx","gen":1}`,
+		`{"type":"stopped","job":"j","gen":1,"job":"k"}`, `{"type":"progress","job":"j","gen":1,"rank":-1}`,
+		`{"type":"ack","seq":3,"heartbeat_ms":2000,"lease_ms":10000}`, `{"type":"stop","job":"j","gen":4,"grace_ms":3000}`,
+		`{"type":"ack","seq":3,"lease_ms":0}`, `{"type":"stop","job":"j"}`,
 	} {
 		f.Add([]byte(line))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		fast, ok := decodeHeartbeat(line)
+		fast, ok := decodeFast(line)
 		if !ok {
 			return
 		}
@@ -163,6 +170,28 @@ func TestAppendAckIsEncode(t *testing.T) {
 		}
 		if got := AppendAck(nil, seq); !bytes.Equal(got, want) {
 			t.Errorf("seq %d: AppendAck %q, Encode %q", seq, got, want)
+		}
+	}
+}
+
+// The messages agents send most take the fast path (else it saves nothing).
+func TestFastPathTakesAgentMessages(t *testing.T) {
+	for _, m := range []Msg{
+		{Type: THeartbeat, Seq: 9, FreePort: 20001, HeartbeatMS: 1000},
+		{Type: TLaunched, Job: "train-1", Gen: 3},
+		{Type: TStopped, Job: "train-1", Gen: 3},
+		{Type: TProgress, Job: "train-1", Gen: 3, Rank: 5, Step: 1200},
+		{Type: TAck, Seq: 9},
+		{Type: TAck, Seq: 10, HeartbeatMS: 2000, LeaseMS: 10000},
+		{Type: TStop, Job: "train-1", Gen: 3, Grace: 3000},
+	} {
+		b, err := Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := decodeFast(b)
+		if !ok || !reflect.DeepEqual(got, m) {
+			t.Errorf("%s: fast path ok=%v %+v, want %+v", b, ok, got, m)
 		}
 	}
 }

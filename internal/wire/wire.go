@@ -177,14 +177,14 @@ func Decode(line []byte) (Msg, error) {
 	if len(line) > MaxMessage {
 		return Msg{}, ErrTooLarge
 	}
-	if m, ok := decodeHeartbeat(line); ok {
+	if m, ok := decodeFast(line); ok {
 		return m, m.Validate()
 	}
 	return decodeJSON(line)
 }
 
 // decodeJSON is Decode through encoding/json (every message but the
-// commonest heartbeats).
+// commonest messages).
 func decodeJSON(line []byte) (Msg, error) {
 	var m Msg
 	dec := json.NewDecoder(bytes.NewReader(line))
