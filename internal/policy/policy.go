@@ -312,6 +312,10 @@ type Machine struct {
 	finishing    bool          // a rank of this generation reported Finishing
 	jobStep      int           // highest step the job has reached, across generations
 	genStep      int           // highest step reached in the current generation
+	// A grow not yet in effect: ranks below growFrom are the members that
+	// switch after committing step growAt; the ranks from growFrom on are
+	// replacements waiting for them (growFrom 0: none pending).
+	growFrom, growAt int
 
 	// set while a fault's recovery is pending
 	recovering   bool
@@ -473,6 +477,7 @@ func (m *Machine) newGeneration(world int) {
 	m.rankStep = map[int]int{}
 	m.doneRanks = map[int]bool{}
 	m.finishing = false
+	m.growFrom, m.growAt = 0, 0
 	m.probing, m.busyUntil, m.busyNoted = false, 0, false
 	m.cfg.Watchdog.Reset()
 }
@@ -491,6 +496,9 @@ func (m *Machine) progress(now time.Duration, ev Progress) (out []Decision) {
 		}
 	}
 	defer func() { out = append(out, m.admit()...) }()
+	if m.growFrom > 0 && (ev.Rank >= m.growFrom || ev.Step > m.growAt) {
+		m.growFrom = 0 // the members switched: the replacements are members too
+	}
 	m.everProgress = true
 	if ev.Rank >= 0 {
 		if prev, ok := m.rankStep[ev.Rank]; !ok || ev.Step > prev {
@@ -513,7 +521,9 @@ func (m *Machine) progress(now time.Duration, ev Progress) (out []Decision) {
 // boundary a few steps ahead (so every member reaches it before switching).
 func (m *Machine) admit() []Decision {
 	n := min(m.joinersReady, m.target()-m.world)
-	if n <= 0 || m.phase != running || !m.progressed {
+	// Not once a rank has finished: the job is ending, and a new generation
+	// would forget which ranks are done.
+	if n <= 0 || m.phase != running || !m.progressed || m.finishing || len(m.doneRanks) > 0 {
 		return nil
 	}
 	survivors := make([]int, m.world)
@@ -523,7 +533,9 @@ func (m *Machine) admit() []Decision {
 	m.joiners -= n
 	m.joinersReady -= n
 	at := m.genStep + admitAhead
+	from := m.world
 	m.newGeneration(m.world + n)
+	m.growFrom, m.growAt = from, at
 	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Admit: n, Grow: true, AtStep: at}}
 }
 
@@ -554,6 +566,15 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 			m.phase = done
 			return []Decision{Finish{Outcome: Succeeded, Reason: "all ranks exited 0"}}
 		}
+		if m.growFrom > 0 && m.membersDone() {
+			// The job ended before the step its replacements were to join
+			// after (a fault in the last few steps): they would wait for
+			// the members forever. The job is done; they are stopped.
+			m.phase = stopping
+			m.finishAfter = &Finish{Outcome: Succeeded, Reason: fmt.Sprintf(
+				"all ranks exited 0 before step %d, after which %d replacement(s) were to join", m.growAt, m.world-m.growFrom)}
+			return []Decision{Stop{Gen: m.gen, Reason: "replacements not needed"}}
+		}
 		return nil
 	}
 	detail := fmt.Sprintf("exit code %d", ev.Code)
@@ -572,6 +593,16 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 	return m.failObserved(now, Fault{Gen: m.gen, Kind: kind, Rank: ev.Rank, Also: ev.Also, Detail: detail, Step: m.jobStep},
 		sig, observed{foreign: ev.Injected || foreignSignal[ev.Signal], nodeLost: ev.Signal == SignalNodeLost,
 			output: ev.Output, newOutput: ev.NewOutput})
+}
+
+// membersDone: every member of a pending grow has exited 0.
+func (m *Machine) membersDone() bool {
+	for r := 0; r < m.growFrom; r++ {
+		if !m.doneRanks[r] {
+			return false
+		}
+	}
+	return true
 }
 
 // peerConsequence: the error is a collective broken by a peer that went

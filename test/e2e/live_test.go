@@ -260,3 +260,40 @@ func isOneShare(missing, batch, maxWorld int) bool {
 	}
 	return false
 }
+
+// A fault in the last steps: the replacement is ready only to join after a
+// step the job never reaches, or once members are finishing. The members
+// finish and exit 0; the job succeeded, and the replacement waiting for them
+// must not make it look hung (it did: "ranks [3] still running 30s after
+// rank 1 finished"). Without standby workers the replacement starts slowly,
+// as it did then; which of the two cases a run meets depends on timing (the
+// policy's transcripts live_grow_after_end and live_ready_while_finishing
+// pin each down).
+func TestLiveFaultInTheLastSteps(t *testing.T) {
+	requireTorch(t)
+	const steps = 14
+	dir := t.TempDir()
+	results := filepath.Join(dir, "results")
+	r := bulsajo(t, 3*time.Minute, "--recovery", "live", "--nproc-per-node", "4", "--standby=false",
+		"--chaos", "kill-at-step="+strconv.Itoa(steps-2), "--",
+		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"),
+		"--steps", strconv.Itoa(steps), "--sleep-ms", "800", "--result-dir", results)
+	if r.code != 0 || !strings.Contains(r.out, "✓ done") {
+		t.Fatalf("exit %d, want a success:\n%s", r.code, r.out)
+	}
+	if strings.Contains(r.out, "still running") {
+		t.Errorf("the job was held by its replacement:\n%s", r.out)
+	}
+	s := summaryOf(t, r)
+	if s.Outcome != "succeeded" || s.Faults != 1 {
+		t.Errorf("summary %+v, want succeeded with 1 fault", s)
+	}
+	// Every rank that finished as a member agrees: the three survivors, and
+	// the replacement if it joined in time for the last step.
+	ents, _ := os.ReadDir(results)
+	if n := len(ents); n < 3 || n > 4 {
+		t.Fatalf("%d result files, want 3 or 4", n)
+	}
+	checkLiveResults(t, results, len(ents))
+	t.Logf("%s; summary: %s", regexp.MustCompile(`grow: .*`).FindString(r.out), s.Line())
+}
