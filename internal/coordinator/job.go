@@ -92,11 +92,6 @@ func (sp *JobSpec) Validate() error {
 // message carrying it fits wire.MaxMessage with room for the rest.
 const maxCommandBytes = wire.MaxMessage / 4
 
-type heldStart struct {
-	node string
-	msg  wire.Msg
-}
-
 // placement is one node's part of a generation.
 type placement struct {
 	Node  string `json:"node"`
@@ -151,7 +146,9 @@ type job struct {
 	prepared map[string]bool // nodes outside the generation told to pre-start standby workers
 	// Starts held back until rank 0's store listens (torch's client waits a
 	// whole second before it retries a refused connection).
-	held      []heldStart
+	// Indexes into rec.Placement; the messages are made when sent (10,000
+	// of them held would be 10 MB of garbage per generation).
+	held      []int
 	heldUntil time.Time
 	noStagger bool // the script does not listen on MASTER_PORT: never hold
 	// lastCall: until when the first generation waits for nodes that
@@ -599,25 +596,25 @@ func (j *job) launchPending() {
 	j.rec.Placement, j.where = nil, nil
 	j.launched, j.stopped, j.stopping, j.faulted, j.adopting = map[string]bool{}, map[string]bool{}, false, false, false
 	j.joiners, j.ready = map[string]int{}, map[string]int{} // a full start discards them
+	j.rec.Placement = make([]placement, len(nodes))
+	all := make([]int, world) // one array for every node's ranks
 	for i, n := range nodes {
-		ranks := make([]int, sp.NProcPerNode)
+		ranks := all[i*sp.NProcPerNode : (i+1)*sp.NProcPerNode : (i+1)*sp.NProcPerNode]
 		for k := range ranks {
 			ranks[k] = i*sp.NProcPerNode + k
 		}
-		j.rec.Placement = append(j.rec.Placement, placement{Node: n.Name, Ranks: ranks})
+		j.rec.Placement[i] = placement{Node: n.Name, Ranks: ranks}
 	}
 	j.save()
 	names := make([]string, len(nodes))
-	j.held = nil
+	j.held = make([]int, 0, len(nodes)-1)
 	for i, n := range nodes {
 		names[i] = n.Name
-		m := wire.Msg{Type: wire.TStart, Job: sp.ID, Gen: spec.Gen,
-			Spec: j.wireSpec(world, j.rec.Placement[i].Ranks, i, len(nodes), j.rec.MasterAddr, port)}
 		if i > 0 && !j.noStagger {
-			j.held = append(j.held, heldStart{n.Name, m})
+			j.held = append(j.held, i)
 			continue
 		}
-		n.sess.send(m)
+		n.sess.send(j.startMsg(i))
 	}
 	// Holding longer than torch's one-second retry gains nothing.
 	j.heldUntil = time.Now().Add(time.Second)
@@ -644,11 +641,17 @@ func (j *job) reconnecting() bool {
 	return false
 }
 
+// startMsg is the start of the generation for its i-th node (s.mu held).
+func (j *job) startMsg(i int) wire.Msg {
+	return wire.Msg{Type: wire.TStart, Job: j.rec.Spec.ID, Gen: j.rec.Gen,
+		Spec: j.wireSpec(j.rec.World, j.rec.Placement[i].Ranks, i, len(j.rec.Placement), j.rec.MasterAddr, j.rec.MasterPort)}
+}
+
 // releaseHeld sends the starts held back for rank 0's store (s.mu held).
 func (j *job) releaseHeld() {
-	for _, h := range j.held {
-		if n := j.s.nodes[h.node]; n != nil && n.sess != nil {
-			n.sess.send(h.msg)
+	for _, i := range j.held {
+		if n := j.s.nodes[j.rec.Placement[i].Node]; n != nil && n.sess != nil {
+			n.sess.send(j.startMsg(i))
 		}
 	}
 	j.held = nil
@@ -715,6 +718,7 @@ func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	j.rec.Gen, j.rec.World = spec.Gen, world
 	j.rec.MasterAddr, j.rec.MasterPort = first.Addr, port
 	j.rec.Placement, j.where = nil, nil
+	j.held = nil // held starts index the placement replaced here
 	j.launched, j.stopped, j.stopping, j.faulted = map[string]bool{}, map[string]bool{}, false, false
 	admitted := world - len(spec.Survivors)
 	for gi, name := range order {
@@ -809,8 +813,8 @@ func (j *job) StopGeneration(gen int, grace time.Duration) {
 		return
 	}
 	j.stopping = true
-	for _, h := range j.held {
-		j.stopped[h.node] = true // never started
+	for _, i := range j.held {
+		j.stopped[j.rec.Placement[i].Node] = true // never started
 	}
 	j.held = nil
 	// One encoding for every node (10,000 of them at scale).
