@@ -152,10 +152,6 @@ func (l *Log) Append(e Event) error {
 	if l.closed {
 		return fmt.Errorf("events: append to %s after close", l.path)
 	}
-	if err := l.syncErr; err != nil {
-		l.syncErr = nil
-		return fmt.Errorf("events: %w", err)
-	}
 	if _, err := l.f.Write(b); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
@@ -165,6 +161,11 @@ func (l *Log) Append(e Event) error {
 	}
 	if l.sink != nil {
 		l.sink(e)
+	}
+	if err := l.syncErr; err != nil {
+		// An earlier line may not be on disk; this one is written.
+		l.syncErr = nil
+		return fmt.Errorf("events: sync: %w", err)
 	}
 	return nil
 }
