@@ -146,8 +146,8 @@ type job struct {
 	prepared map[string]bool // nodes outside the generation told to pre-start standby workers
 	// Starts held back until rank 0's store listens (torch's client waits a
 	// whole second before it retries a refused connection).
-	// Indexes into rec.Placement; the messages are made when sent (10,000
-	// of them held would be 10 MB of garbage per generation).
+	// Indexes into rec.Placement; the messages are made when sent (held as
+	// messages, 10,000 of them made about 30 MB of garbage per generation).
 	held      []int
 	heldUntil time.Time
 	noStagger bool // the script does not listen on MASTER_PORT: never hold
