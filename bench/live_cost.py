@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""What one fault costs a live-mode job, in wall time: interleaved rounds of a
+fault-free run and runs with `--chaos kill-every=...` (SIGKILL to a random
+rank), for one or more bulsajo binaries (e.g. before and after a change).
+
+    python3 bench/live_cost.py --bin new=bin/bulsajo --bin old=/tmp/bulsajo-old \
+        --model transformer --steps 300 --kill-every 5,15 --rounds 3 \
+        --out bench/results-live-cost.json
+
+Each round runs, in order: fault-free (the first binary), then every
+(kill-every, binary) pair; the chaos seed is the round number. Per faulty run:
+  cost per fault = (wall - the same round's fault-free wall) / faults
+  wall-clock goodput = fault-free wall / wall;  summary goodput = bulsajo's own
+    (walls counted from the first step: startup, which no fault touches, varies
+    by seconds between runs on a shared machine)
+  recover_ms = fault detected -> the new generation's first committed step
+  shrink / grow pause = the summary's pauses (gap over the healthy step time)
+and the medians over rounds. Workers: examples/live_ddp.py, 4 per node, gloo.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_one(binary, label, args, chaos, seed):
+    d = os.path.join(args.work, label)
+    subprocess.run(["rm", "-rf", d], check=True)
+    os.makedirs(d)
+    cmd = [binary, "run", "--recovery", "live", "--max-restarts", "100",
+           "--nproc-per-node", "4", "--run-dir", os.path.join(d, "run")]
+    if chaos:
+        cmd += ["--chaos", "kill-every=%ss,seed=%d" % (chaos, seed)]
+    cmd += ["--", args.python, os.path.join(ROOT, "examples", "live_ddp.py"),
+            "--model", args.model, "--steps", str(args.steps)]
+    t0 = time.monotonic()
+    with open(os.path.join(d, "out.log"), "w") as out:
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    wall = time.monotonic() - t0
+    evs = [json.loads(l) for l in open(os.path.join(d, "run", "events.jsonl"))]
+    fin = [e for e in evs if e["type"] == "run_finished"]
+    summ = fin[-1]["summary"] if fin else {}
+    pauses = summ.get("pauses") or []
+    rec = [e["recover_ms"] for e in evs if e["type"] == "recovered" and "recover_ms" in e]
+    return {
+        "label": label, "binary": binary, "kill_every_s": chaos, "seed": seed, "rc": rc,
+        "wall_s": round(wall, 2),
+        "faults": sum(1 for e in evs if e["type"] == "fault"),
+        "summary_goodput": summ.get("goodput"), "summary_lost_s": summ.get("lost_s"),
+        "healthy_step_s": summ.get("healthy_step_s"),
+        # to the first step: importing torch and building the model, which no
+        # fault touches (chaos waits for training) but which this machine's
+        # disk and neighbours make vary by seconds between runs
+        "startup_s": summ.get("startup_s") or 0.0,
+        "recover_ms": rec,
+        "shrink_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "fault"],
+        "grow_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "grow"],
+    }
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bin", action="append", required=True, metavar="NAME=PATH",
+                   help="a bulsajo binary to measure (repeatable; the first runs fault-free)")
+    p.add_argument("--model", default="transformer", choices=["mlp", "transformer"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--kill-every", default="5,15", help="seconds, comma-separated")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--python", default="/usr/bin/python3")
+    p.add_argument("--work", default="/tmp/bulsajo-live-cost")
+    p.add_argument("--out", default=None, help="write all runs here (JSON)")
+    args = p.parse_args()
+    bins = []
+    for b in args.bin:
+        name, sep, path = b.partition("=")
+        if not sep or not name or not path:
+            p.error("--bin wants NAME=PATH, got %r" % b)
+        bins.append((name, os.path.abspath(path)))
+    kills = [int(x) for x in args.kill_every.split(",") if x]
+    runs = []
+    for r in range(1, args.rounds + 1):
+        ff = run_one(bins[0][1], "fault-free-%d" % r, args, None, r)
+        ff["name"] = bins[0][0]
+        runs.append(ff)
+        print("round %d fault-free: %.1f s" % (r, ff["wall_s"]), flush=True)
+        for k in kills:
+            for name, path in bins:
+                x = run_one(path, "%s-k%d-%d" % (name, k, r), args, k, r)
+                x["name"] = name
+                x["fault_free_wall_s"] = ff["wall_s"]
+                n = max(x["faults"], 1)
+                ffw, w = ff["wall_s"] - ff["startup_s"], x["wall_s"] - x["startup_s"]
+                x["cost_per_fault_s"] = round((w - ffw) / n, 3)
+                x["wall_goodput"] = round(ffw / w, 3)
+                runs.append(x)
+                print("round %d %s kill every %d s: %.1f s, %d faults, %.2f s per fault, "
+                      "goodput summary %.3f / wall clock %.3f, recover_ms median %.0f"
+                      % (r, name, k, x["wall_s"], x["faults"], x["cost_per_fault_s"],
+                         x["summary_goodput"] or 0, x["wall_goodput"], med(x["recover_ms"])),
+                      flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model, "steps": args.steps, "runs": runs}, f, indent=1)
+    print("\n| binary | kill every | runs | faults | s per fault (median) | summary goodput | "
+          "wall-clock goodput | summary - wall (max abs) | recover ms (median) | "
+          "shrink pause s | grow pause s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in kills:
+        for name, _ in bins:
+            xs = [x for x in runs if x.get("kill_every_s") == k and x["name"] == name]
+            diff = max(abs((x["summary_goodput"] or 0) - x["wall_goodput"]) for x in xs)
+            print("| %s | %d s | %d | %s | %.2f | %.3f | %.3f | %.3f | %.0f | %.3f | %.3f |" % (
+                name, k, len(xs), "/".join(str(x["faults"]) for x in xs),
+                med(x["cost_per_fault_s"] for x in xs), med(x["summary_goodput"] for x in xs),
+                med(x["wall_goodput"] for x in xs), diff,
+                med([v for x in xs for v in x["recover_ms"]]),
+                med([v for x in xs for v in x["shrink_pause_s"]]),
+                med([v for x in xs for v in x["grow_pause_s"]])))
+    if any(x["rc"] != 0 for x in runs):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
