@@ -135,6 +135,46 @@ func TestCloseSyncsAndRefusesLaterAppends(t *testing.T) {
 	}
 }
 
+// A failed fsync (here: a pipe, where fsync is EINVAL) is reported by the
+// next Append, once, and that Append's line is still written.
+func TestSyncErrorReportedByNextAppendAfterItsLine(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// What Create makes, on a file whose fsync fails.
+	l := &Log{f: w, path: "pipe", dirty: make(chan struct{}, 1), synced: make(chan struct{})}
+	go l.syncer()
+	evs := sampleEvents()
+	if err := l.Append(evs[0]); err != nil {
+		t.Fatalf("first Append: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		l.mu.Lock()
+		failed := l.syncErr != nil
+		l.mu.Unlock()
+		if failed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the syncer never reported the failed fsync")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	err = l.Append(evs[1])
+	if err == nil || !strings.Contains(err.Error(), "sync") {
+		t.Fatalf("Append after a failed fsync: %v, want the sync error", err)
+	}
+	buf := make([]byte, 1<<16)
+	n, _ := r.Read(buf)
+	if lines := strings.Count(string(buf[:n]), "\n"); lines != 2 {
+		t.Fatalf("%d lines in the pipe, want both events written:\n%s", lines, buf[:n])
+	}
+	l.Close()
+}
+
 func TestCreateAppendsToExisting(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "events.jsonl")
 	for i := range 2 {
