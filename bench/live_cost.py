@@ -11,6 +11,7 @@ Each round runs, in order: fault-free (the first binary), then every
 (kill-every, binary) pair; the chaos seed is the round number. Per faulty run:
   cost per fault = (wall - the same round's fault-free wall) / faults
   wall-clock goodput = fault-free wall / wall;  summary goodput = bulsajo's own
+    (its useful / wall, startup left out of both)
     (walls counted from the first step: startup, which no fault touches, varies
     by seconds between runs on a shared machine)
   recover_ms = fault detected -> the new generation's first committed step
@@ -52,7 +53,9 @@ def run_one(binary, label, args, chaos, seed):
         "label": label, "binary": binary, "kill_every_s": chaos, "seed": seed, "rc": rc,
         "wall_s": round(wall, 2),
         "faults": sum(1 for e in evs if e["type"] == "fault"),
-        "summary_goodput": summ.get("goodput"), "summary_lost_s": summ.get("lost_s"),
+        # the summary's goodput after startup, to set next to the wall clock's
+        "summary_goodput": _after_startup(summ),
+        "summary_lost_s": summ.get("lost_s"),
         "healthy_step_s": summ.get("healthy_step_s"),
         # to the first step: importing torch and building the model, which no
         # fault touches (chaos waits for training) but which this machine's
@@ -62,6 +65,14 @@ def run_one(binary, label, args, chaos, seed):
         "shrink_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "fault"],
         "grow_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "grow"],
     }
+
+
+def _after_startup(summ):
+    """useful/wall with the startup taken out of both (None without a summary)."""
+    st = summ.get("startup_s") or 0.0
+    if not summ.get("wall_s") or summ["wall_s"] <= st:
+        return summ.get("goodput")
+    return round((summ.get("useful_s", 0.0) - st) / (summ["wall_s"] - st), 3)
 
 
 def med(xs):
