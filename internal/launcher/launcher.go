@@ -124,6 +124,7 @@ type Launcher struct {
 	standbyFailed int
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
+	preloaded     sync.Map     // pids of shims whose preload is done (listen.go)
 	noLibuv       atomic.Bool  // a shim found torch built without libuv (torchenv.go)
 	drained       map[int]bool // GPUs taken out (gpus.go)
 	closed        bool
@@ -231,7 +232,10 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 	}
 	for i, slot := range order {
 		if i == 1 && a.shim != nil && spec.Ranks[order[0]] == 0 && !a.noStagger.Load() {
-			if !waitListening(spec.MasterPort, rendezvousWait) {
+			a.mu.Lock()
+			w0 := g.workers[len(g.workers)-1]
+			a.mu.Unlock()
+			if ok, decided := a.waitStore(w0, spec.MasterPort); !ok && decided {
 				a.noStagger.Store(true) // this script meets some other way
 			}
 		}
@@ -260,7 +264,8 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 	return nil
 }
 
-// rendezvousWait caps how long the other ranks wait for rank 0's store.
+// rendezvousWait caps how long the other ranks wait for rank 0's store,
+// from the end of rank 0's preload.
 const rendezvousWait = 2 * time.Second
 
 // startSlot starts the worker of one slot with env, from a waiting shim
@@ -885,6 +890,8 @@ func (a *Launcher) readProgress() {
 			a.emit(p)
 		} else if isNoLibuv(buf[:n]) {
 			a.noteNoLibuv()
+		} else if pid, ok := parsePreloaded(buf[:n]); ok {
+			a.preloaded.Store(pid, true)
 		}
 	}
 }

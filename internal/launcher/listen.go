@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,6 +16,12 @@ import (
 // other ranks once the port is listening (or after a cap, for scripts that
 // rendezvous some other way). Reading /proc/net/tcp leaves the store alone:
 // no probe connection.
+//
+// The cap counts from the end of rank 0's preload (the shim says "preloaded
+// PID"), not from its activation: a shim started fresh with the generation
+// (every launch) imports torch first, which takes over 2 s on a loaded 2-core
+// machine; counted against the cap it turned staggering off for the whole
+// run, and every restart after it paid the second.
 
 // waitListening polls until a socket listens on port, or the cap passes.
 func waitListening(port int, limit time.Duration) bool {
@@ -28,6 +35,55 @@ func waitListening(port int, limit time.Duration) bool {
 		}
 		time.Sleep(3 * time.Millisecond)
 	}
+}
+
+// waitStore waits for rank 0's store (see above). decided is false when the
+// wait says nothing about the script: rank 0 exited, or its shim never said
+// it had preloaded (within preloadWait).
+func (a *Launcher) waitStore(w *worker, port int) (listening, decided bool) {
+	var deadline time.Time
+	giveUp := time.Now().Add(preloadWait)
+	for {
+		if isListening(port) {
+			return true, true
+		}
+		if w.hasExited() {
+			return false, false
+		}
+		now := time.Now()
+		switch {
+		case !deadline.IsZero():
+			if now.After(deadline) {
+				return false, true
+			}
+		case a.takePreloaded(w.pid):
+			deadline = now.Add(rendezvousWait)
+		case now.After(giveUp):
+			return false, false
+		}
+		time.Sleep(3 * time.Millisecond)
+	}
+}
+
+// preloadWait bounds the wait for a shim's preload: an import slower than
+// this is a machine in trouble, not a reason to hold the other ranks.
+const preloadWait = 30 * time.Second
+
+// parsePreloaded reads the shim's datagram once its preload is done: "preloaded PID".
+func parsePreloaded(b []byte) (pid int, ok bool) {
+	f := strings.Fields(string(b))
+	if len(f) != 2 || f[0] != "preloaded" {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(f[1])
+	return pid, err == nil && pid > 0
+}
+
+// takePreloaded reports whether the process pid said it had preloaded, and
+// forgets it (a pid is asked about once, as rank 0 of one generation).
+func (a *Launcher) takePreloaded(pid int) bool {
+	_, ok := a.preloaded.LoadAndDelete(pid)
+	return ok
 }
 
 func isListening(port int) bool {

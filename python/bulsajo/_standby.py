@@ -134,6 +134,9 @@ def main():
 
     _preload()
     needs = _torch_env()
+    # The launcher holds the other ranks until rank 0's store listens, for
+    # at most 2 s from now (an import is not the script's time).
+    _tell_agent(b"preloaded %d" % os.getpid())
 
     line = _read_activation()
     if line is None:
