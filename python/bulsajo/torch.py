@@ -45,11 +45,13 @@ import atexit
 import contextlib
 import ctypes
 import datetime
+import faulthandler
 import gc
 import hashlib
 import io
 import os
 import socket
+import threading
 import time
 import types
 
@@ -68,6 +70,9 @@ GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
 WORK_WARMUP_STEPS = 3     # steps after a group forms that work reports leave out
 WORK_REPORT_S = 1.0       # one work report per this many seconds (live mode)
+# A regroup not done this long after its generation arrived dumps the stacks
+# (_arm_stacks); the variable is for tests.
+STACKS_AFTER_S = float(os.environ.get("BULSAJO_STACKS_AFTER_S") or 10.0)
 
 _JOB = None
 
@@ -166,6 +171,8 @@ class Job(object):
         self._pg = None
         self._group = None          # _live.GroupSockets of the current group (live)
         self._synced = False
+        self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
+        self._stacks_lock = threading.Lock()
         self._closed = False
         # per-step bookkeeping (training thread; the comm hook may set _broken
         # from a gloo thread)
@@ -269,7 +276,50 @@ class Job(object):
 
     def _on_message(self, msg):  # reader thread
         if msg.get("type") == "generation":
-            self._gens.offer(msg, committed=self._committed_step)
+            if self._gens.offer(msg, committed=self._committed_step) and self._synced:
+                self._arm_stacks(int(msg["gen"]))
+
+    def _arm_stacks(self, gen):
+        """A regroup takes well under a second. If this process has not
+        finished the one into ``gen`` STACKS_AFTER_S after its message came,
+        every thread's Python stack goes to logs/stacks-gen{gen}-pid{pid}.txt
+        in the run dir: what a stuck regroup was doing, before the hang
+        detector kills the process and the answer with it. faulthandler's
+        watchdog is a C thread: it writes even while this process holds the
+        GIL. Reader thread; disarmed by the end of that regroup or a later
+        one (an empty file is removed)."""
+        run = os.environ.get("BULSAJO_RUN_DIR")
+        if not run:
+            return
+        with self._stacks_lock:
+            self._disarm_locked()
+            path = os.path.join(run, "logs", "stacks-gen%d-pid%d.txt" % (gen, os.getpid()))
+            try:
+                f = open(path, "w")
+                faulthandler.dump_traceback_later(STACKS_AFTER_S, repeat=False, file=f)
+            except (OSError, ValueError, RuntimeError):
+                return
+            self._stacks = (gen, f, path)
+
+    def _disarm_stacks(self, upto=None):
+        """Disarm the watchdog armed for a generation <= upto (None: any)."""
+        with self._stacks_lock:
+            if self._stacks is not None and (upto is None or self._stacks[0] <= upto):
+                self._disarm_locked()
+
+    def _disarm_locked(self):
+        armed, self._stacks = self._stacks, None
+        if armed is None:
+            return
+        _, f, path = armed
+        try:
+            faulthandler.cancel_dump_traceback_later()
+            empty = os.fstat(f.fileno()).st_size == 0
+            f.close()
+            if empty:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def _committed_step(self):  # called under self._gens.cv
         return -1 if self._state is None else self._state.step
@@ -642,6 +692,7 @@ class Job(object):
                 "optimizer state are not bit-identical" % self._gen)
         ph["verify"] = _now() - t
         self._phases = None
+        self._disarm_stacks(upto=self._gen)
         # Success: account for it.
         if self._meter is not None:
             self._meter.reset()  # a new group warms up again (DDP rebuilds its buckets)
@@ -673,6 +724,7 @@ class Job(object):
         if self._closed:
             return
         if self.live:
+            self._disarm_stacks()
             self._leave_group(abandon=False)  # graceful: peers may still be finishing
             self._closed = True
             self._link.close()

@@ -185,6 +185,37 @@ class RegroupTest(FakeAgentCase):
         self.assertGreater(res[1]["history"][0]["transferred_bytes"], 0)
 
 
+    def test_a_stuck_regroup_writes_its_stacks_and_a_finished_one_leaves_no_file(self):
+        a = self.agent
+        run = os.path.join(self.tmp, "run")
+        logs = os.path.join(run, "logs")
+        os.makedirs(logs)
+        env = {"BULSAJO_RUN_DIR": run, "BULSAJO_STACKS_AFTER_S": "1"}
+        port = free_port()
+        p0 = a.spawn(self.args, gen=1, rank=0, world=2, port=port, env=env).pid
+        p1 = a.spawn(self.args, gen=1, rank=1, world=2, port=port, env=env).pid
+        a.wait_hello([p0, p1])
+        a.wait_for(lambda: a.all_reached([p0, p1], 3), 40, "gen 1 steps")
+
+        # Generation 2 is told to p0 only: it hosts the new group and waits
+        # in its rendezvous for a rank 1 that never comes.
+        a.send_generation(p0, a.generation(2, 0, 2, free_port()))
+        path = os.path.join(logs, "stacks-gen2-pid%d.txt" % p0)
+        a.wait_for(lambda: os.path.exists(path) and "most recent call first" in read(path),
+                   20, "the stuck regroup's stacks")
+        text = read(path)
+        self.assertIn("_create_group", text, text)
+        self.assertIn("_recover", text, text)
+
+        # Generation 3 for both: the regroup completes, its file goes.
+        port3 = free_port()
+        a.send_generation(p0, a.generation(3, 0, 2, port3))
+        a.send_generation(p1, a.generation(3, 1, 2, port3))
+        self.check_results([p0, p1], regroups=1)
+        self.assertEqual(sorted(os.listdir(logs)), ["stacks-gen2-pid%d.txt" % p0],
+                         "only the stuck regroup's dump is left")
+
+
 RACE_WORKER = textwrap.dedent("""\
     import hashlib, json, os, sys
     import torch, torch.nn as nn

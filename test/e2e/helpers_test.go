@@ -121,8 +121,23 @@ func startBulsajo(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if t.Failed() {
+			logStacks(t, runDir)
+		}
+	})
 	return cmd, out, runDir
+}
+
+// logStacks prints the stack dumps the SDK wrote for regroups that got
+// stuck (logs/stacks-*.txt): the run dir goes with the test.
+func logStacks(t *testing.T, runDir string) {
+	files, _ := filepath.Glob(filepath.Join(runDir, "logs", "stacks-*.txt"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		t.Logf("%s:\n%s", filepath.Base(f), b)
+	}
 }
 
 func exitCode(err error) int {
