@@ -18,8 +18,8 @@ const WarmSteps = 3
 // Stretch is an unbroken run of job-level step advances in one generation:
 // the unit from which the summary reconstructs where the wall time went.
 // Step times are when the job's furthest step first advanced, so Gap + Warm +
-// Steady of all stretches, plus the time before the first and after the last,
-// tile the run's wall time exactly.
+// Fill + Import + Steady of all stretches, plus the time before the first and
+// after the last, tile the run's wall time exactly.
 type Stretch struct {
 	Gen      int       `json:"gen"`
 	World    int       `json:"world"`
@@ -36,6 +36,16 @@ type Stretch struct {
 	// Warm: the first WarmSteps steps after the gap (not for the first stretch).
 	WarmS     float64 `json:"warm_s,omitempty"`
 	WarmSteps int     `json:"warm_steps,omitempty"`
+	// Fill and Import: steps taken while standby processes imported torch
+	// on this node (StepClock.Importing). On a machine whose CPUs the ranks
+	// fill, those steps are slower (half again, 2 cores, 4 ranks), whatever
+	// the importers' priority: not the job's pace. Fill: imports that began
+	// before the job's first break (the pool's first fill, which a fault-free
+	// run pays too); Import: the pool's refills after a fault or a grow.
+	FillS       float64 `json:"fill_s,omitempty"`
+	FillSteps   int     `json:"fill_steps,omitempty"`
+	ImportS     float64 `json:"import_s,omitempty"`
+	ImportSteps int     `json:"import_steps,omitempty"`
 	// Steady: the rest.
 	SteadyS     float64 `json:"steady_s,omitempty"`
 	SteadySteps int     `json:"steady_steps,omitempty"`
@@ -46,6 +56,10 @@ type Stretch struct {
 type StepClock struct {
 	cur     *Stretch
 	pending string // cause of the next stretch
+	// Importing reports whether processes were importing at any time since
+	// the given one, and when the earliest of those imports began (nil: never).
+	Importing  func(since time.Time) (began time.Time, ok bool)
+	firstBreak time.Time // the first stretch's last step: the job's first break
 }
 
 // Cause marks why the next generation's steps will begin; a fault outranks a grow.
@@ -68,6 +82,9 @@ func (c *StepClock) Advance(gen, world, step int, at time.Time) (closed *Stretch
 	if cur == nil || gen > cur.Gen {
 		next := &Stretch{Gen: gen, World: world, FromStep: step, ToStep: step, FirstAt: at, LastAt: at, Cause: StretchStart}
 		if cur != nil {
+			if c.firstBreak.IsZero() {
+				c.firstBreak = cur.LastAt
+			}
 			next.Cause = c.pending
 			if next.Cause == "" {
 				next.Cause = StretchRegroup
@@ -83,12 +100,27 @@ func (c *StepClock) Advance(gen, world, step int, at time.Time) (closed *Stretch
 	if cur.Cause != StretchStart && cur.WarmSteps < WarmSteps {
 		cur.WarmS += d
 		cur.WarmSteps += k
+	} else if began, ok := c.imports(cur.LastAt); ok {
+		if c.firstBreak.IsZero() || began.Before(c.firstBreak) {
+			cur.FillS += d
+			cur.FillSteps += k
+		} else {
+			cur.ImportS += d
+			cur.ImportSteps += k
+		}
 	} else {
 		cur.SteadyS += d
 		cur.SteadySteps += k
 	}
 	cur.ToStep, cur.LastAt = step, at
 	return nil
+}
+
+func (c *StepClock) imports(since time.Time) (time.Time, bool) {
+	if c.Importing == nil {
+		return time.Time{}, false
+	}
+	return c.Importing(since)
 }
 
 // Flush returns the open stretch (at the end of the run) and forgets it.

@@ -11,6 +11,22 @@ import (
 type timeline struct {
 	evs []Event
 	c   StepClock
+	now float64      // the time of the advance being made
+	imp [][2]float64 // intervals in which standbys imported
+}
+
+// importing sets the intervals in which standbys imported (the launcher's
+// ImportingSince, seen at the time of each advance).
+func (tl *timeline) importing(iv ...[2]float64) {
+	tl.imp = iv
+	tl.c.Importing = func(since time.Time) (began time.Time, ok bool) {
+		for _, x := range tl.imp {
+			if at(x[0]).Before(at(tl.now)) && at(x[1]).After(since) && (!ok || at(x[0]).Before(began)) {
+				began, ok = at(x[0]), true
+			}
+		}
+		return began, ok
+	}
 }
 
 func (tl *timeline) ev(e Event) { tl.evs = append(tl.evs, e) }
@@ -20,6 +36,7 @@ func (tl *timeline) ev(e Event) { tl.evs = append(tl.evs, e) }
 func (tl *timeline) steps(gen, world, from, to int, t0, dt float64) float64 {
 	t := t0
 	for s := from; s <= to; s++ {
+		tl.now = t
 		if st := tl.c.Advance(gen, world, s, at(t)); st != nil {
 			tl.ev(Event{Time: at(t), Type: StretchEnd, Stretch: st})
 		}
@@ -99,6 +116,41 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last := tl.steps(2, 2, 0, 10, 2.5, 0.1)
 			return tl.finish(last, "succeeded")
 		}, Summary{WallS: 3.5, UsefulS: 3.5, HealthyStepS: 0.1, Faults: 1, Goodput: 1}},
+		{"fault-free: steps while the pool first fills are useful at their pace", func(tl *timeline) []Event {
+			tl.importing([2]float64{0.5, 4.05}) // steps 1..20 (to 4.0) at 0.15 s
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 4})
+			last := tl.steps(1, 4, 0, 20, 1, 0.15)
+			last = tl.steps(1, 4, 21, 120, last+0.1, 0.1)
+			return tl.finish(last+0.2, "succeeded")
+		}, Summary{WallS: 14.2, UsefulS: 14.2, HealthyStepS: 0.1, Goodput: 1}},
+		{"restart: steps while the pool refills are the restart's", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			tl.steps(1, 2, 0, 49, 1, 0.1) // to 5.9
+			tl.c.Cause(StretchFault)
+			tl.ev(Event{Time: at(6), Type: FaultDetected, DetectMS: 100})
+			tl.ev(Event{Time: at(6.3), Type: Recovered, RecoverMS: 200})
+			tl.importing([2]float64{6.3, 9.85})
+			// 50 at 6.5; 3 warm steps at 0.1; then 20 at 0.15 while the pool refills
+			last := tl.steps(2, 2, 50, 53, 6.5, 0.1) // to 6.8
+			last = tl.steps(2, 2, 54, 73, last+0.15, 0.15)
+			last = tl.steps(2, 2, 74, 99, last+0.1, 0.1)
+			return tl.finish(last+0.2, "succeeded")
+		}, Summary{WallS: 12.6, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
+			DetectS: 0.1, RestartS: 0.2 + 1, RollbackS: 0.2, LostS: 1.5, Goodput: 11.1 / 12.6}},
+		{"a fault during the pool's first fill: the fill's later steps are still the startup's", func(tl *timeline) []Event {
+			// The first fill runs 0.5..3.05; the refill after the fault 3.1..5.15.
+			tl.importing([2]float64{0.5, 3.05}, [2]float64{3.1, 5.15})
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			tl.steps(1, 2, 0, 10, 1, 0.15) // to 2.5, fill
+			tl.c.Cause(StretchFault)
+			tl.ev(Event{Time: at(2.6), Type: FaultDetected, DetectMS: 100})
+			tl.ev(Event{Time: at(2.7), Type: Recovered, RecoverMS: 100})
+			last := tl.steps(2, 2, 11, 14, 2.7, 0.1)       // 3 warm steps to 3.0
+			last = tl.steps(2, 2, 15, 28, last+0.15, 0.15) // to 5.1: 3.15 (fill), then refill
+			last = tl.steps(2, 2, 29, 78, last+0.1, 0.1)   // to 10.1 (29 at 5.2: refill, at the pace)
+			return tl.finish(last+0.2, "succeeded")
+		}, Summary{WallS: 10.3, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
+			DetectS: 0.1, RestartS: 0.65, LostS: 0.75, Goodput: 9.55 / 10.3}},
 		{"a grow that failed: the wait is the grow's", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.steps(1, 1, 0, 10, 1, 0.1) // to 2.0, world 1

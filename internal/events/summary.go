@@ -12,8 +12,9 @@ import (
 // When the job reports its steps, the account is made against the run that
 // would have had no fault: useful time is the startup, every step the job
 // advanced priced at the healthy step time (the mean over steady stretches
-// at full world size), and the shutdown; lost time is the rest of the wall
-// time, so UsefulS + LostS == WallS. The lost time is broken down by what
+// at full world size), the extra time of the steps while the standby pool
+// first filled (a fault-free run pays it too), and the shutdown; lost time is the rest of the wall time, so UsefulS + LostS ==
+// WallS. The lost time is broken down by what
 // the job was doing in each stretch of time (see Stretch): waiting for a
 // fault's detection, regrouping or restarting, re-doing work, admitting
 // replacements, running slower at a smaller world size.
@@ -38,7 +39,7 @@ type Summary struct {
 	DetectS float64 `json:"detect_s"`
 	// RestartS: from detection to the first step after it (stop, restart
 	// or regroup, state transfer, verification), plus the slower first
-	// steps after it.
+	// steps after it and those while the standby pool refilled.
 	RestartS float64 `json:"restart_s"`
 	// RollbackS: work re-done or thrown away (the step in flight, steps
 	// rolled back to a checkpoint).
@@ -71,6 +72,9 @@ type Pause struct {
 	PauseS float64 `json:"pause_s"`
 	// WarmS: the extra time of the first steps after it.
 	WarmS float64 `json:"warm_s"`
+	// ImportS: the extra time of the steps after it while standby processes
+	// imported (the pool refilling).
+	ImportS float64 `json:"import_s,omitempty"`
 }
 
 // Summarize accounts a run from its events. stepTime prices rolled-back
@@ -240,23 +244,29 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 		}
 		gap := x.GapS - float64(x.GapSteps)*mean
 		warm := x.WarmS - float64(x.WarmSteps)*mean
+		imp := x.ImportS - float64(x.ImportSteps)*mean
 		switch {
 		case x.Cause == StretchGrow && !faulted[i]:
-			s.GrowS += gap + warm
+			s.GrowS += gap + warm + imp
 		default:
 			split(gap, i)
-			s.RestartS += warm
+			s.RestartS += warm + imp
 		}
 		if x.World < world {
 			s.SmallerS += x.SteadyS - float64(x.SteadySteps)*mean
 		}
 		s.Pauses = append(s.Pauses, Pause{Gen: x.Gen, Cause: x.Cause, World: x.World,
-			GapS: round3(x.GapS), PauseS: round3(gap), WarmS: round3(warm)})
+			GapS: round3(x.GapS), PauseS: round3(gap), WarmS: round3(warm), ImportS: round3(imp)})
 	}
 	if st[0].World < world {
 		s.SmallerS += st[0].SteadyS - float64(st[0].SteadySteps)*mean
 	}
-	s.UsefulS = startup + float64(steps)*mean + teardown
+	// Steps while the pool first filled: at their own pace.
+	var fill float64
+	for _, x := range st {
+		fill += x.FillS - float64(x.FillSteps)*mean
+	}
+	s.UsefulS = startup + fill + float64(steps)*mean + teardown
 	if faulted[0] {
 		// Faults before the first step: a fault-free run would have started
 		// like the processes that made it (the last launch before it; a

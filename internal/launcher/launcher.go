@@ -124,7 +124,8 @@ type Launcher struct {
 	standbyFailed int
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
-	preloaded     sync.Map     // pids of shims whose preload is done (listen.go)
+	preloaded     sync.Map // pids of shims whose preload is done (listen.go)
+	imports       importTracker
 	noLibuv       atomic.Bool  // a shim found torch built without libuv (torchenv.go)
 	drained       map[int]bool // GPUs taken out (gpus.go)
 	closed        bool
@@ -610,10 +611,13 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 	if standby {
 		// Import at the lowest priority: it uses the cycles training leaves.
 		syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 19)
+		a.imports.start(w.pid)
 	}
 	w.activate = func(env map[string]string) error {
 		defer wr.Close()
 		if standby {
+			// What is left of its import is now its generation's start.
+			a.imports.done(w.pid)
 			// Back to normal priority; needs privilege, so best effort.
 			syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 0)
 		}
@@ -753,6 +757,8 @@ func (w *worker) wait() {
 
 func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 	defer close(w.settled)
+	a.imports.done(w.pid)
+	a.preloaded.Delete(w.pid)
 	w.mu.Lock()
 	gen, rank, log := w.gen, w.rank, w.log
 	lastErr, causeAt := w.errOut.exitCause(code, sig, at), w.errOut.causeAt
@@ -834,6 +840,65 @@ func (a *Launcher) reaped(w *worker, code int, sig string, at time.Time) {
 
 // ---- standbys ----
 
+// importTracker follows the standbys still importing (started, not yet
+// preloaded, neither activated nor gone) for the step clock: on a node whose
+// CPUs the ranks fill, steps taken meanwhile are slower whatever the
+// importers' priority (measured on 2 cores, 4 ranks: about half again, for
+// the 3-6 s a refill takes).
+type importTracker struct {
+	mu   sync.Mutex
+	pids map[int]time.Time // importing since
+	past []importSpan      // the latest finished imports
+}
+
+type importSpan struct{ began, ended time.Time }
+
+func (t *importTracker) start(pid int) {
+	t.mu.Lock()
+	if t.pids == nil {
+		t.pids = map[int]time.Time{}
+	}
+	t.pids[pid] = time.Now()
+	t.mu.Unlock()
+}
+
+func (t *importTracker) done(pid int) {
+	t.mu.Lock()
+	if began, ok := t.pids[pid]; ok {
+		delete(t.pids, pid)
+		if len(t.past) == 32 { // the clock asks about the last step or so
+			t.past = t.past[1:]
+		}
+		t.past = append(t.past, importSpan{began, time.Now()})
+	}
+	t.mu.Unlock()
+}
+
+// ImportingSince reports whether a standby was importing at any time since
+// t, and when the earliest of those imports began. An import not done within
+// preloadWait is taken for over (a shim that never says so must not mark
+// the rest of the run).
+func (a *Launcher) ImportingSince(t time.Time) (began time.Time, ok bool) {
+	a.imports.mu.Lock()
+	defer a.imports.mu.Unlock()
+	note := func(b time.Time) {
+		if !ok || b.Before(began) {
+			began, ok = b, true
+		}
+	}
+	for _, b := range a.imports.pids {
+		if time.Since(b) < preloadWait {
+			note(b)
+		}
+	}
+	for _, p := range a.imports.past {
+		if p.ended.After(t) {
+			note(p.began)
+		}
+	}
+	return began, ok
+}
+
 // takeStandby returns a live standby from the pool, or nil. Called with a.mu held.
 func (a *Launcher) takeStandby() *worker {
 	for len(a.standbys) > 0 {
@@ -892,6 +957,7 @@ func (a *Launcher) readProgress() {
 			a.noteNoLibuv()
 		} else if pid, ok := parsePreloaded(buf[:n]); ok {
 			a.preloaded.Store(pid, true)
+			a.imports.done(pid)
 		}
 	}
 }

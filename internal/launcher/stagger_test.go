@@ -133,3 +133,59 @@ func freePort(t *testing.T) int {
 	}
 	return p
 }
+
+// ImportingSince follows the standbys' imports, for the step clock: true
+// from a refill's start until every standby said it had preloaded, and
+// afterwards for any time before that. Real shims, a preload that sleeps.
+func TestImportingSinceFollowsTheStandbysPreload(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not found")
+	}
+	dir := t.TempDir()
+	sdk, err := python.Extract(filepath.Join(dir, "sdk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods := filepath.Join(dir, "mods")
+	os.MkdirAll(mods, 0o755)
+	os.WriteFile(filepath.Join(mods, "slowpreload.py"), []byte("import time\ntime.sleep(1.5)\n"), 0o644)
+	t.Setenv("PYTHONPATH", mods)
+	script := filepath.Join(dir, "w.py")
+	os.WriteFile(script, []byte("pass\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "importtest", RunDir: dir, SDKDir: sdk,
+		Standby: true, StandbyCount: 2, Preload: "slowpreload", StopGrace: 100 * time.Millisecond,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	go func() {
+		for range a.Events() {
+		}
+	}()
+	importing := func(t time.Time) bool { _, ok := a.ImportingSince(t); return ok }
+	before := time.Now()
+	if importing(before) {
+		t.Fatal("importing before any standby started")
+	}
+	a.Prewarm()
+	for !importing(time.Now()) {
+		if time.Since(before) > 2*time.Second {
+			t.Fatal("not importing 2 s after the pool began to fill")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for importing(time.Now()) {
+		if time.Since(before) > 20*time.Second {
+			t.Fatal("still importing 20 s after the pool began to fill")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if took := time.Since(before); took < 1500*time.Millisecond {
+		t.Errorf("imports over after %v, shorter than the preload's 1.5 s", took)
+	}
+	if began, ok := a.ImportingSince(before); !ok || began.Before(before) || began.After(before.Add(2*time.Second)) {
+		t.Errorf("imports since the start: began %v (%v), want within 2 s after %v", began, ok, before)
+	}
+}

@@ -137,6 +137,11 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1,
 		worlds: map[int]int{}}
 	r.seq = cfg.FirstSeq
+	if im, ok := node.(interface {
+		ImportingSince(time.Time) (time.Time, bool)
+	}); ok {
+		r.clock.Importing = im.ImportingSince // steps slowed by the pool's refill are not the pace
+	}
 	r.stragglerSetup()
 	if rs := cfg.Resume; rs != nil {
 		r.record(events.Event{Type: events.CoordinatorResumed, Gen: rs.Gen, WorldSize: rs.WorldSize})
