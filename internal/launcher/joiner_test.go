@@ -16,15 +16,7 @@ import (
 // count against the standby pool (enough such kills would turn it off).
 // Real processes: the shim runs under a plain python3, preloading nothing.
 func TestDiscardedJoinersDoNotDisableStandbys(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not found")
-	}
-	dir := t.TempDir()
-	sdk, err := python.Extract(filepath.Join(dir, "sdk"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, dir, sdk := shimEnv(t)
 	script := filepath.Join(dir, "w.py")
 	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
 	a, err := New(Config{Command: []string{py, script}, RunID: "joinertest", RunDir: dir, SDKDir: sdk,

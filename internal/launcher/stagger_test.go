@@ -47,21 +47,10 @@ func TestParsePreloaded(t *testing.T) {
 // whose rank 0 listens on MASTER_PORT while the others note whether it did
 // by the time they started.
 func TestOtherRanksWaitForRankZerosStoreAfterASlowPreload(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not found")
-	}
-	dir := t.TempDir()
-	sdk, err := python.Extract(filepath.Join(dir, "sdk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods := filepath.Join(dir, "mods")
-	os.MkdirAll(mods, 0o755)
+	py, dir, sdk := shimEnv(t)
 	// Longer than rendezvousWait, and no CPU: the standbys finish it while
 	// the test waits, whatever the machine's load.
-	os.WriteFile(filepath.Join(mods, "slowpreload.py"), []byte("import time\ntime.sleep(2.6)\n"), 0o644)
-	t.Setenv("PYTHONPATH", mods)
+	slowPreload(t, dir, "2.6")
 	out := filepath.Join(dir, "out")
 	os.MkdirAll(out, 0o755)
 	script := filepath.Join(dir, "w.py")
@@ -138,19 +127,8 @@ func freePort(t *testing.T) int {
 // from a refill's start until every standby said it had preloaded, and
 // afterwards for any time before that. Real shims, a preload that sleeps.
 func TestImportingSinceFollowsTheStandbysPreload(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not found")
-	}
-	dir := t.TempDir()
-	sdk, err := python.Extract(filepath.Join(dir, "sdk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods := filepath.Join(dir, "mods")
-	os.MkdirAll(mods, 0o755)
-	os.WriteFile(filepath.Join(mods, "slowpreload.py"), []byte("import time\ntime.sleep(1.5)\n"), 0o644)
-	t.Setenv("PYTHONPATH", mods)
+	py, dir, sdk := shimEnv(t)
+	slowPreload(t, dir, "1.5")
 	script := filepath.Join(dir, "w.py")
 	os.WriteFile(script, []byte("pass\n"), 0o644)
 	a, err := New(Config{Command: []string{py, script}, RunID: "importtest", RunDir: dir, SDKDir: sdk,
@@ -188,4 +166,30 @@ func TestImportingSinceFollowsTheStandbysPreload(t *testing.T) {
 	if began, ok := a.ImportingSince(before); !ok || began.Before(before) || began.After(before.Add(2*time.Second)) {
 		t.Errorf("imports since the start: began %v (%v), want within 2 s after %v", began, ok, before)
 	}
+}
+
+// shimEnv: python3 (or a skip), a temp dir and the SDK extracted into it,
+// for tests that start real shims.
+func shimEnv(t *testing.T) (py, dir, sdk string) {
+	t.Helper()
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 not found")
+	}
+	dir = t.TempDir()
+	sdk, err = python.Extract(filepath.Join(dir, "sdk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return py, dir, sdk
+}
+
+// slowPreload makes a module "slowpreload" that sleeps secs when imported
+// (no CPU: done whatever the machine's load) and puts it on PYTHONPATH.
+func slowPreload(t *testing.T, dir, secs string) {
+	t.Helper()
+	mods := filepath.Join(dir, "mods")
+	os.MkdirAll(mods, 0o755)
+	os.WriteFile(filepath.Join(mods, "slowpreload.py"), []byte("import time\ntime.sleep("+secs+")\n"), 0o644)
+	t.Setenv("PYTHONPATH", mods)
 }
