@@ -151,6 +151,17 @@ func TestSummarizeFromStretches(t *testing.T) {
 			return tl.finish(last+0.2, "succeeded")
 		}, Summary{WallS: 10.3, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
 			DetectS: 0.1, RestartS: 0.65, LostS: 0.75, Goodput: 9.55 / 10.3}},
+		{"import steps faster than healthy are no cost: the difference is other", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			tl.steps(1, 2, 0, 50, 1, 0.1) // to 6.0, steady
+			tl.c.Cause(StretchGrow)
+			tl.ev(Event{Time: at(6.1), Type: GenerationStart, Gen: 2, Cause: StretchGrow})
+			tl.importing([2]float64{6.0, 7.05})
+			last := tl.steps(2, 2, 51, 54, 6.3, 0.1)       // gap 0.3 (0.2 over), 3 warm steps to 6.6
+			last = tl.steps(2, 2, 55, 59, last+0.09, 0.09) // 5 import steps at 0.09, to 7.05
+			return tl.finish(last, "succeeded")
+		}, Summary{WallS: 7.05, UsefulS: 1 + 5.9, HealthyStepS: 0.1, GrowS: 0.2, OtherS: -0.05,
+			LostS: 0.15, Goodput: 6.9 / 7.05}},
 		{"a grow that failed: the wait is the grow's", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.steps(1, 1, 0, 10, 1, 0.1) // to 2.0, world 1
@@ -180,7 +191,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 				{"HealthyStepS", got.HealthyStepS, w.HealthyStepS},
 				{"DetectS", got.DetectS, w.DetectS}, {"RestartS", got.RestartS, w.RestartS},
 				{"RollbackS", got.RollbackS, w.RollbackS}, {"GrowS", got.GrowS, w.GrowS},
-				{"SmallerS", got.SmallerS, w.SmallerS}, {"OtherS", got.OtherS, 0},
+				{"SmallerS", got.SmallerS, w.SmallerS}, {"OtherS", got.OtherS, w.OtherS},
 				{"LostS", got.LostS, w.LostS}, {"Goodput", got.Goodput, w.Goodput},
 			} {
 				if math.Abs(f.got-f.want) > 1e-6 {

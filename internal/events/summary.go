@@ -245,12 +245,13 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 		gap := x.GapS - float64(x.GapSteps)*mean
 		warm := x.WarmS - float64(x.WarmSteps)*mean
 		imp := x.ImportS - float64(x.ImportSteps)*mean
+		cost := max(imp, 0) // steps faster than healthy while importing: noise, left in OtherS
 		switch {
 		case x.Cause == StretchGrow && !faulted[i]:
-			s.GrowS += gap + warm + imp
+			s.GrowS += gap + warm + cost
 		default:
 			split(gap, i)
-			s.RestartS += warm + imp
+			s.RestartS += warm + cost
 		}
 		if x.World < world {
 			s.SmallerS += x.SteadyS - float64(x.SteadySteps)*mean
