@@ -65,7 +65,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 4})
 			last := tl.steps(1, 4, 0, 99, 2, 0.1)
 			return tl.finish(last+0.3, "succeeded")
-		}, Summary{WallS: 12.2, UsefulS: 12.2, HealthyStepS: 0.1, Goodput: 1}},
+		}, Summary{ShutdownS: 0.3, WallS: 12.2, UsefulS: 12.2, HealthyStepS: 0.1, Goodput: 1}},
 		{"live: shrink, slower steps at world 3, grow", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 4})
 			tl.steps(1, 4, 0, 99, 2, 0.1) // to 11.9
@@ -78,7 +78,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last = tl.steps(3, 4, 150, 153, last+0.5, 0.15)
 			last = tl.steps(3, 4, 154, 299, last+0.1, 0.1)
 			return tl.finish(last+0.27, "succeeded")
-		}, Summary{WallS: 34, UsefulS: 32.17, HealthyStepS: 0.1, Faults: 1,
+		}, Summary{ShutdownS: 0.27, WallS: 34, UsefulS: 32.17, HealthyStepS: 0.1, Faults: 1,
 			DetectS: 0.05, RestartS: 0.31, SmallerS: 0.92, GrowS: 0.55, LostS: 1.83, Goodput: 32.17 / 34}},
 		{"restart: steps re-done from a checkpoint are rollback", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
@@ -89,7 +89,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 			// steps 40..49 re-done (not advances), 50 at 10.1
 			last := tl.steps(2, 2, 50, 99, 10.1, 0.1)
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{WallS: 15.2, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
+		}, Summary{ShutdownS: 0.2, WallS: 15.2, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
 			DetectS: 0.5, RestartS: 2.5, RollbackS: 4.2 - 0.1 - 3, LostS: 15.2 - 11.1, Goodput: 11.1 / 15.2}},
 		{"a fault after the last step: the rest is lost", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
@@ -122,7 +122,8 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last := tl.steps(1, 4, 0, 20, 1, 0.15)
 			last = tl.steps(1, 4, 21, 120, last+0.1, 0.1)
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{WallS: 14.2, UsefulS: 14.2, HealthyStepS: 0.1, Goodput: 1}},
+		}, Summary{ShutdownS: 0.2, WallS: 14.2, UsefulS: 14.2, HealthyStepS: 0.1, Goodput: 1,
+			FillS: 20*0.15 + 0.1, FillSteps: 21}}, // and step 21: it began while the last import ran
 		{"restart: steps while the pool refills are the restart's", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.steps(1, 2, 0, 49, 1, 0.1) // to 5.9
@@ -135,7 +136,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last = tl.steps(2, 2, 54, 73, last+0.15, 0.15)
 			last = tl.steps(2, 2, 74, 99, last+0.1, 0.1)
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{WallS: 12.6, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
+		}, Summary{ShutdownS: 0.2, WallS: 12.6, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
 			DetectS: 0.1, RestartS: 0.2 + 1, RollbackS: 0.2, LostS: 1.5, Goodput: 11.1 / 12.6}},
 		{"a fault during the pool's first fill: the fill's later steps are still the startup's", func(tl *timeline) []Event {
 			// The first fill runs 0.5..3.05; the refill after the fault 3.1..5.15.
@@ -149,8 +150,9 @@ func TestSummarizeFromStretches(t *testing.T) {
 			last = tl.steps(2, 2, 15, 28, last+0.15, 0.15) // to 5.1: 3.15 (fill), then refill
 			last = tl.steps(2, 2, 29, 78, last+0.1, 0.1)   // to 10.1 (29 at 5.2: refill, at the pace)
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{WallS: 10.3, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
-			DetectS: 0.1, RestartS: 0.65, LostS: 0.75, Goodput: 9.55 / 10.3}},
+		}, Summary{ShutdownS: 0.2, WallS: 10.3, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
+			DetectS: 0.1, RestartS: 0.65, LostS: 0.75, Goodput: 9.55 / 10.3,
+			FillS: 1.5 + 0.15, FillSteps: 11}},
 		{"import steps faster than healthy are no cost: the difference is other", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.steps(1, 2, 0, 50, 1, 0.1) // to 6.0, steady
@@ -180,8 +182,8 @@ func TestSummarizeFromStretches(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got := Summarize(tt.run(&timeline{}), time.Second)
 			w := tt.want
-			if got.Faults != w.Faults {
-				t.Errorf("Faults = %d, want %d", got.Faults, w.Faults)
+			if got.Faults != w.Faults || got.FillSteps != w.FillSteps {
+				t.Errorf("Faults, FillSteps = %d, %d, want %d, %d", got.Faults, got.FillSteps, w.Faults, w.FillSteps)
 			}
 			for _, f := range []struct {
 				name      string
@@ -193,6 +195,7 @@ func TestSummarizeFromStretches(t *testing.T) {
 				{"RollbackS", got.RollbackS, w.RollbackS}, {"GrowS", got.GrowS, w.GrowS},
 				{"SmallerS", got.SmallerS, w.SmallerS}, {"OtherS", got.OtherS, w.OtherS},
 				{"LostS", got.LostS, w.LostS}, {"Goodput", got.Goodput, w.Goodput},
+				{"FillS", got.FillS, w.FillS}, {"ShutdownS", got.ShutdownS, w.ShutdownS},
 			} {
 				if math.Abs(f.got-f.want) > 1e-6 {
 					t.Errorf("%s = %v, want %v", f.name, f.got, f.want)

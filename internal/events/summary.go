@@ -33,6 +33,15 @@ type Summary struct {
 	// StartupS: from the start to the first step (counted useful: a
 	// fault-free run pays it too, unless faults came before the first step).
 	StartupS float64 `json:"startup_s,omitempty"`
+	// FillS: the wall time of the FillSteps steps taken while the standby
+	// pool first filled (imports begun before the job's first break),
+	// counted useful at their own pace: a fault-free run pays them too, at
+	// a pace set by the machine's load while torch imported.
+	FillS     float64 `json:"fill_s,omitempty"`
+	FillSteps int     `json:"fill_steps,omitempty"`
+	// ShutdownS: from the last step to the end (counted useful unless
+	// faults came after the last step).
+	ShutdownS float64 `json:"shutdown_s,omitempty"`
 
 	// Lost time, in seconds, by cause:
 	// DetectS: from the fault to its detection.
@@ -180,6 +189,7 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 	startup := first.FirstAt.Sub(start).Seconds()
 	s.StartupS = startup
 	teardown := end.Sub(last.LastAt).Seconds()
+	s.ShutdownS = teardown
 
 	// Each fault belongs to the first stretch that began after it (none:
 	// the run ended before steps resumed); each recovery to the fault
@@ -266,6 +276,8 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 	var fill float64
 	for _, x := range st {
 		fill += x.FillS - float64(x.FillSteps)*mean
+		s.FillS += x.FillS
+		s.FillSteps += x.FillSteps
 	}
 	s.UsefulS = startup + fill + float64(steps)*mean + teardown
 	if faulted[0] {
@@ -288,6 +300,7 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 		// Faults after the last step: the job never resumed, so the time
 		// after the last step is theirs, not a shutdown's.
 		s.UsefulS -= teardown
+		s.ShutdownS = 0
 		split(teardown, len(st))
 	}
 	s.LostS = s.WallS - s.UsefulS
