@@ -7,6 +7,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -694,11 +695,19 @@ func (m *Machine) probed(now time.Duration, ev Probed) []Decision {
 	if !stalled || len(m.doneRanks) > 0 || m.finishing {
 		return nil // progress or an exit came meanwhile
 	}
-	if len(ev.Busy) == 0 {
+	busy := ev.Busy
+	if m.growFrom > 0 {
+		// Replacements waiting for a grow use CPU (importing, building
+		// their model, polling for the group) but do none of the job's
+		// work: they wait for the members, so only members' CPU says the
+		// stall is work.
+		busy = slices.DeleteFunc(slices.Clone(busy), func(r int) bool { return r >= m.growFrom })
+	}
+	if len(busy) == 0 {
 		return m.hang(now, silent, "")
 	}
 	if silent >= m.cfg.BusyLimit {
-		return m.hang(now, silent, fmt.Sprintf("; ranks %v busy for longer than %s", ev.Busy, m.cfg.BusyLimit))
+		return m.hang(now, silent, fmt.Sprintf("; ranks %v busy for longer than %s", busy, m.cfg.BusyLimit))
 	}
 	// Look again one threshold later: a rank that stops using CPU while
 	// the job still stalls is hung then.
@@ -707,7 +716,7 @@ func (m *Machine) probed(now time.Duration, ev Probed) []Decision {
 		return nil
 	}
 	m.busyNoted = true
-	return []Decision{Busy{Gen: m.gen, Ranks: append([]int(nil), ev.Busy...), Silent: silent}}
+	return []Decision{Busy{Gen: m.gen, Ranks: slices.Clone(busy), Silent: silent}}
 }
 
 func (m *Machine) startupTimeout() time.Duration {
