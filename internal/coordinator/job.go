@@ -892,6 +892,11 @@ func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
 // for multi-node jobs).
 func (j *job) Busy(int) []int { return nil }
 
+// Stopped: nor whether one is stopped; a multi-node job's stopped rank is
+// found by the watchdog once it has made progress (the startup timeout
+// before that).
+func (j *job) Stopped(int) []int { return nil }
+
 // ---- from the agents (s.mu held) ----
 
 func (j *job) fromAgent(n *node, m wire.Msg) {

@@ -484,6 +484,28 @@ func (a *Launcher) Busy(gen int) []int {
 	return busy
 }
 
+// Stopped returns the ranks of gen whose process is stopped now (SIGSTOP,
+// a tracer): read from /proc on every tick of the supervisor, so cheap (one
+// small file per worker, no sampling).
+func (a *Launcher) Stopped(gen int) []int {
+	a.mu.Lock()
+	var ws []*worker
+	if g := a.gens[gen]; g != nil {
+		ws = append(ws, g.workers...)
+	}
+	a.mu.Unlock()
+	var out []int
+	for _, w := range ws {
+		if w.hasExited() {
+			continue
+		}
+		if st, err := health.ReadProcStat(w.pid); err == nil && st.Stopped() {
+			out = append(out, w.rank)
+		}
+	}
+	return out
+}
+
 func working(state byte) bool { return state == 'R' || state == 'D' }
 
 // Close kills every worker and standby at once and waits for them.

@@ -41,7 +41,12 @@ func (d Regroup) String() string {
 	return s
 }
 
-func (d Diagnose) String() string { return fmt.Sprintf("diagnose gen=%d", d.Gen) }
+func (d Diagnose) String() string {
+	if d.StateOnly {
+		return fmt.Sprintf("diagnose gen=%d state-only", d.Gen)
+	}
+	return fmt.Sprintf("diagnose gen=%d", d.Gen)
+}
 
 func (d Probe) String() string { return fmt.Sprintf("probe gen=%d", d.Gen) }
 

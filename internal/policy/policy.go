@@ -171,11 +171,23 @@ type Probed struct {
 	Busy []int
 }
 
+// ProcState: the ranks of Gen whose processes are stopped now (state T or
+// t: SIGSTOP, a tracer), as the driver reads them on every tick. A driver
+// that cannot see the workers' processes does not send it. A rank stopped
+// for longer than the hang threshold is a hang whether or not the job has
+// made progress yet: unlike a stall, a stopped process is seen directly, so
+// no startup estimate has to pass first.
+type ProcState struct {
+	Gen     int
+	Stopped []int
+}
+
 // Finishing: a live-mode rank left its training loop with every rank
 // agreeing the last step committed; what follows is teardown, not training.
 type Finishing struct{ Gen, Rank int }
 
 func (Finishing) input()        {}
+func (ProcState) input()        {}
 func (Probed) input()           {}
 func (Start) input()            {}
 func (Launched) input()         {}
@@ -247,8 +259,13 @@ type Regroup struct {
 type SpawnJoiners struct{ N int }
 
 // Diagnose asks the driver who is to blame for the hang of Gen; it answers
-// with Diagnosed.
-type Diagnose struct{ Gen int }
+// with Diagnosed. StateOnly: judge by process state alone (a stopped or a
+// dying process), not by CPU samples: a failed collective names no one, and
+// the rank that uses CPU while the others wait is not to blame for it.
+type Diagnose struct {
+	Gen       int
+	StateOnly bool
+}
 
 // Probe asks the driver which ranks of Gen are using CPU (Config.ProbeBusy);
 // it answers with Probed.
@@ -332,6 +349,9 @@ type Machine struct {
 	probing   bool          // Probe sent, Probed not yet in
 	busyUntil time.Duration // busy ranks seen: probe again after this
 	busyNoted bool          // Busy told for this stall
+
+	stoppedSince map[int]time.Duration // rank -> first seen stopped (ProcState)
+	diagnosing   FaultKind             // the fault a Diagnose was sent for
 }
 
 // New returns a machine for cfg, filling defaults.
@@ -420,11 +440,16 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 		return m.probed(now, ev)
 	case Diagnosed:
 		if ev.Gen == m.gen && m.phase == diagnosing {
-			if ev.Rank >= 0 {
+			switch {
+			case ev.Rank >= 0:
 				return m.regroup([]int{ev.Rank}, []int{ev.Rank})
+			case m.diagnosing == FaultCollective:
+				return m.regroup(nil, nil) // no one to blame: all re-form
 			}
 			return m.restartAll()
 		}
+	case ProcState:
+		return m.procState(now, ev)
 	case JoinerReady:
 		if m.joinersReady < m.joiners {
 			m.joinersReady++
@@ -480,6 +505,7 @@ func (m *Machine) newGeneration(world int) {
 	m.finishing = false
 	m.growFrom, m.growAt = 0, 0
 	m.probing, m.busyUntil, m.busyNoted = false, 0, false
+	m.stoppedSince = nil
 	m.cfg.Watchdog.Reset()
 }
 
@@ -627,6 +653,7 @@ type observed struct {
 	foreign           bool // the failure is not the program's own
 	nodeLost          bool // a node went away: what it printed is not known
 	output, newOutput int  // see Exited
+	stopped           bool // a hang whose rank was seen stopped (ProcState)
 }
 
 func (m *Machine) tick(now time.Duration) []Decision {
@@ -717,6 +744,40 @@ func (m *Machine) probed(now time.Duration, ev Probed) []Decision {
 	}
 	m.busyNoted = true
 	return []Decision{Busy{Gen: m.gen, Ranks: slices.Clone(busy), Silent: silent}}
+}
+
+// procState tracks how long each rank has been seen stopped, and calls a
+// hang once one has been stopped for longer than the hang threshold (the
+// longest-stopped rank is named).
+func (m *Machine) procState(now time.Duration, ev ProcState) []Decision {
+	if ev.Gen != m.gen {
+		return nil
+	}
+	since := make(map[int]time.Duration, len(ev.Stopped))
+	for _, r := range ev.Stopped {
+		if t, ok := m.stoppedSince[r]; ok {
+			since[r] = t
+		} else {
+			since[r] = now
+		}
+	}
+	m.stoppedSince = since
+	if m.phase != running || len(m.doneRanks) > 0 || m.finishing {
+		return nil // starting, recovering, or tearing down: not training
+	}
+	rank, longest := -1, time.Duration(0)
+	for _, r := range ev.Stopped {
+		if d := now - since[r]; rank < 0 || d > longest {
+			rank, longest = r, d
+		}
+	}
+	th := m.cfg.Watchdog.Threshold()
+	if rank < 0 || longest <= th {
+		return nil
+	}
+	return m.failObserved(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: rank,
+		Detail: fmt.Sprintf("process stopped for %.1fs (state T; threshold %.1fs)", longest.Seconds(), th.Seconds()),
+		Step:   m.jobStep, Silent: longest}, "hang", observed{stopped: true})
 }
 
 func (m *Machine) startupTimeout() time.Duration {
@@ -817,14 +878,21 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 		case f.Kind == FaultExit || f.Kind == FaultNodeLost:
 			return append(out, m.regroup(append([]int{f.Rank}, f.Also...), nil)...)
 		case f.Kind == FaultCollective:
-			return append(out, m.regroup(nil, nil)...)
+			// A rank stopped, or dying, before the group formed makes the
+			// others' collective fail with no one named: it must not be
+			// kept as a survivor, or the next group hangs on it too.
+			m.phase, m.diagnosing = diagnosing, f.Kind
+			return append(out, Diagnose{Gen: m.gen, StateOnly: true})
+		case f.Kind == FaultHang && o.stopped:
+			// The stopped process is the culprit, seen directly.
+			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
 		case f.Kind == FaultGPU || f.Kind == FaultStraggler:
 			return append(out, m.regroup([]int{f.Rank}, []int{f.Rank})...)
 		case f.Kind == FaultHang:
 			// Survivors blocked in a collective look like the hung rank
 			// (same step), so steps cannot tell whom to kill: ask for the
 			// process state.
-			m.phase = diagnosing
+			m.phase, m.diagnosing = diagnosing, f.Kind
 			return append(out, Diagnose{Gen: m.gen})
 		}
 	}

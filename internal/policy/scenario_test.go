@@ -198,6 +198,14 @@ func parseInput(t *testing.T, name string, a map[string]string) Input {
 			}
 		}
 		return Probed{Gen: get("gen"), Busy: busy}
+	case "proc_state":
+		var stopped []int
+		if v := a["stopped"]; v != "" {
+			for _, f := range strings.Split(v, ",") {
+				stopped = append(stopped, atoi(t, f))
+			}
+		}
+		return ProcState{Gen: get("gen"), Stopped: stopped}
 	case "joiner_ready":
 		return JoinerReady{}
 	case "joiner_lost":

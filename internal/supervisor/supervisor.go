@@ -78,6 +78,9 @@ type Node interface {
 	// Busy: the ranks of gen using CPU now; none when a rank is stopped or
 	// the driver cannot see the processes (policy.Config.ProbeBusy).
 	Busy(gen int) []int
+	// Stopped: the ranks of gen whose processes are stopped now (SIGSTOP,
+	// a tracer); none where the driver cannot see the processes.
+	Stopped(gen int) []int
 	Events() <-chan launcher.Event
 }
 
@@ -177,6 +180,9 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 				r.con.Printf("… bulsajo did not run for %s; that time does not count as the job's silence", gap.Round(time.Millisecond))
 			}
 			lastTick = time.Now()
+			if g := r.m.Generation(); g > 0 {
+				r.apply(r.m.Step(r.now(), policy.ProcState{Gen: g, Stopped: r.node.Stopped(g)}))
+			}
 			r.apply(r.m.Step(r.now(), policy.Tick{}))
 			r.maybeInject()
 			r.stragglerTick()
@@ -282,7 +288,7 @@ func (r *run) apply(ds []policy.Decision) {
 				r.con.Printf("! starting a replacement: %v", err)
 			}
 		case policy.Diagnose:
-			rank, why := r.node.Culprit(d.Gen, true)
+			rank, why := r.node.Culprit(d.Gen, !d.StateOnly)
 			if rank >= 0 {
 				r.con.Printf("  culprit: rank %d (%s)", rank, why)
 			}

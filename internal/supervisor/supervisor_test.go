@@ -49,6 +49,7 @@ func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
 func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
 func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }
 func (n *scriptedNode) Busy(int) []int                        { return nil }
+func (n *scriptedNode) Stopped(int) []int                     { return nil }
 func (n *scriptedNode) Events() <-chan launcher.Event         { return n.ev }
 
 func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {

@@ -1,0 +1,61 @@
+package launcher
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulsajo/bulsajo/internal/console"
+)
+
+// Stopped names the ranks whose process is stopped, from /proc, and only
+// while they are: real processes, a real SIGSTOP and SIGCONT.
+func TestStoppedNamesStoppedRanks(t *testing.T) {
+	py, dir, sdk := shimEnv(t)
+	script := filepath.Join(dir, "w.py")
+	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "stoppedtest", RunDir: dir, SDKDir: sdk,
+		StopGrace: 100 * time.Millisecond, Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	go func() { // drain events
+		for range a.Events() {
+		}
+	}()
+	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
+		MasterAddr: "127.0.0.1", MasterPort: 1}
+	if err := a.StartGeneration(spec); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "pids", "rank1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	want := func(what string, ranks []int) {
+		t.Helper()
+		var got []int
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if got = a.Stopped(1); slices.Equal(got, ranks) {
+				return
+			}
+		}
+		t.Fatalf("%s: Stopped(1) = %v, want %v", what, got, ranks)
+	}
+	want("all running", nil)
+	syscall.Kill(pid, syscall.SIGSTOP)
+	want("rank 1 stopped", []int{1})
+	if got := a.Stopped(2); got != nil {
+		t.Errorf("Stopped of a generation that does not exist = %v", got)
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	want("rank 1 continued", nil)
+}
