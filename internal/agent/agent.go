@@ -131,6 +131,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	go a.fenceLoop(ctx)
+	go a.procLoop(ctx)
 	if a.cfg.GPU != nil {
 		a.gpuPreflight() // the baseline; drains found are reported once connected
 		a.con.Printf("  GPU health: watching %d GPU(s)", len(a.cfg.GPU.Devices()))
@@ -440,6 +441,38 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 				continue
 			}
 			a.mu.Unlock()
+		}
+	}
+}
+
+// procLoop tells the coordinator which of this node's ranks are stopped
+// (SIGSTOP, a tracer) whenever that set changes: a stopped process is a hang
+// the coordinator cannot see otherwise before the job's first step (see
+// policy.ProcState). Read from /proc every 100 ms, sent only on a change.
+func (a *Agent) procLoop(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	var last []int
+	lastGen := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		ag, job, gen, stopped := a.ag, a.job, a.gen, a.stopped
+		a.mu.Unlock()
+		if ag == nil || gen == 0 || stopped {
+			last, lastGen = nil, 0
+			continue
+		}
+		if gen != lastGen {
+			last, lastGen = nil, gen
+		}
+		if st := ag.Stopped(gen); !slices.Equal(st, last) {
+			a.sendNow(wire.Msg{Type: wire.TProcStopped, Job: job, Gen: gen, StoppedRanks: st})
+			last = st
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -157,8 +158,9 @@ type job struct {
 	// the generation before, to blame a fault reported after the next began
 	prevGen       int
 	prevPlacement []placement
-	launched      map[string]bool // node -> its workers started
-	stopped       map[string]bool // node -> its workers reaped
+	launched      map[string]bool  // node -> its workers started
+	stopped       map[string]bool  // node -> its workers reaped
+	frozen        map[string][]int // node -> its ranks seen stopped (SIGSTOP, a tracer) now
 	stopping      bool
 	pending       *launcher.GenerationSpec // waiting for capacity
 	waitSaid      bool
@@ -225,7 +227,7 @@ func (s *Server) loadJob(ctx context.Context) error {
 	t := s.timingAt(time.Duration(levelFor(len(rec.Placement), 1, s.cfg.MaxHeartbeatsPerSecond, s.cfg.Heartbeat)) * s.cfg.Heartbeat)
 	lease := max(t.lease, s.leaseHigh)
 	j.resumeBy = time.Now().Add(max(2*t.nodeTimeout, lease/2))
-	j.launched, j.stopped = map[string]bool{}, map[string]bool{}
+	j.launched, j.stopped, j.frozen = map[string]bool{}, map[string]bool{}, map[string][]int{}
 	for _, p := range rec.Placement {
 		n := s.nodes[p.Node]
 		if n == nil {
@@ -277,7 +279,7 @@ func (s *Server) newJob(rec jobRecord) (*job, error) {
 	}
 	j := &job{s: s, rec: rec, out: make(chan launcher.Event, 1<<16), sig: make(chan os.Signal, 2), log: log,
 		evReady: make(chan struct{}), logQ: make(chan events.Event, 1024), done: make(chan struct{}), detachC: make(chan struct{}),
-		launched: map[string]bool{}, stopped: map[string]bool{}}
+		launched: map[string]bool{}, stopped: map[string]bool{}, frozen: map[string][]int{}}
 	log.Tee(j.published)
 	return j, nil
 }
@@ -595,6 +597,7 @@ func (j *job) launchPending() {
 	j.rec.MasterAddr, j.rec.MasterPort = nodes[0].Addr, port
 	j.rec.Placement, j.where = nil, nil
 	j.launched, j.stopped, j.stopping, j.faulted, j.adopting = map[string]bool{}, map[string]bool{}, false, false, false
+	j.frozen = map[string][]int{}
 	j.joiners, j.ready = map[string]int{}, map[string]int{} // a full start discards them
 	j.rec.Placement = make([]placement, len(nodes))
 	all := make([]int, world) // one array for every node's ranks
@@ -720,6 +723,7 @@ func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	j.rec.Placement, j.where = nil, nil
 	j.held = nil // held starts index the placement replaced here
 	j.launched, j.stopped, j.stopping, j.faulted = map[string]bool{}, map[string]bool{}, false, false
+	j.frozen = map[string][]int{}
 	admitted := world - len(spec.Survivors)
 	for gi, name := range order {
 		j.rec.Placement = append(j.rec.Placement, placement{Node: name, Ranks: newRanks[name]})
@@ -884,18 +888,42 @@ func (j *job) LiveRanks(gen int) []int {
 	return out
 }
 
-// Culprit implements supervisor.Node: process state is on the nodes; the
-// policy's own evidence (the lagging rank) is used instead.
-func (j *job) Culprit(int, bool) (int, string) { return -1, "" }
+// Culprit implements supervisor.Node: a rank its node reported stopped;
+// else the policy's own evidence (the lagging rank) is used instead (CPU
+// samples are on the nodes).
+func (j *job) Culprit(gen int, _ bool) (int, string) {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	if gen != j.rec.Gen {
+		return -1, ""
+	}
+	for _, name := range slices.Sorted(maps.Keys(j.frozen)) {
+		if rs := j.frozen[name]; len(rs) > 0 {
+			return rs[0], "process stopped (state T) on node " + name
+		}
+	}
+	return -1, ""
+}
 
 // Busy: the coordinator cannot see the workers' processes (ProbeBusy is off
 // for multi-node jobs).
 func (j *job) Busy(int) []int { return nil }
 
-// Stopped: nor whether one is stopped; a multi-node job's stopped rank is
-// found by the watchdog once it has made progress (the startup timeout
-// before that).
-func (j *job) Stopped(int) []int { return nil }
+// Stopped implements supervisor.Node: the ranks of gen the nodes reported
+// stopped (proc_stopped, sent when a node's set changes).
+func (j *job) Stopped(gen int) []int {
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	if gen != j.rec.Gen {
+		return nil
+	}
+	var out []int
+	for _, rs := range j.frozen {
+		out = append(out, rs...)
+	}
+	slices.Sort(out)
+	return out
+}
 
 // ---- from the agents (s.mu held) ----
 
@@ -930,6 +958,17 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 			Output: m.Out, NewOutput: m.NewOut})
 	case wire.TCollectiveFailed:
 		j.emit(launcher.CollectiveFailed{Gen: m.Gen, Rank: m.Rank, Detail: m.Err})
+	case wire.TProcStopped:
+		var own []int
+		for _, r := range m.StoppedRanks {
+			if slices.Contains(mine, r) {
+				own = append(own, r)
+			}
+		}
+		if len(own) < len(m.StoppedRanks) {
+			j.s.con.Printf("! node %s reported stopped ranks %v, of which it holds %v: the others ignored", n.Name, m.StoppedRanks, own)
+		}
+		j.frozen[n.Name] = own
 	case wire.TWork:
 		j.emit(launcher.Work{Gen: m.Gen, Rank: m.Rank, Steps: m.Steps, At: time.Now(),
 			Work: time.Duration(m.WorkUS) * time.Microsecond, Wall: time.Duration(m.WallUS) * time.Microsecond})

@@ -1307,6 +1307,54 @@ func TestAgentSpeaksForItselfOnly(t *testing.T) {
 	}
 }
 
+// A rank whose process is stopped before the job's first step: no progress
+// has armed the watchdog, so only the node's word (proc_stopped) tells of
+// the hang, once past the threshold (the 2 s floor). A word about a rank the
+// sender does not hold, or one taken back, is no hang.
+func TestStoppedRankBeforeTheFirstStep(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		hang bool
+		say  func(sp coordinator.JobSpec, a, b, x *fakeAgent)
+	}{
+		{"stopped", true, func(sp coordinator.JobSpec, a, b, x *fakeAgent) {
+			a.send(wire.Msg{Type: wire.TProcStopped, Job: sp.ID, Gen: 1, StoppedRanks: []int{0}})
+		}},
+		{"another node's rank, or continued", false, func(sp coordinator.JobSpec, a, b, x *fakeAgent) {
+			x.send(wire.Msg{Type: wire.TProcStopped, Job: sp.ID, Gen: 1, StoppedRanks: []int{1}})
+			a.send(wire.Msg{Type: wire.TProcStopped, Job: sp.ID, Gen: 1, StoppedRanks: []int{1}})
+			b.send(wire.Msg{Type: wire.TProcStopped, Job: sp.ID, Gen: 1, StoppedRanks: []int{1}})
+			time.Sleep(time.Second)
+			b.send(wire.Msg{Type: wire.TProcStopped, Job: sp.ID, Gen: 1})
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCoord(t)
+			sp := spec("frozen", 1, 2)
+			sp.HangTimeoutMS = 0 // the adaptive threshold: 2 s before any step
+			a := connect(t, c, "a", agentOpts{addr: "10.0.0.1", port: 31001})
+			b := connect(t, c, "b", agentOpts{addr: "10.0.0.2", port: 32001})
+			x := connect(t, c, "x", agentOpts{addr: "10.0.0.9", port: 39001})
+			c.submit(sp)
+			for _, ag := range []*fakeAgent{a, b} {
+				ag.waitFor("start of gen 1", isGen(wire.TStart, sp.ID, 1))
+				ag.send(wire.Msg{Type: wire.TLaunched, Job: sp.ID, Gen: 1})
+			}
+			c.waitStatus("gen 1 running", jobIs(1, "training"))
+			tt.say(sp, a, b, x)
+			if tt.hang {
+				a.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
+				b.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
+				return
+			}
+			time.Sleep(3 * time.Second) // past the threshold
+			if r := a.find(isGen(wire.TStop, sp.ID, 1)); r != nil {
+				t.Fatalf("gen 1 stopped on a word about a rank the sender does not hold, or no longer stopped")
+			}
+		})
+	}
+}
+
 // ---- 5. quarantine ----
 
 func TestQuarantine(t *testing.T) {

@@ -41,6 +41,7 @@ const (
 	TJoinerLost       = "joiner_lost"       // live: a replacement process died before admission
 	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
 	TWork             = "work"              // live: a rank's work time over Steps steps (WorkUS of WallUS), for straggler detection
+	TProcStopped      = "proc_stopped"      // this node's ranks of Gen whose processes are stopped now (StoppedRanks; none: none any more)
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat; with HeartbeatMS and LeaseMS: the timing changed (from now on)
@@ -114,6 +115,9 @@ type Msg struct {
 	Steps  int   `json:"steps,omitempty"`
 	WorkUS int64 `json:"work_us,omitempty"`
 	WallUS int64 `json:"wall_us,omitempty"`
+
+	// proc_stopped: the ranks (SIGSTOP, a tracer), sent when the set changes
+	StoppedRanks []int `json:"stopped_ranks,omitempty"`
 
 	// gpu_health: GPU is the index on the node (-1: every GPU)
 	GPU   int    `json:"gpu,omitempty"`
@@ -320,6 +324,17 @@ func (m *Msg) Validate() error {
 		if !ValidName(m.Job) || m.Gen < 1 || m.Rank < 0 || m.Steps < 1 || m.Steps > 1e6 ||
 			m.WallUS < 1 || m.WallUS > maxUS || m.WorkUS < 0 || m.WorkUS > maxUS {
 			return invalid(t, "job, generation, rank, steps 1..1e6 and work/wall times required")
+		}
+	case TProcStopped:
+		if !ValidName(m.Job) || m.Gen < 1 || len(m.StoppedRanks) > 1024 {
+			return invalid(t, "job and generation required, at most 1024 ranks")
+		}
+		seen := map[int]bool{}
+		for _, r := range m.StoppedRanks {
+			if r < 0 || seen[r] {
+				return invalid(t, "stopped ranks must be distinct and >= 0")
+			}
+			seen[r] = true
 		}
 	case TGPU:
 		switch {

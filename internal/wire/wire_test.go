@@ -41,6 +41,8 @@ var validLines = map[string]string{
 	"gpu warn idle":  `{"type":"gpu_health","class":"warn","reason":"PCIe link width x8 of x16"}`,
 	"gpu all":        `{"type":"gpu_health","gpu":-1,"class":"drain","reason":"NVML event wait: Unknown Error"}`,
 	"work":           `{"type":"work","job":"job1","gen":2,"rank":5,"steps":31,"work_us":612000,"wall_us":1003000}`,
+	"proc stopped":   `{"type":"proc_stopped","job":"job1","gen":2,"stopped_ranks":[0,3]}`,
+	"none stopped":   `{"type":"proc_stopped","job":"job1","gen":2}`,
 }
 
 func TestDecodeValid(t *testing.T) {
@@ -144,6 +146,9 @@ func TestDecodeInvalid(t *testing.T) {
 		{"work no wall", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3}`, ErrInvalid},
 		{"work negative", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3,"work_us":-1,"wall_us":10}`, ErrInvalid},
 		{"work no job", `{"type":"work","gen":1,"rank":0,"steps":3,"wall_us":10}`, ErrInvalid},
+		{"stopped twice", `{"type":"proc_stopped","job":"j","gen":1,"stopped_ranks":[2,2]}`, ErrInvalid},
+		{"stopped negative", `{"type":"proc_stopped","job":"j","gen":1,"stopped_ranks":[-1]}`, ErrInvalid},
+		{"stopped no gen", `{"type":"proc_stopped","job":"j","stopped_ranks":[1]}`, ErrInvalid},
 		{"work absurd", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3,"wall_us":10000000000000}`, ErrInvalid},
 		{"gpu no reason", `{"type":"gpu_health","class":"drain"}`, ErrInvalid},
 		{"gpu index", `{"type":"gpu_health","class":"drain","gpu":-2,"reason":"x"}`, ErrInvalid},

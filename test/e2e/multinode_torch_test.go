@@ -118,3 +118,35 @@ func TestMultiNodeTorchAgentKilledSpareTakesOver(t *testing.T) {
 		return len(processesWithEnv("BULSAJO_RUN_ID=job1")) == 0
 	})
 }
+
+// Rank 0 stops itself (SIGSTOP) before its first step, on a node of a
+// multi-node job (testdata/stop_first.py): its agent reports the stopped
+// process, and the coordinator calls the hang after the threshold rather
+// than the 5 min startup timeout.
+func TestMultiNodeTorchStopBeforeFirstStepIsAHang(t *testing.T) {
+	requireTorch(t)
+	netlab.Require(t)
+	m := newTorchCluster(t, []string{"n1", "n2"})
+	args := []string{"submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "2",
+		"--nproc-per-node", "1", "--run-id", "job1", "--stop-grace", "1s", "--",
+		torchPython, stopFirst(), filepath.Join(repoRoot, "examples", "ddp_train.py"), "--backend", "gloo",
+		"--steps", "100", "--ckpt-dir", filepath.Join(m.dir, "ckpt"), "--log-every", "10"}
+	sub := m.start("coord", args...)
+	if code := sub.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s\ncoordinator:\n%s", code, sub.out.String(), m.coord.out.String())
+	}
+	var faults []events.Event
+	for _, e := range m.events() {
+		if e.Type == events.FaultDetected {
+			faults = append(faults, e)
+		}
+	}
+	if len(faults) != 1 || faults[0].Cause != "hang" || faults[0].Rank == nil || *faults[0].Rank != 0 ||
+		!strings.Contains(faults[0].Detail, "process stopped") {
+		t.Fatalf("faults %+v, want one hang of rank 0 named as a stopped process:\n%s", faults, m.coord.out.String())
+	}
+	if out := m.agentOutput(); !strings.Contains(out, "stop_first: rank 0 stops itself") {
+		t.Errorf("rank 0 did not stop itself:\n%s", out)
+	}
+	finalHash(t, m.agentOutput())
+}
