@@ -776,7 +776,7 @@ func (m *Machine) procState(now time.Duration, ev ProcState) []Decision {
 		return nil
 	}
 	return m.failObserved(now, Fault{Gen: m.gen, Kind: FaultHang, Rank: rank,
-		Detail: fmt.Sprintf("process stopped for %.1fs (state T; threshold %.1fs)", longest.Seconds(), th.Seconds()),
+		Detail: fmt.Sprintf("stopped for %.1fs (threshold %.1fs)", longest.Seconds(), th.Seconds()),
 		Step:   m.jobStep, Silent: longest}, "hang", observed{stopped: true})
 }
 
