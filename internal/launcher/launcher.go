@@ -117,6 +117,7 @@ type Launcher struct {
 	progressAddr string
 	ctl          *control
 
+	started       sync.Map // pids of every process started here (removeEmptyStacks)
 	mu            sync.Mutex
 	gens          map[int]*generation
 	standbys      []*worker
@@ -530,6 +531,31 @@ func (a *Launcher) Close() {
 	close(a.quit)
 	a.progress.Close()
 	a.ctl.ln.Close()
+	a.removeEmptyStacks()
+}
+
+// removeEmptyStacks deletes the stack-dump files (logs/stacks-*.txt) that
+// stayed empty: the SDK opens one when a regroup begins and removes it if
+// the regroup ends in time, but a process killed meanwhile (the usual end
+// of a rank that a fault took) cannot. Only files of processes started
+// here (the name says the pid): a run dir shared by several nodes holds
+// others' files, maybe of a regroup still going on. A file with stacks in
+// it is kept.
+func (a *Launcher) removeEmptyStacks() {
+	if a.cfg.RunDir == "" {
+		return
+	}
+	files, _ := filepath.Glob(filepath.Join(a.cfg.RunDir, "logs", "stacks-gen*-pid*.txt"))
+	for _, f := range files {
+		_, pid, _ := strings.Cut(strings.TrimSuffix(filepath.Base(f), ".txt"), "-pid")
+		n, err := strconv.Atoi(pid)
+		if _, ours := a.started.Load(n); err != nil || !ours {
+			continue
+		}
+		if st, err := os.Stat(f); err == nil && st.Mode().IsRegular() && st.Size() == 0 {
+			os.Remove(f)
+		}
+	}
 }
 
 // ---- workers ----
@@ -679,6 +705,7 @@ func (a *Launcher) startProcessEnv(args, env []string, activateFD *os.File, gen,
 	}
 	w := &worker{a: a, cmd: cmd, pid: cmd.Process.Pid, gen: gen, rank: rank, log: log,
 		exited: make(chan struct{}), settled: make(chan struct{})}
+	a.started.Store(w.pid, true)
 	w.outDone.Add(2)
 	go w.pump(outR, false)
 	go w.pump(errR, true)

@@ -59,3 +59,46 @@ func TestStoppedNamesStoppedRanks(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGCONT)
 	want("rank 1 continued", nil)
 }
+
+// Stack-dump files left empty by processes killed mid-regroup are removed
+// when the launcher closes; one with stacks in it is kept, and so is one of
+// a process another launcher started (a run dir shared by nodes).
+func TestCloseRemovesEmptyStackDumps(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Config{Command: []string{"true"}, RunID: "stackstest", RunDir: dir, StopGrace: time.Second,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // drain events
+		for range a.Events() {
+		}
+	}()
+	spec := GenerationSpec{Gen: 1, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
+	if err := a.StartGeneration(spec); err != nil {
+		t.Fatal(err)
+	}
+	var pids []string
+	for r := range 2 {
+		b, _ := os.ReadFile(filepath.Join(dir, "pids", "rank"+strconv.Itoa(r)))
+		pids = append(pids, strings.TrimSpace(string(b)))
+	}
+	logs := filepath.Join(dir, "logs")
+	empty := filepath.Join(logs, "stacks-gen2-pid"+pids[0]+".txt")
+	full := filepath.Join(logs, "stacks-gen3-pid"+pids[1]+".txt")
+	others := filepath.Join(logs, "stacks-gen2-pid1.txt") // not started here
+	other := filepath.Join(logs, "rank0.log")
+	for _, f := range []string{empty, others, other} {
+		os.WriteFile(f, nil, 0o644)
+	}
+	os.WriteFile(full, []byte("Thread 0x7f (most recent call first):\n"), 0o644)
+	a.Close()
+	if _, err := os.Stat(empty); !os.IsNotExist(err) {
+		t.Errorf("empty stack dump still there (%v)", err)
+	}
+	for _, f := range []string{full, others, other} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("%s: %v", filepath.Base(f), err)
+		}
+	}
+}
