@@ -259,9 +259,10 @@ type Regroup struct {
 type SpawnJoiners struct{ N int }
 
 // Diagnose asks the driver who is to blame for the hang of Gen; it answers
-// with Diagnosed. StateOnly: judge by process state alone (a stopped or a
-// dying process), not by CPU samples: a failed collective names no one, and
-// the rank that uses CPU while the others wait is not to blame for it.
+// with Diagnosed. StateOnly: blame only a stopped process (SIGSTOP, a
+// tracer), not CPU samples or printed errors: a failed collective names no
+// one, and a rank that computes, or logs an error, while the others wait is
+// not to blame for it (one that is dying exits soon, a fault of its own).
 type Diagnose struct {
 	Gen       int
 	StateOnly bool
@@ -878,7 +879,7 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 		case f.Kind == FaultExit || f.Kind == FaultNodeLost:
 			return append(out, m.regroup(append([]int{f.Rank}, f.Also...), nil)...)
 		case f.Kind == FaultCollective:
-			// A rank stopped, or dying, before the group formed makes the
+			// A rank stopped before the group formed makes the
 			// others' collective fail with no one named: it must not be
 			// kept as a survivor, or the next group hangs on it too.
 			m.phase, m.diagnosing = diagnosing, f.Kind

@@ -288,7 +288,12 @@ func (r *run) apply(ds []policy.Decision) {
 				r.con.Printf("! starting a replacement: %v", err)
 			}
 		case policy.Diagnose:
-			rank, why := r.node.Culprit(d.Gen, !d.StateOnly)
+			rank, why := -1, ""
+			if !d.StateOnly {
+				rank, why = r.node.Culprit(d.Gen, true)
+			} else if st := r.node.Stopped(d.Gen); len(st) > 0 {
+				rank, why = st[0], "process stopped (state T)"
+			}
 			if rank >= 0 {
 				r.con.Printf("  culprit: rank %d (%s)", rank, why)
 			}

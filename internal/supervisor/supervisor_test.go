@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -26,6 +27,11 @@ type scriptedNode struct {
 	stops  []int
 	onGen  func(n *scriptedNode, spec launcher.GenerationSpec)
 	signal []syscall.Signal
+	// live
+	regroups  []launcher.RegroupSpec
+	onRegroup func(n *scriptedNode, spec launcher.RegroupSpec)
+	stopped   []int // what Stopped reports
+	culprit   int   // what Culprit reports (with its CPU samples)
 }
 
 func (n *scriptedNode) StartGeneration(s launcher.GenerationSpec) error {
@@ -43,17 +49,30 @@ func (n *scriptedNode) StopGeneration(gen int, _ time.Duration) {
 	go func() { n.ev <- launcher.Stopped{Gen: gen, At: time.Now()} }()
 }
 
-func (n *scriptedNode) Regroup(launcher.RegroupSpec) error    { return nil }
+func (n *scriptedNode) Regroup(s launcher.RegroupSpec) error {
+	n.mu.Lock()
+	n.regroups = append(n.regroups, s)
+	n.mu.Unlock()
+	if n.onRegroup != nil {
+		go n.onRegroup(n, s)
+	}
+	return nil
+}
+
 func (n *scriptedNode) SpawnJoiners(int) error                { return nil }
 func (n *scriptedNode) Signal(int, int, syscall.Signal) error { return nil }
 func (n *scriptedNode) LiveRanks(int) []int                   { return []int{0} }
-func (n *scriptedNode) Culprit(int, bool) (int, string)       { return -1, "" }
+func (n *scriptedNode) Culprit(int, bool) (int, string)       { return n.culprit, "scripted" }
 func (n *scriptedNode) Busy(int) []int                        { return nil }
-func (n *scriptedNode) Stopped(int) []int                     { return nil }
-func (n *scriptedNode) Events() <-chan launcher.Event         { return n.ev }
+func (n *scriptedNode) Stopped(int) []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.stopped
+}
+func (n *scriptedNode) Events() <-chan launcher.Event { return n.ev }
 
 func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {
-	node := &scriptedNode{ev: make(chan launcher.Event, 64), onGen: func(n *scriptedNode, s launcher.GenerationSpec) {
+	node := &scriptedNode{ev: make(chan launcher.Event, 64), culprit: -1, onGen: func(n *scriptedNode, s launcher.GenerationSpec) {
 		now := time.Now()
 		n.ev <- launcher.Launched{Gen: s.Gen, At: now}
 		for r := 0; r < s.WorldSize; r++ {
@@ -105,5 +124,50 @@ func TestRestartAfterExitIsLoggedAndStored(t *testing.T) {
 	var g events.Event
 	if err != nil || json.Unmarshal(gen.Value, &g) != nil || g.Gen != 2 {
 		t.Errorf("stored generation %s (%v), want gen 2", gen.Value, err)
+	}
+}
+
+// Live mode: a collective failure names no one, so the culprit is looked
+// for by process state only. A stopped rank is killed and left out of the
+// regroup; with none stopped, the same members re-form, and the rank the
+// CPU samples would blame is not killed for a collective failure.
+func TestCollectiveFailureBlamesOnlyAStoppedRank(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		stopped   []int
+		survivors []int
+		kill      []int
+	}{
+		{"rank 2 stopped", []int{2}, []int{0, 1, 3}, []int{2}},
+		{"none stopped", nil, []int{0, 1, 2, 3}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			node := &scriptedNode{ev: make(chan launcher.Event, 64), stopped: tt.stopped, culprit: 1,
+				onGen: func(n *scriptedNode, s launcher.GenerationSpec) {
+					n.ev <- launcher.Launched{Gen: s.Gen, At: time.Now()}
+					n.ev <- launcher.CollectiveFailed{Gen: s.Gen, Rank: 0, Detail: "store never listened", At: time.Now()}
+				},
+				onRegroup: func(n *scriptedNode, s launcher.RegroupSpec) {
+					n.mu.Lock()
+					n.stopped = nil // killed
+					n.mu.Unlock()
+					n.ev <- launcher.Launched{Gen: s.Gen, At: time.Now()}
+					for r := 0; r < s.WorldSize; r++ {
+						n.ev <- launcher.Exited{Gen: s.Gen, Rank: r, At: time.Now()}
+					}
+				}}
+			res := Run(Config{RunID: "t", Policy: policy.Config{WorldSize: 4, MaxRestarts: 3, Live: true, MinWorld: 1},
+				Console: console.New(io.Discard)}, node, nil)
+			if res.Outcome != policy.Succeeded {
+				t.Fatalf("outcome %v (%s)", res.Outcome, res.Reason)
+			}
+			if len(node.regroups) != 1 {
+				t.Fatalf("regroups %+v, want one", node.regroups)
+			}
+			g := node.regroups[0]
+			if !slices.Equal(g.Survivors, tt.survivors) || !slices.Equal(g.Kill, tt.kill) {
+				t.Errorf("regroup survivors %v kill %v, want %v and %v", g.Survivors, g.Kill, tt.survivors, tt.kill)
+			}
+		})
 	}
 }
