@@ -452,8 +452,12 @@ func (a *Agent) fenceLoop(ctx context.Context) {
 func (a *Agent) procLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	var last []int
-	lastGen := 0
+	var (
+		last     []int // the set last sent for lastGen
+		lastGen  int
+		lastSess *session
+		dirty    bool // a non-empty set was sent for lastGen: the coordinator may hold one
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -461,18 +465,31 @@ func (a *Agent) procLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		a.mu.Lock()
-		ag, job, gen, stopped := a.ag, a.job, a.gen, a.stopped
+		ag, job, gen, stopped, sess := a.ag, a.job, a.gen, a.stopped, a.sess
 		a.mu.Unlock()
+		if sess == nil {
+			continue // between sessions
+		}
 		if ag == nil || gen == 0 || stopped {
-			last, lastGen = nil, 0
+			last, lastGen, dirty = nil, 0, false
 			continue
 		}
 		if gen != lastGen {
-			last, lastGen = nil, gen
+			// The coordinator starts a generation with none stopped.
+			last, lastGen, dirty = nil, gen, false
+		}
+		if sess != lastSess {
+			// A new session: the coordinator may keep a set this node
+			// sent before (a send lost with the old session, or a node
+			// that reconnected): say it again.
+			if dirty {
+				last = []int{-1}
+			}
+			lastSess = sess
 		}
 		if st := ag.Stopped(gen); !slices.Equal(st, last) {
 			a.sendNow(wire.Msg{Type: wire.TProcStopped, Job: job, Gen: gen, StoppedRanks: st})
-			last = st
+			last, dirty = st, dirty || len(st) > 0
 		}
 	}
 }
