@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bulsajo/bulsajo/internal/health"
 )
 
 // Rank 0 hosts the rendezvous store (TCPStore) on MASTER_PORT. A rank that
@@ -38,10 +40,13 @@ func waitListening(port int, limit time.Duration) bool {
 }
 
 // waitStore waits for rank 0's store (see above). decided is false when the
-// wait says nothing about the script: rank 0 exited, or its shim never said
-// it had preloaded (within preloadWait).
+// wait says nothing about the script: rank 0 exited or is stopped (SIGSTOP,
+// a tracer), or its shim never said it had preloaded (within preloadWait).
+// A stopped rank 0 ends the wait at once: the generation is then launched,
+// and the hang is called once it has been stopped past the threshold
+// (policy.ProcState), rather than after preloadWait.
 func (a *Launcher) waitStore(w *worker, port int) (listening, decided bool) {
-	var deadline time.Time
+	var deadline, looked time.Time
 	giveUp := time.Now().Add(preloadWait)
 	for {
 		if isListening(port) {
@@ -51,6 +56,12 @@ func (a *Launcher) waitStore(w *worker, port int) (listening, decided bool) {
 			return false, false
 		}
 		now := time.Now()
+		if now.Sub(looked) >= 50*time.Millisecond {
+			looked = now
+			if st, err := health.ReadProcStat(w.pid); err == nil && st.Stopped() {
+				return false, false
+			}
+		}
 		switch {
 		case !deadline.IsZero():
 			if now.After(deadline) {

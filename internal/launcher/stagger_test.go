@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -192,4 +193,58 @@ func slowPreload(t *testing.T, dir, secs string) {
 	os.MkdirAll(mods, 0o755)
 	os.WriteFile(filepath.Join(mods, "slowpreload.py"), []byte("import time\ntime.sleep("+secs+")\n"), 0o644)
 	t.Setenv("PYTHONPATH", mods)
+}
+
+// A rank 0 stopped (SIGSTOP) before its store listens does not hold the
+// other ranks' start for the preload cap (30 s): the launch goes on, so
+// that the stopped process is called a hang after the hang threshold. Real
+// shims, a preload that sleeps 5 s, a real SIGSTOP of rank 0's process.
+func TestStoppedRankZeroDoesNotHoldTheLaunch(t *testing.T) {
+	py, dir, sdk := shimEnv(t)
+	slowPreload(t, dir, "5")
+	script := filepath.Join(dir, "w.py")
+	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "stoppedzero", RunDir: dir, SDKDir: sdk,
+		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	go func() { // drain events
+		for range a.Events() {
+		}
+	}()
+	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
+		MasterAddr: "127.0.0.1", MasterPort: freePort(t)}
+	started := make(chan error, 1)
+	go func() { started <- a.StartGeneration(spec) }()
+	pidFile := filepath.Join(dir, "pids", "rank0")
+	var pid int
+	for end := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			fmt.Sscan(string(b), &pid)
+		}
+	}
+	if pid <= 0 {
+		t.Fatal("rank 0 never started")
+	}
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	// Without the check the wait ends at the 30 s preload cap; 15 s leaves
+	// a loaded machine room, and is less than the 5 s preload plus that cap.
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the launch still waited for the stopped rank 0 after 15 s")
+	}
+	if got := a.Stopped(1); len(got) != 1 || got[0] != 0 {
+		t.Errorf("Stopped(1) = %v, want [0]", got)
+	}
+	if a.noStagger.Load() {
+		t.Error("a stopped rank 0 turned staggering off for good")
+	}
 }

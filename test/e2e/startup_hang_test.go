@@ -3,7 +3,9 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,4 +77,55 @@ func TestLiveStopBeforeTheGroupFormsIsAHang(t *testing.T) {
 		t.Fatalf("%d result files, want 3 or 4 (the survivors, and the replacement if it joined in time)", n)
 	}
 	checkLiveResults(t, results, len(ents))
+}
+
+// Rank 0 stopped from outside while it is still importing torch (its
+// standby's preload), the moment its pid is known: the other ranks are not
+// held back waiting for its store (the launch would wait up to 30 s for the
+// import to end), and the hang is called about two seconds later. The
+// stop's time is the test's own, so the detection is measured from it.
+func TestTorchStopDuringRankZerosImportIsAHang(t *testing.T) {
+	requireTorch(t)
+	script := filepath.Join(repoRoot, "test", "e2e", "testdata", "tutorial_train.py")
+	cmd, out, runDir := startBulsajo(t, "--nproc-per-node", "3", "--", torchPython, script, "4", "2", "--samples", "1024")
+	var pid int
+	waitFor(t, 60*time.Second, "rank 0's pid", func() bool {
+		b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank0"))
+		if err == nil {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		return pid > 0
+	})
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stoppedAt := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != 0 || !strings.Contains(out.String(), "✓ done") {
+			t.Fatalf("exit %d, want a success:\n%s", code, out.String())
+		}
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("not done in 4 min:\n%s", out.String())
+	}
+	r := result{out: out.String(), runDir: runDir}
+	var hang *events.Event
+	for _, e := range r.events(t) {
+		if e.Type == events.FaultDetected {
+			if hang != nil {
+				t.Fatalf("more than one fault:\n%s", r.out)
+			}
+			hang = &e
+		}
+	}
+	if hang == nil || hang.Cause != "hang" || hang.Rank == nil || *hang.Rank != 0 {
+		t.Fatalf("fault %+v, want a hang of rank 0:\n%s", hang, r.out)
+	}
+	// About 2 s (the threshold); 15 s leaves a loaded machine room and is
+	// half the 30 s the launch waited for the import before.
+	if d := hang.Time.Sub(stoppedAt); d > 15*time.Second {
+		t.Errorf("the hang was called %s after the stop, want about 2 s:\n%s", d.Round(time.Millisecond), r.out)
+	}
 }
