@@ -204,31 +204,13 @@ func TestStoppedRankZeroDoesNotHoldTheLaunch(t *testing.T) {
 	slowPreload(t, dir, "5")
 	script := filepath.Join(dir, "w.py")
 	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
-	a, err := New(Config{Command: []string{py, script}, RunID: "stoppedzero", RunDir: dir, SDKDir: sdk,
-		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond,
-		Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	go func() { // drain events
-		for range a.Events() {
-		}
-	}()
+	a := runLauncher(t, Config{Command: []string{py, script}, RunID: "stoppedzero", RunDir: dir, SDKDir: sdk,
+		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond})
 	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
 		MasterAddr: "127.0.0.1", MasterPort: freePort(t)}
 	started := make(chan error, 1)
 	go func() { started <- a.StartGeneration(spec) }()
-	pidFile := filepath.Join(dir, "pids", "rank0")
-	var pid int
-	for end := time.Now().Add(10 * time.Second); pid == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			fmt.Sscan(string(b), &pid)
-		}
-	}
-	if pid <= 0 {
-		t.Fatal("rank 0 never started")
-	}
+	pid := rankPID(t, dir, 0)
 	syscall.Kill(pid, syscall.SIGSTOP)
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	// Without the check the wait ends at the 30 s preload cap; 15 s leaves

@@ -14,32 +14,52 @@ import (
 	"github.com/bulsajo/bulsajo/internal/console"
 )
 
+// runLauncher makes a launcher for cfg whose events are drained, closed at
+// the end of the test.
+func runLauncher(t *testing.T, cfg Config) *Launcher {
+	t.Helper()
+	cfg.Console = console.New(io.Discard)
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	go func() {
+		for range a.Events() {
+		}
+	}()
+	return a
+}
+
+// rankPID waits (up to 10 s) for pids/rankN in dir and returns the pid.
+func rankPID(t *testing.T, dir string, rank int) int {
+	t.Helper()
+	f := filepath.Join(dir, "pids", "rank"+strconv.Itoa(rank))
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(f); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no pid for rank %d", rank)
+	return 0
+}
+
 // Stopped names the ranks whose process is stopped, from /proc, and only
 // while they are: real processes, a real SIGSTOP and SIGCONT.
 func TestStoppedNamesStoppedRanks(t *testing.T) {
 	py, dir, sdk := shimEnv(t)
 	script := filepath.Join(dir, "w.py")
 	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
-	a, err := New(Config{Command: []string{py, script}, RunID: "stoppedtest", RunDir: dir, SDKDir: sdk,
-		StopGrace: 100 * time.Millisecond, Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	go func() { // drain events
-		for range a.Events() {
-		}
-	}()
+	a := runLauncher(t, Config{Command: []string{py, script}, RunID: "stoppedtest", RunDir: dir, SDKDir: sdk,
+		StopGrace: 100 * time.Millisecond})
 	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
 		MasterAddr: "127.0.0.1", MasterPort: 1}
 	if err := a.StartGeneration(spec); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "pids", "rank1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid := rankPID(t, dir, 1)
 	want := func(what string, ranks []int) {
 		t.Helper()
 		var got []int
@@ -65,24 +85,12 @@ func TestStoppedNamesStoppedRanks(t *testing.T) {
 // a process another launcher started (a run dir shared by nodes).
 func TestCloseRemovesEmptyStackDumps(t *testing.T) {
 	dir := t.TempDir()
-	a, err := New(Config{Command: []string{"true"}, RunID: "stackstest", RunDir: dir, StopGrace: time.Second,
-		Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { // drain events
-		for range a.Events() {
-		}
-	}()
+	a := runLauncher(t, Config{Command: []string{"true"}, RunID: "stackstest", RunDir: dir, StopGrace: time.Second})
 	spec := GenerationSpec{Gen: 1, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
 	if err := a.StartGeneration(spec); err != nil {
 		t.Fatal(err)
 	}
-	var pids []string
-	for r := range 2 {
-		b, _ := os.ReadFile(filepath.Join(dir, "pids", "rank"+strconv.Itoa(r)))
-		pids = append(pids, strings.TrimSpace(string(b)))
-	}
+	pids := []string{strconv.Itoa(rankPID(t, dir, 0)), strconv.Itoa(rankPID(t, dir, 1))}
 	logs := filepath.Join(dir, "logs")
 	empty := filepath.Join(logs, "stacks-gen2-pid"+pids[0]+".txt")
 	full := filepath.Join(logs, "stacks-gen3-pid"+pids[1]+".txt")
