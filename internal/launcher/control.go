@@ -289,6 +289,7 @@ func (a *Launcher) Regroup(spec RegroupSpec) error {
 	}
 	g := &generation{gen: spec.Gen, remaining: spec.WorldSize}
 	a.gens[spec.Gen] = g
+	a.maxGen = max(a.maxGen, spec.Gen)
 	assign := func(w *worker, rank int, join bool) {
 		w.reassign(Assignment{Type: "generation", Gen: spec.Gen, Rank: rank, WorldSize: spec.WorldSize,
 			MasterAddr: spec.MasterAddr, MasterPort: spec.MasterPort, Join: join, Grow: spec.Grow, AtStep: spec.AtStep})

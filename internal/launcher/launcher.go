@@ -120,6 +120,8 @@ type Launcher struct {
 	started       sync.Map // pids of every process started here (removeEmptyStacks)
 	mu            sync.Mutex
 	gens          map[int]*generation
+	maxGen        int // the newest generation started here
+	stopFirst     int // a generation asked to stop before it started (0: none)
 	standbys      []*worker
 	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
@@ -213,6 +215,10 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 	// the first ranks cannot look like the end of the generation.
 	g := &generation{gen: spec.Gen, remaining: len(spec.Ranks)}
 	a.gens[spec.Gen] = g
+	a.maxGen = max(a.maxGen, spec.Gen)
+	// Its stop came first (a Ctrl-C as the launch was handed over): none of
+	// its ranks start, and it is Stopped at once.
+	g.stopping = spec.Gen == a.stopFirst
 	// Start missing shim workers now, all together, so their imports overlap
 	// while rank 0 comes up; they are activated below like standbys.
 	for a.shim != nil && len(a.standbys) < len(spec.Ranks) {
@@ -237,14 +243,19 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 			a.mu.Lock()
 			w0 := g.workers[len(g.workers)-1]
 			a.mu.Unlock()
-			if ok, decided := a.waitStore(w0, spec.MasterPort); !ok && decided {
+			if ok, decided := a.waitStore(g, w0, spec.MasterPort); !ok && decided {
 				a.noStagger.Store(true) // this script meets some other way
 			}
 		}
-		if err := a.startSlot(g, spec, slot, a.placeGPU(a.rankEnv(spec, slot), slot), false); err != nil {
-			a.mu.Lock()
-			g.remaining -= len(order) - i // slots that will never run
-			a.mu.Unlock()
+		err := a.startSlot(g, spec, slot, a.placeGPU(a.rankEnv(spec, slot), slot), false)
+		if err == errStopping {
+			// Stopped while rank 0 came up (an interrupt, the coordinator):
+			// the rest never start, and Stopped follows once rank 0's gone.
+			a.neverStart(g, len(order)-i)
+			return nil
+		}
+		if err != nil {
+			a.neverStart(g, len(order)-i)
 			a.StopGeneration(spec.Gen, 0)
 			return err
 		}
@@ -266,6 +277,28 @@ func (a *Launcher) StartGeneration(spec GenerationSpec) error {
 	return nil
 }
 
+// errStopping: a slot of a generation already being stopped is not started.
+var errStopping = errors.New("agent: generation stopping")
+
+// neverStart takes n slots that will never run off g's count; the
+// generation has stopped when none is left running.
+func (a *Launcher) neverStart(g *generation, n int) {
+	a.mu.Lock()
+	g.remaining -= n
+	done := g.remaining == 0 && a.gens[g.gen] == g
+	if done {
+		if g.killTimer != nil {
+			g.killTimer.Stop()
+		}
+		delete(a.gens, g.gen)
+		a.faults.forget(g.gen)
+	}
+	a.mu.Unlock()
+	if done {
+		a.emit(Stopped{Gen: g.gen, At: time.Now()})
+	}
+}
+
 // rendezvousWait caps how long the other ranks wait for rank 0's store,
 // from the end of rank 0's preload.
 const rendezvousWait = 2 * time.Second
@@ -277,6 +310,9 @@ func (a *Launcher) startSlot(g *generation, spec GenerationSpec, slot int, env m
 	defer a.mu.Unlock()
 	if a.closed {
 		return ErrClosed
+	}
+	if g.stopping {
+		return errStopping
 	}
 	rank := spec.Ranks[slot]
 	log := a.openRankLog(spec.Gen, rank)
@@ -322,7 +358,21 @@ func (a *Launcher) StopGeneration(gen int, grace time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	g := a.gens[gen]
-	if g == nil || g.stopping {
+	if g == nil {
+		if gen > a.maxGen {
+			a.stopFirst = gen
+		}
+		return
+	}
+	if g.stopping {
+		// Asked again without grace (a second Ctrl-C): kill now rather
+		// than wait out the first request's grace.
+		if grace <= 0 {
+			if g.killTimer != nil {
+				g.killTimer.Stop()
+			}
+			a.killGeneration(g)
+		}
 		return
 	}
 	g.stopping = true

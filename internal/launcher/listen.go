@@ -41,18 +41,19 @@ func waitListening(port int, limit time.Duration) bool {
 
 // waitStore waits for rank 0's store (see above). decided is false when the
 // wait says nothing about the script: rank 0 exited or is stopped (SIGSTOP,
-// a tracer), or its shim never said it had preloaded (within preloadWait).
+// a tracer), its shim never said it had preloaded (within preloadWait), or
+// the generation is being stopped.
 // A stopped rank 0 ends the wait at once: the generation is then launched,
 // and the hang is called once it has been stopped past the threshold
 // (policy.ProcState), rather than after preloadWait.
-func (a *Launcher) waitStore(w *worker, port int) (listening, decided bool) {
+func (a *Launcher) waitStore(g *generation, w *worker, port int) (listening, decided bool) {
 	var deadline, looked time.Time
 	giveUp := time.Now().Add(preloadWait)
 	for {
 		if isListening(port) {
 			return true, true
 		}
-		if w.hasExited() {
+		if w.hasExited() || a.stoppingGen(g) {
 			return false, false
 		}
 		now := time.Now()
@@ -74,6 +75,13 @@ func (a *Launcher) waitStore(w *worker, port int) (listening, decided bool) {
 		}
 		time.Sleep(3 * time.Millisecond)
 	}
+}
+
+// stoppingGen: g is being stopped, or the launcher closed (the wait is moot).
+func (a *Launcher) stoppingGen(g *generation) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return g.stopping || a.closed
 }
 
 // preloadWait bounds the wait for a shim's preload: an import slower than

@@ -110,3 +110,183 @@ func TestCloseRemovesEmptyStackDumps(t *testing.T) {
 		}
 	}
 }
+
+// A generation stopped while the launch waits for rank 0's store (an
+// interrupt, the coordinator's stop) ends the wait at once, starts none of
+// its other ranks, and says Stopped once rank 0 is gone. Real shims; rank
+// 0's preload sleeps 20 s and ignores SIGTERM, so only the stop ends the wait.
+func TestStopDuringTheLaunchStartsNoOtherRank(t *testing.T) {
+	py, dir, sdk := shimEnv(t)
+	slowPreload(t, dir, "20")
+	ignoring := filepath.Join(dir, "ignoring")
+	os.WriteFile(filepath.Join(dir, "mods", "slowpreload.py"), []byte("import os, signal, time\n"+
+		"signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"+
+		"open('"+ignoring+"-%d' % os.getpid(), 'a').close()\n"+
+		"time.sleep(20)\n"), 0o644)
+	script := filepath.Join(dir, "w.py")
+	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "stoplaunch", RunDir: dir, SDKDir: sdk,
+		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	stopped := make(chan time.Time, 1)
+	launched := make(chan bool, 1)
+	go func() {
+		for e := range a.Events() {
+			switch e := e.(type) {
+			case Stopped:
+				stopped <- e.At
+			case Launched:
+				launched <- true
+			}
+		}
+	}()
+	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
+		MasterAddr: "127.0.0.1", MasterPort: freePort(t)}
+	started := make(chan error, 1)
+	go func() { started <- a.StartGeneration(spec) }()
+	pid0 := rankPID(t, dir, 0)
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(ignoring + "-" + strconv.Itoa(pid0)); err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("rank 0's preload never started")
+		}
+	}
+	a.StopGeneration(1, time.Minute)
+	// Without the check the wait lasts the 20 s preload and 2 s more.
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatalf("StartGeneration: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the launch still waited for rank 0's store after its generation was stopped")
+	}
+	select {
+	case <-stopped:
+		t.Fatal("Stopped while rank 0 still runs")
+	default:
+	}
+	a.StopGeneration(1, 0)
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no Stopped after the generation was stopped during its launch")
+	}
+	for _, r := range []string{"rank1", "rank2"} {
+		if _, err := os.Stat(filepath.Join(dir, "pids", r)); err == nil {
+			t.Errorf("%s was started into a generation already stopping", r)
+		}
+	}
+	select {
+	case <-launched:
+		t.Error("Launched for a generation stopped before its ranks all started")
+	default:
+	}
+}
+
+// A second stop without grace (the second Ctrl-C) kills the workers at once
+// instead of waiting out the first stop's grace: a worker that ignores
+// SIGTERM, a 60 s grace.
+func TestSecondStopWithoutGraceKillsAtOnce(t *testing.T) {
+	py, dir, _ := shimEnv(t)
+	script := filepath.Join(dir, "w.py")
+	ready := filepath.Join(dir, "ready")
+	os.WriteFile(script, []byte("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nopen('"+ready+"', 'w').close()\ntime.sleep(120)\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "secondstop", RunDir: dir, StopGrace: time.Minute,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	stopped := make(chan time.Time, 1)
+	go func() {
+		for e := range a.Events() {
+			if e, ok := e.(Stopped); ok {
+				stopped <- e.At
+			}
+		}
+	}()
+	spec := GenerationSpec{Gen: 1, WorldSize: 1, Ranks: []int{0}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
+	if err := a.StartGeneration(spec); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the worker never started")
+		}
+	}
+	a.StopGeneration(1, time.Minute)
+	select {
+	case <-stopped:
+		t.Fatal("a worker that ignores SIGTERM stopped within its grace")
+	case <-time.After(300 * time.Millisecond):
+	}
+	a.StopGeneration(1, 0)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second stop without grace did not kill the worker (it waits out the first stop's 60 s grace)")
+	}
+}
+
+// A stop that reaches the launcher before the start it cancels (a Ctrl-C as
+// the supervisor hands the launch to its goroutine) wins: nothing starts,
+// and Stopped follows. A generation that ended before a stop for it is
+// asked is not affected by that stop.
+func TestStopBeforeTheStartWins(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(Config{Command: []string{"sleep", "60"}, RunID: "stopfirst", RunDir: dir, StopGrace: time.Second,
+		Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	evs := make(chan Event, 16)
+	go func() {
+		for e := range a.Events() {
+			evs <- e
+		}
+	}()
+	spec := func(gen int) GenerationSpec {
+		return GenerationSpec{Gen: gen, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
+	}
+	a.StopGeneration(1, time.Second)
+	if err := a.StartGeneration(spec(1)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-evs:
+		if s, ok := e.(Stopped); !ok || s.Gen != 1 {
+			t.Fatalf("first event %#v, want Stopped{Gen: 1}", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Stopped for a generation stopped before it started")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pids", "rank0")); err == nil {
+		t.Error("a rank of a generation stopped before its start was started")
+	}
+	// Generation 2 is not the one asked to stop: it runs.
+	if err := a.StartGeneration(spec(2)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-evs:
+		if l, ok := e.(Launched); !ok || l.Gen != 2 {
+			t.Fatalf("event %#v, want Launched{Gen: 2}", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("generation 2 never launched")
+	}
+	if got := a.LiveRanks(2); len(got) != 2 {
+		t.Errorf("LiveRanks(2) = %v, want both", got)
+	}
+}

@@ -112,6 +112,7 @@ type run struct {
 	chaos   *chaos.Injector
 	inject  *injected
 	lastSig os.Signal
+	signals <-chan os.Signal
 	result  *Result
 
 	exitAt    map[int]time.Time // rank -> exit time, for detection latency
@@ -123,6 +124,7 @@ type run struct {
 	clock     events.StepClock
 	worlds    map[int]int   // generation -> world size, for the step clock
 	paused    time.Duration // time this process did not run (left out of the policy's clock)
+	lastTick  time.Time     // the last tick's time: a gap says this process did not run
 	gpuAt     time.Time     // when the last GPU fault was reported
 	strag     *stragglers   // nil: no straggler detection
 }
@@ -138,7 +140,7 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 	}
 	r := &run{cfg: cfg, node: node, m: policy.New(cfg.Policy), start: time.Now(), con: cfg.Console,
 		log: cfg.Log, chaos: chaos.NewInjector(cfg.Chaos), exitAt: map[int]time.Time{}, exitLog: map[int]string{}, lastStep: -1,
-		worlds: map[int]int{}}
+		worlds: map[int]int{}, signals: signals, lastTick: time.Now()}
 	r.seq = cfg.FirstSeq
 	if im, ok := node.(interface {
 		ImportingSince(time.Time) (time.Time, bool)
@@ -155,18 +157,10 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 	}
 	tick := time.NewTicker(cfg.Tick)
 	defer tick.Stop()
-	lastTick := time.Now()
 	for r.result == nil {
 		select {
 		case s := <-signals:
-			if r.lastSig != nil {
-				r.con.Printf("! second %s: killing workers now", s)
-				r.node.StopGeneration(r.m.Generation(), 0)
-				continue
-			}
-			r.lastSig = s
-			r.con.Printf("! %s: stopping workers", SignalName(s))
-			r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: SignalName(s)}))
+			r.signal(s)
 		case ev := <-node.Events():
 			r.handle(ev)
 		case g := <-cfg.GPU:
@@ -175,11 +169,11 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 			// A tick far behind means this process did not run (stopped, a
 			// frozen VM, swapping): the workers' silence meanwhile is ours,
 			// not theirs. The policy's clock skips the gap.
-			if gap := time.Since(lastTick); gap > max(10*cfg.Tick, time.Second) {
+			if gap := time.Since(r.lastTick); gap > max(10*cfg.Tick, time.Second) {
 				r.paused += gap - cfg.Tick
 				r.con.Printf("… bulsajo did not run for %s; that time does not count as the job's silence", gap.Round(time.Millisecond))
 			}
-			lastTick = time.Now()
+			r.lastTick = time.Now()
 			if g := r.m.Generation(); g > 0 {
 				r.apply(r.m.Step(r.now(), policy.ProcState{Gen: g, Stopped: r.node.Stopped(g)}))
 			}
@@ -191,6 +185,19 @@ func Run(cfg Config, node Node, signals <-chan os.Signal) Result {
 		}
 	}
 	return *r.result
+}
+
+// signal handles Ctrl-C / SIGTERM: the first stops the job through the
+// policy, a second kills the workers at once.
+func (r *run) signal(s os.Signal) {
+	if r.lastSig != nil {
+		r.con.Printf("! second %s: killing workers now", s)
+		r.node.StopGeneration(r.m.Generation(), 0)
+		return
+	}
+	r.lastSig = s
+	r.con.Printf("! %s: stopping workers", SignalName(s))
+	r.apply(r.m.Step(r.now(), policy.Interrupt{Signal: SignalName(s)}))
 }
 
 // now is the policy's clock: time this process has been running the job
@@ -337,7 +344,22 @@ func (r *run) launch(d policy.Launch) {
 	// Recorded before the workers start: tools (bench/faults.py) read the
 	// event as "pids files newer than this belong to the new generation".
 	r.record(events.Event{Type: events.GenerationStart, Gen: d.Gen, WorldSize: d.WorldSize})
-	if err = r.node.StartGeneration(spec); err != nil {
+	// The launch can wait for rank 0's store while it imports torch (up to
+	// the launcher's preload cap): Ctrl-C is still heard meanwhile, and the
+	// stop it asks for ends that wait. Other events keep in their channel.
+	started := make(chan error, 1)
+	go func() { started <- r.node.StartGeneration(spec) }()
+	for waiting := true; waiting; {
+		select {
+		case err = <-started:
+			waiting = false
+		case s := <-r.signals:
+			r.signal(s)
+		}
+	}
+	// The loop's ticks stood still meanwhile; bulsajo did run.
+	r.lastTick = time.Now()
+	if err != nil {
 		r.finish(policy.Finish{Outcome: policy.Failed, Reason: err.Error()})
 	}
 }

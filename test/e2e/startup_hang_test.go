@@ -129,3 +129,69 @@ func TestTorchStopDuringRankZerosImportIsAHang(t *testing.T) {
 		t.Errorf("the hang was called %s after the stop, want about 2 s:\n%s", d.Round(time.Millisecond), r.out)
 	}
 }
+
+// Ctrl-C while rank 0 imports (the launch holds the other ranks until rank
+// 0's store listens, up to a 30 s cap): bulsajo stops at once, not when the
+// import ends. A standby preload that sleeps 60 s stands for a slow import;
+// the first case's preload ignores SIGTERM, so it takes the second Ctrl-C
+// (kill now) with a 60 s stop grace. No torch needed.
+func TestCtrlCDuringRankZerosImport(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ignore bool
+	}{{"dies on SIGTERM", false}, {"ignores SIGTERM: second Ctrl-C", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mods := t.TempDir()
+			mod := "import os, signal, sys, time\n"
+			if tc.ignore {
+				mod += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+			}
+			mod += "open(os.path.join(" + strconv.Quote(mods) + ", 'importing-%d' % os.getpid()), 'w').close()\ntime.sleep(60)\n"
+			os.WriteFile(filepath.Join(mods, "slowimport.py"), []byte(mod), 0o644)
+			script := filepath.Join(mods, "train.py")
+			os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
+			t.Setenv("PYTHONPATH", mods)
+			id := "ctrlcimport" + strconv.FormatBool(tc.ignore)
+			cmd, out, runDir := startBulsajo(t, "--nproc-per-node", "3", "--run-id", id, "--standby-preload", "slowimport",
+				"--stop-grace", "60s", "--", torchPython, script)
+			var pid int
+			waitFor(t, 30*time.Second, "rank 0 importing", func() bool {
+				b, err := os.ReadFile(filepath.Join(runDir, "pids", "rank0"))
+				if err == nil {
+					pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				}
+				_, err = os.Stat(filepath.Join(mods, "importing-"+strconv.Itoa(pid)))
+				return pid > 0 && err == nil
+			})
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			cmd.Process.Signal(syscall.SIGINT)
+			if tc.ignore {
+				select {
+				case err := <-done:
+					t.Fatalf("exited (%v) while rank 0 ignores SIGTERM within its grace:\n%s", err, out.String())
+				case <-time.After(time.Second):
+				}
+				cmd.Process.Signal(syscall.SIGINT)
+			}
+			select {
+			case err := <-done:
+				if c := exitCode(err); c != 130 {
+					t.Errorf("exit %d, want 130:\n%s", c, out.String())
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("bulsajo did not stop within 15 s of Ctrl-C during rank 0's import:\n%s", out.String())
+			}
+			if strings.Contains(out.String(), "did not run for") {
+				t.Errorf("the launch's wait was reported as bulsajo not running:\n%s", out.String())
+			}
+			waitFor(t, 5*time.Second, "rank 0 gone", func() bool { return !alive(pid) })
+			for _, r := range []string{"rank1", "rank2"} {
+				if _, err := os.Stat(filepath.Join(runDir, "pids", r)); err == nil {
+					t.Errorf("%s was started after the Ctrl-C", r)
+				}
+			}
+			waitNone(t, "BULSAJO_RUN_ID="+id, 5*time.Second)
+		})
+	}
+}
