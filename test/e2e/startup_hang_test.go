@@ -195,3 +195,26 @@ func TestCtrlCDuringRankZerosImport(t *testing.T) {
 		})
 	}
 }
+
+// A rank 0 whose import is slow (3 s here) holds the launch that long; that
+// is the job starting, not bulsajo failing to run. The first generation
+// fails at once, so the restart activates standbys still importing. Before,
+// the tick after that launch said "bulsajo did not run for 3.0s" and left
+// the time out of the policy's clock.
+func TestSlowImportIsNotBulsajoStalling(t *testing.T) {
+	mods := t.TempDir()
+	os.WriteFile(filepath.Join(mods, "slowimport.py"), []byte("import time\ntime.sleep(3)\n"), 0o644)
+	script := filepath.Join(mods, "train.py")
+	os.WriteFile(script, []byte("import os, sys\n"+
+		"if os.environ['TORCHELASTIC_RESTART_COUNT'] == '0': sys.exit(3)\n"+
+		"print('trained', flush=True)\n"), 0o644)
+	t.Setenv("PYTHONPATH", mods)
+	r := bulsajo(t, 60*time.Second, "--nproc-per-node", "2", "--max-restarts", "1", "--standby-preload", "slowimport",
+		"--", torchPython, script)
+	if r.code != 0 || strings.Count(r.out, "trained") != 2 {
+		t.Fatalf("exit %d, want both ranks of the restart to run:\n%s", r.code, r.out)
+	}
+	if strings.Contains(r.out, "did not run for") {
+		t.Errorf("the launch's wait for rank 0's import was reported as bulsajo not running:\n%s", r.out)
+	}
+}
