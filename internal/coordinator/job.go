@@ -163,6 +163,7 @@ type job struct {
 	frozen        map[string][]int // node -> its ranks seen stopped (SIGSTOP, a tracer) now
 	stopping      bool
 	pending       *launcher.GenerationSpec // waiting for capacity
+	stopFirst     int                      // a generation asked to stop before its start came (0: none)
 	waitSaid      bool
 	faulted       bool // a fault of this generation has been reported
 	adopting      bool // resumed: waiting for the agents to confirm
@@ -508,6 +509,12 @@ func (j *job) Events() <-chan launcher.Event { return j.out }
 func (j *job) StartGeneration(spec launcher.GenerationSpec) error {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
+	if spec.Gen == j.stopFirst {
+		// Its stop came first (a cancel as the supervisor handed the
+		// launch over): nothing to start.
+		j.emit(launcher.Stopped{Gen: spec.Gen, At: time.Now()})
+		return nil
+	}
 	j.pending, j.waitSaid = &spec, false
 	j.launchPending()
 	return nil
@@ -808,6 +815,9 @@ func (j *job) StopGeneration(gen int, grace time.Duration) {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	if gen != j.rec.Gen && j.pending == nil {
+		if gen > j.rec.Gen {
+			j.stopFirst = gen // its start is on its way
+		}
 		return
 	}
 	if j.pending != nil {

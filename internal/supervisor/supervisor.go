@@ -71,6 +71,8 @@ type Node interface {
 	StartGeneration(launcher.GenerationSpec) error
 	Regroup(launcher.RegroupSpec) error
 	SpawnJoiners(n int) error
+	// StopGeneration may come before the StartGeneration of gen it cancels
+	// (a Ctrl-C while the launch is handed to its goroutine): the stop wins.
 	StopGeneration(gen int, grace time.Duration)
 	Signal(gen, rank int, sig syscall.Signal) error
 	LiveRanks(gen int) []int
