@@ -31,6 +31,53 @@ func runLauncher(t *testing.T, cfg Config) *Launcher {
 	return a
 }
 
+// eventLauncher is runLauncher for a test that reads the events: they come
+// back on the channel returned (buffered; nothing here emits many).
+func eventLauncher(t *testing.T, cfg Config) (*Launcher, <-chan Event) {
+	t.Helper()
+	cfg.Console = console.New(io.Discard)
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	evs := make(chan Event, 256)
+	go func() {
+		for e := range a.Events() {
+			evs <- e
+		}
+	}()
+	return a, evs
+}
+
+// nextEvent returns the next event of type E within d, and the events of
+// other types that came before it; ok is false if none came.
+func nextEvent[E Event](evs <-chan Event, d time.Duration) (got E, before []Event, ok bool) {
+	end := time.After(d)
+	for {
+		select {
+		case e := <-evs:
+			if x, is := e.(E); is {
+				return x, before, true
+			}
+			before = append(before, e)
+		case <-end:
+			return got, before, false
+		}
+	}
+}
+
+// waitFile waits (up to 10 s) for path to exist.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s never appeared", filepath.Base(path))
+}
+
 // rankPID waits (up to 10 s) for pids/rankN in dir and returns the pid.
 func rankPID(t *testing.T, dir string, rank int) int {
 	t.Helper()
@@ -125,38 +172,13 @@ func TestStopDuringTheLaunchStartsNoOtherRank(t *testing.T) {
 		"time.sleep(20)\n"), 0o644)
 	script := filepath.Join(dir, "w.py")
 	os.WriteFile(script, []byte("import time\ntime.sleep(60)\n"), 0o644)
-	a, err := New(Config{Command: []string{py, script}, RunID: "stoplaunch", RunDir: dir, SDKDir: sdk,
-		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond,
-		Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	stopped := make(chan time.Time, 1)
-	launched := make(chan bool, 1)
-	go func() {
-		for e := range a.Events() {
-			switch e := e.(type) {
-			case Stopped:
-				stopped <- e.At
-			case Launched:
-				launched <- true
-			}
-		}
-	}()
+	a, evs := eventLauncher(t, Config{Command: []string{py, script}, RunID: "stoplaunch", RunDir: dir, SDKDir: sdk,
+		Standby: true, StandbyCount: 3, Preload: "slowpreload", StopGrace: 100 * time.Millisecond})
 	spec := GenerationSpec{Gen: 1, WorldSize: 3, Ranks: []int{0, 1, 2}, GroupWorldSize: 1,
 		MasterAddr: "127.0.0.1", MasterPort: freePort(t)}
 	started := make(chan error, 1)
 	go func() { started <- a.StartGeneration(spec) }()
-	pid0 := rankPID(t, dir, 0)
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(ignoring + "-" + strconv.Itoa(pid0)); err == nil {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal("rank 0's preload never started")
-		}
-	}
+	waitFile(t, ignoring+"-"+strconv.Itoa(rankPID(t, dir, 0)))
 	a.StopGeneration(1, time.Minute)
 	// Without the check the wait lasts the 20 s preload and 2 s more.
 	select {
@@ -167,26 +189,23 @@ func TestStopDuringTheLaunchStartsNoOtherRank(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the launch still waited for rank 0's store after its generation was stopped")
 	}
-	select {
-	case <-stopped:
+	if _, _, ok := nextEvent[Stopped](evs, 300*time.Millisecond); ok {
 		t.Fatal("Stopped while rank 0 still runs")
-	default:
 	}
-	a.StopGeneration(1, 0)
-	select {
-	case <-stopped:
-	case <-time.After(15 * time.Second):
+	a.StopGeneration(1, 0) // rank 0 ignores SIGTERM: kill it
+	_, before, ok := nextEvent[Stopped](evs, 15*time.Second)
+	if !ok {
 		t.Fatal("no Stopped after the generation was stopped during its launch")
+	}
+	for _, e := range before {
+		if _, ok := e.(Launched); ok {
+			t.Error("Launched for a generation stopped before its ranks all started")
+		}
 	}
 	for _, r := range []string{"rank1", "rank2"} {
 		if _, err := os.Stat(filepath.Join(dir, "pids", r)); err == nil {
 			t.Errorf("%s was started into a generation already stopping", r)
 		}
-	}
-	select {
-	case <-launched:
-		t.Error("Launched for a generation stopped before its ranks all started")
-	default:
 	}
 }
 
@@ -198,64 +217,28 @@ func TestSecondStopWithoutGraceKillsAtOnce(t *testing.T) {
 	script := filepath.Join(dir, "w.py")
 	ready := filepath.Join(dir, "ready")
 	os.WriteFile(script, []byte("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nopen('"+ready+"', 'w').close()\ntime.sleep(120)\n"), 0o644)
-	a, err := New(Config{Command: []string{py, script}, RunID: "secondstop", RunDir: dir, StopGrace: time.Minute,
-		Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	stopped := make(chan time.Time, 1)
-	go func() {
-		for e := range a.Events() {
-			if e, ok := e.(Stopped); ok {
-				stopped <- e.At
-			}
-		}
-	}()
+	a, evs := eventLauncher(t, Config{Command: []string{py, script}, RunID: "secondstop", RunDir: dir, StopGrace: time.Minute})
 	spec := GenerationSpec{Gen: 1, WorldSize: 1, Ranks: []int{0}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
 	if err := a.StartGeneration(spec); err != nil {
 		t.Fatal(err)
 	}
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal("the worker never started")
-		}
-	}
+	waitFile(t, ready)
 	a.StopGeneration(1, time.Minute)
-	select {
-	case <-stopped:
+	if _, _, ok := nextEvent[Stopped](evs, 300*time.Millisecond); ok {
 		t.Fatal("a worker that ignores SIGTERM stopped within its grace")
-	case <-time.After(300 * time.Millisecond):
 	}
 	a.StopGeneration(1, 0)
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
+	if _, _, ok := nextEvent[Stopped](evs, 10*time.Second); !ok {
 		t.Fatal("a second stop without grace did not kill the worker (it waits out the first stop's 60 s grace)")
 	}
 }
 
 // A stop that reaches the launcher before the start it cancels (a Ctrl-C as
 // the supervisor hands the launch to its goroutine) wins: nothing starts,
-// and Stopped follows. A generation that ended before a stop for it is
-// asked is not affected by that stop.
+// and Stopped follows. The next generation, which no stop names, runs.
 func TestStopBeforeTheStartWins(t *testing.T) {
 	dir := t.TempDir()
-	a, err := New(Config{Command: []string{"sleep", "60"}, RunID: "stopfirst", RunDir: dir, StopGrace: time.Second,
-		Console: console.New(io.Discard)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	evs := make(chan Event, 16)
-	go func() {
-		for e := range a.Events() {
-			evs <- e
-		}
-	}()
+	a, evs := eventLauncher(t, Config{Command: []string{"sleep", "60"}, RunID: "stopfirst", RunDir: dir, StopGrace: time.Second})
 	spec := func(gen int) GenerationSpec {
 		return GenerationSpec{Gen: gen, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1, MasterAddr: "127.0.0.1", MasterPort: 1}
 	}
@@ -274,17 +257,11 @@ func TestStopBeforeTheStartWins(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "pids", "rank0")); err == nil {
 		t.Error("a rank of a generation stopped before its start was started")
 	}
-	// Generation 2 is not the one asked to stop: it runs.
 	if err := a.StartGeneration(spec(2)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case e := <-evs:
-		if l, ok := e.(Launched); !ok || l.Gen != 2 {
-			t.Fatalf("event %#v, want Launched{Gen: 2}", e)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("generation 2 never launched")
+	if l, _, ok := nextEvent[Launched](evs, 5*time.Second); !ok || l.Gen != 2 {
+		t.Fatalf("generation 2 never launched (%+v)", l)
 	}
 	if got := a.LiveRanks(2); len(got) != 2 {
 		t.Errorf("LiveRanks(2) = %v, want both", got)
