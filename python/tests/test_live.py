@@ -103,6 +103,12 @@ class AbandonSocketsTest(unittest.TestCase):
         own_listener = socket.socket()       # a listening socket of the group
         own_listener.bind(("127.0.0.1", 0))
         own_listener.listen(1)
+        ux, ux_peer = socket.socketpair()    # a unix socket of the group: not TCP
+        l6 = socket.socket(socket.AF_INET6)  # an IPv6 connection of the group
+        l6.bind(("::1", 0))
+        l6.listen(1)
+        mine6 = socket.create_connection(("::1", l6.getsockname()[1]))
+        m6_peer, _ = l6.accept()
         self.assertTrue(gens.end_group(g))
         ino = os.fstat(mine.fileno()).st_ino
         self.assertIn(ino, [i for _, i in g.sockets])
@@ -120,6 +126,8 @@ class AbandonSocketsTest(unittest.TestCase):
         self.assertEqual(got, [b""])
         self.assertLess(time.monotonic() - t0, 1.0)
         self.assertEqual(m_peer.recv(10), b"")        # the peer sees EOF too
+        m6_peer.settimeout(5)
+        self.assertEqual(m6_peer.recv(10), b"")       # IPv6 alike
         self.assertTrue(g.abandoned)
         # the fd itself stays open (its owner closes it) ...
         os.fstat(mine.fileno())
@@ -128,7 +136,10 @@ class AbandonSocketsTest(unittest.TestCase):
         self.assertEqual(u_peer.recv(1), b"x")
         c = socket.create_connection(("127.0.0.1", own_listener.getsockname()[1]))
         c.close()
-        for s in (listener, unrelated, u_peer, mine, m_peer, own_listener):
+        ux.sendall(b"u")                     # the unix pair was not shut
+        self.assertEqual(ux_peer.recv(1), b"u")
+        for s in (listener, unrelated, u_peer, mine, m_peer, own_listener,
+                  ux, ux_peer, l6, mine6, m6_peer):
             s.close()
 
     def test_inode_guard(self):

@@ -188,7 +188,10 @@ class FakeAgent(object):
             "MASTER_PORT": str(port), "BULSAJO_GENERATION": str(gen),
             "BULSAJO_AGENT_CTL": self.address, "BULSAJO_RECOVERY": "live",
             "TORCHELASTIC_USE_AGENT_STORE": "False",
+            # a regroup stuck for 10 s writes its stacks here (dump_logs shows them)
+            "BULSAJO_RUN_DIR": self.tmpdir,
         })
+        os.makedirs(os.path.join(self.tmpdir, "logs"), exist_ok=True)
         if join:
             e["BULSAJO_JOIN"] = "1"
         e.update(env or {})
@@ -290,6 +293,10 @@ class FakeAgent(object):
         for pid in sorted(self.logs):
             out.append("---- worker pid %d (%s)\n%s" % (pid, os.path.basename(self.logs[pid]),
                                                        self.log(pid)[-3000:]))
+        logs = os.path.join(self.tmpdir, "logs")
+        for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+            with open(os.path.join(logs, name), errors="replace") as f:
+                out.append("---- %s\n%s" % (name, f.read()[-6000:]))
         return "\n".join(out)
 
     def close(self):
