@@ -8,8 +8,10 @@ rank), for one or more bulsajo binaries (e.g. before and after a change).
         --out bench/results-live-cost.json
 
 Each round runs, in order: fault-free (the first binary), then every
-(kill-every, binary) pair; the chaos seed is the round number. Per faulty run:
-  cost per fault = (wall - the same round's fault-free wall) / faults
+(kill-every, binary) pair; the chaos seed is the round number; one more
+fault-free run closes the last round. Per faulty run, with "fault-free wall"
+the mean of the fault-free runs just before and just after its round:
+  cost per fault = (wall - fault-free wall) / faults
   wall-clock goodput = fault-free wall / wall;  summary goodput = bulsajo's own
     (its useful / wall, startup left out of both)
     (walls counted from the first step: startup, which no fault touches, varies
@@ -40,10 +42,11 @@ def run_one(binary, label, args, chaos, seed):
         cmd += ["--chaos", "kill-every=%ss,seed=%d" % (chaos, seed)]
     cmd += ["--", args.python, os.path.join(ROOT, "examples", "live_ddp.py"),
             "--model", args.model, "--steps", str(args.steps)]
-    t0 = time.monotonic()
+    t0, st0 = time.monotonic(), _steal_s()
     with open(os.path.join(d, "out.log"), "w") as out:
         rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT).returncode
     wall = time.monotonic() - t0
+    steal = _steal_s() - st0
     evs = [json.loads(l) for l in open(os.path.join(d, "run", "events.jsonl"))]
     fin = [e for e in evs if e["type"] == "run_finished"]
     summ = fin[-1]["summary"] if fin else {}
@@ -52,11 +55,15 @@ def run_one(binary, label, args, chaos, seed):
     return {
         "label": label, "binary": binary, "kill_every_s": chaos, "seed": seed, "rc": rc,
         "wall_s": round(wall, 2),
+        # CPU time the hypervisor gave other guests during the run (all CPUs):
+        # a neighbour's load, which slows a run without any fault
+        "steal_s": round(steal, 2),
         "faults": sum(1 for e in evs if e["type"] == "fault"),
         # the summary's goodput after startup, to set next to the wall clock's
         "summary_goodput": _after_startup(summ),
         "summary_lost_s": summ.get("lost_s"),
         "healthy_step_s": summ.get("healthy_step_s"),
+        "healthy_from": summ.get("healthy_from"),
         # to the first step: importing torch and building the model, which no
         # fault touches (chaos waits for training) but which this machine's
         # disk and neighbours make vary by seconds between runs
@@ -65,6 +72,13 @@ def run_one(binary, label, args, chaos, seed):
         "shrink_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "fault"],
         "grow_pause_s": [p["pause_s"] for p in pauses if p["cause"] == "grow"],
     }
+
+
+def _steal_s():
+    """The machine's CPU steal time so far, in seconds (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = f.readline().split()
+    return int(v[8]) / os.sysconf("SC_CLK_TCK") if len(v) > 8 else 0.0
 
 
 def _after_startup(summ):
@@ -99,45 +113,63 @@ def main():
             p.error("--bin wants NAME=PATH, got %r" % b)
         bins.append((name, os.path.abspath(path)))
     kills = [int(x) for x in args.kill_every.split(",") if x]
-    runs = []
-    for r in range(1, args.rounds + 1):
+    runs, ffs = [], []
+    for r in range(1, args.rounds + 2):
         ff = run_one(bins[0][1], "fault-free-%d" % r, args, None, r)
         ff["name"] = bins[0][0]
         runs.append(ff)
+        ffs.append(ff)
         print("round %d fault-free: %.1f s" % (r, ff["wall_s"]), flush=True)
+        if r > args.rounds:
+            break  # the closing fault-free run: the last round's "after"
         for k in kills:
             for name, path in bins:
                 x = run_one(path, "%s-k%d-%d" % (name, k, r), args, k, r)
                 x["name"] = name
-                x["fault_free_wall_s"] = ff["wall_s"]
-                n = max(x["faults"], 1)
-                ffw, w = ff["wall_s"] - ff["startup_s"], x["wall_s"] - x["startup_s"]
-                x["cost_per_fault_s"] = round((w - ffw) / n, 3)
-                x["wall_goodput"] = round(ffw / w, 3)
+                x["round"] = r
                 runs.append(x)
-                print("round %d %s kill every %d s: %.1f s, %d faults, %.2f s per fault, "
-                      "goodput summary %.3f / wall clock %.3f, recover_ms median %.0f"
-                      % (r, name, k, x["wall_s"], x["faults"], x["cost_per_fault_s"],
-                         x["summary_goodput"] or 0, x["wall_goodput"], med(x["recover_ms"])),
+                print("round %d %s kill every %d s: %.1f s, %d faults, summary goodput %.3f, "
+                      "recover_ms median %.0f" % (r, name, k, x["wall_s"], x["faults"],
+                                                  x["summary_goodput"] or 0, med(x["recover_ms"])),
                       flush=True)
+    # Each faulty run against the fault-free runs on either side of its round
+    # (their mean): a machine whose pace drifts by minutes moves both.
+    for x in runs:
+        if "round" not in x:
+            continue
+        before, after = ffs[x["round"] - 1], ffs[x["round"]]
+        ffw = statistics.mean(f["wall_s"] - f["startup_s"] for f in (before, after))
+        x["fault_free_wall_s"] = round(ffw, 2)
+        x["fault_free_spread"] = round(abs((before["wall_s"] - before["startup_s"]) -
+                                           (after["wall_s"] - after["startup_s"])) / ffw, 3)
+        n = max(x["faults"], 1)
+        w = x["wall_s"] - x["startup_s"]
+        x["cost_per_fault_s"] = round((w - ffw) / n, 3)
+        x["wall_goodput"] = round(ffw / w, 3)
+        print("round %d %s kill every %d s: %.2f s per fault, goodput summary %.3f / wall clock %.3f "
+              "(fault-free runs around it differ by %.1f%%)"
+              % (x["round"], x["name"], x["kill_every_s"], x["cost_per_fault_s"],
+                 x["summary_goodput"] or 0, x["wall_goodput"], 100 * x["fault_free_spread"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"model": args.model, "steps": args.steps, "runs": runs}, f, indent=1)
     print("\n| binary | kill every | runs | faults | s per fault (median) | summary goodput | "
           "wall-clock goodput | summary - wall (max abs) | recover ms (median) | "
-          "shrink pause s | grow pause s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "shrink pause s | grow pause s | steal s (max) | healthy step unmeasured |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in kills:
         for name, _ in bins:
             xs = [x for x in runs if x.get("kill_every_s") == k and x["name"] == name]
             diff = max(abs((x["summary_goodput"] or 0) - x["wall_goodput"]) for x in xs)
-            print("| %s | %d s | %d | %s | %.2f | %.3f | %.3f | %.3f | %.0f | %.3f | %.3f |" % (
+            print("| %s | %d s | %d | %s | %.2f | %.3f | %.3f | %.3f | %.0f | %.3f | %.3f | %.1f | %d of %d |" % (
                 name, k, len(xs), "/".join(str(x["faults"]) for x in xs),
                 med(x["cost_per_fault_s"] for x in xs), med(x["summary_goodput"] for x in xs),
                 med(x["wall_goodput"] for x in xs), diff,
                 med([v for x in xs for v in x["recover_ms"]]),
                 med([v for x in xs for v in x["shrink_pause_s"]]),
-                med([v for x in xs for v in x["grow_pause_s"]])))
+                med([v for x in xs for v in x["grow_pause_s"]]),
+                max(x["steal_s"] for x in xs),
+                sum(1 for x in xs if x.get("healthy_from") == "median_step"), len(xs)))
     if any(x["rc"] != 0 for x in runs):
         sys.exit(1)
 

@@ -254,3 +254,42 @@ func TestStepClockStretches(t *testing.T) {
 		t.Error("Flush twice returned a stretch")
 	}
 }
+
+// The summary says where its healthy step came from, and a run in which no
+// step ran clear of a regroup or an import is priced at the caller's median.
+func TestSummarizeHealthyFrom(t *testing.T) {
+	tests := []struct {
+		name    string
+		run     func(tl *timeline) []Event
+		from    string
+		healthy float64
+	}{
+		{"steady steps at full size", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			last := tl.steps(1, 2, 0, 20, 1, 0.1)
+			return tl.finish(last, "succeeded")
+		}, HealthyFull, 0.1},
+		{"steady steps at a smaller size only", func(tl *timeline) []Event {
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			last := tl.steps(1, 1, 0, 20, 1, 0.2)
+			return tl.finish(last, "succeeded")
+		}, HealthySmaller, 0.2},
+		{"every step warm or beside an import: the median", func(tl *timeline) []Event {
+			tl.importing([2]float64{0.5, 100})
+			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
+			last := tl.steps(1, 2, 0, 10, 1, 0.15)
+			tl.c.Cause(StretchFault)
+			tl.ev(Event{Time: at(last + 0.1), Type: FaultDetected, DetectMS: 100})
+			last = tl.steps(2, 2, 11, 20, last+0.5, 0.15)
+			return tl.finish(last, "succeeded")
+		}, HealthyMedian, 0.12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Summarize(tt.run(&timeline{}), 120*time.Millisecond)
+			if got.HealthyFrom != tt.from || math.Abs(got.HealthyStepS-tt.healthy) > 1e-9 {
+				t.Errorf("HealthyFrom, HealthyStepS = %q, %v, want %q, %v", got.HealthyFrom, got.HealthyStepS, tt.from, tt.healthy)
+			}
+		})
+	}
+}

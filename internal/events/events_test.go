@@ -478,6 +478,15 @@ func TestSummaryLine(t *testing.T) {
 		{"one fault no recovery", Summary{WallS: 10, Faults: 1, DetectS: 1, LostS: 1, Goodput: 0.9},
 			"in 10.0 s · 1 fault, 0 recoveries · 1.0 s lost (detect 1.0, restart 0.0, rollback 0.0) · goodput 0.90",
 			nil},
+		{"faults and no steady step: the goodput is marked", Summary{WallS: 10, Steps: 40, Faults: 2, Recoveries: 2,
+			RestartS: 1, LostS: 1, Goodput: 0.9, HealthyFrom: HealthyMedian},
+			"in 10.0 s · last step 40 · 2 faults, 2 recoveries · 1.0 s lost (detect 0.0, restart 1.0, rollback 0.0) · goodput 0.90 (likely high: no step ran clear of a regroup or an import to measure the healthy pace by)",
+			nil},
+		{"no faults and no steady step: nothing to mark", Summary{WallS: 10, Steps: 40, Goodput: 1, HealthyFrom: HealthyMedian},
+			"in 10.0 s · last step 40 · 0 faults, 0 recoveries · 0.0 s lost · goodput 1.00", []string{"likely"}},
+		{"steady steps measured: not marked", Summary{WallS: 10, Steps: 40, Faults: 1, Recoveries: 1,
+			RestartS: 1, LostS: 1, Goodput: 0.9, HealthyFrom: HealthyFull},
+			"in 10.0 s · last step 40 · 1 fault, 1 recovery · 1.0 s lost (detect 0.0, restart 1.0, rollback 0.0) · goodput 0.90", []string{"likely"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

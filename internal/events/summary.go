@@ -29,7 +29,13 @@ type Summary struct {
 	// HealthyStepS is the step time the useful time is priced at (0 when
 	// the job reported no steps).
 	HealthyStepS float64 `json:"healthy_step_s,omitempty"`
-	UsefulS      float64 `json:"useful_s,omitempty"`
+	// HealthyFrom says where HealthyStepS came from: HealthyFull (steady
+	// steps at full world size), HealthySmaller (steady steps at a smaller
+	// world only) or HealthyMedian (no steady step at all: the median of
+	// every step, regroups' warm steps and imports' slower steps included,
+	// so the useful time is overstated by as much as those are slower).
+	HealthyFrom string  `json:"healthy_from,omitempty"`
+	UsefulS     float64 `json:"useful_s,omitempty"`
 	// StartupS: from the start to the first step (counted useful: a
 	// fault-free run pays it too, unless faults came before the first step).
 	StartupS float64 `json:"startup_s,omitempty"`
@@ -85,6 +91,13 @@ type Pause struct {
 	// imported (the pool refilling).
 	ImportS float64 `json:"import_s,omitempty"`
 }
+
+// Where a summary's healthy step time came from (Summary.HealthyFrom).
+const (
+	HealthyFull    = "steady"
+	HealthySmaller = "steady_smaller_world"
+	HealthyMedian  = "median_step"
+)
 
 // Summarize accounts a run from its events. stepTime prices rolled-back
 // steps of a job whose steps the log does not hold (0: unpriced).
@@ -167,6 +180,7 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 	// steady steps at any size; failing those, the median the caller knows.
 	var sum float64
 	var n int
+	s.HealthyFrom = HealthyMedian
 	for _, full := range []bool{true, false} {
 		for _, x := range st {
 			if !full || x.World == world {
@@ -175,6 +189,10 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 			}
 		}
 		if n > 0 {
+			s.HealthyFrom = HealthySmaller
+			if full {
+				s.HealthyFrom = HealthyFull
+			}
 			break
 		}
 	}
@@ -343,6 +361,11 @@ func (s Summary) Line() string {
 		fmt.Fprintf(&b, " (%s)", strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(&b, " · goodput %.2f", s.Goodput)
+	if s.Faults > 0 && s.HealthyFrom == HealthyMedian {
+		// Seen at a fault every 5 s on 2 CPU cores: each step after a
+		// regroup is warm or shares the CPUs with a standby's import.
+		b.WriteString(" (likely high: no step ran clear of a regroup or an import to measure the healthy pace by)")
+	}
 	return b.String()
 }
 
