@@ -48,6 +48,7 @@ import datetime
 import faulthandler
 import gc
 import hashlib
+import inspect
 import io
 import os
 import socket
@@ -363,7 +364,7 @@ class Job(object):
             if _now() > deadline:
                 raise RuntimeError("bulsajo: store %s:%s of generation %d never listened"
                                    % (addr, port, gen))
-            time.sleep(0.02)
+            time.sleep(0.005)  # a refused connect costs microseconds; waiting here is the pause
 
     def _create_group(self, msg):
         gen = int(msg["gen"])
@@ -382,6 +383,10 @@ class Job(object):
             # (rank > 0: it gives up as soon as a newer generation exists, and
             # spares the log torch 2.x's retries write), by torch's store-based
             # barrier and by gloo's rendezvous, never in the store constructor.
+            ph = getattr(self, "_phases", None)
+            if ph is None:
+                ph = {}
+            t = _now()
             if rank == 0:
                 store = _tcp_store(addr, port, world, True, timeout)
             else:
@@ -394,8 +399,12 @@ class Job(object):
                     # from abandoning this group: connect with a short timeout.
                     store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
                     store.set_timeout(timeout)
-            dist.init_process_group(self.backend, store=store, rank=rank,
-                                    world_size=world, timeout=timeout)
+            ph["form_store"] = _now() - t  # rank > 0: waiting for rank 0 too
+            t = _now()
+            with _prompt_init_barrier():
+                dist.init_process_group(self.backend, store=store, rank=rank,
+                                        world_size=world, timeout=timeout)
+            ph["form_init"] = _now() - t
             del store
             ok = True
         finally:
@@ -424,6 +433,7 @@ class Job(object):
         t = _now()
         for w in self._wrappers:
             w._drop()
+        ph["leave_drop"] = _now() - t
         group, self._group = self._group, None
         if group is not None and abandon:
             self._gens.abandon(group)
@@ -643,8 +653,12 @@ class Job(object):
             ph = self._phases = {}
         t = _now()
         holder = self._has_state and not self._dirty
+        # A holder's digest goes with its step: when nobody needs the state
+        # (a shrink: every survivor holds the same step), this one round
+        # both agrees and verifies.
+        digest = state.digest() if holder else bytes(32)
         mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
-                             1 if counting else 0], dtype=torch.int64, device=dev)
+                             1 if counting else 0] + list(digest), dtype=torch.int64, device=dev)
         rows = [torch.zeros_like(mine) for _ in range(self._world)]
         dist.all_gather(rows, mine, group=self._pg)
         rows = [[int(v) for v in r.tolist()] for r in rows]
@@ -654,8 +668,14 @@ class Job(object):
                                      "state (all are replacements)" % self._gen)
         best = max(s for _, s in holders)
         source = min(r for r, s in holders if s == best)
-        transfer = any(row[0] != best or row[1] for row in rows)
+        # Holders of the same step whose states differ (models initialised
+        # without a common seed; a silent corruption) all take the source's.
+        differ = any(rows[r][4:] != rows[source][4:] for r, s in holders if s == best)
+        transfer = differ or any(row[0] != best or row[1] for row in rows)
         counting = any(row[3] for row in rows)
+        if differ and counting and self._rank == 0:
+            _live._warn("bulsajo: ranks at step %d held different parameters or optimizer "
+                        "state; all took rank %d's (generation %d)" % (best, source, self._gen))
         ph["agree"] = _now() - t
         t = _now()
         nbytes = 0
@@ -674,6 +694,7 @@ class Job(object):
             dist.broadcast(buf, src=source, group=self._pg)
             if self._rank != source:
                 state._load(_tensor_bytes(buf))
+                digest = None  # replaced: hashed again below
         self._has_state = True
         self._dirty = False
         ph["transfer"] = _now() - t
@@ -682,11 +703,16 @@ class Job(object):
             w._build(self._pg)
         ph["ddp_build"] = _now() - t
         t = _now()
-        digest = state.digest()
-        d = torch.tensor(list(digest), dtype=torch.uint8, device=dev)
-        ds = [torch.zeros_like(d) for _ in range(self._world)]
-        dist.all_gather(ds, d, group=self._pg)
-        if any(not torch.equal(x.cpu(), d.cpu()) for x in ds):
+        if transfer:
+            if digest is None:
+                digest = state.digest()
+            d = torch.tensor(list(digest), dtype=torch.uint8, device=dev)
+            ds = [torch.zeros_like(d) for _ in range(self._world)]
+            dist.all_gather(ds, d, group=self._pg)
+            same = all(torch.equal(x.cpu(), d.cpu()) for x in ds)
+        else:
+            same = True  # every rank holds the best step, and their digests matched
+        if not same:
             raise StateDivergedError(
                 "bulsajo: after recovery into generation %d the ranks' parameters and "
                 "optimizer state are not bit-identical" % self._gen)
@@ -713,6 +739,7 @@ class Job(object):
                 "replacement": not holder,
                 "source": source, "transferred_bytes": nbytes, "step": state.step,
                 "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
+                "states_differed": differ,
                 # where the regroup's time went, in seconds (this rank's view)
                 "phases": {k: round(v, 4) for k, v in ph.items()},
             })
@@ -744,6 +771,33 @@ class Job(object):
             del backend   # the last reference: freed without the GIL (see _hold_backend)
         if _JOB is self:
             _JOB = None
+
+
+@contextlib.contextmanager
+def _prompt_init_barrier():
+    """torch 1.x ends init_process_group with a store barrier that polls every
+    10 ms; every rank of a regroup waits in it.  Here the last rank to arrive
+    sets a key the others wait on (Store.wait wakes at once, without the GIL,
+    and fails at once when an abandon shuts the store's connection).  torch
+    2.x has no such barrier by default (TORCH_DIST_INIT_BARRIER)."""
+    c10d = dist.distributed_c10d
+    orig = getattr(c10d, "_store_based_barrier", None)
+    if _TORCH_MAJOR >= 2 or orig is None or \
+            list(inspect.signature(orig).parameters) != ["rank", "store", "timeout"]:
+        yield  # not the barrier this replaces
+        return
+
+    def barrier(rank, store, timeout):
+        key = "bulsajo_init_barrier:%d" % c10d._group_count
+        if store.add(key, 1) >= c10d.get_world_size():
+            store.set(key + ":all", "1")
+        store.wait([key + ":all"], timeout)
+
+    c10d._store_based_barrier = barrier
+    try:
+        yield
+    finally:
+        c10d._store_based_barrier = orig
 
 
 def _reset_group_counter():

@@ -291,5 +291,78 @@ class CommitRaceTest(FakeAgentCase):
             self.assertEqual(ids, sorted(sampler.global_indices(step)))
 
 
+DIVERGE_WORKER = textwrap.dedent("""\
+    import json, sys, time
+    import torch, torch.nn as nn
+    import bulsajo.torch as bj
+    out = sys.argv[1]
+    job = bj.init()
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    model = bj.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = bj.State(model=model, optimizer=opt)
+    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    for step in job.steps(400, state):
+        opt.zero_grad()
+        model(data).pow(2).mean().backward()
+        opt.step()
+        if step == 10 and job.rank == 1 and job.generation == 1:
+            with torch.no_grad():  # a silent corruption: no collective sees it
+                opt.state[net.bias]["momentum_buffer"].add_(1e-3)
+        time.sleep(0.02)
+    with open(out % job.rank, "w") as f:
+        json.dump({"digest": state.digest().hex(), "history": job.history}, f)
+    job.close()
+""")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class DivergenceTest(FakeAgentCase):
+    """Ranks at the same step whose states differ are found at the next
+    regroup, by the agreement round itself, and all take the source's state:
+    with nobody to hand the state to (a shrink), as with a joiner.  The
+    corruption is in the optimizer state, which DDP never synchronises."""
+    tmp_prefix = "bulsajo-live-diverge-"
+
+    def run_case(self, joiner):
+        a = self.agent
+        script = self.script("diverge_worker.py", DIVERGE_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        port = free_port()
+        pids = [a.spawn([script, out], gen=1, rank=r, world=3, port=port).pid for r in range(3)]
+        a.wait_hello(pids)
+        a.wait_for(lambda: a.all_reached(pids, 16), 40, "gen 1 steps")
+        a.kill(pids[2])
+        port2 = free_port()
+        members, world = pids[:2], 2
+        if joiner:
+            world = 3
+            a.regroup(2, members, port2, world=world)
+            r = a.spawn([script, out], gen=2, rank=2, world=world, port=port2, join=True).pid
+            a.wait_hello([r])
+            members = members + [r]
+        else:
+            a.regroup(2, members, port2, world=world)
+        codes = a.wait_exit(members, 60)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(world)]
+        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        for r in range(world):
+            h = res[r]["history"]
+            self.assertEqual(len(h), 1, h)
+            self.assertTrue(h[0]["states_differed"], h)
+            self.assertEqual(h[0]["source"], 0)
+            self.assertTrue(h[0]["verified"])
+        self.assertGreater(res[1]["history"][0]["transferred_bytes"], 0)
+        self.assertIn("held different parameters or optimizer state", a.log(pids[0]))
+
+    def test_shrink_repairs_divergence(self):
+        self.run_case(joiner=False)
+
+    def test_grow_repairs_divergence(self):
+        self.run_case(joiner=True)
+
+
 if __name__ == "__main__":
     unittest.main()
