@@ -53,8 +53,8 @@ def socket_fds():
     return out
 
 
-def shutdown_fd(fd, inode):
-    """shutdown(SHUT_RDWR) the socket at ``fd`` if it still is socket ``inode``
+def shutdown_fd(fd, inode, how=socket.SHUT_RDWR):
+    """shutdown(how) the socket at ``fd`` if it still is socket ``inode``
     and is a TCP connection (not a listening socket, not unix or UDP).
 
     Works on a dup so the original descriptor stays open (its owner closes
@@ -75,7 +75,7 @@ def shutdown_fd(fd, inode):
                     or s.type != socket.SOCK_STREAM \
                     or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 return False
-            s.shutdown(socket.SHUT_RDWR)
+            s.shutdown(how)
             return True
         except OSError:
             return False  # e.g. ENOTCONN: nothing to interrupt
@@ -112,12 +112,12 @@ class GroupSockets(object):
         # Still being created: everything opened since the snapshot.
         return [(fd, ino) for fd, ino in socket_fds().items() if ino not in self.before]
 
-    def shutdown(self, keep=()):
+    def shutdown(self, keep=(), how=socket.SHUT_RDWR):
         n = 0
         for fd, ino in self._candidates():
             if ino in keep:
                 continue
-            if shutdown_fd(fd, ino):
+            if shutdown_fd(fd, ino, how):
                 n += 1
         self.shut += n
         return n
@@ -152,7 +152,15 @@ class Generations(object):
         process has not yet committed step ``at_step`` (``committed()``, read
         under ``cv`` so that a commit and this check are ordered); the steps
         loop regroups after committing it.  A process already past the
-        boundary abandons at once, as for a fault (at most one step lost)."""
+        boundary abandons at once, as for a fault (at most one step lost).
+
+        The reader thread shuts only the read side (SHUT_RD).  That wakes every
+        receive blocked on the group (EOF), and gloo then closes the socket,
+        which sends the peer its FIN.  Shutting the write side too would make
+        a send the training thread posts in that same instant fail with EPIPE,
+        which gloo's async pair queues without an error and never wakes when
+        the EOF comes: the rank would wait out the group's whole timeout.
+        ``abandon`` (the training thread, which sends nothing then) shuts both."""
         try:
             gen = int(msg["gen"])
         except (KeyError, TypeError, ValueError):
@@ -169,7 +177,8 @@ class Generations(object):
                 for g in self.groups:
                     if g.gen < gen and not g.abandoned:
                         g.abandoned = True
-                        self.abandons.append((time.monotonic(), g.gen, g.shutdown(self.keep)))
+                        n = g.shutdown(self.keep, socket.SHUT_RD)
+                        self.abandons.append((time.monotonic(), g.gen, n))
                         aborts.append(g.take_abort())
             self.cv.notify_all()
         _call_aborts(aborts)
@@ -230,8 +239,8 @@ class Generations(object):
         """Leave a group on purpose: shut its sockets so peers blocked on this
         process fail at once and its destructor cannot wait on a dead peer."""
         with self.cv:
-            if g.abandoned and g.sockets is not None:
-                return 0  # a newer generation shut them already
+            # Again when a newer generation abandoned it: that shut only the
+            # read side (see offer).
             g.abandoned = True
             n = g.shutdown(self.keep)
             fn = g.take_abort()

@@ -477,7 +477,11 @@ class Job(object):
         """
         if op is None:
             op = dist.ReduceOp.SUM
-        if self.live and (self._broken is not None or self._pg is None):
+        group = self._group
+        if self.live and (self._broken is not None or self._pg is None
+                          or (group is not None and group.abandoned)):
+            if self._broken is None:
+                self._note_failure("all_reduce", RuntimeError("group abandoned"))
             return False
         t = _now()
         try:
@@ -1042,7 +1046,11 @@ def _allreduce_hook(hs, bucket):
     buf = bucket.buffer()
     job = hs.job
     live = hs.live
-    if live and (job._broken is not None or job._pg is None or job._gen != hs.gen):
+    group = job._group
+    # An abandoned group (a newer generation arrived) gets no new send: one
+    # posted on a socket being shut can wait out the group's timeout in gloo.
+    if live and (job._broken is not None or job._pg is None or job._gen != hs.gen
+                 or (group is not None and group.abandoned)):
         job._note_failure("gradient all-reduce", RuntimeError("group is gone"))
         return _done_future(buf)  # the group is already known broken
     buf.div_(hs.world)

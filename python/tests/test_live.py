@@ -100,6 +100,7 @@ class AbandonSocketsTest(unittest.TestCase):
         mine = socket.socket()               # "the group's" connection
         mine.connect(("127.0.0.1", port))
         m_peer, _ = listener.accept()
+        gens.keep.add(os.fstat(m_peer.fileno()).st_ino)  # the peer: another process's
         own_listener = socket.socket()       # a listening socket of the group
         own_listener.bind(("127.0.0.1", 0))
         own_listener.listen(1)
@@ -117,6 +118,7 @@ class AbandonSocketsTest(unittest.TestCase):
             l6.listen(1)
             mine6 = socket.create_connection(("::1", l6.getsockname()[1]))
             m6_peer, _ = l6.accept()
+            gens.keep.add(os.fstat(m6_peer.fileno()).st_ino)
             v6 = [l6, mine6, m6_peer]
         self.assertTrue(gens.end_group(g))
         ino = os.fstat(mine.fileno()).st_ino
@@ -134,11 +136,21 @@ class AbandonSocketsTest(unittest.TestCase):
         self.assertFalse(t.is_alive())
         self.assertEqual(got, [b""])
         self.assertLess(time.monotonic() - t0, 1.0)
-        self.assertEqual(m_peer.recv(10), b"")        # the peer sees EOF too
+        self.assertTrue(g.abandoned)
+        # Only the read side was shut: a send posted in that instant still
+        # goes through (gloo would queue an EPIPE and never wake it).
+        mine.sendall(b"late")
+        self.assertEqual(m_peer.recv(10), b"late")
+        if v6:
+            mine6.settimeout(5)
+            self.assertEqual(mine6.recv(10), b"")     # IPv6 alike
+        # Leaving it on purpose shuts both sides: the peer sees EOF.
+        self.assertEqual(gens.abandon(g), 2 if v6 else 1)
+        m_peer.settimeout(5)
+        self.assertEqual(m_peer.recv(10), b"")
         if v6:
             m6_peer.settimeout(5)
-            self.assertEqual(m6_peer.recv(10), b"")   # IPv6 alike
-        self.assertTrue(g.abandoned)
+            self.assertEqual(m6_peer.recv(10), b"")
         # the fd itself stays open (its owner closes it) ...
         os.fstat(mine.fileno())
         # ... the unrelated connection and the listener still work
