@@ -69,6 +69,10 @@ __all__ = ["init", "current_job", "Job", "DistributedDataParallel", "State",
 FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling the agent
 GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
+# After a newer generation abandons a group, a gloo collective still running
+# this long is stuck and is released (see _InFlight).  gloo fails the others
+# within tens of milliseconds of the sockets' shutdown.
+ABANDON_GRACE_S = 2.0
 WORK_WARMUP_STEPS = 3     # steps after a group forms that work reports leave out
 WORK_REPORT_S = 1.0       # one work report per this many seconds (live mode)
 # A regroup not done this long after its generation arrived dumps the stacks
@@ -171,6 +175,7 @@ class Job(object):
         self._state = None
         self._pg = None
         self._group = None          # _live.GroupSockets of the current group (live)
+        self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
         self._stacks_lock = threading.Lock()
@@ -411,6 +416,9 @@ class Job(object):
             if not self._gens.end_group(group) and ok:
                 raise _live.Superseded("generation %d superseded while forming" % gen)
         self._pg = dist.group.WORLD
+        if self.backend == "gloo":
+            self._running = running = _InFlight(self, gen)
+            group.abort = running.abandoned
         if self.backend == "nccl":
             abort = _nccl_abort(self._pg)
             if abort is not None:
@@ -450,6 +458,13 @@ class Job(object):
         ph["leave_destroy"] = _now() - t
         t = _now()
         gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+        running, self._running = self._running, None
+        stuck = running.left() if running is not None else []
+        if stuck:
+            # Its worker threads still run a released collective: the backend
+            # goes when that ends (the group's timeout), not on this thread.
+            holder, backend = [backend], None
+            _free_when_done(holder, stuck)
         del backend   # the last reference: freed without the GIL (see _hold_backend)
         ph["leave_gc"] = _now() - t
         if group is not None:
@@ -485,8 +500,20 @@ class Job(object):
             return False
         t = _now()
         try:
-            dist.all_reduce(tensor, op=op, group=self._pg)
-            return True
+            running = self._running if self.live else None
+            if running is None:
+                dist.all_reduce(tensor, op=op, group=self._pg)
+                return True
+            fut = dist.all_reduce(tensor, op=op, group=self._pg, async_op=True).get_future()
+
+            def done(f):
+                try:
+                    f.value()
+                    return True
+                except Exception as e:
+                    self._note_failure("all_reduce", e)
+                    return False
+            return running.wrap(fut, False, done).wait()
         except Exception as e:
             if not self.live:
                 raise
@@ -895,6 +922,92 @@ def _nccl_abort(pg):
     return abort
 
 
+class _InFlight(object):
+    """The gloo collectives of one group still running (live mode), each
+    handed to its caller as a future of our own.
+
+    When a newer generation abandons the group, its sockets are shut and gloo
+    fails every collective within milliseconds, except one kind: a send gloo
+    queued after its peer reset the connection.  On the error that follows,
+    gloo's tcp::Pair wakes bound buffers and pending operations, not an
+    unbound buffer already in its transmit queue, so that send waits out the
+    group's whole timeout (native stacks on torch 2.6: a survivor held in
+    backward while the others waited 60 s for it in the next group; a peer's
+    crash opens the same window).  ABANDON_GRACE_S after the abandon, what is
+    still running is released: its future completes with the local value and
+    the step is marked failed (it will not commit).  The backend that still
+    runs it is freed once it ends (_free_when_done)."""
+
+    def __init__(self, job, gen):
+        self.job = job
+        self.gen = gen
+        self.lock = threading.Lock()
+        self.ops = {}        # key -> (our future, fallback value, gloo future)
+        self.stuck = []      # gloo futures released while running
+        self.timer = None
+
+    def wrap(self, fut, fallback, done):
+        """Our future for gloo's ``fut``: done(fut)'s value, or ``fallback``
+        if released first."""
+        out = torch.futures.Future()
+        key = object()
+        with self.lock:
+            self.ops[key] = (out, fallback, fut)
+
+        def finish(f):
+            with self.lock:
+                if self.ops.pop(key, None) is None:
+                    return  # released: its group is gone, and so is its step
+            out.set_result(done(f))
+        fut.add_done_callback(finish)
+        return out
+
+    def abandoned(self):
+        """A newer generation abandoned the group (the reader thread)."""
+        t = threading.Timer(ABANDON_GRACE_S, self.release)
+        t.daemon = True
+        with self.lock:
+            self.timer = t
+        t.start()
+
+    def release(self):
+        with self.lock:
+            ops = list(self.ops.values())
+            self.ops = {}
+            self.stuck.extend(f for _, _, f in ops)
+        if not ops:
+            return
+        job = self.job
+        if job._gen == self.gen:
+            job._note_failure("collective", RuntimeError(
+                "still running %.0f s after generation %d was abandoned" % (ABANDON_GRACE_S, self.gen)))
+        _live._warn("bulsajo: released %d collective(s) of generation %d still running %.0f s "
+                    "after it was abandoned" % (len(ops), self.gen, ABANDON_GRACE_S))
+        for out, fallback, _ in ops:
+            out.set_result(fallback)
+
+    def left(self):
+        """The job left the group: the gloo futures released unfinished."""
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+            return [f for f in self.stuck if not f.done()]
+
+
+def _free_when_done(holder, futs):
+    """Drop the backend in ``holder`` once ``futs`` are done, on a thread of
+    its own (the backend's destructor joins the worker threads that run them;
+    it releases the GIL, see _hold_backend)."""
+    def run():
+        for f in futs:
+            try:
+                f.wait()
+            except Exception:
+                pass  # the group's timeout: what ends a stuck send
+        del holder[:]
+    threading.Thread(target=run, name="bulsajo-free-backend", daemon=True).start()
+
+
 def _report_static_progress(step):
     """Restart mode under bulsajo: the datagram progress SDK (a no-op elsewhere)."""
     try:
@@ -1064,6 +1177,9 @@ def _allreduce_hook(hs, bucket):
             raise
         job._note_failure("gradient all-reduce", e)
         return _done_future(buf)
+    running = job._running
+    if live and running is not None:
+        return running.wrap(fut, buf, _make_done(job, buf, live))
     return fut.then(_make_done(job, buf, live))
 
 

@@ -363,6 +363,89 @@ class DivergenceTest(FakeAgentCase):
     def test_grow_repairs_divergence(self):
         self.run_case(joiner=True)
 
+STUCK_WORKER = textwrap.dedent("""\
+    import json, sys, time
+    import torch, torch.nn as nn, torch.distributed as dist
+    import bulsajo.torch as bj
+    out, where, marker = sys.argv[1], sys.argv[2], sys.argv[3]
+    job = bj.init()
+    torch.manual_seed(0)
+    net = nn.Linear(8, 4)
+    model = bj.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    state = bj.State(model=model, optimizer=opt)
+    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    real = dist.all_reduce
+
+    class Stuck(object):
+        # What gloo leaves when it queues a send after its peer reset the
+        # connection: a collective that nothing but the group's timeout ends
+        # (here, nothing at all).
+        def __init__(self):
+            self.fut = torch.futures.Future()
+        def get_future(self):
+            return self.fut
+
+    def stuck_once(*args, **kwargs):
+        dist.all_reduce = real
+        open(marker, "w").close()
+        return Stuck()
+
+    def arm(here):
+        if here == where and step == 12 and job.rank == 1 and job.generation == 1:
+            dist.all_reduce = stuck_once
+
+    for step in job.steps(200, state):
+        opt.zero_grad()
+        arm("hook")
+        model(data).pow(2).mean().backward()
+        arm("all_reduce")
+        job.all_reduce(torch.ones(1))
+        opt.step()
+        time.sleep(0.02)
+    with open(out % job.rank, "w") as f:
+        json.dump({"digest": state.digest().hex(), "history": job.history}, f)
+    job.close()
+""")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class StuckCollectiveTest(FakeAgentCase):
+    """A collective of an abandoned group that gloo never ends (a send queued
+    after its peer reset the connection) is released by the SDK soon after
+    the abandon: the survivor regroups instead of waiting out the group's
+    timeout, and its process still exits although the collective never ends."""
+    tmp_prefix = "bulsajo-live-stuck-"
+
+    def run_case(self, where):
+        a = self.agent
+        script = self.script("stuck_worker.py", STUCK_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        marker = os.path.join(self.tmp, "stuck")
+        port = free_port()
+        pids = [a.spawn([script, out, where, marker], gen=1, rank=r, world=3, port=port).pid
+                for r in range(3)]
+        a.wait_hello(pids)
+        a.wait_for(lambda: os.path.exists(marker), 60, "rank 1's stuck collective")
+        a.kill(pids[2])
+        a.regroup(2, pids[:2], free_port(), world=2)
+        # The fake collective never ends: without the release this waits out.
+        codes = a.wait_exit(pids[:2], 60)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(2)]
+        self.assertEqual(res[0]["digest"], res[1]["digest"])
+        for r in range(2):
+            h = res[r]["history"]
+            self.assertEqual(len(h), 1, h)
+            self.assertTrue(h[0]["verified"], h)
+        self.assertIn("released 1 collective(s) of generation 1", a.log(pids[1]))
+
+    def test_stuck_gradient_all_reduce_is_released(self):
+        self.run_case("hook")
+
+    def test_stuck_job_all_reduce_is_released(self):
+        self.run_case("all_reduce")
+
 
 if __name__ == "__main__":
     unittest.main()
