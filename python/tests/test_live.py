@@ -16,7 +16,7 @@ import time
 import unittest
 
 from bulsajo import _live
-from tests.test_live_agent import FakeAgentCase, free_port, have_torch, proc_state
+from tests.test_live_agent import TINY_JOB, FakeAgentCase, free_port, have_torch, proc_state
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
@@ -213,15 +213,7 @@ class AbandonSocketsTest(unittest.TestCase):
         self.assertEqual(calls, [True, "g2"])
 
 
-HOOK_WORKER = textwrap.dedent("""\
-    import json, os, sys, time
-    import torch, torch.nn as nn
-    import bulsajo.torch as bj
-    out = sys.argv[1]
-    job = bj.init()
-    torch.manual_seed(0)
-    net = nn.Linear(8, 4)
-    model = bj.DistributedDataParallel(net)
+HOOK_WORKER = TINY_JOB + textwrap.dedent("""\
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     state = bj.State(model=model, optimizer=opt)
     committed = []

@@ -334,6 +334,20 @@ def example_args(steps, tmp, **kw):
 
 
 
+# The start of a worker script around a one-layer model in live mode
+# (argv[1]: the path it writes its result to).
+TINY_JOB = """\
+import json, os, sys, time
+import torch, torch.nn as nn, torch.distributed as dist
+import bulsajo.torch as bj
+out = sys.argv[1]
+job = bj.init()
+torch.manual_seed(0)
+net = nn.Linear(8, 4)
+model = bj.DistributedDataParallel(net)
+"""
+
+
 class FakeAgentCase(unittest.TestCase):
     """A test with a temp dir and a FakeAgent in it, both cleaned up."""
 
@@ -353,6 +367,15 @@ class FakeAgentCase(unittest.TestCase):
         with open(path, "w") as f:
             f.write(text)
         return path
+
+    def start_world(self, argv, world=3):
+        """Ranks 0..world-1 of generation 1 running ``argv``, each past its
+        hello; returns their pids in rank order."""
+        port = free_port()
+        pids = [self.agent.spawn(argv, gen=1, rank=r, world=world, port=port).pid
+                for r in range(world)]
+        self.agent.wait_hello(pids)
+        return pids
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")

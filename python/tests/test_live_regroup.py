@@ -19,7 +19,7 @@ import textwrap
 import time
 import unittest
 
-from tests.test_live_agent import FakeAgentCase, example_args, free_port, have_torch, proc_state
+from tests.test_live_agent import TINY_JOB, FakeAgentCase, example_args, free_port, have_torch, proc_state
 
 STEPS = 60
 GLOBAL_BATCH = 48
@@ -50,11 +50,7 @@ class RegroupTest(FakeAgentCase):
         self.args = example_args(STEPS, self.tmp, global_batch=GLOBAL_BATCH, sleep_ms=25)
 
     def start(self, world=3):
-        port = free_port()
-        pids = [self.agent.spawn(self.args, gen=1, rank=r, world=world, port=port).pid
-                for r in range(world)]
-        self.agent.wait_hello(pids)
-        return pids
+        return self.start_world(self.args, world)
 
     def check_samples(self):
         """Every step 0..STEPS-1 logged exactly its global batch, once."""
@@ -291,15 +287,7 @@ class CommitRaceTest(FakeAgentCase):
             self.assertEqual(ids, sorted(sampler.global_indices(step)))
 
 
-DIVERGE_WORKER = textwrap.dedent("""\
-    import json, sys, time
-    import torch, torch.nn as nn
-    import bulsajo.torch as bj
-    out = sys.argv[1]
-    job = bj.init()
-    torch.manual_seed(0)
-    net = nn.Linear(8, 4)
-    model = bj.DistributedDataParallel(net)
+DIVERGE_WORKER = TINY_JOB + textwrap.dedent("""\
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     state = bj.State(model=model, optimizer=opt)
     data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
@@ -329,9 +317,7 @@ class DivergenceTest(FakeAgentCase):
         a = self.agent
         script = self.script("diverge_worker.py", DIVERGE_WORKER)
         out = os.path.join(self.tmp, "result%d.json")
-        port = free_port()
-        pids = [a.spawn([script, out], gen=1, rank=r, world=3, port=port).pid for r in range(3)]
-        a.wait_hello(pids)
+        pids = self.start_world([script, out])
         a.wait_for(lambda: a.all_reached(pids, 16), 40, "gen 1 steps")
         a.kill(pids[2])
         port2 = free_port()
@@ -363,15 +349,9 @@ class DivergenceTest(FakeAgentCase):
     def test_grow_repairs_divergence(self):
         self.run_case(joiner=True)
 
-STUCK_WORKER = textwrap.dedent("""\
-    import json, sys, time
-    import torch, torch.nn as nn, torch.distributed as dist
-    import bulsajo.torch as bj
-    out, where, marker = sys.argv[1], sys.argv[2], sys.argv[3]
-    job = bj.init()
-    torch.manual_seed(0)
-    net = nn.Linear(8, 4)
-    model = bj.DistributedDataParallel(net)
+
+STUCK_WORKER = TINY_JOB + textwrap.dedent("""\
+    where, marker = sys.argv[2], sys.argv[3]
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     state = bj.State(model=model, optimizer=opt)
     data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
@@ -422,10 +402,7 @@ class StuckCollectiveTest(FakeAgentCase):
         script = self.script("stuck_worker.py", STUCK_WORKER)
         out = os.path.join(self.tmp, "result%d.json")
         marker = os.path.join(self.tmp, "stuck")
-        port = free_port()
-        pids = [a.spawn([script, out, where, marker], gen=1, rank=r, world=3, port=port).pid
-                for r in range(3)]
-        a.wait_hello(pids)
+        pids = self.start_world([script, out, where, marker])
         a.wait_for(lambda: os.path.exists(marker), 60, "rank 1's stuck collective")
         a.kill(pids[2])
         a.regroup(2, pids[:2], free_port(), world=2)
