@@ -9,9 +9,10 @@ Two pieces live here because neither needs torch:
 * :class:`Generations` — the latest generation assignment the agent sent, and
   the record of which sockets belong to which generation's process group, so
   that a newer generation can *abandon* an older group: every TCP connection
-  the group opened is ``shutdown(SHUT_RDWR)``, which makes a collective blocked
-  on that group (a peer SIGSTOPped, or itself blocked) fail at once instead of
-  after the 60 s timeout.  The sockets of a group are found by diffing this
+  the group opened is ``shutdown(SHUT_RD)`` (both sides when the job leaves
+  the group), which makes a collective blocked on that group (a peer
+  SIGSTOPped, or itself blocked) fail at once instead of after the 60 s
+  timeout.  The sockets of a group are found by diffing this
   process's socket inodes (``/proc/self/fd``) just before and just after the
   group is created; listening sockets are never touched (the TCPStore server
   thread treats an event on its listening socket as fatal), nor are non-TCP
@@ -19,8 +20,9 @@ Two pieces live here because neither needs torch:
   itself (SO_ACCEPTCONN, its family and type): reading the namespace's
   /proc/net/tcp{,6} instead took 7 ms idle and 30+ ms under load, all of it
   on the path from a fault to the survivors' regroup.  A group can also carry
-  an ``abort`` callable (bulsajo.torch sets it for NCCL on torch 2.x: its
-  communicators' abort), called once, outside the lock, when it is abandoned.
+  an ``abort`` callable, called once, outside the lock, when it is abandoned
+  (bulsajo.torch sets it: NCCL's communicator abort on torch 2.x; for gloo,
+  the release of a collective still running after a grace, see _InFlight).
 """
 
 import json
@@ -160,7 +162,9 @@ class Generations(object):
         a send the training thread posts in that same instant fail with EPIPE,
         which gloo's async pair queues without an error and never wakes when
         the EOF comes: the rank would wait out the group's whole timeout.
-        ``abandon`` (the training thread, which sends nothing then) shuts both."""
+        ``abandon`` (the training thread, which sends nothing then) shuts both.
+        A peer's reset can still leave such a send; bulsajo.torch releases it
+        (``abort``, _InFlight)."""
         try:
             gen = int(msg["gen"])
         except (KeyError, TypeError, ValueError):
