@@ -375,8 +375,22 @@ STUCK_WORKER = TINY_JOB + textwrap.dedent("""\
         if here == where and step == 12 and job.rank == 1 and job.generation == 1:
             dist.all_reduce = stuck_once
 
+    posted = None
     for step in job.steps(200, state):
         opt.zero_grad()
+        if where == "abandoned" and step == 12 and job.rank == 1 and job.generation == 1:
+            # The step runs on after its group was abandoned: it must post
+            # no collective there (gloo may queue a send it never wakes).
+            open(marker, "w").close()
+            while not job._gens.newer_than(1):
+                time.sleep(0.01)
+            calls = []
+            dist.all_reduce = lambda *a, **k: calls.append(1) or real(*a, **k)
+            model(data).pow(2).mean().backward()
+            job.all_reduce(torch.ones(1))
+            dist.all_reduce = real
+            posted = len(calls)
+            continue
         arm("hook")
         model(data).pow(2).mean().backward()
         arm("all_reduce")
@@ -384,7 +398,8 @@ STUCK_WORKER = TINY_JOB + textwrap.dedent("""\
         opt.step()
         time.sleep(0.02)
     with open(out % job.rank, "w") as f:
-        json.dump({"digest": state.digest().hex(), "history": job.history}, f)
+        json.dump({"digest": state.digest().hex(), "history": job.history,
+                   "posted": posted}, f)
     job.close()
 """)
 
@@ -394,7 +409,9 @@ class StuckCollectiveTest(FakeAgentCase):
     """A collective of an abandoned group that gloo never ends (a send queued
     after its peer reset the connection) is released by the SDK soon after
     the abandon: the survivor regroups instead of waiting out the group's
-    timeout, and its process still exits although the collective never ends."""
+    timeout, and its process still exits although the collective never ends.
+    And a step that runs on after its group was abandoned posts no collective
+    there at all."""
     tmp_prefix = "bulsajo-live-stuck-"
 
     def run_case(self, where):
@@ -415,13 +432,19 @@ class StuckCollectiveTest(FakeAgentCase):
             h = res[r]["history"]
             self.assertEqual(len(h), 1, h)
             self.assertTrue(h[0]["verified"], h)
-        self.assertIn("released 1 collective(s) of generation 1", a.log(pids[1]))
+        if where == "abandoned":
+            self.assertEqual(res[1]["posted"], 0)
+        else:
+            self.assertIn("released 1 collective(s) of generation 1", a.log(pids[1]))
 
     def test_stuck_gradient_all_reduce_is_released(self):
         self.run_case("hook")
 
     def test_stuck_job_all_reduce_is_released(self):
         self.run_case("all_reduce")
+
+    def test_no_collective_is_posted_on_an_abandoned_group(self):
+        self.run_case("abandoned")
 
 
 if __name__ == "__main__":
