@@ -124,20 +124,21 @@ func TestSummarizeFromStretches(t *testing.T) {
 			return tl.finish(last+0.2, "succeeded")
 		}, Summary{ShutdownS: 0.2, WallS: 14.2, UsefulS: 14.2, HealthyStepS: 0.1, Goodput: 1,
 			FillS: 20*0.15 + 0.1, FillSteps: 21}}, // and step 21: it began while the last import ran
-		{"restart: steps while the pool refills are the restart's", func(tl *timeline) []Event {
+		{"restart: steps while the pool refills are in the healthy pace", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
-			tl.steps(1, 2, 0, 49, 1, 0.1) // to 5.9
+			tl.steps(1, 2, 0, 40, 1, 0.1) // to 5.0: 40 steady steps
 			tl.c.Cause(StretchFault)
-			tl.ev(Event{Time: at(6), Type: FaultDetected, DetectMS: 100})
-			tl.ev(Event{Time: at(6.3), Type: Recovered, RecoverMS: 200})
-			tl.importing([2]float64{6.3, 9.85})
-			// 50 at 6.5; 3 warm steps at 0.1; then 20 at 0.15 while the pool refills
-			last := tl.steps(2, 2, 50, 53, 6.5, 0.1) // to 6.8
-			last = tl.steps(2, 2, 54, 73, last+0.15, 0.15)
-			last = tl.steps(2, 2, 74, 99, last+0.1, 0.1)
+			tl.ev(Event{Time: at(5.1), Type: FaultDetected, DetectMS: 100})
+			tl.ev(Event{Time: at(5.4), Type: Recovered, RecoverMS: 200})
+			tl.importing([2]float64{5.4, 8.9})
+			// 41 at 5.6; 3 warm steps at 0.11; 20 at 0.15 while the pool
+			// refills (to 8.93); 40 steady at 0.1. The pace: (4+3+4)/100.
+			last := tl.steps(2, 2, 41, 44, 5.6, 0.11)
+			last = tl.steps(2, 2, 45, 64, last+0.15, 0.15)
+			last = tl.steps(2, 2, 65, 104, last+0.1, 0.1)
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{ShutdownS: 0.2, WallS: 12.6, UsefulS: 1 + 9.9 + 0.2, HealthyStepS: 0.1, Faults: 1,
-			DetectS: 0.1, RestartS: 0.2 + 1, RollbackS: 0.2, LostS: 1.5, Goodput: 11.1 / 12.6}},
+		}, Summary{ShutdownS: 0.2, WallS: 13.13, UsefulS: 1 + 104*0.11 + 0.2, HealthyStepS: 0.11, Faults: 1,
+			DetectS: 0.1, RestartS: 0.2, RollbackS: 0.6 - 0.11 - 0.3, LostS: 0.49, Goodput: 12.64 / 13.13}},
 		{"a fault during the pool's first fill: the fill's later steps are still the startup's", func(tl *timeline) []Event {
 			// The first fill runs 0.5..3.05; the refill after the fault 3.1..5.15.
 			tl.importing([2]float64{0.5, 3.05}, [2]float64{3.1, 5.15})
@@ -146,24 +147,13 @@ func TestSummarizeFromStretches(t *testing.T) {
 			tl.c.Cause(StretchFault)
 			tl.ev(Event{Time: at(2.6), Type: FaultDetected, DetectMS: 100})
 			tl.ev(Event{Time: at(2.7), Type: Recovered, RecoverMS: 100})
-			last := tl.steps(2, 2, 11, 14, 2.7, 0.1)       // 3 warm steps to 3.0
-			last = tl.steps(2, 2, 15, 28, last+0.15, 0.15) // to 5.1: 3.15 (fill), then refill
-			last = tl.steps(2, 2, 29, 78, last+0.1, 0.1)   // to 10.1 (29 at 5.2: refill, at the pace)
+			last := tl.steps(2, 2, 11, 14, 2.7, 0.1)     // 3 warm steps to 3.0
+			last = tl.steps(2, 2, 15, 15, last+0.15, 0)  // 3.15: fill (its import began at 0.5)
+			last = tl.steps(2, 2, 16, 78, last+0.1, 0.1) // to 9.35: refill (to 5.15), then steady
 			return tl.finish(last+0.2, "succeeded")
-		}, Summary{ShutdownS: 0.2, WallS: 10.3, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
-			DetectS: 0.1, RestartS: 0.65, LostS: 0.75, Goodput: 9.55 / 10.3,
+		}, Summary{ShutdownS: 0.2, WallS: 9.65, UsefulS: 1 + 0.5 + 0.05 + 7.8 + 0.2, HealthyStepS: 0.1, Faults: 1,
+			DetectS: 0.1, LostS: 0.1, Goodput: 9.55 / 9.65,
 			FillS: 1.5 + 0.15, FillSteps: 11}},
-		{"import steps faster than healthy are no cost: the difference is other", func(tl *timeline) []Event {
-			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
-			tl.steps(1, 2, 0, 50, 1, 0.1) // to 6.0, steady
-			tl.c.Cause(StretchGrow)
-			tl.ev(Event{Time: at(6.1), Type: GenerationStart, Gen: 2, Cause: StretchGrow})
-			tl.importing([2]float64{6.0, 7.05})
-			last := tl.steps(2, 2, 51, 54, 6.3, 0.1)       // gap 0.3 (0.2 over), 3 warm steps to 6.6
-			last = tl.steps(2, 2, 55, 59, last+0.09, 0.09) // 5 import steps at 0.09, to 7.05
-			return tl.finish(last, "succeeded")
-		}, Summary{WallS: 7.05, UsefulS: 1 + 5.9, HealthyStepS: 0.1, GrowS: 0.2, OtherS: -0.05,
-			LostS: 0.15, Goodput: 6.9 / 7.05}},
 		{"a grow that failed: the wait is the grow's", func(tl *timeline) []Event {
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			tl.steps(1, 1, 0, 10, 1, 0.1) // to 2.0, world 1
@@ -274,7 +264,7 @@ func TestSummarizeHealthyFrom(t *testing.T) {
 			last := tl.steps(1, 1, 0, 20, 1, 0.2)
 			return tl.finish(last, "succeeded")
 		}, HealthySmaller, 0.2},
-		{"every step warm or beside an import: the median", func(tl *timeline) []Event {
+		{"every step warm or in the pool's first fill: the median", func(tl *timeline) []Event {
 			tl.importing([2]float64{0.5, 100})
 			tl.ev(Event{Time: at(0), Type: RunStarted, WorldSize: 2})
 			last := tl.steps(1, 2, 0, 10, 1, 0.15)

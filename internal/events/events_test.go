@@ -480,7 +480,7 @@ func TestSummaryLine(t *testing.T) {
 			nil},
 		{"faults and no steady step: the goodput is marked", Summary{WallS: 10, Steps: 40, Faults: 2, Recoveries: 2,
 			RestartS: 1, LostS: 1, Goodput: 0.9, HealthyFrom: HealthyMedian},
-			"in 10.0 s · last step 40 · 2 faults, 2 recoveries · 1.0 s lost (detect 0.0, restart 1.0, rollback 0.0) · goodput 0.90 (likely high: no step ran clear of a regroup or an import to measure the healthy pace by)",
+			"in 10.0 s · last step 40 · 2 faults, 2 recoveries · 1.0 s lost (detect 0.0, restart 1.0, rollback 0.0) · goodput 0.90 (likely high: no step ran clear of a regroup or the first imports to measure the healthy pace by)",
 			nil},
 		{"no faults and no steady step: nothing to mark", Summary{WallS: 10, Steps: 40, Goodput: 1, HealthyFrom: HealthyMedian},
 			"in 10.0 s · last step 40 · 0 faults, 0 recoveries · 0.0 s lost · goodput 1.00", []string{"likely"}},
