@@ -378,15 +378,17 @@ STUCK_WORKER = TINY_JOB + textwrap.dedent("""\
     posted = None
     for step in job.steps(200, state):
         opt.zero_grad()
-        if where == "abandoned" and step == 12 and job.rank == 1 and job.generation == 1:
+        if where.startswith("abandoned") and step == 12 and job.rank == 1 and job.generation == 1:
             # The step runs on after its group was abandoned: it must post
-            # no collective there (gloo may queue a send it never wakes).
+            # no collective there (gloo may queue a send it never wakes),
+            # neither from the gradient hook nor from job.all_reduce alone.
             open(marker, "w").close()
             while not job._gens.newer_than(1):
                 time.sleep(0.01)
             calls = []
             dist.all_reduce = lambda *a, **k: calls.append(1) or real(*a, **k)
-            model(data).pow(2).mean().backward()
+            if where == "abandoned":
+                model(data).pow(2).mean().backward()
             job.all_reduce(torch.ones(1))
             dist.all_reduce = real
             posted = len(calls)
@@ -411,7 +413,7 @@ class StuckCollectiveTest(FakeAgentCase):
     the abandon: the survivor regroups instead of waiting out the group's
     timeout, and its process still exits although the collective never ends.
     And a step that runs on after its group was abandoned posts no collective
-    there at all."""
+    there at all, whether backward() or job.all_reduce comes first."""
     tmp_prefix = "bulsajo-live-stuck-"
 
     def run_case(self, where):
@@ -432,7 +434,7 @@ class StuckCollectiveTest(FakeAgentCase):
             h = res[r]["history"]
             self.assertEqual(len(h), 1, h)
             self.assertTrue(h[0]["verified"], h)
-        if where == "abandoned":
+        if where.startswith("abandoned"):
             self.assertEqual(res[1]["posted"], 0)
         else:
             self.assertIn("released 1 collective(s) of generation 1", a.log(pids[1]))
@@ -445,6 +447,9 @@ class StuckCollectiveTest(FakeAgentCase):
 
     def test_no_collective_is_posted_on_an_abandoned_group(self):
         self.run_case("abandoned")
+
+    def test_job_all_reduce_alone_posts_nothing_on_an_abandoned_group(self):
+        self.run_case("abandoned_all_reduce")
 
 
 if __name__ == "__main__":
