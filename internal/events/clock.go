@@ -37,11 +37,12 @@ type Stretch struct {
 	WarmS     float64 `json:"warm_s,omitempty"`
 	WarmSteps int     `json:"warm_steps,omitempty"`
 	// Fill and Import: steps taken while standby processes imported torch
-	// on this node (StepClock.Importing). On a machine whose CPUs the ranks
-	// fill, those steps are slower (half again, 2 cores, 4 ranks), whatever
-	// the importers' priority: not the job's pace. Fill: imports that began
-	// before the job's first break (the pool's first fill, which a fault-free
-	// run pays too); Import: the pool's refills after a fault or a grow.
+	// on this node (StepClock.Importing). Fill: imports that began before
+	// the job's first break (the pool's first fill, which a fault-free run
+	// pays too; up to half again as slow, 2 cores, 4 ranks, MLP), counted
+	// at their own pace. Import: the pool's refills after a fault or a
+	// grow (4-8% slower at nice 19, transformer), which the summary prices
+	// in the healthy pace (see Summary.account for why).
 	FillS       float64 `json:"fill_s,omitempty"`
 	FillSteps   int     `json:"fill_steps,omitempty"`
 	ImportS     float64 `json:"import_s,omitempty"`

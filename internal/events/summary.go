@@ -183,7 +183,7 @@ func (s *Summary) account(start, end time.Time, world int, launches, grows []tim
 	// size; failing those, the median the caller knows. Not the steady steps
 	// alone: at a fault every 5 s those exist only where a refill ended
 	// early, which is where the machine had CPU to spare, so they ran 10-15%
-	// faster than a fault-free run's and the goodput read up to 0.23 low.
+	// faster than a fault-free run's and the goodput read up to 0.26 low.
 	// A refill's own slowdown (4-8% a step at nice 19) is then in the pace.
 	var sum float64
 	var n int
