@@ -16,7 +16,11 @@ Launchers (--launchers, comma-separated; --only NAME for one):
                         (fault-free only): the baseline for the SDK's overhead
 
 Goodput, per-fault cost and the parameter-hash check always compare a launcher
-with its own fault-free run (same launcher, same script).
+with its own fault-free run (same launcher, same script). bulsajo's own summary
+(goodput, lost time by cause) is set beside the wall clock twice: against the
+median fault-free run, and per faulty run against the fault-free run of the same
+round, raw and pace-matched (same_round(): the machine's pace drifts between
+rounds by more than the faults cost; --render FILE.json redoes it for old runs).
 
 Scenarios (--scenarios, comma-separated):
 
@@ -1112,6 +1116,83 @@ def aggregate(runs, cfg):
     return agg, overhead
 
 
+def same_round(runs):
+    """bulsajo's summary against the wall clock, per faulty run, with the
+    fault-free run of the same launcher in the same round as the baseline
+    (the aggregate compares with the median of all rounds, which a machine
+    whose pace drifts between rounds makes off by more than the faults cost).
+
+    pace-matched: the fault-free wall scaled by the two runs' healthy step
+    (the summary's healthy_step_s), i.e. what the fault-free run would have
+    taken at this run's pace. The pace comes from the summary itself, so
+    summary − pace-matched checks the rest of the account (detection, stops,
+    restarts, rollbacks, regroups, slower steps add up to the wall time the
+    faults cost), not the pace."""
+    ff = {}
+    for r in runs:
+        if r["scenario"] == "fault-free" and r["finished"]:
+            ff[(r["launcher"], r.get("repeat"))] = r
+    rows = []
+    for r in runs:
+        if not is_bulsajo(r["launcher"]) or r["scenario"] == "fault-free" or not r["finished"]:
+            continue
+        base = ff.get((r["launcher"], r.get("repeat")))
+        s = (r.get("bulsajo") or {}).get("summary") or {}
+        if base is None or s.get("goodput") is None:
+            continue
+        bs = (base.get("bulsajo") or {}).get("summary") or {}
+        row = {"name": r["name"], "launcher": r["launcher"], "scenario": r["scenario"],
+               "repeat": r.get("repeat"), "faults": r["faults_injected"],
+               "wall_s": r["wall_s"], "fault_free_wall_s": base["wall_s"],
+               "wall_goodput": base["wall_s"] / r["wall_s"],
+               "summary_goodput": s["goodput"],
+               "healthy_step_s": s.get("healthy_step_s"),
+               "fault_free_healthy_step_s": bs.get("healthy_step_s"),
+               "pace_matched_goodput": None}
+        row["summary_minus_wall"] = row["summary_goodput"] - row["wall_goodput"]
+        if row["healthy_step_s"] and row["fault_free_healthy_step_s"]:
+            pace = row["healthy_step_s"] / row["fault_free_healthy_step_s"]
+            row["pace_matched_goodput"] = base["wall_s"] * pace / r["wall_s"]
+            row["summary_minus_pace_matched"] = row["summary_goodput"] - row["pace_matched_goodput"]
+        rows.append(row)
+    rows.sort(key=lambda x: (x["repeat"] or 0, SCENARIOS.index(x["scenario"])
+                             if x["scenario"] in SCENARIOS else len(SCENARIOS),
+                             LAUNCHERS.index(x["launcher"]) if x["launcher"] in LAUNCHERS
+                             else len(LAUNCHERS)))
+    return rows
+
+
+def render_same_round(rows):
+    """The markdown table of same_round(runs), with a one-line tally."""
+    if not rows:
+        return []
+    L = ["", "bulsajo's summary against the wall clock, every faulty run, against the fault-free "
+         "run of the same launcher in the same round (pace-matched: that run's wall × this "
+         "run's healthy step / its healthy step; see same_round() in bench/faults.py):", "",
+         "| run | faults | wall s | fault-free wall s (same round) | wall-clock goodput (same round) "
+         "| summary goodput | summary − wall | healthy step ms: this run / fault-free "
+         "| pace-matched wall goodput | summary − pace-matched |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        hs = "—"
+        if x["healthy_step_s"] and x["fault_free_healthy_step_s"]:
+            hs = "%.1f / %.1f" % (x["healthy_step_s"] * 1000, x["fault_free_healthy_step_s"] * 1000)
+        pm = x.get("summary_minus_pace_matched")
+        L.append("| %s | %d | %.1f | %.1f | %.3f | %.3f | %+.3f | %s | %s | %s |" % (
+            x["name"], x["faults"], x["wall_s"], x["fault_free_wall_s"], x["wall_goodput"],
+            x["summary_goodput"], x["summary_minus_wall"], hs,
+            fmt(x["pace_matched_goodput"], "%.3f"), "—" if pm is None else "%+.3f" % pm))
+    raw = [x["summary_minus_wall"] for x in rows]
+    pms = [x["summary_minus_pace_matched"] for x in rows if x.get("summary_minus_pace_matched") is not None]
+    line = ("Summary − wall, same round: %+.3f..%+.3f, %d of %d within 0.03" % (
+        min(raw), max(raw), sum(1 for d in raw if abs(d) <= 0.03), len(raw)))
+    if pms:
+        line += ("; pace-matched: %+.3f..%+.3f, %d of %d within 0.03, median %+.3f" % (
+            min(pms), max(pms), sum(1 for d in pms if abs(d) <= 0.03), len(pms), med(pms)))
+    L += ["", line + "."]
+    return L
+
+
 def finished_cell(a, cfg):
     if a["finished"] == a["runs"]:
         return "yes" if a["runs"] == 1 else "%d/%d" % (a["finished"], a["runs"])
@@ -1150,7 +1231,7 @@ def steps_lost_cell(a):
     return "—"
 
 
-def render(machine, cfg, agg, overhead):
+def render(machine, cfg, agg, overhead, runs=None):
     script = getattr(cfg, "script", DEFAULT_SCRIPT)
     live_script = getattr(cfg, "live_script", None) or DEFAULT_LIVE_SCRIPT
     launchers_run = sorted({k[0] for k in agg}, key=lambda x: LAUNCHERS.index(x)
@@ -1270,6 +1351,7 @@ def render(machine, cfg, agg, overhead):
                 line += " · %s pauses (n=%d): median %.3f s, max %.3f s, then %.3f s slower first steps" % (
                     kind, p["n"], p["median"], p["max"], p["warm_median"] or 0.0)
         L.append(line + ".")
+    L += render_same_round(same_round(runs or []))
     ffs = [(l, agg[(l, "fault-free")]) for l in order if (l, "fault-free") in agg]
     if any(a.get("to_first_step_s") is not None for _l, a in ffs):
         L.append("Fault-free start → first step / `done` → launcher exit: %s." % "; ".join(
@@ -1431,7 +1513,7 @@ def rerender(paths, cfg):
         old["merged_from"].append(path)
     ocfg = argparse.Namespace(**old["config"])
     agg, overhead = aggregate(old["runs"], ocfg)
-    table = render(old["machine"], ocfg, agg, overhead)
+    table = render(old["machine"], ocfg, agg, overhead, old["runs"])
     print(table)
     old.update({"aggregate": [agg[k] for k in sorted(agg)],
                 "bulsajo_fault_free_overhead": overhead, "markdown": table})
@@ -1481,7 +1563,7 @@ def main(argv=None):
     machine["bench_duration_s"] = round(time.monotonic() - started, 1)
 
     agg, overhead = aggregate(runs, cfg)
-    table = render(machine, cfg, agg, overhead)
+    table = render(machine, cfg, agg, overhead, runs)
     print(table)
     result = {
         "machine": machine,
