@@ -690,7 +690,8 @@ func (a *Launcher) spawn(gen, rank int, env map[string]string, log *os.File) (*w
 }
 
 // startProcess starts a shim worker that waits for its activation on fd 3.
-// A standby (rank -1) imports at the lowest CPU priority until activated.
+// A standby (rank -1) imports at the lowest CPU priority until activated
+// (priority.go).
 func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log *os.File) (*worker, error) {
 	r, wr, err := os.Pipe()
 	if err != nil {
@@ -708,7 +709,7 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 	}
 	if standby {
 		// Import at the lowest priority: it uses the cycles training leaves.
-		syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 19)
+		lowerPriority(w.pid)
 		a.imports.start(w.pid)
 	}
 	w.activate = func(env map[string]string) error {
@@ -716,8 +717,8 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 		if standby {
 			// What is left of its import is now its generation's start.
 			a.imports.done(w.pid)
-			// Back to normal priority; needs privilege, so best effort.
-			syscall.Setpriority(syscall.PRIO_PROCESS, w.pid, 0)
+			// Back to normal priority, every thread (priority.go).
+			restorePriority(w.pid)
 		}
 		b, _ := json.Marshal(map[string]any{"env": env})
 		_, err := wr.Write(append(b, '\n'))

@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// An unprivileged user's workers train at normal priority, replacements
+// included. Standbys import at nice 19 only where the launcher may raise
+// them again: it may not without CAP_SYS_NICE, and a replacement left at
+// nice 19 would be a straggler for the rest of the job.
+func TestUnprivilegedReplacementTrainsAtNormalPriority(t *testing.T) {
+	requireTorch(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run bulsajo as the unprivileged user nobody")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	// Everything nobody needs, in a directory it can reach (t.TempDir's
+	// parents are root's alone).
+	dir, err := os.MkdirTemp("", "bulsajo-unpriv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	bin := filepath.Join(dir, "bulsajo")
+	if b, err := os.ReadFile(bulsajoBin); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+		t.Fatalf("copy bulsajo: %v", err)
+	}
+	stop := filepath.Join(dir, "stop")
+	script := filepath.Join(dir, "work.py")
+	os.WriteFile(script, []byte(`import os, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+`), 0o644)
+	runDir := filepath.Join(dir, "run")
+	cmd := exec.Command(bin, "run", "--run-dir", runDir, "--nproc-per-node", "2", "--max-restarts", "5",
+		"--", torchPython, script, stop)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true,
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+
+	pidOf := func(rank int) int {
+		b, _ := os.ReadFile(filepath.Join(runDir, "pids", "rank"+strconv.Itoa(rank)))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && !alive(pid) {
+			return 0
+		}
+		return pid
+	}
+	waitFor(t, 2*time.Minute, "both ranks started", func() bool { return pidOf(0) > 0 && pidOf(1) > 0 })
+	first := pidOf(0)
+	// The standbys that will replace them: started once the job runs.
+	waitFor(t, time.Minute, "a standby", func() bool { return len(standbys(runDir, pidOf(0), pidOf(1))) > 0 })
+	killRank(t, runDir, 0)
+	waitFor(t, 2*time.Minute, "rank 0 restarted", func() bool { p := pidOf(0); return p > 0 && p != first })
+	time.Sleep(500 * time.Millisecond) // past its activation
+	for rank := 0; rank < 2; rank++ {
+		pid := pidOf(rank)
+		for _, tid := range tasks(pid) {
+			b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(tid) + "/stat")
+			if err != nil {
+				continue
+			}
+			f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+			if f[16] != "0" { // field 19: nice
+				t.Errorf("rank %d (pid %d, thread %d) runs at nice %s, want 0 (the launcher's)", rank, pid, tid, f[16])
+			}
+		}
+	}
+	os.WriteFile(stop, nil, 0o644)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("bulsajo run as nobody: %v\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("bulsajo did not finish after the stop file; output:\n%s", out.String())
+	}
+}
+
+// standbys: the run's shim processes that hold no rank.
+func standbys(runDir string, ranks ...int) []int {
+	var out []int
+	shim := filepath.Join(runDir, "sdk", "bulsajo", "_standby.py")
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || slices.Contains(ranks, pid) {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), shim) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func tasks(pid int) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	for _, e := range ents {
+		if tid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, tid)
+		}
+	}
+	return out
+}
