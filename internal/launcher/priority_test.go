@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"strconv"
@@ -85,16 +86,17 @@ time.sleep(60)
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	buf := make([]byte, 64)
-	if _, err := outp.Read(buf); err != nil {
-		t.Fatal(err)
+	// Whole lines: a pipe read may return part of one (seen under load).
+	lines := bufio.NewReader(outp)
+	if l, err := lines.ReadString('\n'); err != nil || l != "ready\n" {
+		t.Fatalf("read %q, %v; want ready", l, err)
 	}
 	pid := cmd.Process.Pid
 
 	lowerPriority(pid)
 	in.Write([]byte("go\n"))
-	if _, err := outp.Read(buf); err != nil {
-		t.Fatal(err)
+	if l, err := lines.ReadString('\n'); err != nil || l != "more\n" {
+		t.Fatalf("read %q, %v; want more", l, err)
 	}
 	low := threadSched(t, pid)
 	if len(low) != 5 {
