@@ -125,6 +125,9 @@ type Launcher struct {
 	standbys      []*worker
 	joiners       []*worker // live mode: replacements waiting to be admitted
 	standbyFailed int
+	refilling     bool     // a refillStandbys is running
+	zyg           *zygote  // forks standbys (zygote.go); nil until first used
+	zygoteOff     bool     // BULSAJO_ZYGOTE=0, or the zygote failed
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
 	preloaded     sync.Map // pids of shims whose preload is done (listen.go)
@@ -171,6 +174,7 @@ func New(cfg Config) (*Launcher, error) {
 	if cfg.Standby {
 		a.shim = shimArgs(cfg.Command, cfg.SDKDir)
 	}
+	a.zygoteOff = os.Getenv("BULSAJO_ZYGOTE") == "0"
 	for _, d := range []string{"logs", "errors", "pids"} {
 		if err := os.MkdirAll(filepath.Join(cfg.RunDir, d), 0o755); err != nil {
 			conn.Close()
@@ -576,6 +580,9 @@ func (a *Launcher) Close() {
 	for _, w := range append(a.standbys, a.joiners...) {
 		w.discard()
 	}
+	if a.zyg != nil {
+		a.zyg.kill()
+	}
 	a.mu.Unlock()
 	a.waiters.Wait()
 	close(a.quit)
@@ -612,7 +619,8 @@ func (a *Launcher) removeEmptyStacks() {
 
 type worker struct {
 	a         *Launcher
-	cmd       *exec.Cmd
+	cmd       *exec.Cmd   // nil for a standby the zygote forked
+	proc      *os.Process // what is waited for
 	pid       int
 	activate  func(env map[string]string) error // nil for a direct start
 	discardFn func()
@@ -712,6 +720,13 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 		lowerPriority(w.pid)
 		a.imports.start(w.pid)
 	}
+	a.activation(w, wr, standby)
+	return w, nil
+}
+
+// activation gives w the activation pipe wr: activate writes its env there
+// (a standby goes back to normal priority first), discard closes it.
+func (a *Launcher) activation(w *worker, wr *os.File, standby bool) {
 	w.activate = func(env map[string]string) error {
 		defer wr.Close()
 		if standby {
@@ -725,7 +740,6 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 		return err
 	}
 	w.discardFn = func() { wr.Close() }
-	return w, nil
 }
 
 func (a *Launcher) startProcessEnv(args, env []string, activateFD *os.File, gen, rank int, log *os.File) (*worker, error) {
@@ -754,15 +768,21 @@ func (a *Launcher) startProcessEnv(args, env []string, activateFD *os.File, gen,
 		errR.Close()
 		return nil, fmt.Errorf("agent: start %s: %w", args[0], err)
 	}
-	w := &worker{a: a, cmd: cmd, pid: cmd.Process.Pid, gen: gen, rank: rank, log: log,
+	a.waiters.Add(1)
+	return a.track(cmd.Process, cmd, outR, errR, gen, rank, log), nil
+}
+
+// track follows a started process: its output and its exit. cmd is nil for
+// a standby forked by the zygote. The caller has counted it in a.waiters.
+func (a *Launcher) track(proc *os.Process, cmd *exec.Cmd, outR, errR *os.File, gen, rank int, log *os.File) *worker {
+	w := &worker{a: a, cmd: cmd, proc: proc, pid: proc.Pid, gen: gen, rank: rank, log: log,
 		exited: make(chan struct{}), settled: make(chan struct{})}
 	a.started.Store(w.pid, true)
 	w.outDone.Add(2)
 	go w.pump(outR, false)
 	go w.pump(errR, true)
-	a.waiters.Add(1)
 	go w.wait()
-	return w, nil
+	return w
 }
 
 func (w *worker) pump(r *os.File, isErr bool) {
@@ -817,17 +837,22 @@ func (w *worker) line(text string, isErr bool) {
 
 func (w *worker) wait() {
 	defer w.a.waiters.Done()
-	err := w.cmd.Wait()
+	var ps *os.ProcessState
+	if w.cmd != nil {
+		w.cmd.Wait()
+		ps = w.cmd.ProcessState
+	} else {
+		ps, _ = w.proc.Wait()
+	}
 	at := time.Now()
 	close(w.exited)
-	code, sig := 0, ""
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	code, sig := 1, "" // not waited for: not a success either
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			sig = signalName(ws.Signal())
 			code = 128 + int(ws.Signal())
 		} else {
-			code = ee.ExitCode()
+			code = ps.ExitCode()
 		}
 	}
 	// Held stderr now waits for the exit's verdict; and the peers' errors
@@ -1011,23 +1036,75 @@ func (a *Launcher) takeStandby() *worker {
 	return nil
 }
 
-// refillStandbys tops the pool up to StandbyCount. A standby that keeps
-// failing (say, the preload crashes) turns the pool off rather than loop.
+// refillStandbys tops the pool up to StandbyCount, with forks of the zygote
+// (zygote.go) while it serves. A standby that keeps failing (say, the
+// preload crashes) turns the pool off rather than loop. One refill runs at
+// a time; it checks the pool again before it ends, so a standby taken
+// meanwhile is replaced too.
 func (a *Launcher) refillStandbys() {
-	for {
-		a.mu.Lock()
-		if a.closed || len(a.standbys) >= a.cfg.StandbyCount || a.standbyFailed > 2*a.cfg.StandbyCount {
-			a.mu.Unlock()
-			return
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refilling {
+		return
+	}
+	a.refilling = true
+	defer func() { a.refilling = false }()
+	for !a.closed && len(a.standbys) < a.cfg.StandbyCount && a.standbyFailed <= 2*a.cfg.StandbyCount {
+		if z := a.zygoteLocked(); z != nil {
+			a.waiters.Add(1) // before Close can wait: it sets closed under mu
+			a.mu.Unlock()    // the first fork waits for the zygote's import
+			w, err := a.forkStandby(z)
+			a.mu.Lock()
+			if err != nil {
+				a.waiters.Done()
+				a.zygoteFailed(z, err)
+				continue
+			}
+			if a.closed {
+				w.discard()
+				break
+			}
+			a.standbys = append(a.standbys, w)
+			continue
 		}
 		w, err := a.startProcess(a.shim, true, 0, -1, nil)
 		if err != nil {
 			a.standbyFailed++
-			a.mu.Unlock()
 			continue
 		}
 		a.standbys = append(a.standbys, w)
-		a.mu.Unlock()
+	}
+}
+
+// zygoteLocked returns the zygote, started on first use, or nil when it is
+// off or has failed. Called with a.mu held.
+func (a *Launcher) zygoteLocked() *zygote {
+	if a.zygoteOff {
+		return nil
+	}
+	if a.zyg == nil {
+		z, err := a.startZygote()
+		if err != nil {
+			a.zygoteFailed(nil, err)
+			return nil
+		}
+		a.zyg = z
+	}
+	return a.zyg
+}
+
+// zygoteFailed turns the zygote off for the rest of the run: standbys
+// import for themselves from here on. Called with a.mu held.
+func (a *Launcher) zygoteFailed(z *zygote, err error) {
+	if a.zygoteOff {
+		return
+	}
+	a.zygoteOff = true
+	if z != nil {
+		z.kill()
+	}
+	if !a.closed && a.cfg.Console != nil {
+		a.cfg.Console.Printf("  note: standbys import torch themselves from now on (%v)", err)
 	}
 }
 

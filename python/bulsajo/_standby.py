@@ -93,6 +93,115 @@ def _tell_agent(msg):
         pass
 
 
+# ---- zygote mode (env BULSAJO_ZYGOTE_FD) ----
+#
+# A refill that imports torch again costs ~1 s of CPU per standby, taken from
+# training on a node whose CPUs the ranks fill (measured: steps 5-10 % slower
+# for the seconds each refill lasts). In zygote mode the shim imports once and
+# then forks a standby per request. Each fork is cloned with CLONE_PARENT, so
+# the standby is the launcher's own child, as a standby it started itself
+# would be: the launcher waits on it, and its parent-death signal is the
+# launcher's, not the zygote's. The request (SOCK_SEQPACKET, fd
+# BULSAJO_ZYGOTE_FD) carries the standby's stdout, stderr and activation pipe;
+# the reply is "pid N" or "err WHY". The zygote forks only while it is the one
+# thread of its process: a raw clone skips glibc's fork handlers, which is safe
+# only when no other thread can hold a lock.
+
+ZYGOTE_COMM = b"bulsajo-zygote"
+_CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220}
+_CLONE_PARENT = 0x00008000
+_SIGCHLD = 17
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def _zygote():
+    import ctypes
+    import platform
+    import socket
+    fd = int(os.environ.pop("BULSAJO_ZYGOTE_FD"))
+    sock = socket.socket(fileno=fd)
+    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held
+    libc.syscall.restype = ctypes.c_long
+    api = ctypes.pythonapi
+    launcher = os.getppid()
+    comm = _read("/proc/self/comm").strip().encode()
+    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(ZYGOTE_COMM), 0, 0, 0)
+    _tell_agent(b"preloaded %d" % os.getpid())
+    nr = _CLONE_SYSCALL.get(platform.machine())
+    if not nr or not hasattr(socket, "recv_fds"):
+        sock.send(b"err cannot fork standbys on %s, Python %s" % (
+            platform.machine().encode(), platform.python_version().encode()))
+        os._exit(0)
+    sock.send(b"ready %d" % os.getpid())
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 64, 3)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)  # the launcher closed its end
+        if len(fds) != 3:
+            for f in fds:
+                os.close(f)
+            sock.send(b"err bad request")
+            continue
+        if len(os.listdir("/proc/self/task")) != 1:
+            for f in fds:
+                os.close(f)
+            sock.send(b"err zygote has threads")
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        api.PyOS_BeforeFork()
+        pid = libc.syscall(ctypes.c_long(nr), ctypes.c_ulong(_CLONE_PARENT | _SIGCHLD),
+                           ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_ulong(0))
+        if pid == 0:
+            api.PyOS_AfterFork_Child()
+            _zygote_child(libc, sock, fds, launcher, comm)
+            return
+        err = ctypes.get_errno()
+        api.PyOS_AfterFork_Parent()
+        for f in fds:
+            os.close(f)
+        sock.send(b"pid %d" % pid if pid > 0 else b"err clone: " + os.strerror(err).encode())
+
+
+def _zygote_child(libc, sock, fds, launcher, comm):
+    import ctypes
+    sock.close()
+    out, err, act = fds
+    # As the launcher starts a standby: its own process group, killed with
+    # the launcher, stdout/stderr to its pipes, the activation pipe on fd 3.
+    os.setpgid(0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    if os.getppid() != launcher:
+        os._exit(1)  # the launcher died before the signal was set
+    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(comm[:15]), 0, 0, 0)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    os.dup2(act, 3)
+    for f in fds:
+        if f > 3:
+            os.close(f)
+    os.environ["BULSAJO_ACTIVATE_FD"] = "3"
+    # What a fresh interpreter would not share with its siblings.
+    np = sys.modules.get("numpy.random")
+    if np is not None:
+        try:
+            np.seed()
+        except Exception:
+            pass
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _read_activation():
     """Return the activation line (bytes, without the newline) or None on EOF."""
     raw = os.environ.get("BULSAJO_ACTIVATE_FD")
@@ -134,6 +243,8 @@ def main():
 
     _preload()
     needs = _torch_env()
+    if os.environ.get("BULSAJO_ZYGOTE_FD"):
+        _zygote()  # returns in each forked standby
     # The launcher holds the other ranks until rank 0's store listens, for
     # at most 2 s from now (an import is not the script's time).
     _tell_agent(b"preloaded %d" % os.getpid())

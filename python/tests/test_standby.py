@@ -348,5 +348,125 @@ class StandbyTest(unittest.TestCase):
         self.assertEqual(told(), [])
 
 
+@unittest.skipUnless(hasattr(__import__("socket"), "recv_fds") and os.uname().machine in ("x86_64", "aarch64"),
+                     "zygote mode needs socket.recv_fds and a known clone syscall")
+class ZygoteTest(unittest.TestCase):
+    """The shim in zygote mode, with this test process as the launcher."""
+
+    def setUp(self):
+        import socket
+        self.tmp = tempfile.mkdtemp(prefix="bulsajo-zygote-")
+        self.script = os.path.join(self.tmp, "probe.py")
+        with open(self.script, "w") as f:
+            f.write(PROBE)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("BULSAJO_") and k not in ("RANK", "PYTHONPATH")}
+        env.update(PYTHONPATH=PYDIR, BULSAJO_PRELOAD="colorsys", BULSAJO_ZYGOTE_FD=str(theirs.fileno()),
+                   KEEP="kept")
+        self.zygote = subprocess.Popen([sys.executable, SHIM, self.script, "--flag"], env=env,
+                                       pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+        theirs.close()
+        self.sock.settimeout(60)
+
+    def tearDown(self):
+        self.sock.close()  # EOF: the zygote exits
+        try:
+            self.zygote.wait(timeout=30)
+        finally:
+            self.zygote.kill()
+            self.zygote.stderr.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def fork(self):
+        """Ask for a standby; return (pid, stdout read end, stderr read end, activation write end)."""
+        import socket
+        if not getattr(self, "ready", False):
+            self.assertTrue(self.sock.recv(256).startswith(b"ready "))
+            self.ready = True
+        outr, outw = os.pipe()
+        errr, errw = os.pipe()
+        actr, actw = os.pipe()
+        socket.send_fds(self.sock, [b"fork"], [outw, errw, actr])
+        for f in (outw, errw, actr):
+            os.close(f)
+        reply = self.sock.recv(256)
+        self.assertTrue(reply.startswith(b"pid "), reply)
+        return int(reply.split()[1]), outr, errr, actw
+
+    def test_forks_run_the_script_as_children_of_the_launcher(self):
+        ready = self.sock.recv(256)
+        self.assertTrue(ready.startswith(b"ready "), ready)
+        self.assertEqual(int(ready.split()[1]), self.zygote.pid)
+        self.ready = True
+        with open("/proc/%d/comm" % self.zygote.pid) as f:
+            self.assertEqual(f.read().strip(), "bulsajo-zygote")
+        got = []
+        for rank in ("0", "1"):
+            pid, outr, errr, actw = self.fork()
+            # CLONE_PARENT: the standby is this process's child, not the zygote's.
+            def stat():
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().rsplit(")", 1)[1].split()
+            self.assertEqual(int(stat()[1]), os.getpid(), "parent")
+            # The standby moves to its own group as it starts (the launcher
+            # moves it too, not this test).
+            deadline = time.monotonic() + 30
+            while int(stat()[2]) != pid and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.assertEqual(int(stat()[2]), pid, "its own process group")
+            with open("/proc/%d/comm" % pid) as f:
+                self.assertNotEqual(f.read().strip(), "bulsajo-zygote")
+            os.write(actw, json.dumps({"env": {"RANK": rank, "CHECK_FD": "3"}}).encode() + b"\n")
+            os.close(actw)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            with os.fdopen(outr) as f:
+                r = StandbyTest.report(f.read())
+            os.close(errr)
+            got.append(r)
+        for rank, r in zip(("0", "1"), got):
+            self.assertEqual(r["env"]["RANK"], rank)
+            self.assertEqual(r["env"]["KEEP"], "kept")
+            self.assertIsNone(r["env"]["BULSAJO_ACTIVATE_FD"])
+            self.assertEqual(r["argv"], [self.script, "--flag"])
+            self.assertEqual(r["name"], "__main__")
+            self.assertTrue(r["main_is_me"])
+            self.assertIn("colorsys", r["modules"])  # preloaded once, by the zygote
+            self.assertTrue(r["fd_closed"])
+
+    def test_exit_status_and_discard(self):
+        pid, outr, errr, actw = self.fork()
+        os.write(actw, json.dumps({"env": {"EXIT_CODE": "7"}}).encode() + b"\n")
+        os.close(actw)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 7)
+        # EOF before an activation: discarded, exits 0 without running the script.
+        pid, outr2, errr2, actw = self.fork()
+        os.close(actw)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        with os.fdopen(outr2) as f:
+            self.assertEqual(f.read(), "")
+        for fd in (outr, errr, errr2):
+            os.close(fd)
+
+    def test_a_request_without_its_files_is_refused(self):
+        self.sock.recv(256)  # ready
+        self.ready = True
+        self.sock.send(b"fork")
+        self.assertEqual(self.sock.recv(256), b"err bad request")
+        pid, outr, errr, actw = self.fork()  # it still serves
+        os.close(actw)
+        os.waitpid(pid, 0)
+        for fd in (outr, errr):
+            os.close(fd)
+
+    def test_the_zygote_exits_when_the_launcher_closes(self):
+        self.sock.recv(256)
+        self.sock.close()
+        self.assertEqual(self.zygote.wait(timeout=30), 0)
+
+
 if __name__ == "__main__":
     unittest.main()

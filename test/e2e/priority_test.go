@@ -110,14 +110,27 @@ while not os.path.exists(sys.argv[1]):
 	}
 }
 
-// standbys: the run's shim processes that hold no rank.
+// standbys: the run's shim processes that hold no rank (the zygote, which
+// forks them, is not one).
 func standbys(runDir string, ranks ...int) []int {
+	zyg := zygotes(runDir)
+	var out []int
+	for _, pid := range shimProcesses(runDir) {
+		if !slices.Contains(ranks, pid) && !slices.Contains(zyg, pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// shimProcesses: the run's live processes started through the standby shim.
+func shimProcesses(runDir string) []int {
 	var out []int
 	shim := filepath.Join(runDir, "sdk", "bulsajo", "_standby.py")
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || slices.Contains(ranks, pid) {
+		if err != nil || !alive(pid) {
 			continue
 		}
 		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), shim) {

@@ -1,0 +1,114 @@
+package e2e
+
+import (
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A refill forks the zygote (internal/launcher/zygote.go) instead of
+// importing torch again: the standbys cost next to no CPU, they are
+// bulsajo's own children (so it reaps them and they die with it), and the
+// ranks they become train as a fresh process would.
+func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
+	requireTorch(t)
+	id := "zygote"
+	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2", "--run-id", id}, trainArgs(t, "100000")...)...)
+	pidOf := func(rank int) int {
+		b, _ := os.ReadFile(runDir + "/pids/rank" + strconv.Itoa(rank))
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if pid > 0 && !alive(pid) {
+			return 0
+		}
+		return pid
+	}
+	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
+	first := []int{pidOf(0), pidOf(1)}
+	var pool []int
+	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
+	zyg := zygotes(runDir)
+	if len(zyg) != 1 {
+		t.Fatalf("zygotes %v, want one", zyg)
+	}
+	zcpu := cpuTicks(zyg[0])
+	for _, pid := range append(pool, zyg[0]) {
+		if pp := statField(pid, 4); pp != strconv.Itoa(cmd.Process.Pid) {
+			t.Errorf("pid %d's parent is %s, want bulsajo (%d)", pid, pp, cmd.Process.Pid)
+		}
+	}
+	for _, pid := range pool {
+		// An import costs the zygote about a second of CPU; a fork waiting
+		// for its rank next to nothing.
+		if c := cpuTicks(pid); c*4 > zcpu {
+			t.Errorf("standby %d used %d ticks of CPU, the zygote's import %d: not a fork", pid, c, zcpu)
+		}
+		if pg := statField(pid, 5); pg != strconv.Itoa(pid) {
+			t.Errorf("standby %d is in process group %s, want its own", pid, pg)
+		}
+	}
+	killRank(t, runDir, 0)
+	waitFor(t, 2*time.Minute, "both ranks restarted", func() bool {
+		p0, p1 := pidOf(0), pidOf(1)
+		return p0 > 0 && p1 > 0 && p0 != first[0] && p1 != first[1]
+	})
+	for rank := 0; rank < 2; rank++ {
+		if pid := pidOf(rank); !slices.Contains(pool, pid) {
+			t.Errorf("rank %d restarted as pid %d, not as one of the forked standbys %v", rank, pid, pool)
+		}
+	}
+	// The restarted ranks train: the step count passes where it was.
+	mark := len(out.String())
+	waitFor(t, time.Minute, "training after the restart", func() bool {
+		return strings.Count(out.String()[mark:], " loss ") >= 3
+	})
+	// And the pool is refilled by the same zygote.
+	again := []int{pidOf(0), pidOf(1)}
+	waitFor(t, time.Minute, "the pool refilled", func() bool {
+		p := standbys(runDir, again...)
+		return len(p) >= 2 && !slices.ContainsFunc(p, func(pid int) bool { return slices.Contains(pool, pid) })
+	})
+	if z := zygotes(runDir); len(z) != 1 || z[0] != zyg[0] {
+		t.Errorf("zygotes %v after the restart, want still %d", z, zyg[0])
+	}
+	// Nothing outlives bulsajo, even a SIGKILL of it: not the zygote, not
+	// its forks.
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	waitNone(t, "BULSAJO_RUN_ID="+id, 5*time.Second)
+}
+
+// zygotes: the run's processes named bulsajo-zygote.
+func zygotes(runDir string) []int {
+	var out []int
+	for _, pid := range shimProcesses(runDir) {
+		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); strings.TrimSpace(string(b)) == "bulsajo-zygote" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// statField is field n (1-based, as proc(5) counts) of /proc/PID/stat.
+func statField(pid, n int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if n-3 < 0 || n-3 >= len(f) {
+		return ""
+	}
+	return f[n-3]
+}
+
+// cpuTicks: user and system time of pid, in clock ticks.
+func cpuTicks(pid int) int {
+	u, _ := strconv.Atoi(statField(pid, 14))
+	s, _ := strconv.Atoi(statField(pid, 15))
+	return u + s
+}
