@@ -133,6 +133,11 @@ def _zygote():
         sock.send(b"err cannot fork standbys on %s, Python %s" % (
             platform.machine().encode(), platform.python_version().encode()))
         os._exit(0)
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    if cuda is not None and cuda.is_initialized():
+        # A fork cannot use the CUDA context its parent made.
+        sock.send(b"err the preload initialized CUDA: a fork could not use it")
+        os._exit(0)
     sock.send(b"ready %d" % os.getpid())
     while True:
         try:

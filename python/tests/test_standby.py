@@ -370,13 +370,16 @@ class ZygoteTest(unittest.TestCase):
         self.sock.settimeout(60)
 
     def tearDown(self):
+        self.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def stop(self):
         self.sock.close()  # EOF: the zygote exits
         try:
             self.zygote.wait(timeout=30)
         finally:
             self.zygote.kill()
             self.zygote.stderr.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def fork(self):
         """Ask for a standby; return (pid, stdout read end, stderr read end, activation write end)."""
@@ -461,6 +464,25 @@ class ZygoteTest(unittest.TestCase):
         os.waitpid(pid, 0)
         for fd in (outr, errr):
             os.close(fd)
+
+    def test_a_preload_that_initialized_cuda_is_refused(self):
+        # A stand-in torch whose CUDA is initialized (no GPU here): a fork
+        # could not use that context, so the zygote says so and exits.
+        self.stop()
+        import socket
+        fake = os.path.join(self.tmp, "fake")
+        os.makedirs(os.path.join(fake, "torch"))
+        with open(os.path.join(fake, "torch", "__init__.py"), "w") as f:
+            f.write("class cuda:\n    is_initialized = staticmethod(lambda: True)\n")
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BULSAJO_")}
+        env.update(PYTHONPATH=fake, BULSAJO_PRELOAD="torch", BULSAJO_ZYGOTE_FD=str(theirs.fileno()))
+        self.zygote = subprocess.Popen([sys.executable, SHIM, self.script], env=env,
+                                       pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+        theirs.close()
+        self.sock.settimeout(60)
+        self.assertEqual(self.sock.recv(256), b"err the preload initialized CUDA: a fork could not use it")
+        self.assertEqual(self.zygote.wait(timeout=30), 0)
 
     def test_the_zygote_exits_when_the_launcher_closes(self):
         self.sock.recv(256)
