@@ -239,6 +239,16 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// livePID is the live process that holds rank in runDir (pids/rankN), or 0.
+func livePID(runDir string, rank int) int {
+	b, _ := os.ReadFile(filepath.Join(runDir, "pids", "rank"+strconv.Itoa(rank)))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid > 0 && !alive(pid) {
+		return 0
+	}
+	return pid
+}
+
 // killRank SIGKILLs the process that holds rank in runDir (pids/rankN), from
 // outside, as the OOM killer would.
 func killRank(t *testing.T, runDir string, rank int) {

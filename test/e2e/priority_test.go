@@ -63,28 +63,20 @@ while not os.path.exists(sys.argv[1]):
 	go func() { waitErr = cmd.Wait(); close(done) }()
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); <-done })
 
-	pidOf := func(rank int) int {
-		b, _ := os.ReadFile(filepath.Join(runDir, "pids", "rank"+strconv.Itoa(rank)))
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if pid > 0 && !alive(pid) {
-			return 0
-		}
-		return pid
-	}
-	waitFor(t, 2*time.Minute, "both ranks started", func() bool { return pidOf(0) > 0 && pidOf(1) > 0 })
-	first := []int{pidOf(0), pidOf(1)}
+	waitFor(t, 2*time.Minute, "both ranks started", func() bool { return livePID(runDir, 0) > 0 && livePID(runDir, 1) > 0 })
+	first := []int{livePID(runDir, 0), livePID(runDir, 1)}
 	// The standbys that will replace them: started once the job runs.
 	var pool []int
 	waitFor(t, time.Minute, "standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
 	killRank(t, runDir, 0)
 	// Restart mode: the whole next generation is the standbys.
 	waitFor(t, 2*time.Minute, "both ranks restarted", func() bool {
-		p0, p1 := pidOf(0), pidOf(1)
+		p0, p1 := livePID(runDir, 0), livePID(runDir, 1)
 		return p0 > 0 && p1 > 0 && p0 != first[0] && p1 != first[1]
 	})
 	time.Sleep(500 * time.Millisecond) // past their activation (where main raised them, and failed)
 	for rank := 0; rank < 2; rank++ {
-		pid := pidOf(rank)
+		pid := livePID(runDir, rank)
 		if !slices.Contains(pool, pid) {
 			t.Errorf("rank %d restarted as pid %d, not as one of the standbys %v", rank, pid, pool)
 		}

@@ -18,16 +18,8 @@ func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 	requireTorch(t)
 	id := "zygote"
 	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2", "--run-id", id}, trainArgs(t, "100000")...)...)
-	pidOf := func(rank int) int {
-		b, _ := os.ReadFile(runDir + "/pids/rank" + strconv.Itoa(rank))
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if pid > 0 && !alive(pid) {
-			return 0
-		}
-		return pid
-	}
 	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
-	first := []int{pidOf(0), pidOf(1)}
+	first := []int{livePID(runDir, 0), livePID(runDir, 1)}
 	var pool []int
 	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
 	zyg := zygotes(runDir)
@@ -52,11 +44,11 @@ func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 	}
 	killRank(t, runDir, 0)
 	waitFor(t, 2*time.Minute, "both ranks restarted", func() bool {
-		p0, p1 := pidOf(0), pidOf(1)
+		p0, p1 := livePID(runDir, 0), livePID(runDir, 1)
 		return p0 > 0 && p1 > 0 && p0 != first[0] && p1 != first[1]
 	})
 	for rank := 0; rank < 2; rank++ {
-		if pid := pidOf(rank); !slices.Contains(pool, pid) {
+		if pid := livePID(runDir, rank); !slices.Contains(pool, pid) {
 			t.Errorf("rank %d restarted as pid %d, not as one of the forked standbys %v", rank, pid, pool)
 		}
 	}
@@ -66,7 +58,7 @@ func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 		return strings.Count(out.String()[mark:], " loss ") >= 3
 	})
 	// And the pool is refilled by the same zygote.
-	again := []int{pidOf(0), pidOf(1)}
+	again := []int{livePID(runDir, 0), livePID(runDir, 1)}
 	waitFor(t, time.Minute, "the pool refilled", func() bool {
 		p := standbys(runDir, again...)
 		return len(p) >= 2 && !slices.ContainsFunc(p, func(pid int) bool { return slices.Contains(pool, pid) })
