@@ -104,3 +104,44 @@ func cpuTicks(pid int) int {
 	s, _ := strconv.Atoi(statField(pid, 15))
 	return u + s
 }
+
+// A zygote that dies (the OOM killer, an operator) costs nothing but the
+// forks: the pool goes back to standbys that import, said once on the
+// terminal, and the job recovers from the next faults as before.
+func TestTorchZygoteLostStandbysImportAgain(t *testing.T) {
+	requireTorch(t)
+	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2"}, trainArgs(t, "100000")...)...)
+	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
+	first := []int{livePID(runDir, 0), livePID(runDir, 1)}
+	var pool []int
+	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
+	zyg := zygotes(runDir)
+	if len(zyg) != 1 {
+		t.Fatalf("zygotes %v, want one", zyg)
+	}
+	syscall.Kill(zyg[0], syscall.SIGKILL)
+	for round := 0; round < 2; round++ {
+		before := []int{livePID(runDir, 0), livePID(runDir, 1)}
+		killRank(t, runDir, 1)
+		waitFor(t, 2*time.Minute, "both ranks restarted", func() bool {
+			p0, p1 := livePID(runDir, 0), livePID(runDir, 1)
+			return p0 > 0 && p1 > 0 && p0 != before[0] && p1 != before[1]
+		})
+		mark := len(out.String())
+		waitFor(t, time.Minute, "training after the restart", func() bool {
+			return strings.Count(out.String()[mark:], " loss ") >= 3
+		})
+		now := []int{livePID(runDir, 0), livePID(runDir, 1)}
+		waitFor(t, time.Minute, "the pool refilled", func() bool { return len(standbys(runDir, now...)) >= 2 })
+	}
+	if z := zygotes(runDir); len(z) != 0 {
+		t.Errorf("zygotes %v after the first one was killed, want none (standbys import)", z)
+	}
+	if n := strings.Count(out.String(), "standbys import torch themselves from now on"); n != 1 {
+		t.Errorf("the fallback said %d times, want once:\n%s", n, out.String())
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); exitCode(err) != 130 {
+		t.Errorf("exit %d after SIGINT, want 130:\n%s", exitCode(err), out.String())
+	}
+}
