@@ -89,6 +89,10 @@ func (a *Launcher) startZygote() (*zygote, error) {
 	}
 	z := &zygote{conn: conn, pid: cmd.Process.Pid, exited: make(chan struct{})}
 	a.started.Store(z.pid, true)
+	// Beside pids/rankN, for operators and tools: a fork is named
+	// bulsajo-zygote too for the moment before it renames itself.
+	pidFile := filepath.Join(a.cfg.RunDir, "pids", "zygote")
+	os.WriteFile(pidFile, []byte(strconv.Itoa(z.pid)+"\n"), 0o644)
 	// Its import is a standby's import (priority.go, and the step clock's
 	// importTracker); its forks inherit the nice value until activated.
 	lowerPriority(z.pid)
@@ -97,6 +101,7 @@ func (a *Launcher) startZygote() (*zygote, error) {
 	go func() {
 		defer a.waiters.Done()
 		cmd.Wait()
+		os.Remove(pidFile)
 		a.imports.done(z.pid)
 		close(z.exited)
 		conn.Close() // a request in flight fails at once

@@ -174,6 +174,7 @@ def _zygote():
 
 def _zygote_child(libc, sock, fds, launcher, comm):
     import ctypes
+    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(comm[:15]), 0, 0, 0)
     sock.close()
     out, err, act = fds
     # As the launcher starts a standby: its own process group, killed with
@@ -182,7 +183,6 @@ def _zygote_child(libc, sock, fds, launcher, comm):
     libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
     if os.getppid() != launcher:
         os._exit(1)  # the launcher died before the signal was set
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(comm[:15]), 0, 0, 0)
     os.dup2(out, 1)
     os.dup2(err, 2)
     os.dup2(act, 3)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,15 +74,18 @@ func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 	waitNone(t, "BULSAJO_RUN_ID="+id, 5*time.Second)
 }
 
-// zygotes: the run's processes named bulsajo-zygote.
+// zygotes: the run's zygote, from pids/zygote (a fork is named
+// bulsajo-zygote too until it renames itself), if it is alive.
 func zygotes(runDir string) []int {
-	var out []int
-	for _, pid := range shimProcesses(runDir) {
-		if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); strings.TrimSpace(string(b)) == "bulsajo-zygote" {
-			out = append(out, pid)
-		}
+	b, _ := os.ReadFile(filepath.Join(runDir, "pids", "zygote"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid <= 0 || !alive(pid) {
+		return nil
 	}
-	return out
+	if c, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); strings.TrimSpace(string(c)) != "bulsajo-zygote" {
+		return nil
+	}
+	return []int{pid}
 }
 
 // statField is field n (1-based, as proc(5) counts) of /proc/PID/stat.
