@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,15 +19,7 @@ import (
 func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 	requireTorch(t)
 	id := "zygote"
-	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2", "--run-id", id}, trainArgs(t, "100000")...)...)
-	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
-	first := []int{livePID(runDir, 0), livePID(runDir, 1)}
-	var pool []int
-	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
-	zyg := zygotes(runDir)
-	if len(zyg) != 1 {
-		t.Fatalf("zygotes %v, want one", zyg)
-	}
+	cmd, out, runDir, first, pool, zyg := startWithPool(t, "--run-id", id)
 	zcpu := cpuTicks(zyg[0])
 	for _, pid := range append(pool, zyg[0]) {
 		if pp := statField(pid, 4); pp != strconv.Itoa(cmd.Process.Pid) {
@@ -74,6 +67,21 @@ func TestTorchStandbysAreForksOfOneImport(t *testing.T) {
 	waitNone(t, "BULSAJO_RUN_ID="+id, 5*time.Second)
 }
 
+// startWithPool starts a 2-rank training job and waits until it trains
+// and its pool holds two standbys; it returns the ranks' pids, the
+// standbys' and the zygote's (one).
+func startWithPool(t *testing.T, args ...string) (cmd *exec.Cmd, out *syncBuffer, runDir string, ranks, pool, zyg []int) {
+	t.Helper()
+	cmd, out, runDir = startBulsajo(t, append(append([]string{"--nproc-per-node", "2"}, args...), trainArgs(t, "100000")...)...)
+	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
+	ranks = []int{livePID(runDir, 0), livePID(runDir, 1)}
+	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, ranks...); return len(pool) >= 2 })
+	if zyg = zygotes(runDir); len(zyg) != 1 {
+		t.Fatalf("zygotes %v, want one", zyg)
+	}
+	return
+}
+
 // zygotes: the run's zygote, from pids/zygote (a fork is named
 // bulsajo-zygote too until it renames itself), if it is alive.
 func zygotes(runDir string) []int {
@@ -114,15 +122,7 @@ func cpuTicks(pid int) int {
 // terminal, and the job recovers from the next faults as before.
 func TestTorchZygoteLostStandbysImportAgain(t *testing.T) {
 	requireTorch(t)
-	cmd, out, runDir := startBulsajo(t, append([]string{"--nproc-per-node", "2"}, trainArgs(t, "100000")...)...)
-	waitFor(t, 2*time.Minute, "training to start", func() bool { return strings.Contains(out.String(), "step 10 ") })
-	first := []int{livePID(runDir, 0), livePID(runDir, 1)}
-	var pool []int
-	waitFor(t, time.Minute, "two standbys", func() bool { pool = standbys(runDir, first...); return len(pool) >= 2 })
-	zyg := zygotes(runDir)
-	if len(zyg) != 1 {
-		t.Fatalf("zygotes %v, want one", zyg)
-	}
+	cmd, out, runDir, _, _, zyg := startWithPool(t)
 	syscall.Kill(zyg[0], syscall.SIGKILL)
 	for round := 0; round < 2; round++ {
 		before := []int{livePID(runDir, 0), livePID(runDir, 1)}
