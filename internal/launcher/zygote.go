@@ -40,11 +40,10 @@ const (
 )
 
 type zygote struct {
-	mu     sync.Mutex // one request at a time
-	conn   *net.UnixConn
-	pid    int
-	ready  bool
-	exited chan struct{}
+	mu    sync.Mutex // one request at a time
+	conn  *net.UnixConn
+	pid   int
+	ready bool
 }
 
 var errZygoteGone = errors.New("zygote gone")
@@ -87,7 +86,7 @@ func (a *Launcher) startZygote() (*zygote, error) {
 		conn.Close()
 		return nil, err
 	}
-	z := &zygote{conn: conn, pid: cmd.Process.Pid, exited: make(chan struct{})}
+	z := &zygote{conn: conn, pid: cmd.Process.Pid}
 	a.started.Store(z.pid, true)
 	// Beside pids/rankN, for operators and tools: a fork is named
 	// bulsajo-zygote too for the moment before it renames itself.
@@ -103,7 +102,6 @@ func (a *Launcher) startZygote() (*zygote, error) {
 		cmd.Wait()
 		os.Remove(pidFile)
 		a.imports.done(z.pid)
-		close(z.exited)
 		conn.Close() // a request in flight fails at once
 	}()
 	return z, nil
@@ -196,14 +194,7 @@ func (a *Launcher) forkStandby(z *zygote) (*worker, error) {
 	// anyone may signal the group (it cannot fail while the child has not
 	// exec'd, which it never does).
 	syscall.Setpgid(pid, pid)
-	proc, err := os.FindProcess(pid)
-	if err != nil { // never on Linux: a child's pid is ours until waited for
-		syscall.Kill(pid, syscall.SIGKILL)
-		pipes[0][0].Close()
-		pipes[1][0].Close()
-		pipes[2][1].Close()
-		return nil, err
-	}
+	proc, _ := os.FindProcess(pid) // cannot fail on Unix
 	w := a.track(proc, nil, pipes[0][0], pipes[1][0], 0, -1, nil)
 	a.activation(w, pipes[2][1], true)
 	return w, nil
