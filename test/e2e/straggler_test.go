@@ -316,8 +316,12 @@ func TestMultiNodeLiveStragglerMovedToSpare(t *testing.T) {
 	m := newClusterSlots(t, []string{"n1", "n2", "s1"}, 1)
 	// 1:2: the survivor may train alone while the replacement starts
 	// (with 2:2 one survivor is too few: a full restart).
+	// --hang-timeout: a rank held to 2% of a CPU can take longer over one
+	// step than the adaptive threshold (its 4 s floor), and the hang path
+	// then restarts the job, throttled rank and all, before the straggler is
+	// named (seen once in make test; as in the single-node test above).
 	sub := m.start("coord", "submit", "--coordinator", m.coordAddr(), "--token-file", m.tokenFile(), "--nnodes", "1:2",
-		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live",
+		"--nproc-per-node", "1", "--run-id", "job1", "--recovery", "live", "--hang-timeout", "120s",
 		"--straggler-action", "replace", "--straggler-replace-after", "5s", "--",
 		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000", "--log-every", "10")
 	var pidFile string
