@@ -253,7 +253,11 @@ class Job(object):
                  "gen": _env_int("BULSAJO_GENERATION", 0), "rank": _env_int("RANK", -1)}
         if self.replacement:
             hello["wait"] = True
-        self._link.send(hello, timeout=10.0)
+        if not self._link.send(hello, timeout=10.0):
+            # Unsent, the agent would never know this process: fail now, not
+            # after waiting out GENERATION_WAIT_S for a generation.
+            raise RuntimeError("bulsajo: could not send hello to the agent at %s within 10 s"
+                               % os.environ["BULSAJO_AGENT_CTL"])
         self._link.start()
         if self.replacement:
             self._has_state = False
@@ -568,7 +572,9 @@ class Job(object):
                 # out of collections, which then only scan what regroups made.
                 gc.freeze()
             if self._gen is None:  # a replacement: admitted now (see _init_live)
-                self._send({"type": "ready"}, timeout=10.0)
+                if not self._link.send({"type": "ready"}, timeout=10.0):
+                    raise RuntimeError("bulsajo: could not tell the agent this replacement "
+                                       "is ready within 10 s")
                 self._join_first()
             self._first_sync()
         while True:

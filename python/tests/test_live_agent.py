@@ -116,7 +116,9 @@ class FakeAgent(object):
         self.procs = {}      # pid -> Popen
         self.logs = {}       # pid -> log path
         self._closing = False
-        t = threading.Thread(target=self._accept_loop, daemon=True)
+        self.accepted = 0         # connections accepted
+        self.before_hello = []    # (monotonic, msg) received on a connection before its hello
+        self._acceptor = t = threading.Thread(target=self._accept_loop, daemon=True)
         t.start()
 
     # ------------------------------------------------------------ server side
@@ -126,6 +128,8 @@ class FakeAgent(object):
                 c, _ = self.srv.accept()
             except OSError:
                 return
+            with self.cv:
+                self.accepted += 1
             threading.Thread(target=self._conn_loop, args=(c,), daemon=True).start()
 
     def _conn_loop(self, c):
@@ -155,6 +159,8 @@ class FakeAgent(object):
                         self.readies.add(pid)
                         if pid in self.assign:
                             self._sendline(c, self.assign[pid])
+                    elif pid is None:
+                        self.before_hello.append((time.monotonic(), msg))
                     self.msgs.append((time.monotonic(), pid, msg))
                     self.cv.notify_all()
         with self.cv:
@@ -289,7 +295,11 @@ class FakeAgent(object):
             return ""
 
     def dump_logs(self):
-        out = []
+        with self.cv:  # the agent's side: what it accepted and heard
+            out = ["---- agent: %d connections accepted (accept thread %s), hellos from %s, "
+                   "messages before a hello: %s"
+                   % (self.accepted, "alive" if self._acceptor.is_alive() else "DEAD",
+                      sorted(self.hellos), [m for _, m in self.before_hello])]
         for pid in sorted(self.logs):
             out.append("---- worker pid %d (%s)\n%s" % (pid, os.path.basename(self.logs[pid]),
                                                        self.log(pid)[-3000:]))
