@@ -368,6 +368,8 @@ func (a *Agent) session(ctx context.Context, sess *session, br *bufio.Reader) er
 			}
 		case wire.TSignal:
 			a.signal(m)
+		case wire.TProbe:
+			a.probe(m)
 		case wire.TEnd:
 			a.mu.Lock()
 			mine := a.job == m.Job
@@ -735,6 +737,29 @@ func (a *Agent) signal(m wire.Msg) {
 	if ok && ag != nil && sig != 0 {
 		ag.Signal(m.Gen, m.Rank, sig)
 	}
+}
+
+// probe answers the coordinator's busy probe: which of this node's ranks of
+// the generation use CPU (a sample of about 200 ms, on its own goroutine:
+// the session's reader must not wait for it). A stopped rank is named
+// instead: it is the hang, whatever the others do. For a job or generation
+// this node does not run, the answer names no rank.
+func (a *Agent) probe(m wire.Msg) {
+	a.mu.Lock()
+	ag := a.ag
+	if a.job != m.Job || a.gen != m.Gen || a.stopped {
+		ag = nil
+	}
+	a.mu.Unlock()
+	go func() {
+		r := wire.Msg{Type: wire.TBusy, Job: m.Job, Gen: m.Gen}
+		if ag != nil {
+			if r.StoppedRanks = ag.Stopped(m.Gen); len(r.StoppedRanks) == 0 {
+				r.BusyRanks = ag.Busy(m.Gen)
+			}
+		}
+		a.sendNow(r)
+	}()
 }
 
 // endJob stops every worker of the job and forgets it.

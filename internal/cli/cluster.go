@@ -571,7 +571,11 @@ reconnects and keeps following.`,
 				Recovery: c.Recovery, MaxRestarts: c.MaxRestarts, ProgressRegex: c.ProgressRegex,
 				HangTimeoutMS: int(c.HangTimeout.Milliseconds()), HangFloorMS: int(c.HangFloor.Milliseconds()),
 				StopGraceMS: int(c.StopGrace.Milliseconds()), ExitGraceMS: int(c.ExitGrace.Milliseconds()),
-				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby, NoReplace: !c.Replace}
+				CrashLoopLimit: c.CrashLoopLimit, Standby: c.Standby, NoReplace: !c.Replace,
+				BusyLimitMS: int(c.BusyLimit.Milliseconds())}
+			if c.BusyLimit == 0 {
+				sp.BusyLimitMS = -1 // --busy-limit 0: no stall is excused
+			}
 			if c.Recovery == "live" && c.StragglerAction != "off" {
 				// Only live jobs carry it: restart mode has no work reports.
 				sp.StragglerAction, sp.StragglerReplaceAfterMS = c.StragglerAction, int(c.StragglerReplaceAfter.Milliseconds())
@@ -593,6 +597,7 @@ reconnects and keeps following.`,
 	f.StringVar(&c.ProgressRegex, "progress-regex", "", "regex on worker output whose first group is the step number")
 	f.DurationVar(&c.HangTimeout, "hang-timeout", 0, "no progress for this long is a hang (default: adaptive)")
 	f.DurationVar(&c.HangFloor, "hang-floor", c.HangFloor, "lowest adaptive hang threshold")
+	f.DurationVar(&c.BusyLimit, "busy-limit", c.BusyLimit, "a stall while ranks still use CPU (a checkpoint, an evaluation) is not a hang until this long; 0: every stall past the threshold is a hang")
 	f.DurationVar(&c.StopGrace, "stop-grace", c.StopGrace, "time between SIGTERM and SIGKILL when stopping workers")
 	f.DurationVar(&c.ExitGrace, "exit-grace", c.ExitGrace, "once a rank has finished, how long the others may take")
 	f.IntVar(&c.CrashLoopLimit, "crash-loop-limit", c.CrashLoopLimit, "give up after this many identical failures without progress")

@@ -27,21 +27,26 @@ import (
 
 // JobSpec is what `bulsajo submit` asks for.
 type JobSpec struct {
-	ID             string   `json:"id"`
-	Command        []string `json:"command"`
-	Dir            string   `json:"dir,omitempty"`
-	NNodesMin      int      `json:"nnodes_min"`
-	NNodesMax      int      `json:"nnodes_max"`
-	NProcPerNode   int      `json:"nproc_per_node"`
-	Recovery       string   `json:"recovery,omitempty"`
-	MaxRestarts    int      `json:"max_restarts"`
-	ProgressRegex  string   `json:"progress_regex,omitempty"`
-	HangTimeoutMS  int      `json:"hang_timeout_ms,omitempty"`
-	HangFloorMS    int      `json:"hang_floor_ms,omitempty"`
-	StopGraceMS    int      `json:"stop_grace_ms,omitempty"`
-	ExitGraceMS    int      `json:"exit_grace_ms,omitempty"`
-	CrashLoopLimit int      `json:"crash_loop_limit,omitempty"`
-	Standby        bool     `json:"standby,omitempty"`
+	ID            string   `json:"id"`
+	Command       []string `json:"command"`
+	Dir           string   `json:"dir,omitempty"`
+	NNodesMin     int      `json:"nnodes_min"`
+	NNodesMax     int      `json:"nnodes_max"`
+	NProcPerNode  int      `json:"nproc_per_node"`
+	Recovery      string   `json:"recovery,omitempty"`
+	MaxRestarts   int      `json:"max_restarts"`
+	ProgressRegex string   `json:"progress_regex,omitempty"`
+	HangTimeoutMS int      `json:"hang_timeout_ms,omitempty"`
+	HangFloorMS   int      `json:"hang_floor_ms,omitempty"`
+	// BusyLimitMS: the longest stall not called a hang while the nodes see
+	// ranks using CPU (a checkpoint, an evaluation); 0: the default
+	// (policy.DefaultBusyLimit); -1: none, every stall past the threshold
+	// is a hang.
+	BusyLimitMS    int  `json:"busy_limit_ms,omitempty"`
+	StopGraceMS    int  `json:"stop_grace_ms,omitempty"`
+	ExitGraceMS    int  `json:"exit_grace_ms,omitempty"`
+	CrashLoopLimit int  `json:"crash_loop_limit,omitempty"`
+	Standby        bool `json:"standby,omitempty"`
 	// NoReplace: live mode keeps training with fewer workers instead of
 	// starting replacements on spare capacity.
 	NoReplace bool `json:"no_replace,omitempty"`
@@ -69,7 +74,7 @@ func (sp *JobSpec) Validate() error {
 	case sp.StragglerAction == "replace" && sp.Recovery != "live":
 		return errors.New("straggler action replace needs live recovery")
 	case sp.MaxRestarts < 0 || sp.StragglerReplaceAfterMS < 0 || sp.HangTimeoutMS < 0 || sp.HangFloorMS < 0 || sp.StopGraceMS < 0 ||
-		sp.ExitGraceMS < 0 || sp.CrashLoopLimit < 0:
+		sp.ExitGraceMS < 0 || sp.CrashLoopLimit < 0 || sp.BusyLimitMS < -1:
 		return errors.New("negative limits are not allowed")
 	}
 	if sp.ProgressRegex != "" {
@@ -161,6 +166,7 @@ type job struct {
 	launched      map[string]bool  // node -> its workers started
 	stopped       map[string]bool  // node -> its workers reaped
 	frozen        map[string][]int // node -> its ranks seen stopped (SIGSTOP, a tracer) now
+	probe         *busyProbe       // the busy probe waiting for the nodes' answers, or nil
 	stopping      bool
 	pending       *launcher.GenerationSpec // waiting for capacity
 	stopFirst     int                      // a generation asked to stop before its start came (0: none)
@@ -305,6 +311,9 @@ func (j *job) start(resume *policy.Resume) {
 			// at a step boundary; below MIN nodes' worth of ranks, a full
 			// restart.
 			Live: sp.Recovery == "live", Replace: !sp.NoReplace, MinWorld: sp.NNodesMin * sp.NProcPerNode,
+			// A stall is first checked with the nodes (Busy): ranks that
+			// work through a long save or an evaluation are no hang.
+			ProbeBusy: sp.BusyLimitMS >= 0, BusyLimit: ms(max(sp.BusyLimitMS, 0)),
 		},
 		MasterPort: -1, // the node that hosts rank 0 picks it
 		StopGrace:  ms(sp.StopGraceMS),
@@ -915,9 +924,69 @@ func (j *job) Culprit(gen int, _ bool) (int, string) {
 	return -1, ""
 }
 
-// Busy: the coordinator cannot see the workers' processes (ProbeBusy is off
-// for multi-node jobs).
-func (j *job) Busy(int) []int { return nil }
+// busyProbe is one Busy call's question to the nodes of a generation.
+type busyProbe struct {
+	gen     int
+	waiting map[string]bool // nodes yet to answer
+	busy    []int
+	stopped bool // a node saw one of its ranks stopped
+	done    chan struct{}
+}
+
+// probeWait bounds how long Busy waits for the nodes' answers (each samples
+// its workers for 200 ms). A node that has not answered by then counts as
+// not busy: a stall nobody vouches for is a hang, as before the probe.
+const probeWait = time.Second
+
+// Busy implements supervisor.Node: the ranks of gen that use CPU, as their
+// nodes see them (a probe message each; the supervisor's loop waits for
+// the answers, up to probeWait). None when a rank is stopped.
+func (j *job) Busy(gen int) []int {
+	j.s.mu.Lock()
+	if gen != j.rec.Gen || j.anyFrozen() {
+		j.s.mu.Unlock()
+		return nil
+	}
+	p := &busyProbe{gen: gen, waiting: map[string]bool{}, done: make(chan struct{})}
+	for _, pl := range j.rec.Placement {
+		if n := j.s.nodes[pl.Node]; n != nil && n.sess != nil && len(pl.Ranks) > 0 && !p.waiting[pl.Node] {
+			p.waiting[pl.Node] = true
+			n.sess.send(wire.Msg{Type: wire.TProbe, Job: j.rec.Spec.ID, Gen: gen})
+		}
+	}
+	if len(p.waiting) == 0 {
+		j.s.mu.Unlock()
+		return nil
+	}
+	j.probe = p
+	j.s.mu.Unlock()
+	t := time.NewTimer(probeWait)
+	select {
+	case <-p.done:
+	case <-t.C:
+	}
+	t.Stop()
+	j.s.mu.Lock()
+	defer j.s.mu.Unlock()
+	if j.probe == p {
+		j.probe = nil
+	}
+	if p.stopped || j.anyFrozen() {
+		return nil
+	}
+	busy := slices.Clone(p.busy)
+	slices.Sort(busy)
+	return busy
+}
+
+func (j *job) anyFrozen() bool { // s.mu held
+	for _, rs := range j.frozen {
+		if len(rs) > 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // Stopped implements supervisor.Node: the ranks of gen the nodes reported
 // stopped (proc_stopped, sent when a node's set changes).
@@ -979,6 +1048,21 @@ func (j *job) fromAgent(n *node, m wire.Msg) {
 			j.s.con.Printf("! node %s reported stopped ranks %v, of which it holds %v: the others ignored", n.Name, m.StoppedRanks, own)
 		}
 		j.frozen[n.Name] = own
+	case wire.TBusy:
+		p := j.probe
+		if p == nil || p.gen != m.Gen || !p.waiting[n.Name] {
+			return // late, or not asked
+		}
+		delete(p.waiting, n.Name)
+		for _, r := range m.BusyRanks {
+			if slices.Contains(mine, r) { // a node speaks for its own ranks only
+				p.busy = append(p.busy, r)
+			}
+		}
+		p.stopped = p.stopped || len(m.StoppedRanks) > 0
+		if len(p.waiting) == 0 {
+			close(p.done)
+		}
 	case wire.TWork:
 		j.emit(launcher.Work{Gen: m.Gen, Rank: m.Rank, Steps: m.Steps, At: time.Now(),
 			Work: time.Duration(m.WorkUS) * time.Microsecond, Wall: time.Duration(m.WallUS) * time.Microsecond})

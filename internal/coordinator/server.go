@@ -445,7 +445,7 @@ func (s *Server) agentSession(ss *session, rd *wire.Reader, remote net.Addr) {
 			}
 			s.mu.Unlock()
 		case wire.TLaunched, wire.TExited, wire.TProgress, wire.TStopped, wire.TFenced, wire.TCollectiveFailed,
-			wire.TJoinerReady, wire.TJoinerLost, wire.TListening, wire.TWork, wire.TProcStopped:
+			wire.TJoinerReady, wire.TJoinerLost, wire.TListening, wire.TWork, wire.TProcStopped, wire.TBusy:
 			if ss.current.Load() {
 				n.hear(time.Now()) // alive, even if s.mu keeps us waiting
 			}

@@ -1355,6 +1355,84 @@ func TestStoppedRankBeforeTheFirstStep(t *testing.T) {
 	}
 }
 
+// A stall past the hang threshold is first put to the nodes (probe): while
+// they answer that their ranks use CPU (a long save, an evaluation), it is
+// no hang. An answer about a rank the node does not hold, a stopped rank, or
+// no answer at all vouches for nothing: the stall is a hang.
+func TestStallIsPutToTheNodes(t *testing.T) {
+	busy := func(ranks ...int) func(sp coordinator.JobSpec) wire.Msg {
+		return func(sp coordinator.JobSpec) wire.Msg {
+			return wire.Msg{Type: wire.TBusy, Job: sp.ID, Gen: 1, BusyRanks: ranks}
+		}
+	}
+	stopped := func(sp coordinator.JobSpec) wire.Msg {
+		return wire.Msg{Type: wire.TBusy, Job: sp.ID, Gen: 1, StoppedRanks: []int{0}}
+	}
+	for _, tt := range []struct {
+		name   string
+		a, b   func(sp coordinator.JobSpec) wire.Msg // nil: no answer
+		limit  int                                   // BusyLimitMS
+		hang   bool
+		probed bool // the nodes were asked
+	}{
+		{"both busy", busy(0), busy(1), 0, false, true},
+		{"one busy", busy(0), busy(), 0, false, true},
+		{"none busy", busy(), busy(), 0, true, true},
+		{"busy for another node's rank", busy(1), busy(), 0, true, true},
+		{"a rank stopped", stopped, busy(1), 0, true, true},
+		{"no answer", nil, nil, 0, true, true},
+		{"busy, probes off", busy(0), busy(1), -1, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCoord(t)
+			sp := spec("probe", 2, 2)
+			sp.HangTimeoutMS, sp.HangFloorMS, sp.BusyLimitMS = 0, 500, tt.limit
+			a, b := launchTwo(t, c, sp, nil)
+			done := make(chan struct{})
+			var wg sync.WaitGroup
+			for _, x := range []struct {
+				ag     *fakeAgent
+				answer func(coordinator.JobSpec) wire.Msg
+			}{{a, tt.a}, {b, tt.b}} {
+				if x.answer == nil {
+					continue
+				}
+				wg.Add(1)
+				go func() { // answer every probe as it comes
+					defer wg.Done()
+					answered := 0
+					for {
+						for ; answered < len(x.ag.find(isGen(wire.TProbe, sp.ID, 1))); answered++ {
+							x.ag.send(x.answer(sp))
+						}
+						select {
+						case <-done:
+							return
+						case <-time.After(10 * time.Millisecond):
+						}
+					}
+				}()
+			}
+			defer func() { close(done); wg.Wait() }()
+			// No step since launchTwo's: the 500 ms floor passes at once.
+			if tt.hang {
+				a.waitFor("stop", isGen(wire.TStop, sp.ID, 1))
+			} else {
+				time.Sleep(3 * time.Second) // six thresholds
+				if r := a.find(isGen(wire.TStop, sp.ID, 1)); r != nil {
+					t.Fatalf("gen 1 stopped while its nodes said its ranks work")
+				}
+				if !strings.Contains(c.log.String(), "using CPU") {
+					t.Errorf("the console does not say why the stall is no hang:\n%s", c.log.String())
+				}
+			}
+			if probed := len(a.find(isGen(wire.TProbe, sp.ID, 1))) > 0; probed != tt.probed {
+				t.Errorf("node a asked: %v, want %v", probed, tt.probed)
+			}
+		})
+	}
+}
+
 // ---- 5. quarantine ----
 
 func TestQuarantine(t *testing.T) {

@@ -42,6 +42,7 @@ const (
 	TGPU              = "gpu_health"        // a GPU verdict (Class drain/restart/warn, GPU, UUID, Reason)
 	TWork             = "work"              // live: a rank's work time over Steps steps (WorkUS of WallUS), for straggler detection
 	TProcStopped      = "proc_stopped"      // this node's ranks of Gen whose processes are stopped now (StoppedRanks; none: none any more)
+	TBusy             = "busy"              // answer to probe: this node's ranks of Gen using CPU (BusyRanks), or the stopped ones (StoppedRanks)
 	// coordinator -> agent
 	TWelcome = "welcome" // answer to hello
 	TAck     = "ack"     // answer to heartbeat; with HeartbeatMS and LeaseMS: the timing changed (from now on)
@@ -51,6 +52,7 @@ const (
 	TPrepare = "prepare" // a node outside the generation (a spare) pre-starts standby workers for the job (Spec)
 	TStop    = "stop"    // stop a generation
 	TSignal  = "signal"  // send a signal to one rank (chaos)
+	TProbe   = "probe"   // the job stalls: which of this node's ranks of Gen use CPU? (answer: busy)
 	TEnd     = "end"     // the job is over: release its resources
 	TReject  = "reject"  // the coordinator refuses the session; Reason says why
 )
@@ -116,8 +118,12 @@ type Msg struct {
 	WorkUS int64 `json:"work_us,omitempty"`
 	WallUS int64 `json:"wall_us,omitempty"`
 
-	// proc_stopped: the ranks (SIGSTOP, a tracer), sent when the set changes
+	// proc_stopped: the ranks (SIGSTOP, a tracer), sent when the set changes;
+	// busy: the node's ranks stopped at the probe
 	StoppedRanks []int `json:"stopped_ranks,omitempty"`
+	// busy: the node's ranks that used CPU (or were runnable, or in disk
+	// I/O) over a short sample
+	BusyRanks []int `json:"busy_ranks,omitempty"`
 
 	// gpu_health: GPU is the index on the node (-1: every GPU)
 	GPU   int    `json:"gpu,omitempty"`
@@ -325,16 +331,16 @@ func (m *Msg) Validate() error {
 			m.WallUS < 1 || m.WallUS > maxUS || m.WorkUS < 0 || m.WorkUS > maxUS {
 			return invalid(t, "job, generation, rank, steps 1..1e6 and work/wall times required")
 		}
-	case TProcStopped:
-		if !ValidName(m.Job) || m.Gen < 1 || len(m.StoppedRanks) > 1024 {
+	case TProcStopped, TBusy:
+		if !ValidName(m.Job) || m.Gen < 1 || len(m.StoppedRanks) > 1024 || len(m.BusyRanks) > 1024 {
 			return invalid(t, "job and generation required, at most 1024 ranks")
 		}
-		seen := map[int]bool{}
-		for _, r := range m.StoppedRanks {
-			if r < 0 || seen[r] {
-				return invalid(t, "stopped ranks must be distinct and >= 0")
-			}
-			seen[r] = true
+		if !distinctRanks(m.StoppedRanks) || !distinctRanks(m.BusyRanks) {
+			return invalid(t, "ranks must be distinct and >= 0")
+		}
+	case TProbe:
+		if !ValidName(m.Job) || m.Gen < 1 {
+			return invalid(t, "job and generation required")
 		}
 	case TGPU:
 		switch {
@@ -353,6 +359,17 @@ func (m *Msg) Validate() error {
 		return invalid(t, "unknown type")
 	}
 	return nil
+}
+
+func distinctRanks(rs []int) bool {
+	seen := make(map[int]bool, len(rs))
+	for _, r := range rs {
+		if r < 0 || seen[r] {
+			return false
+		}
+		seen[r] = true
+	}
+	return true
 }
 
 // MaxHeartbeatMS bounds the heartbeat interval either side accepts.

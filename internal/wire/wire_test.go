@@ -43,6 +43,10 @@ var validLines = map[string]string{
 	"work":           `{"type":"work","job":"job1","gen":2,"rank":5,"steps":31,"work_us":612000,"wall_us":1003000}`,
 	"proc stopped":   `{"type":"proc_stopped","job":"job1","gen":2,"stopped_ranks":[0,3]}`,
 	"none stopped":   `{"type":"proc_stopped","job":"job1","gen":2}`,
+	"probe":          `{"type":"probe","job":"job1","gen":2}`,
+	"busy":           `{"type":"busy","job":"job1","gen":2,"busy_ranks":[1,3]}`,
+	"busy stopped":   `{"type":"busy","job":"job1","gen":2,"stopped_ranks":[0]}`,
+	"none busy":      `{"type":"busy","job":"job1","gen":2}`,
 }
 
 func TestDecodeValid(t *testing.T) {
@@ -149,6 +153,10 @@ func TestDecodeInvalid(t *testing.T) {
 		{"stopped twice", `{"type":"proc_stopped","job":"j","gen":1,"stopped_ranks":[2,2]}`, ErrInvalid},
 		{"stopped negative", `{"type":"proc_stopped","job":"j","gen":1,"stopped_ranks":[-1]}`, ErrInvalid},
 		{"stopped no gen", `{"type":"proc_stopped","job":"j","stopped_ranks":[1]}`, ErrInvalid},
+		{"busy twice", `{"type":"busy","job":"j","gen":1,"busy_ranks":[2,2]}`, ErrInvalid},
+		{"busy negative", `{"type":"busy","job":"j","gen":1,"busy_ranks":[-1]}`, ErrInvalid},
+		{"busy no job", `{"type":"busy","gen":1,"busy_ranks":[1]}`, ErrInvalid},
+		{"probe no gen", `{"type":"probe","job":"j"}`, ErrInvalid},
 		{"work absurd", `{"type":"work","job":"j","gen":1,"rank":0,"steps":3,"wall_us":10000000000000}`, ErrInvalid},
 		{"gpu no reason", `{"type":"gpu_health","class":"drain"}`, ErrInvalid},
 		{"gpu index", `{"type":"gpu_health","class":"drain","gpu":-2,"reason":"x"}`, ErrInvalid},

@@ -150,3 +150,28 @@ func TestMultiNodeTorchStopBeforeFirstStepIsAHang(t *testing.T) {
 	}
 	finalHash(t, m.agentOutput())
 }
+
+// A multi-node job whose rank 0 computes for seconds without a step (a
+// checkpoint that takes 4 s, at steps 100 and 200 and after the last one,
+// past the 2 s hang floor) is not hung: the coordinator asks the nodes,
+// rank 0's says it uses CPU, and the job ends without a fault. Before the
+// nodes were asked, the last save (or a teardown slowed by a busy machine)
+// was called a hang and the finished job restarted.
+func TestMultiNodeTorchSlowSaveIsNotAHang(t *testing.T) {
+	requireTorch(t)
+	netlab.Require(t)
+	m := newTorchCluster(t, []string{"n1", "n2"})
+	sub := m.submitTorch("2", filepath.Join(m.dir, "ckpt"), "--slow-save-s", "4")
+	if code := sub.wait(t, 3*time.Minute); code != 0 {
+		t.Fatalf("submit exit %d, want 0:\n%s\ncoordinator:\n%s", code, sub.out.String(), m.coord.out.String())
+	}
+	for _, e := range m.events() {
+		if e.Type == events.FaultDetected || (e.Type == events.GenerationStart && e.Gen > 1) {
+			t.Fatalf("%s (gen %d) in a job that only saved slowly:\n%s", e.Type, e.Gen, m.coord.out.String())
+		}
+	}
+	if out := m.coord.out.String(); !strings.Contains(out, "but rank 0 is using CPU") {
+		t.Fatalf("no line saying rank 0 was busy during a 4 s stall:\n%s", out)
+	}
+	finalHash(t, m.agentOutput())
+}
