@@ -54,6 +54,7 @@ def worker(args):
     import torch
     import torch.distributed as dist
     import torch.nn as nn
+    from gloo_group import direct_gloo_group  # bench/ is sys.path[0]
 
     torch.set_num_threads(1)
     major = int(torch.__version__.split(".")[0])
@@ -79,14 +80,7 @@ def worker(args):
                 time.sleep(0.005)
 
     def make_pg(store, prefix, r, w):
-        ps = dist.PrefixStore(prefix, store)
-        if major < 2:
-            return dist.ProcessGroupGloo(ps, r, w, timeout)
-        pg = dist.ProcessGroup(ps, r, w)
-        be = dist.ProcessGroupGloo(ps, r, w, timeout)
-        pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
-        pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, be)
-        return pg
+        return direct_gloo_group(store, prefix, r, w, timeout)
 
     def bcast(pg, t):
         o = dist.BroadcastOptions()
