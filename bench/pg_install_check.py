@@ -14,8 +14,8 @@ touches c10d's private maps, which differ between 1.x and 2.x: what install()
 sets is what the SDK would have to set.
 
 Seen on 2026-12-05: torch 1.13 passed 3 of 3 runs. Torch 2.6
-(scripts/in-torch2.sh, USE_LIBUV=0) passed the two installed generations in 7
-of 7 runs, but in 2 of 7 the plain init_process_group after them hung: rank 0
+(scripts/in-torch2.sh, USE_LIBUV=0) passed the two installed generations in 5
+of 5 runs, but in 2 of 5 the plain init_process_group after them hung: rank 0
 waited for rank 1's gloo address (key /0//cpu//0/1) and rank 1 printed
 nothing more. Not yet understood; find out before the SDK relies on this."""
 import datetime
