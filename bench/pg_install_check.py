@@ -16,9 +16,16 @@ sets is what the SDK would have to set.
 Seen on 2026-12-05: torch 1.13 passed 3 of 3 runs. Torch 2.6
 (scripts/in-torch2.sh, USE_LIBUV=0) passed the two installed generations in 5
 of 5 runs, but in 2 of 5 the plain init_process_group after them hung: rank 0
-waited for rank 1's gloo address (key /0//cpu//0/1) and rank 1 printed
-nothing more. Not yet understood; find out before the SDK relies on this."""
+waited for rank 1's gloo address (key /0//cpu//0/1). Found the same day with
+gdb on a hung rank (7 hangs in 26 runs): its main thread was in
+~ProcessGroupGloo, joining a gloo worker, under the GIL (the ProcessGroup
+dropped as generation()'s frame was freed), and that worker waited for the
+GIL to free a tensor's Python object: the deadlock the SDK's _hold_backend
+avoids. Nothing to do with installing the group. With the backend held until
+the group is destroyed and collected, 11 of 12 runs passed; the twelfth met
+another process on its fixed port (a test suite ran beside it)."""
 import datetime
+import gc
 import sys
 import threading
 
@@ -96,8 +103,17 @@ def generation(rank, world, port, n):
     dist.broadcast(g, src=0)
     check("DDP's averaged gradient", torch.equal(g, m.module.weight.grad))
     del m
+    # The last reference to the gloo backend is dropped here, after the group
+    # is destroyed and collected: its destructor joins its worker threads, and
+    # run under the GIL (as the ProcessGroup's is, on 2.x) it can wait forever
+    # on a worker that needs the GIL to free a tensor (the SDK's _hold_backend).
+    pg = out.pop("pg")
+    backend = pg if MAJOR < 2 else pg._get_backend(torch.device("cpu"))
+    del pg
     dist.destroy_process_group()
     check("destroy_process_group", not dist.is_initialized())
+    gc.collect()
+    del backend  # the binding releases the GIL in the destructor
     print("rank %d gen %d ok" % (rank, n), flush=True)
 
 
