@@ -52,6 +52,7 @@ import inspect
 import io
 import os
 import socket
+import sys
 import threading
 import time
 import types
@@ -78,6 +79,10 @@ WORK_REPORT_S = 1.0       # one work report per this many seconds (live mode)
 # A regroup not done this long after its generation arrived dumps the stacks
 # (_arm_stacks); the variable is for tests.
 STACKS_AFTER_S = float(os.environ.get("BULSAJO_STACKS_AFTER_S") or 10.0)
+# A grow's group is formed by a thread while the members train on (_Prepared).
+# Past the grow's boundary step they switch once every member's thread is
+# done; this long after the grow message they switch anyway and wait for it.
+PREPARE_WAIT_S = 1.0
 
 _JOB = None
 
@@ -175,6 +180,10 @@ class Job(object):
         self._state = None
         self._pg = None
         self._group = None          # _live.GroupSockets of the current group (live)
+        self._prepared = None       # _Prepared: a grow's group being formed (live, gloo)
+        self._prep_lock = threading.Lock()
+        self._switch_vote = None    # ((gen, step), switch?) of the last vote (_switch_now)
+        self._formed_ahead = False  # the current group was formed while training went on
         self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
@@ -285,9 +294,135 @@ class Job(object):
                                             rank=msg.get("rank"))
 
     def _on_message(self, msg):  # reader thread
-        if msg.get("type") == "generation":
-            if self._gens.offer(msg, committed=self._committed_step) and self._synced:
+        if msg.get("type") != "generation":
+            return
+        # A grow's group is formed ahead, by a thread. It is registered before
+        # the message is offered: the training thread, once it sees the
+        # generation, must find it rather than form a second one.
+        prep = None
+        if self._synced and self._forms_ahead(msg):
+            prep = _Prepared(msg)
+            with self._prep_lock:
+                old, self._prepared = self._prepared, prep
+            if old is not None:
+                self._release(old)
+        if self._gens.offer(msg, committed=self._committed_step):
+            if self._synced:
                 self._arm_stacks(int(msg["gen"]))
+            if prep is not None:
+                self._start_prepared(prep)
+        elif prep is not None:  # stale: never formed
+            with self._prep_lock:
+                if self._prepared is prep:
+                    self._prepared = None
+            prep.error = _live.Superseded("stale generation %d" % prep.gen)
+            prep.done.set()
+
+    # ------------------------------------------------- a grow formed ahead
+    def _forms_directly(self, msg):
+        """Whether the group of generation ``msg`` is built directly (not by
+        init_process_group): a grow's, on gloo. The same answer on every
+        member, from the message alone, so all meet in the same rendezvous."""
+        return bool(msg.get("grow")) and self.backend == "gloo" and _direct_gloo()
+
+    def _forms_ahead(self, msg):
+        """A member (not a joiner) forms a grow's group in a thread."""
+        return (self._forms_directly(msg) and not msg.get("join")
+                and msg.get("at_step") is not None)
+
+    def _start_prepared(self, prep):
+        t = threading.Thread(target=self._run_prepared, args=(prep,), daemon=True,
+                             name="bulsajo-form-gen%d" % prep.gen)
+        try:
+            t.start()
+        except RuntimeError as e:  # no thread: formed at the switch instead
+            prep.error = e
+            prep.done.set()
+
+    def _run_prepared(self, prep):
+        """Thread: form generation prep.gen's group while training goes on."""
+        try:
+            prep.group = group = self._gens.begin_group(prep.gen)
+        except Exception as e:
+            prep.error = e
+            prep.done.set()
+            return
+        box = []
+        store = None
+        try:
+            store, pg = self._form_direct(prep.msg)
+            box.append(pg)
+            del pg
+        except Exception as e:
+            prep.error = e
+        finally:
+            if not self._gens.end_group(group) and prep.error is None:
+                prep.error = _live.Superseded("generation %d superseded while forming" % prep.gen)
+        with prep.lock:
+            prep.seconds = _now() - prep.t0
+            keep = prep.error is None and not prep.released
+            if keep:
+                prep.store, prep.pg = store, box.pop()
+            prep.done.set()
+            released = prep.released
+        store = None
+        if box:
+            _free_group(box)  # formed for nothing
+        if released:
+            self._gens.forget(group)
+
+    def _release(self, prep):
+        """Drop a prepared group that will not be used (now, or when its
+        thread ends)."""
+        with prep.lock:
+            prep.released = True
+            done = prep.done.is_set()
+            box = [prep.pg] if prep.pg is not None else []
+            prep.pg = prep.store = None
+        if box:
+            _free_group(box)
+        if done and prep.group is not None:
+            self._gens.forget(prep.group)
+
+    def _take_prepared(self, gen):
+        """The group prepared for generation ``gen``, if any; any other is released."""
+        with self._prep_lock:
+            prep, self._prepared = self._prepared, None
+        if prep is None:
+            return None
+        if prep.gen == gen:
+            return prep
+        self._release(prep)
+        return None
+
+    def _switch_now(self):
+        """Past a grow's boundary: switch after this step? The members decide
+        together, by a sum over the old group, so that all switch after the
+        same step: once every one's thread has formed the new group, or at
+        once when one's failed or took longer than PREPARE_WAIT_S (the switch
+        then waits for it, as a group formed at the switch would)."""
+        with self._gens.cv:
+            msg = dict(self._gens.latest)
+        if not self._forms_ahead(msg):
+            return True  # formed at the switch
+        gen = int(msg["gen"])
+        key = (gen, self._state.step)
+        if self._switch_vote is not None and self._switch_vote[0] == key:
+            return self._switch_vote[1]
+        with self._prep_lock:
+            prep = self._prepared
+        if prep is None or prep.gen != gen:
+            ready, go = False, True
+        else:
+            done = prep.done.is_set()
+            ready = done and prep.error is None
+            go = (done and prep.error is not None) or _now() - prep.t0 > PREPARE_WAIT_S
+        t = torch.tensor([0 if ready else 1, 1 if go else 0], dtype=torch.int64,
+                         device=self._device)
+        ok = self.all_reduce(t)
+        switch = not ok or int(t[0].item()) == 0 or int(t[1].item()) > 0
+        self._switch_vote = (key, switch)
+        return switch
 
     def _arm_stacks(self, gen):
         """A regroup takes well under a second. If this process has not
@@ -375,50 +510,99 @@ class Job(object):
                                    % (addr, port, gen))
             time.sleep(0.005)  # a refused connect costs microseconds; waiting here is the pause
 
+    def _open_store(self, msg, timeout):
+        """Generation ``msg``'s TCPStore: rank 0 hosts it, the others connect.
+
+        What init_method="tcp://addr:port" does. The waiting is done by our
+        probe (rank > 0: it gives up as soon as a newer generation exists,
+        and spares the log torch 2.x's retries write), by the group's own
+        rendezvous, never in the store constructor."""
+        gen, rank, world = int(msg["gen"]), int(msg["rank"]), int(msg["world_size"])
+        addr = str(msg.get("master_addr") or "127.0.0.1")
+        port = int(msg["master_port"])
+        if rank == 0:
+            return _tcp_store(addr, port, world, True, timeout)
+        self._wait_store(addr, port, gen)
+        if _TORCH_MAJOR >= 2:
+            return _tcp_store(addr, port, world, False, timeout)
+        # torch 1.x's constructor holds the GIL while a client retries its
+        # connect, which would stop the reader thread from abandoning this
+        # group: connect with a short timeout.
+        store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
+        store.set_timeout(timeout)
+        return store
+
+    def _form_direct(self, msg):
+        """(store, gloo group) of generation ``msg``, built without
+        init_process_group, so that a thread can do it while the default
+        group still trains (_install_default makes it the default later)."""
+        timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
+        store = self._open_store(msg, timeout)
+        return store, _direct_gloo_group(store, int(msg["rank"]), int(msg["world_size"]), timeout)
+
     def _create_group(self, msg):
         gen = int(msg["gen"])
         rank = int(msg["rank"])
         world = int(msg["world_size"])
-        addr = str(msg.get("master_addr") or "127.0.0.1")
-        port = int(msg["master_port"])
-        group = self._gens.begin_group(gen)
-        self._group = group
-        self._gen, self._rank, self._world = gen, rank, world
-        ok = False
-        timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
-        try:
-            # What init_method="tcp://addr:port" does (rank 0 hosts the
-            # TCPStore, the others connect).  The waiting is done by our probe
-            # (rank > 0: it gives up as soon as a newer generation exists, and
-            # spares the log torch 2.x's retries write), by torch's store-based
-            # barrier and by gloo's rendezvous, never in the store constructor.
-            ph = getattr(self, "_phases", None)
-            if ph is None:
-                ph = {}
+        ph = getattr(self, "_phases", None)
+        if ph is None:
+            ph = {}
+        self._formed_ahead = False
+        prep = self._take_prepared(gen)
+        if prep is not None:
+            # Formed by a thread while training went on: wait for it (it has
+            # its own timeouts), then make it the default group.
             t = _now()
-            if rank == 0:
-                store = _tcp_store(addr, port, world, True, timeout)
-            else:
-                self._wait_store(addr, port, gen)
-                if _TORCH_MAJOR >= 2:
-                    store = _tcp_store(addr, port, world, False, timeout)
+            prep.done.wait(GROUP_TIMEOUT_S + 10)
+            ph["form_wait"] = _now() - t
+            group = prep.group
+            with prep.lock:
+                prep.released = True  # taken: its thread must not free it
+                err = prep.error if prep.done.is_set() else RuntimeError(
+                    "bulsajo: the group of generation %d was not formed" % gen)
+                store, pg, prep.store, prep.pg = prep.store, prep.pg, None, None
+            if err is None and group.abandoned:
+                err = _live.Superseded("generation %d superseded" % gen)
+            if err is not None:
+                if pg is not None:
+                    box, pg = [pg], None
+                    _free_group(box)
+                if group is not None:
+                    self._gens.forget(group)
+                raise err
+            self._group = group
+            self._gen, self._rank, self._world = gen, rank, world
+            _install_default(pg, store, world)
+            del store, pg
+            self._formed_ahead = True
+            ph["formed_ahead_s"] = prep.seconds
+        else:
+            group = self._gens.begin_group(gen)
+            self._group = group
+            self._gen, self._rank, self._world = gen, rank, world
+            ok = False
+            timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
+            try:
+                if self._forms_directly(msg):
+                    t = _now()
+                    store, pg = self._form_direct(msg)
+                    _install_default(pg, store, world)
+                    del pg
+                    ph["form_direct"] = _now() - t
                 else:
-                    # torch 1.x's constructor holds the GIL while a client
-                    # retries its connect, which would stop the reader thread
-                    # from abandoning this group: connect with a short timeout.
-                    store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
-                    store.set_timeout(timeout)
-            ph["form_store"] = _now() - t  # rank > 0: waiting for rank 0 too
-            t = _now()
-            with _prompt_init_barrier():
-                dist.init_process_group(self.backend, store=store, rank=rank,
-                                        world_size=world, timeout=timeout)
-            ph["form_init"] = _now() - t
-            del store
-            ok = True
-        finally:
-            if not self._gens.end_group(group) and ok:
-                raise _live.Superseded("generation %d superseded while forming" % gen)
+                    t = _now()
+                    store = self._open_store(msg, timeout)
+                    ph["form_store"] = _now() - t  # rank > 0: waiting for rank 0 too
+                    t = _now()
+                    with _prompt_init_barrier():
+                        dist.init_process_group(self.backend, store=store, rank=rank,
+                                                world_size=world, timeout=timeout)
+                    ph["form_init"] = _now() - t
+                del store
+                ok = True
+            finally:
+                if not self._gens.end_group(group) and ok:
+                    raise _live.Superseded("generation %d superseded while forming" % gen)
         self._pg = dist.group.WORLD
         if self.backend == "gloo":
             self._running = running = _InFlight(self, gen)
@@ -462,6 +646,10 @@ class Job(object):
         ph["leave_destroy"] = _now() - t
         t = _now()
         gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+        if self._synced:
+            # What is left lives on (see steps()): the next regroup's
+            # collection scans only what this one and the steps after it make.
+            gc.freeze()
         running, self._running = self._running, None
         stuck = running.left() if running is not None else []
         if stuck:
@@ -485,7 +673,9 @@ class Job(object):
         if not (self.live and self._gen is not None and self._gens.newer_than(self._gen)):
             return False
         at = self._gens.pending_boundary(self._gen)
-        return at is None or self._state is None or self._state.step >= at
+        if at is None or self._state is None:
+            return True
+        return self._state.step >= at and self._switch_now()
 
     def all_reduce(self, tensor, op=None):
         """All-reduce ``tensor`` in place over the current group.
@@ -736,8 +926,12 @@ class Job(object):
         self._dirty = False
         ph["transfer"] = _now() - t
         t = _now()
-        for w in self._wrappers:
-            w._build(self._pg)
+        # Buffers are in no digest (broadcast_buffers=False keeps them per rank):
+        # a module with any gets DDP's own broadcast.
+        buffers = any(True for w in self._wrappers for _ in w.module.buffers())
+        with contextlib.nullcontext() if buffers else _no_ddp_init_sync():
+            for w in self._wrappers:
+                w._build(self._pg)
         ph["ddp_build"] = _now() - t
         t = _now()
         if transfer:
@@ -777,6 +971,8 @@ class Job(object):
                 "source": source, "transferred_bytes": nbytes, "step": state.step,
                 "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
                 "states_differed": differ,
+                # the group was formed by a thread while training went on (a grow)
+                "formed_ahead": self._formed_ahead,
                 # where the regroup's time went, in seconds (this rank's view)
                 "phases": {k: round(v, 4) for k, v in ph.items()},
             })
@@ -789,6 +985,7 @@ class Job(object):
             return
         if self.live:
             self._disarm_stacks()
+            self._take_prepared(None)  # a grow the job ended before: dropped
             self._leave_group(abandon=False)  # graceful: peers may still be finishing
             self._closed = True
             self._link.close()
@@ -910,6 +1107,109 @@ def _tcp_store(addr, port, world, is_master, timeout):
     if _HAS_USE_LIBUV and (os.environ.get("USE_LIBUV") == "0" or _libuv_missing()):
         kw["use_libuv"] = False
     return dist.TCPStore(addr, port, world, is_master, timeout, **kw)
+
+
+class _Prepared(object):
+    """A grow generation's group, formed by a thread (Job._run_prepared)
+    while the members train on in the old one. ``lock`` orders the thread's
+    hand-over with a release."""
+
+    def __init__(self, msg):
+        self.msg = msg
+        self.gen = int(msg["gen"])
+        self.t0 = _now()
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.group = None      # _live.GroupSockets
+        self.store = None
+        self.pg = None
+        self.error = None
+        self.seconds = None    # from the message to the group formed
+        self.released = False  # not to be used (or taken): the thread frees what it formed
+
+
+_DIRECT_GLOO = None
+
+
+def _direct_gloo():
+    """Whether this torch has what building a gloo group directly and making
+    it c10d's default group takes (private names; checked once)."""
+    global _DIRECT_GLOO
+    if _DIRECT_GLOO is None:
+        c10d = dist.distributed_c10d
+        ok = (hasattr(dist, "ProcessGroupGloo") and hasattr(dist, "PrefixStore")
+              and callable(getattr(c10d, "_update_default_pg", None)))
+        if ok and _TORCH_MAJOR < 2:
+            ok = all(isinstance(getattr(c10d, n, None), dict)
+                     for n in ("_pg_map", "_pg_names", "_pg_group_ranks"))
+        elif ok:
+            w = getattr(c10d, "_world", None)
+            ok = (w is not None and callable(getattr(c10d, "_register_process_group", None))
+                  and hasattr(dist.ProcessGroup, "_register_backend")
+                  and hasattr(dist.ProcessGroup, "_set_group_name")
+                  and all(hasattr(w, n) for n in ("pg_map", "pg_names", "pg_group_ranks",
+                                                  "pg_backend_config", "tags_to_pg",
+                                                  "pg_to_tag", "group_count")))
+        _DIRECT_GLOO = bool(ok)
+    return _DIRECT_GLOO
+
+
+def _direct_gloo_group(store, rank, world, timeout):
+    """A gloo group on ``store`` under the key prefix init_process_group
+    gives the default group. torch 1.x: ProcessGroupGloo is a ProcessGroup;
+    2.x: a ProcessGroup with a gloo backend registered for the CPU. The
+    constructor does gloo's rendezvous without holding the GIL."""
+    ps = dist.PrefixStore("0", store)
+    if _TORCH_MAJOR < 2:
+        return dist.ProcessGroupGloo(ps, rank, world, timeout)
+    pg = dist.ProcessGroup(ps, rank, world)
+    be = dist.ProcessGroupGloo(ps, rank, world, timeout)
+    pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
+    pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, be)
+    return pg
+
+
+def _install_default(pg, store, world):
+    """Make ``pg`` c10d's default group, as init_process_group would have:
+    dist.get_rank(), dist.all_reduce(t), DDP without a group and
+    destroy_process_group() then work on it (bench/pg_install_check.py)."""
+    c10d = dist.distributed_c10d
+    ranks = {i: i for i in range(world)}
+    if _TORCH_MAJOR < 2:
+        c10d._pg_map[pg] = (dist.Backend.GLOO, store)
+        c10d._pg_names[pg] = "0"
+        c10d._pg_group_ranks[pg] = ranks
+        c10d._group_count = 1
+        c10d._update_default_pg(pg)
+        return
+    w = c10d._world
+    pg._set_group_name("0")
+    if hasattr(pg, "_set_group_desc"):
+        pg._set_group_desc("default_pg")
+    c10d._register_process_group("0", pg)
+    w.pg_map[pg] = (dist.Backend.GLOO, store)
+    w.pg_names[pg] = "0"
+    w.pg_group_ranks[pg] = ranks
+    w.pg_backend_config[pg] = "cpu:gloo"
+    w.tags_to_pg.setdefault("", []).append(pg)
+    w.pg_to_tag[pg] = ""
+    w.group_count = 1
+    c10d._update_default_pg(pg)
+
+
+def _free_group(box):
+    """Free the group in ``box`` (a list holding its only reference), one
+    that never became the default group, so that its gloo backend's
+    destructor runs without the GIL (see _hold_backend)."""
+    pg = box.pop()
+    be = pg
+    if _TORCH_MAJOR >= 2:
+        try:
+            be = pg._get_backend(torch.device("cpu"))
+        except Exception:
+            be = None
+    del pg   # 2.x: the ProcessGroup goes; the backend lives on in be
+    del be   # the last reference: freed without the GIL
 
 
 def _nccl_abort(pg):
@@ -1264,6 +1564,34 @@ class DistributedDataParallel(nn.Module):
 
 
 # ------------------------------------------------------------------------ state
+
+@contextlib.contextmanager
+def _no_ddp_init_sync():
+    """torch's DDP constructor all-gathers the parameters' shapes and
+    broadcasts rank 0's parameters and buffers: two collectives that _sync
+    makes redundant for a module without buffers (after its agreement and
+    transfer every rank holds the same state, and its digest check, which
+    covers the parameters and their shapes, fails the regroup if not). Both are module-level functions of
+    torch.nn.parallel.distributed in 1.13 and 2.x; if either is missing,
+    nothing is skipped."""
+    mod = sys.modules.get(_TorchDDP.__module__)
+    names = ("_verify_param_shape_across_processes", "_sync_module_states")
+    saved = {n: getattr(mod, n, None) for n in names}
+    if mod is None or not all(callable(f) for f in saved.values()):
+        yield
+        return
+    for n in names:
+        setattr(mod, n, _skip)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(mod, n, f)
+
+
+def _skip(*args, **kwargs):
+    return None
+
 
 def _unwrap(model):
     if isinstance(model, (DistributedDataParallel, _TorchDDP)):

@@ -182,11 +182,14 @@ class FakeAgent(object):
 
     # ------------------------------------------------------------ test side
     @staticmethod
-    def generation(gen, rank, world, port, join=False):
-        return {"type": "generation", "gen": gen, "rank": rank, "world_size": world,
-                "master_addr": "127.0.0.1", "master_port": port, "join": bool(join)}
+    def generation(gen, rank, world, port, join=False, grow=False, at_step=None):
+        m = {"type": "generation", "gen": gen, "rank": rank, "world_size": world,
+             "master_addr": "127.0.0.1", "master_port": port, "join": bool(join)}
+        if grow:  # no member lost: the members switch after committing at_step
+            m["grow"], m["at_step"] = True, at_step
+        return m
 
-    def spawn(self, argv, gen, rank, world, port, join=False, env=None):
+    def spawn(self, argv, gen, rank, world, port, join=False, env=None, grow=False, at_step=None):
         """Start a worker as the launcher would for (gen, rank)."""
         e = worker_env({
             "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
@@ -208,7 +211,7 @@ class FakeAgent(object):
         with self.cv:
             self.procs[p.pid] = p
             self.logs[p.pid] = log
-        self.send_generation(p.pid, self.generation(gen, rank, world, port, join))
+        self.send_generation(p.pid, self.generation(gen, rank, world, port, join, grow, at_step))
         return p
 
     def send_generation(self, pid, msg):
@@ -219,12 +222,13 @@ class FakeAgent(object):
             if c is not None and not waiting:
                 self._sendline(c, msg)
 
-    def regroup(self, gen, members, port, world=None):
+    def regroup(self, gen, members, port, world=None, grow=False, at_step=None):
         """Send generation ``gen`` to ``members`` (pids in new-rank order);
         world defaults to len(members) (replacements take the ranks above)."""
         world = len(members) if world is None else world
         for rank, pid in enumerate(members):
-            self.send_generation(pid, self.generation(gen, rank, world, port))
+            self.send_generation(pid, self.generation(gen, rank, world, port,
+                                                      grow=grow, at_step=at_step))
 
     def wait_for(self, pred, timeout, what="condition"):
         deadline = time.monotonic() + timeout

@@ -454,3 +454,105 @@ class StuckCollectiveTest(FakeAgentCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+GROW_WORKER = TINY_JOB + textwrap.dedent("""\
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = bj.State(model=model, optimizer=opt)
+    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    steps, go = int(sys.argv[2]), sys.argv[3]
+    gens = []
+    for step in job.steps(steps, state):
+        if not gens or gens[-1][0] != job.generation:
+            gens.append((job.generation, step))
+        while job.generation == 2 and step >= 30 and not os.path.exists(go):
+            time.sleep(0.01)  # the members wait for their joiner, however slow its start
+        opt.zero_grad()
+        model(data).pow(2).mean().backward()
+        opt.step()
+        time.sleep(0.02)
+    with open(out % job.rank, "w") as f:
+        json.dump({"digest": state.digest().hex(), "history": job.history,
+                   "gens": gens, "step": state.step}, f)
+    job.close()
+""")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class GrowFormedAheadTest(FakeAgentCase):
+    """A grow's group is formed by a thread while the members train on: they
+    switch after the boundary step once every member's thread is done, all
+    after the same step, and the joiner ends bit-identical. A fault while a
+    grow is pending drops the group formed for it, and the job goes on."""
+    tmp_prefix = "bulsajo-live-grow-"
+
+    def shrink_then_joiner(self, script, out, steps, at_ahead):
+        """3 ranks, rank 2 killed, the 2 survivors regrouped; a joiner made
+        ready and the grow (generation 3) sent to all, at_ahead steps past
+        the survivors' latest step. Returns (survivors, joiner pid, at_step)."""
+        a = self.agent
+        go = os.path.join(self.tmp, "go")
+        argv = [script, out, str(steps), go]
+        pids = self.start_world(argv)
+        a.wait_for(lambda: a.all_reached(pids, 10), 60, "gen 1 steps")
+        a.kill(pids[2])
+        members = pids[:2]
+        a.regroup(2, members, free_port())
+        a.wait_for(lambda: a.all_reached(members, 29, gen=2), 60, "gen 2 steps")
+        port3 = free_port()
+        j = a.spawn(argv, gen=3, rank=2, world=3, port=port3,
+                    join=True, grow=True, at_step=0).pid
+        a.wait_for(lambda: j in a.readies, 60, "the joiner's ready")
+        at = max(a.max_step(p, gen=2) for p in members) + at_ahead
+        a.regroup(3, members, port3, world=3, grow=True, at_step=at)
+        open(go, "w").close()
+        return members, j, at
+
+    def test_grow_switches_once_all_formed(self):
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        members, j, at = self.shrink_then_joiner(script, out, 200, 2)
+        codes = a.wait_exit(members + [j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(3)]
+        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        self.assertEqual({x["step"] for x in res}, {199})
+        first3 = set()
+        for r in range(2):
+            grow = [h for h in res[r]["history"] if h["gen"] == 3]
+            self.assertEqual(len(grow), 1, res[r]["history"])
+            self.assertTrue(grow[0]["formed_ahead"], grow)
+            self.assertEqual(grow[0]["lost_steps"], 0, grow)
+            self.assertEqual(grow[0]["source"], 0, grow)
+            first3 |= {s for g, s in res[r]["gens"] if g == 3}
+        # the members switched after the same step, at or past the boundary,
+        # and the joiner's first step is that one's successor
+        self.assertEqual(len(first3), 1, [x["gens"] for x in res])
+        self.assertGreater(min(first3), at, (first3, at))
+        self.assertEqual([g for g in res[2]["gens"]], [[3, min(first3)]])
+        jh = res[2]["history"]
+        self.assertEqual(len(jh), 1, jh)
+        self.assertFalse(jh[0]["formed_ahead"])
+        self.assertTrue(jh[0]["replacement"])
+        self.assertGreater(jh[0]["transferred_bytes"], 0)
+
+    def test_fault_while_grow_pending_drops_its_group(self):
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        # a boundary far ahead: the grow is still pending when rank 1 dies
+        members, j, at = self.shrink_then_joiner(script, out, 400, 10000)
+        a.wait_for(lambda: a.max_step(members[0], gen=2) >= at - 10000 + 20, 60,
+                   "training on past the grow message")
+        a.kill(members[1])
+        a.regroup(4, [members[0], j], free_port())  # the joiner takes rank 1
+        codes = a.wait_exit([members[0], j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(2)]
+        self.assertEqual(res[0]["digest"], res[1]["digest"])
+        self.assertEqual({x["step"] for x in res}, {399})
+        h = res[0]["history"]
+        self.assertEqual([x["gen"] for x in h], [2, 4], h)
+        self.assertFalse(h[1]["formed_ahead"], h)
+        self.assertEqual([x["gen"] for x in res[1]["history"]], [4], res[1]["history"])

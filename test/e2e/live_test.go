@@ -31,6 +31,7 @@ type rankResult struct {
 		LostSteps   int     `json:"lost_steps"`
 		Verified    bool    `json:"verified"`
 		Replacement bool    `json:"replacement"`
+		FormedAhead bool    `json:"formed_ahead"`
 	} `json:"history"`
 }
 
@@ -118,8 +119,31 @@ func TestLiveRecoveryInvariants(t *testing.T) {
 
 	// Every rank ends bit-identical, each regroup was verified, at most one
 	// step was lost per regroup, and a replacement took part.
-	if rs := checkLiveResults(t, results, 4); !rs.replacement {
+	rs := checkLiveResults(t, results, 4)
+	if !rs.replacement {
 		t.Error("no replacement joined")
+	}
+	// A member's side of a grow used the group its thread formed while it
+	// trained on (gloo), not one formed at the switch.
+	growGen := map[int]bool{}
+	for _, e := range evs {
+		if e.Type == events.GenerationStart && e.Cause == "grow" {
+			growGen[e.Gen] = true
+		}
+	}
+	var ahead int
+	for _, rr := range rs.ranks {
+		for _, h := range rr.History {
+			if growGen[h.Gen] && !h.Replacement {
+				if !h.FormedAhead {
+					t.Errorf("rank %d: the grow into generation %d formed its group at the switch, not ahead", rr.Rank, h.Gen)
+				}
+				ahead++
+			}
+		}
+	}
+	if ahead == 0 {
+		t.Error("no member's history records a grow")
 	}
 
 	// No sample skipped or seen twice: each step's ids, over all ranks that
