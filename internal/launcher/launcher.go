@@ -869,13 +869,20 @@ func (w *worker) wait() {
 	w.mu.Unlock()
 	// Anything the worker forked goes with it.
 	signalGroup(w.pid, syscall.SIGKILL)
-	// Let the output drain (for the last error line), but do not wait on a
-	// grandchild that still holds the pipe.
+	// Let the output drain (for the last error line), but do not wait long on
+	// a grandchild that still holds the pipe. A worker that ended itself (an
+	// error exit, an abort) may owe its death to a line still in the pipe:
+	// under load the reader has taken over 100 ms to get to it, and the
+	// fault lost its cause (and a crash loop its signature).
 	drained := make(chan struct{})
 	go func() { w.outDone.Wait(); close(drained) }()
+	wait := 100 * time.Millisecond
+	if (code != 0 && sig == "") || selfSignal[sig] {
+		wait = time.Second
+	}
 	select {
 	case <-drained:
-	case <-time.After(100 * time.Millisecond):
+	case <-time.After(wait):
 	}
 	w.a.reaped(w, code, sig, at)
 }

@@ -132,18 +132,21 @@ func (s *stderrState) exitCause(code int, sig string, at time.Time) string {
 		}
 		return ""
 	}
-	switch sig {
-	case "":
+	switch {
+	case sig == "":
 		if code == 0 {
 			return ""
 		}
-	case "SIGABRT", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL":
-		// raised by the process itself (an uncaught C++ exception, a crash)
+	case selfSignal[sig]:
 	default:
 		return ""
 	}
 	return s.cause
 }
+
+// selfSignal: signals a process raises itself (an uncaught C++ exception, a
+// crash); any other signal came from outside and is its own cause.
+var selfSignal = map[string]bool{"SIGABRT": true, "SIGSEGV": true, "SIGBUS": true, "SIGFPE": true, "SIGILL": true}
 
 // errLine handles one stderr line of w: held, or dropped from the terminal
 // when the worker's generation is already stopping. Called with w.mu held.
