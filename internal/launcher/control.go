@@ -166,8 +166,7 @@ func (a *Launcher) serveControl(c *net.UnixConn) {
 				a.emit(JoinerReady{At: time.Now()})
 			}
 		case "step":
-			gen, rank := w.current()
-			if m.Gen == gen {
+			if gen, rank, ok := w.stepGen(m.Gen); ok {
 				a.emit(Progress{Gen: gen, Rank: rank, Step: m.Step, At: time.Now()})
 			}
 		case "finished":

@@ -632,16 +632,20 @@ type worker struct {
 	localRank int         // slot on this node (its GPU); kept across regroups
 	as        Assignment  // current generation, for the control endpoint (under mu)
 
-	mu      sync.Mutex
-	gen     int
-	rank    int // -1 while a standby
-	log     *os.File
-	errOut  stderrState   // held stderr lines and the error seen (output.go)
-	out     genOutput     // lines this generation printed (outputcount.go)
-	peers   genOutput     // the other workers' output when this one died
-	exited  chan struct{} // the process is gone
-	settled chan struct{} // its exit has been reported (or it was a standby)
-	outDone sync.WaitGroup
+	mu   sync.Mutex
+	gen  int
+	rank int // -1 while a standby
+	// grewFrom: the generation a grow moved this member from (0: none). It
+	// trains on there until the switch, after the grow's boundary step or a
+	// later one (the SDK's group formed ahead), and its steps there count.
+	grewFrom int
+	log      *os.File
+	errOut   stderrState   // held stderr lines and the error seen (output.go)
+	out      genOutput     // lines this generation printed (outputcount.go)
+	peers    genOutput     // the other workers' output when this one died
+	exited   chan struct{} // the process is gone
+	settled  chan struct{} // its exit has been reported (or it was a standby)
+	outDone  sync.WaitGroup
 }
 
 func (w *worker) hasExited() bool {
@@ -668,8 +672,24 @@ func (w *worker) current() (gen, rank int) {
 // reassign moves the worker to a generation (a regroup renumbers survivors).
 func (w *worker) reassign(as Assignment) {
 	w.mu.Lock()
+	w.grewFrom = 0
+	if as.Grow && !as.Join && w.rank == as.Rank {
+		w.grewFrom = w.gen
+	}
 	w.as, w.gen, w.rank = as, as.Gen, as.Rank
 	w.mu.Unlock()
+}
+
+// stepGen is the generation and rank a step reported under generation
+// reported counts for: the current one, or the one a grow moved this member
+// from (it trains on there until it switches). ok false: a stale report.
+func (w *worker) stepGen(reported int) (gen, rank int, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if reported == w.gen || (w.grewFrom > 0 && reported == w.grewFrom) {
+		return reported, w.rank, true
+	}
+	return 0, 0, false
 }
 
 // activateAs hands a standby its rank. The worker's lock is held until the

@@ -235,3 +235,47 @@ func TestIsListening(t *testing.T) {
 		t.Errorf("waitListening(%d, 0) = true for a closed port", port2)
 	}
 }
+
+// A member moved by a grow trains on in its old generation until it
+// switches (after the boundary step or a later one): those steps count for
+// that generation; any other generation's report is stale.
+func TestStepReportsAfterAGrowCountWhereTheyRan(t *testing.T) {
+	type want struct {
+		reported, gen, rank int
+		ok                  bool
+	}
+	for _, tt := range []struct {
+		name   string
+		from   Assignment // the worker's generation before
+		to     Assignment
+		checks []want
+	}{
+		{"grow: the old generation counts until the switch",
+			Assignment{Gen: 2, Rank: 1}, Assignment{Gen: 3, Rank: 1, Grow: true, AtStep: 40},
+			[]want{{2, 2, 1, true}, {3, 3, 1, true}, {1, 0, 0, false}}},
+		{"regroup after a fault: the old generation is over",
+			Assignment{Gen: 2, Rank: 1}, Assignment{Gen: 3, Rank: 0},
+			[]want{{2, 0, 0, false}, {3, 3, 0, true}}},
+		{"a joiner admitted by a grow had no generation to train on in",
+			Assignment{Gen: 0, Rank: -1}, Assignment{Gen: 3, Rank: 2, Grow: true, Join: true},
+			[]want{{0, 0, 0, false}, {3, 3, 2, true}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &worker{gen: tt.from.Gen, rank: tt.from.Rank}
+			w.reassign(tt.to)
+			for _, c := range tt.checks {
+				gen, rank, ok := w.stepGen(c.reported)
+				if gen != c.gen || rank != c.rank || ok != c.ok {
+					t.Errorf("step reported under gen %d: (%d, %d, %v), want (%d, %d, %v)", c.reported, gen, rank, ok, c.gen, c.rank, c.ok)
+				}
+			}
+		})
+	}
+	// A fault after the grow ends the old generation too.
+	w := &worker{gen: 2, rank: 1}
+	w.reassign(Assignment{Gen: 3, Rank: 1, Grow: true})
+	w.reassign(Assignment{Gen: 4, Rank: 1})
+	if _, _, ok := w.stepGen(2); ok {
+		t.Error("a step of generation 2 counted after a fault moved the worker on to 4")
+	}
+}
