@@ -10,8 +10,8 @@ process_group still work? Answers the grow plan's "decide first" question
 Each rank forms two generations in a row this way (a thread builds the group,
 the main thread installs it, checks collectives and DDP, destroys it), then
 a plain init_process_group, and prints "rank R ... ok". The registration
-touches c10d's private maps, which differ between 1.x and 2.x: what install()
-sets is what the SDK would have to set.
+touches c10d's private maps, which differ between 1.x and 2.x; it is the
+SDK's own (bulsajo.torch._install_default), so this checks what a grow does.
 
 Seen on 2026-12-05: torch 1.13 passed 3 of 3 runs. Torch 2.6
 (scripts/in-torch2.sh, USE_LIBUV=0) passed the two installed generations in 5
@@ -34,37 +34,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gloo_group import direct_gloo_group  # bench/ is sys.path[0]
+from gloo_group import direct_gloo_group, install_default  # bench/ is sys.path[0]
 
-c10d = dist.distributed_c10d
 MAJOR = int(torch.__version__.split(".")[0])
 TIMEOUT = datetime.timedelta(seconds=30)
 STORE_KW = {"use_libuv": False} if MAJOR >= 2 else {}  # Debian's 2.6 has no libuv
-
-
-def install(pg, store, world):
-    """Make pg c10d's default group, as init_process_group would have."""
-    ranks = {i: i for i in range(world)}
-    if MAJOR < 2:
-        c10d._pg_map[pg] = (dist.Backend.GLOO, store)
-        c10d._pg_names[pg] = "0"
-        c10d._pg_group_ranks[pg] = ranks
-        c10d._group_count = 1
-        c10d._update_default_pg(pg)
-        return
-    w = c10d._world
-    pg._set_group_name("0")
-    if hasattr(pg, "_set_group_desc"):
-        pg._set_group_desc("default_pg")
-    c10d._register_process_group("0", pg)
-    w.pg_map[pg] = (dist.Backend.GLOO, store)
-    w.pg_names[pg] = "0"
-    w.pg_group_ranks[pg] = ranks
-    w.pg_backend_config[pg] = "cpu:gloo"
-    w.tags_to_pg.setdefault("", []).append(pg)
-    w.pg_to_tag[pg] = ""
-    w.group_count = 1
-    c10d._update_default_pg(pg)
 
 
 def check(what, ok):
@@ -82,7 +56,7 @@ def generation(rank, world, port, n):
     t = threading.Thread(target=form)
     t.start()
     t.join()
-    install(out["pg"], store, world)
+    install_default(out["pg"], store, world)
     check("get_rank/get_world_size", dist.is_initialized() and dist.get_rank() == rank
           and dist.get_world_size() == world and dist.get_backend() == "gloo")
     x = torch.tensor([float(rank + 1)])

@@ -1154,12 +1154,13 @@ def _direct_gloo():
     return _DIRECT_GLOO
 
 
-def _direct_gloo_group(store, rank, world, timeout):
-    """A gloo group on ``store`` under the key prefix init_process_group
-    gives the default group. torch 1.x: ProcessGroupGloo is a ProcessGroup;
-    2.x: a ProcessGroup with a gloo backend registered for the CPU. The
-    constructor does gloo's rendezvous without holding the GIL."""
-    ps = dist.PrefixStore("0", store)
+def _direct_gloo_group(store, rank, world, timeout, prefix="0"):
+    """A gloo group on ``store`` under key prefix ``prefix`` ("0": the one
+    init_process_group gives the default group). torch 1.x: ProcessGroupGloo
+    is a ProcessGroup; 2.x: a ProcessGroup with a gloo backend registered for
+    the CPU. The constructor does gloo's rendezvous without holding the GIL.
+    (bench/ uses it too.)"""
+    ps = dist.PrefixStore(prefix, store)
     if _TORCH_MAJOR < 2:
         return dist.ProcessGroupGloo(ps, rank, world, timeout)
     pg = dist.ProcessGroup(ps, rank, world)
@@ -1172,7 +1173,8 @@ def _direct_gloo_group(store, rank, world, timeout):
 def _install_default(pg, store, world):
     """Make ``pg`` c10d's default group, as init_process_group would have:
     dist.get_rank(), dist.all_reduce(t), DDP without a group and
-    destroy_process_group() then work on it (bench/pg_install_check.py)."""
+    destroy_process_group() then work on it (bench/pg_install_check.py
+    checks it)."""
     c10d = dist.distributed_c10d
     ranks = {i: i for i in range(world)}
     if _TORCH_MAJOR < 2:
