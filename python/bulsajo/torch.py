@@ -898,7 +898,18 @@ class Job(object):
         # Holders of the same step whose states differ (models initialised
         # without a common seed; a silent corruption) all take the source's.
         differ = any(rows[r][4:] != rows[source][4:] for r, s in holders if s == best)
-        transfer = differ or any(row[0] != best or row[1] for row in rows)
+        # Who takes the source's state: replacements, holders behind it, and
+        # holders at its step whose digest is not its.
+        needy = [r for r, row in enumerate(rows)
+                 if row[1] or row[0] != best or row[4:] != rows[source][4:]]
+        transfer = bool(needy)
+        # A few (a grow's joiner, a rank behind) get it point to point and
+        # check it against the source's digest (in the agreement's rows)
+        # themselves: the others neither receive it nor wait for its check,
+        # and go on to their next step, where they wait for the receivers
+        # while they compute it. Many (a first group whose models differ)
+        # get one broadcast and one all-gathered check.
+        p2p = 0 < len(needy) <= max(1, self._world // 4)
         counting = any(row[3] for row in rows)
         if differ and counting and self._rank == 0:
             _live._warn("bulsajo: ranks at step %d held different parameters or optimizer "
@@ -906,7 +917,24 @@ class Job(object):
         ph["agree"] = _now() - t
         t = _now()
         nbytes = 0
-        if transfer:
+        if p2p:
+            if self._rank == source:
+                payload = state._serialize()
+                nbytes = len(payload)
+                n = torch.tensor([nbytes], dtype=torch.int64, device=dev)
+                buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(dev)
+                for r in needy:
+                    dist.send(n, dst=r, group=self._pg)
+                    dist.send(buf, dst=r, group=self._pg)
+            elif self._rank in needy:
+                n = torch.zeros(1, dtype=torch.int64, device=dev)
+                dist.recv(n, src=source, group=self._pg)
+                nbytes = int(n.item())
+                buf = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+                dist.recv(buf, src=source, group=self._pg)
+                state._load(_tensor_bytes(buf))
+                digest = None  # replaced: hashed again below
+        elif transfer:
             if self._rank == source:
                 payload = state._serialize()
                 n = torch.tensor([len(payload)], dtype=torch.int64, device=dev)
@@ -934,7 +962,17 @@ class Job(object):
                 w._build(self._pg)
         ph["ddp_build"] = _now() - t
         t = _now()
-        if transfer:
+        if p2p:
+            # A receiver whose state is not the source's stops here, before
+            # it trains: it fails, and the others go on without it.
+            if self._rank in needy:
+                digest = state.digest()
+                if list(digest) != rows[source][4:]:
+                    raise StateDivergedError(
+                        "bulsajo: after receiving rank %d's state in generation %d this rank's "
+                        "parameters and optimizer state are not bit-identical to it" % (source, self._gen))
+            same = True
+        elif transfer:
             if digest is None:
                 digest = state.digest()
             d = torch.tensor(list(digest), dtype=torch.uint8, device=dev)

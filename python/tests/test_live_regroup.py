@@ -461,6 +461,13 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
     state = bj.State(model=model, optimizer=opt)
     data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
     steps, go = int(sys.argv[2]), sys.argv[3]
+    if os.environ.get("BAD_LOAD"):  # a receiver whose copy comes out different
+        load = bj.State._load
+        def bad_load(self, data):
+            load(self, data)
+            with torch.no_grad():
+                net.bias.add_(1e-3)
+        bj.State._load = bad_load
     gens = []
     for step in job.steps(steps, state):
         if not gens or gens[-1][0] != job.generation:
@@ -486,7 +493,7 @@ class GrowFormedAheadTest(FakeAgentCase):
     grow is pending drops the group formed for it, and the job goes on."""
     tmp_prefix = "bulsajo-live-grow-"
 
-    def shrink_then_joiner(self, script, out, steps, at_ahead):
+    def shrink_then_joiner(self, script, out, steps, at_ahead, joiner_env=None):
         """3 ranks, rank 2 killed, the 2 survivors regrouped; a joiner made
         ready and the grow (generation 3) sent to all, at_ahead steps past
         the survivors' latest step. Returns (survivors, joiner pid, at_step)."""
@@ -501,7 +508,7 @@ class GrowFormedAheadTest(FakeAgentCase):
         a.wait_for(lambda: a.all_reached(members, 29, gen=2), 60, "gen 2 steps")
         port3 = free_port()
         j = a.spawn(argv, gen=3, rank=2, world=3, port=port3,
-                    join=True, grow=True, at_step=0).pid
+                    join=True, grow=True, at_step=0, env=joiner_env).pid
         a.wait_for(lambda: j in a.readies, 60, "the joiner's ready")
         at = max(a.max_step(p, gen=2) for p in members) + at_ahead
         a.regroup(3, members, port3, world=3, grow=True, at_step=at)
@@ -556,3 +563,24 @@ class GrowFormedAheadTest(FakeAgentCase):
         self.assertEqual([x["gen"] for x in h], [2, 4], h)
         self.assertFalse(h[1]["formed_ahead"], h)
         self.assertEqual([x["gen"] for x in res[1]["history"]], [4], res[1]["history"])
+
+    def test_a_receiver_whose_copy_differs_fails_alone(self):
+        """The joiner checks the state it received against the source's
+        digest itself; the members do not wait for that check. A copy that
+        comes out different ends the joiner before it trains a step, with
+        the error, and the members go on without it, unchanged."""
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        members, j, at = self.shrink_then_joiner(script, out, 200, 2, joiner_env={"BAD_LOAD": "1"})
+        codes = a.wait_exit([j], 60)
+        self.assertNotEqual(codes[j], 0)
+        self.assertIn("not bit-identical to it", a.log(j))
+        a.regroup(4, members, free_port())
+        codes = a.wait_exit(members, 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(2)]
+        self.assertEqual(res[0]["digest"], res[1]["digest"])
+        self.assertEqual({x["step"] for x in res}, {199})
+        self.assertFalse(os.path.exists(out % 2))
+
