@@ -161,7 +161,12 @@ type job struct {
 	// dropped their session a moment ago and are reconnecting.
 	lastCall time.Time
 	// the generation before, to blame a fault reported after the next began
-	prevGen       int
+	prevGen int
+	// grewFrom: the generation a grow moved the members from (0: the last
+	// change was no grow). They train on there until they switch, and their
+	// step reports there count (the step clock prices the grow by the gap
+	// at the switch).
+	grewFrom      int
 	prevPlacement []placement
 	launched      map[string]bool  // node -> its workers started
 	stopped       map[string]bool  // node -> its workers reaped
@@ -609,6 +614,7 @@ func (j *job) launchPending() {
 	world := len(nodes) * sp.NProcPerNode
 	port := nodes[0].takePort(29500 + spec.Gen%1000)
 	j.prevGen, j.prevPlacement = j.rec.Gen, j.rec.Placement
+	j.grewFrom = 0
 	j.rec.Gen, j.rec.Restarts, j.rec.World = spec.Gen, spec.RestartCount, world
 	j.rec.MasterAddr, j.rec.MasterPort = nodes[0].Addr, port
 	j.rec.Placement, j.where = nil, nil
@@ -734,6 +740,10 @@ func (j *job) Regroup(spec launcher.RegroupSpec) error {
 	first := j.s.nodes[order[0]]
 	port := first.takePort(29500 + spec.Gen%1000)
 	j.prevGen, j.prevPlacement = j.rec.Gen, j.rec.Placement
+	j.grewFrom = 0
+	if spec.Grow {
+		j.grewFrom = j.rec.Gen
+	}
 	j.rec.Gen, j.rec.World = spec.Gen, world
 	j.rec.MasterAddr, j.rec.MasterPort = first.Addr, port
 	j.rec.Placement, j.where = nil, nil
@@ -1008,7 +1018,10 @@ func (j *job) Stopped(gen int) []int {
 
 func (j *job) fromAgent(n *node, m wire.Msg) {
 	joinerMsg := m.Type == wire.TJoinerReady || m.Type == wire.TJoinerLost
-	if m.Job != j.rec.Spec.ID || (m.Gen != j.rec.Gen && !joinerMsg) || j.rec.Done {
+	// A member's steps in the generation a grow moved it from (ranks are
+	// kept in a grow, so the checks below hold for them too).
+	grownStep := m.Type == wire.TProgress && j.grewFrom > 0 && m.Gen == j.grewFrom
+	if m.Job != j.rec.Spec.ID || (m.Gen != j.rec.Gen && !joinerMsg && !grownStep) || j.rec.Done {
 		return // another job's, or a stale generation's
 	}
 	// A node speaks for itself only: its own part of the generation, its
