@@ -329,6 +329,7 @@ type Machine struct {
 	firstDone    int           // the first rank of this generation to finish
 	firstDoneAt  time.Duration // and when
 	finishing    bool          // a rank of this generation reported Finishing
+	afterFinish  string        // a rank that died after Finishing (live): it ended the teardown, not the training
 	jobStep      int           // highest step the job has reached, across generations
 	genStep      int           // highest step reached in the current generation
 	// A grow not yet in effect: ranks below growFrom are the members that
@@ -504,6 +505,7 @@ func (m *Machine) newGeneration(world int) {
 	m.rankStep = map[int]int{}
 	m.doneRanks = map[int]bool{}
 	m.finishing = false
+	m.afterFinish = ""
 	m.growFrom, m.growAt = 0, 0
 	m.probing, m.busyUntil, m.busyNoted = false, 0, false
 	m.stoppedSince = nil
@@ -585,13 +587,31 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 	if ev.Gen != m.gen || (m.phase != running && m.phase != starting) {
 		return nil // a stale generation, or the consequence of a stop
 	}
-	if ev.Code == 0 && ev.Signal == "" {
+	clean := ev.Code == 0 && ev.Signal == ""
+	if !clean && m.cfg.Live && m.finishing && ev.Signal != SignalNodeLost {
+		// Every rank had committed the last step (the SDK says finished only
+		// once all agree): this death is in the teardown. A regroup or a
+		// restart would train again, from the last checkpoint, or from
+		// scratch without one. Said in the outcome instead.
+		if m.afterFinish == "" {
+			what := fmt.Sprintf("exit code %d", ev.Code)
+			if ev.Signal != "" {
+				what = ev.Signal
+			}
+			m.afterFinish = fmt.Sprintf("rank %d exited (%s) after training finished", ev.Rank, what)
+		}
+		clean = true
+	}
+	if clean {
 		if len(m.doneRanks) == 0 {
 			m.firstDone, m.firstDoneAt = ev.Rank, now
 		}
 		m.doneRanks[ev.Rank] = true
 		if len(m.doneRanks) == m.world {
 			m.phase = done
+			if m.afterFinish != "" {
+				return []Decision{Finish{Outcome: Succeeded, Reason: "all ranks ended; " + m.afterFinish}}
+			}
 			return []Decision{Finish{Outcome: Succeeded, Reason: "all ranks exited 0"}}
 		}
 		if m.growFrom > 0 && m.membersDone() {
