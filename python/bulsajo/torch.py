@@ -556,20 +556,16 @@ class Job(object):
             prep.done.wait(GROUP_TIMEOUT_S + 10)
             ph["form_wait"] = _now() - t
             group = prep.group
-            with prep.lock:
-                prep.released = True  # taken: its thread must not free it
-                err = prep.error if prep.done.is_set() else RuntimeError(
-                    "bulsajo: the group of generation %d was not formed" % gen)
-                store, pg, prep.store, prep.pg = prep.store, prep.pg, None, None
+            err = prep.error if prep.done.is_set() else RuntimeError(
+                "bulsajo: the group of generation %d was not formed" % gen)
             if err is None and group.abandoned:
                 err = _live.Superseded("generation %d superseded" % gen)
             if err is not None:
-                if pg is not None:
-                    box, pg = [pg], None
-                    _free_group(box)
-                if group is not None:
-                    self._gens.forget(group)
+                self._release(prep)  # what it formed goes, now or when its thread ends
                 raise err
+            with prep.lock:
+                prep.released = True  # taken: its thread must not free it
+                store, pg, prep.store, prep.pg = prep.store, prep.pg, None, None
             self._group = group
             self._gen, self._rank, self._world = gen, rank, world
             _install_default(pg, store, world)
@@ -917,37 +913,30 @@ class Job(object):
         ph["agree"] = _now() - t
         t = _now()
         nbytes = 0
-        if p2p:
-            if self._rank == source:
-                payload = state._serialize()
-                nbytes = len(payload)
-                n = torch.tensor([nbytes], dtype=torch.int64, device=dev)
-                buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(dev)
+        receives = self._rank in needy if p2p else (transfer and self._rank != source)
+
+        def move(x):  # the source's tensor x to the receivers: each (few), or all
+            if not p2p:
+                dist.broadcast(x, src=source, group=self._pg)
+            elif self._rank == source:
                 for r in needy:
-                    dist.send(n, dst=r, group=self._pg)
-                    dist.send(buf, dst=r, group=self._pg)
-            elif self._rank in needy:
-                n = torch.zeros(1, dtype=torch.int64, device=dev)
-                dist.recv(n, src=source, group=self._pg)
-                nbytes = int(n.item())
-                buf = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-                dist.recv(buf, src=source, group=self._pg)
-                state._load(_tensor_bytes(buf))
-                digest = None  # replaced: hashed again below
-        elif transfer:
+                    dist.send(x, dst=r, group=self._pg)
+            else:
+                dist.recv(x, src=source, group=self._pg)
+        if transfer and (self._rank == source or receives):
             if self._rank == source:
                 payload = state._serialize()
                 n = torch.tensor([len(payload)], dtype=torch.int64, device=dev)
             else:
                 n = torch.zeros(1, dtype=torch.int64, device=dev)
-            dist.broadcast(n, src=source, group=self._pg)
+            move(n)
             nbytes = int(n.item())
             if self._rank == source:
                 buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(dev)
             else:
                 buf = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-            dist.broadcast(buf, src=source, group=self._pg)
-            if self._rank != source:
+            move(buf)
+            if receives:
                 state._load(_tensor_bytes(buf))
                 digest = None  # replaced: hashed again below
         self._has_state = True
