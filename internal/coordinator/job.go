@@ -161,26 +161,26 @@ type job struct {
 	// dropped their session a moment ago and are reconnecting.
 	lastCall time.Time
 	// the generation before, to blame a fault reported after the next began
-	prevGen int
+	prevGen       int
+	prevPlacement []placement
 	// grewFrom: the generation a grow moved the members from (0: the last
 	// change was no grow). They train on there until they switch, and their
 	// step reports there count (the step clock prices the grow by the gap
 	// at the switch).
-	grewFrom      int
-	prevPlacement []placement
-	launched      map[string]bool  // node -> its workers started
-	stopped       map[string]bool  // node -> its workers reaped
-	frozen        map[string][]int // node -> its ranks seen stopped (SIGSTOP, a tracer) now
-	probe         *busyProbe       // the busy probe waiting for the nodes' answers, or nil
-	stopping      bool
-	pending       *launcher.GenerationSpec // waiting for capacity
-	stopFirst     int                      // a generation asked to stop before its start came (0: none)
-	waitSaid      bool
-	faulted       bool // a fault of this generation has been reported
-	adopting      bool // resumed: waiting for the agents to confirm
-	resumeBy      time.Time
-	savedStep     int
-	savedAt       time.Time
+	grewFrom  int
+	launched  map[string]bool  // node -> its workers started
+	stopped   map[string]bool  // node -> its workers reaped
+	frozen    map[string][]int // node -> its ranks seen stopped (SIGSTOP, a tracer) now
+	probe     *busyProbe       // the busy probe waiting for the nodes' answers, or nil
+	stopping  bool
+	pending   *launcher.GenerationSpec // waiting for capacity
+	stopFirst int                      // a generation asked to stop before its start came (0: none)
+	waitSaid  bool
+	faulted   bool // a fault of this generation has been reported
+	adopting  bool // resumed: waiting for the agents to confirm
+	resumeBy  time.Time
+	savedStep int
+	savedAt   time.Time
 
 	evMu    sync.Mutex
 	evs     []events.Event
