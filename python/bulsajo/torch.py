@@ -183,6 +183,8 @@ class Job(object):
         self._prepared = None       # _Prepared: a grow's group being formed (live, gloo)
         self._prep_lock = threading.Lock()
         self._switch_vote = None    # ((gen, step), switch?) of the last vote (_switch_now)
+        self._switch_clean = False  # that vote: all formed, the old group healthy
+        self._old = None            # a group left lazily: (sockets, backend, in-flight)
         self._formed_ahead = False  # the current group was formed while training went on
         self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
@@ -421,6 +423,9 @@ class Job(object):
                          device=self._device)
         ok = self.all_reduce(t)
         switch = not ok or int(t[0].item()) == 0 or int(t[1].item()) > 0
+        # Every member's group is formed and the old one is healthy: the
+        # old group may be left lazily (_leave_group(lazy=True)).
+        self._switch_clean = ok and switch and int(t[0].item()) == 0 and self._broken is None
         self._switch_vote = (key, switch)
         return switch
 
@@ -615,10 +620,17 @@ class Job(object):
                 group.abort = abandon
         self._broken = None
 
-    def _leave_group(self, abandon=True):
+    def _leave_group(self, abandon=True, lazy=False):
         """Drop the current group (ignoring errors): shut its sockets so that
         no collective or destructor can wait on a dead peer (abandon), drop
-        the DDP wrappers' inner modules, destroy the default group."""
+        the DDP wrappers' inner modules, destroy the default group.
+
+        lazy: a grow's switch, with every member's new group formed and the
+        old one healthy (_switch_clean). Nothing waits on the old group, so
+        its sockets, collection and backend wait for the next regroup (or
+        close): its 10-30 ms are not a pause of every member at the switch.
+        Its backend is held until then, so that it is never freed by a
+        collection under the GIL (see _hold_backend)."""
         ph = getattr(self, "_phases", None)
         if ph is None:
             ph = {}
@@ -627,7 +639,10 @@ class Job(object):
             w._drop()
         ph["leave_drop"] = _now() - t
         group, self._group = self._group, None
-        if group is not None and abandon:
+        old, self._old = self._old, None
+        if old is not None and (abandon or lazy):
+            self._gens.abandon(old[0])  # a generation ago: nobody uses it
+        if group is not None and abandon and not lazy:
             self._gens.abandon(group)
         self._pg = None
         ph["leave_abandon"] = _now() - t
@@ -640,13 +655,38 @@ class Job(object):
             pass
         _reset_group_counter()
         ph["leave_destroy"] = _now() - t
+        running, self._running = self._running, None
+        if lazy:
+            self._old = (group, backend, running)
+            del backend
+            if old is not None:
+                self._bury(old, ph)
+            return
         t = _now()
         gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
         if self._synced:
             # What is left lives on (see steps()): the next regroup's
             # collection scans only what this one and the steps after it make.
             gc.freeze()
-        running, self._running = self._running, None
+        self._free_backend(backend, running)
+        del backend
+        ph["leave_gc"] = _now() - t
+        if group is not None:
+            self._gens.forget(group)
+        if old is not None:
+            self._bury(old, ph)
+
+    def _bury(self, old, ph):
+        """Free a group left lazily, after the collection that dropped what
+        referred to it."""
+        group, backend, running = old
+        del old
+        self._free_backend(backend, running)
+        del backend
+        if group is not None:
+            self._gens.forget(group)
+
+    def _free_backend(self, backend, running):
         stuck = running.left() if running is not None else []
         if stuck:
             # Its worker threads still run a released collective: the backend
@@ -654,9 +694,6 @@ class Job(object):
             holder, backend = [backend], None
             _free_when_done(holder, stuck)
         del backend   # the last reference: freed without the GIL (see _hold_backend)
-        ph["leave_gc"] = _now() - t
-        if group is not None:
-            self._gens.forget(group)
 
     # ------------------------------------------------------------- failures
     def _note_failure(self, what, exc):
@@ -847,7 +884,11 @@ class Job(object):
         while True:
             ph = self._phases = {}
             t = _now()
-            self._leave_group()
+            # A clean grow switch leaves lazily; a retry (the new group
+            # failed) leaves as after any fault.
+            lazy = attempts == 0 and self._switch_clean and self._broken is None
+            self._switch_clean = False
+            self._leave_group(lazy=lazy)
             ph["leave"] = _now() - t
             t = _now()
             msg = self._wait_generation(failed_gen, t_fault, detail, rank=failed_rank)

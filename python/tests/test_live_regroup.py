@@ -532,6 +532,8 @@ class GrowFormedAheadTest(FakeAgentCase):
             self.assertTrue(grow[0]["formed_ahead"], grow)
             self.assertEqual(grow[0]["lost_steps"], 0, grow)
             self.assertEqual(grow[0]["source"], 0, grow)
+            # the old group was left lazily: no collection at the switch
+            self.assertNotIn("leave_gc", grow[0]["phases"], grow)
             first3 |= {s for g, s in res[r]["gens"] if g == 3}
         # the members switched after the same step, at or past the boundary,
         # and the joiner's first step is that one's successor
