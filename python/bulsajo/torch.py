@@ -51,6 +51,7 @@ import hashlib
 import inspect
 import io
 import os
+import queue
 import socket
 import sys
 import threading
@@ -184,7 +185,7 @@ class Job(object):
         self._prep_lock = threading.Lock()
         self._switch_vote = None    # ((gen, step), switch?) of the last vote (_switch_now)
         self._switch_clean = False  # that vote: all formed, the old group healthy
-        self._old = None            # a group left lazily: (sockets, backend, in-flight)
+        self._reaper = _Reaper()    # frees lazily left groups' backends
         self._formed_ahead = False  # the current group was formed while training went on
         self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
@@ -423,8 +424,8 @@ class Job(object):
                          device=self._device)
         ok = self.all_reduce(t)
         switch = not ok or int(t[0].item()) == 0 or int(t[1].item()) > 0
-        # Every member's group is formed and the old one is healthy: the
-        # old group may be left lazily (_leave_group(lazy=True)).
+        # Every member's group is formed and the old one is healthy: it may
+        # be left lazily (_leave_group(lazy=True)).
         self._switch_clean = ok and switch and int(t[0].item()) == 0 and self._broken is None
         self._switch_vote = (key, switch)
         return switch
@@ -626,11 +627,10 @@ class Job(object):
         the DDP wrappers' inner modules, destroy the default group.
 
         lazy: a grow's switch, with every member's new group formed and the
-        old one healthy (_switch_clean). Nothing waits on the old group, so
-        its sockets, collection and backend wait for the next regroup (or
-        close): its 10-30 ms are not a pause of every member at the switch.
-        Its backend is held until then, so that it is never freed by a
-        collection under the GIL (see _hold_backend)."""
+        old one healthy (_switch_clean): its sockets are not shut (nobody
+        waits on them), there is no collection (DDP holds no reference cycle;
+        its reducers went with the wrappers), and its backend is freed by a
+        thread. Those 10-30 ms were a pause of every member at the switch."""
         ph = getattr(self, "_phases", None)
         if ph is None:
             ph = {}
@@ -639,9 +639,6 @@ class Job(object):
             w._drop()
         ph["leave_drop"] = _now() - t
         group, self._group = self._group, None
-        old, self._old = self._old, None
-        if old is not None and (abandon or lazy):
-            self._gens.abandon(old[0])  # a generation ago: nobody uses it
         if group is not None and abandon and not lazy:
             self._gens.abandon(group)
         self._pg = None
@@ -656,44 +653,32 @@ class Job(object):
         _reset_group_counter()
         ph["leave_destroy"] = _now() - t
         running, self._running = self._running, None
-        if lazy:
-            self._old = (group, backend, running)
-            del backend
-            if old is not None:
-                self._bury(old, ph)
-            return
-        t = _now()
-        gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
-        if self._synced:
-            # What is left lives on (see steps()): the next regroup's
-            # collection scans only what this one and the steps after it make.
-            gc.freeze()
-        self._free_backend(backend, running)
-        del backend
-        ph["leave_gc"] = _now() - t
-        if group is not None:
-            self._gens.forget(group)
-        if old is not None:
-            self._bury(old, ph)
-
-    def _bury(self, old, ph):
-        """Free a group left lazily, after the collection that dropped what
-        referred to it."""
-        group, backend, running = old
-        del old
-        self._free_backend(backend, running)
-        del backend
-        if group is not None:
-            self._gens.forget(group)
-
-    def _free_backend(self, backend, running):
         stuck = running.left() if running is not None else []
-        if stuck:
-            # Its worker threads still run a released collective: the backend
-            # goes when that ends (the group's timeout), not on this thread.
+        if lazy:
+            # The destructor joins the backend's worker threads and closes
+            # its sockets without the GIL (see _hold_backend), on the reaper.
             holder, backend = [backend], None
-            _free_when_done(holder, stuck)
-        del backend   # the last reference: freed without the GIL (see _hold_backend)
+            if stuck:
+                _free_when_done(holder, stuck)
+            else:
+                self._reaper.free(holder)
+            del holder
+        else:
+            t = _now()
+            gc.collect()  # the reducers and the ProcessGroupGloo go now, not later
+            if self._synced:
+                # What is left lives on (see steps()): the next regroup's
+                # collection scans only what this one and the steps after it make.
+                gc.freeze()
+            if stuck:
+                # Its worker threads still run a released collective: the backend
+                # goes when that ends (the group's timeout), not on this thread.
+                holder, backend = [backend], None
+                _free_when_done(holder, stuck)
+            del backend   # the last reference: freed without the GIL (see _hold_backend)
+            ph["leave_gc"] = _now() - t
+        if group is not None:
+            self._gens.forget(group)
 
     # ------------------------------------------------------------- failures
     def _note_failure(self, what, exc):
@@ -794,6 +779,7 @@ class Job(object):
                 # the user's data and model) lives for the whole job: leave it
                 # out of collections, which then only scan what regroups made.
                 gc.freeze()
+                self._reaper.start()  # now, not at a grow's switch
             if self._gen is None:  # a replacement: admitted now (see _init_live)
                 if not self._link.send({"type": "ready"}, timeout=10.0):
                     raise RuntimeError("bulsajo: could not tell the agent this replacement "
@@ -1055,6 +1041,7 @@ class Job(object):
             self._disarm_stacks()
             self._take_prepared(None)  # a grow the job ended before: dropped
             self._leave_group(abandon=False)  # graceful: peers may still be finishing
+            self._reaper.drain(10)  # a group left lazily goes before the interpreter
             self._closed = True
             self._link.close()
         else:
@@ -1368,6 +1355,45 @@ class _InFlight(object):
             if self.timer is not None:
                 self.timer.cancel()
             return [f for f in self.stuck if not f.done()]
+
+
+class _Reaper(object):
+    """One thread that frees the backends of groups left lazily (a clean
+    grow's old group), so that the switch only hands one over: starting a
+    thread there takes milliseconds on a busy machine. Started before
+    training; close() waits for what it was given."""
+
+    def __init__(self):
+        self._q = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def start(self):
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="bulsajo-reaper",
+                                                daemon=True)
+                self._thread.start()
+
+    def free(self, holder):
+        self.start()
+        self._q.put(holder)
+
+    def drain(self, timeout):
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._q.put(done)
+        done.wait(timeout)
+
+    def _run(self):
+        while True:
+            item = self._q.get()
+            if isinstance(item, threading.Event):
+                item.set()
+            else:
+                del item[:]  # the last reference: freed without the GIL
+            del item
 
 
 def _free_when_done(holder, futs):
