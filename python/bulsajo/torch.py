@@ -57,6 +57,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -1367,6 +1368,7 @@ class _Reaper(object):
         self._q = queue.Queue()
         self._lock = threading.Lock()
         self._thread = None
+        self.freed = 0  # backends whose last Python reference it dropped
 
     def start(self):
         with self._lock:
@@ -1392,7 +1394,13 @@ class _Reaper(object):
             if isinstance(item, threading.Event):
                 item.set()
             else:
+                try:
+                    ref = weakref.ref(item[0])
+                except TypeError:
+                    ref = None
                 del item[:]  # the last reference: freed without the GIL
+                if ref is not None and ref() is None:
+                    self.freed += 1
             del item
 
 

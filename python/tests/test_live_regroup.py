@@ -480,7 +480,7 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
         time.sleep(0.02)
     with open(out % job.rank, "w") as f:
         json.dump({"digest": state.digest().hex(), "history": job.history,
-                   "gens": gens, "step": state.step}, f)
+                   "gens": gens, "step": state.step, "reaped": job._reaper.freed}, f)
     job.close()
 """)
 
@@ -534,6 +534,8 @@ class GrowFormedAheadTest(FakeAgentCase):
             self.assertEqual(grow[0]["source"], 0, grow)
             # the old group was left lazily: no collection at the switch
             self.assertNotIn("leave_gc", grow[0]["phases"], grow)
+            # ... and its backend freed by the reaper thread (the last reference)
+            self.assertEqual(res[r]["reaped"], 1, res[r])
             first3 |= {s for g, s in res[r]["gens"] if g == 3}
         # the members switched after the same step, at or past the boundary,
         # and the joiner's first step is that one's successor
@@ -545,6 +547,7 @@ class GrowFormedAheadTest(FakeAgentCase):
         self.assertFalse(jh[0]["formed_ahead"])
         self.assertTrue(jh[0]["replacement"])
         self.assertGreater(jh[0]["transferred_bytes"], 0)
+        self.assertEqual(res[2]["reaped"], 0)
 
     def test_fault_while_grow_pending_drops_its_group(self):
         a = self.agent
