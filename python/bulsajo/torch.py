@@ -185,7 +185,7 @@ class Job(object):
         self._prepared = None       # _Prepared: a grow's group being formed (live, gloo)
         self._prep_lock = threading.Lock()
         self._switch_vote = None    # ((gen, step), switch?) of the last vote (_switch_now)
-        self._switch_clean = False  # that vote: all formed, the old group healthy
+        self._switch_clean = None   # that vote's generation, if all formed and the old group healthy
         self._reaper = _Reaper()    # frees lazily left groups' backends
         self._formed_ahead = False  # the current group was formed while training went on
         self._running = None        # _InFlight of the current group (live, gloo)
@@ -427,7 +427,8 @@ class Job(object):
         switch = not ok or int(t[0].item()) == 0 or int(t[1].item()) > 0
         # Every member's group is formed and the old one is healthy: it may
         # be left lazily (_leave_group(lazy=True)).
-        self._switch_clean = ok and switch and int(t[0].item()) == 0 and self._broken is None
+        clean = ok and switch and int(t[0].item()) == 0 and self._broken is None
+        self._switch_clean = gen if clean else None
         self._switch_vote = (key, switch)
         return switch
 
@@ -872,9 +873,13 @@ class Job(object):
             ph = self._phases = {}
             t = _now()
             # A clean grow switch leaves lazily; a retry (the new group
-            # failed) leaves as after any fault.
-            lazy = attempts == 0 and self._switch_clean and self._broken is None
-            self._switch_clean = False
+            # failed), or a newer generation than the grow's (a fault came
+            # first), leaves as after any fault.
+            with self._gens.cv:
+                latest = self._gens.latest
+            lazy = (attempts == 0 and self._broken is None and latest is not None
+                    and self._switch_clean == int(latest["gen"]))
+            self._switch_clean = None
             self._leave_group(lazy=lazy)
             ph["leave"] = _now() - t
             t = _now()
