@@ -655,6 +655,19 @@ func (m *Machine) membersDone() bool {
 
 // peerConsequence: the error is a collective broken by a peer that went
 // away, the consequence of another rank's failure, not a cause.
+// sameFailure: sig repeats last. The same exit with an error text that was
+// not read (the worker's last lines reached the launcher after its exit was
+// handled, on a loaded machine) repeats one with a text, and the other way
+// round: what is known agrees. Two different texts are different failures.
+func sameFailure(last, sig string) bool {
+	if sig == last {
+		return true
+	}
+	lb, _, lText := strings.Cut(last, ": ")
+	sb, _, sText := strings.Cut(sig, ": ")
+	return last != "" && lb == sb && lText != sText
+}
+
 func peerConsequence(sig string) bool {
 	return strings.Contains(sig, "Connection closed by peer") || strings.Contains(sig, "Connection reset by peer")
 }
@@ -861,8 +874,11 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 		// past startup, and not the program's doing: no verdict. A lost
 		// node cannot say what it printed; losing one is no verdict on
 		// the program either.
-	case signature == m.lastSig && !(noReports && o.newOutput > 0):
+	case sameFailure(m.lastSig, signature) && !(noReports && o.newOutput > 0):
 		m.sameFailures++
+		if len(signature) > len(m.lastSig) {
+			m.lastSig = signature // the error text, where one of them lost it
+		}
 	case m.lastSig != "" && peerConsequence(signature) && !(noReports && o.newOutput > 0):
 		// A peer's broken connection seen before the rank that caused it
 		// (which exited too, printing nothing to tell): the same failure
