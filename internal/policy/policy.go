@@ -876,7 +876,7 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 		// the program either.
 	case sameFailure(m.lastSig, signature) && !(noReports && o.newOutput > 0):
 		m.sameFailures++
-		if len(signature) > len(m.lastSig) {
+		if len(signature) > len(m.lastSig) && !peerConsequence(signature) {
 			m.lastSig = signature // the error text, where one of them lost it
 		}
 	case m.lastSig != "" && peerConsequence(signature) && !(noReports && o.newOutput > 0):
