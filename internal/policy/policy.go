@@ -653,8 +653,6 @@ func (m *Machine) membersDone() bool {
 	return true
 }
 
-// peerConsequence: the error is a collective broken by a peer that went
-// away, the consequence of another rank's failure, not a cause.
 // sameFailure: sig repeats last. The same exit with an error text that was
 // not read (the worker's last lines reached the launcher after its exit was
 // handled, on a loaded machine) repeats one with a text, and the other way
@@ -668,6 +666,8 @@ func sameFailure(last, sig string) bool {
 	return last != "" && lb == sb && lText != sText
 }
 
+// peerConsequence: the error is a collective broken by a peer that went
+// away, the consequence of another rank's failure, not a cause.
 func peerConsequence(sig string) bool {
 	return strings.Contains(sig, "Connection closed by peer") || strings.Contains(sig, "Connection reset by peer")
 }
