@@ -835,6 +835,8 @@ func (w *worker) line(text string, isErr bool) {
 	}
 	if isErr {
 		w.errLine(prefix, text) // held a moment (output.go)
+	} else {
+		w.errOut.stdout()
 	}
 	w.mu.Unlock()
 	if !isErr && !w.quiet.Load() {

@@ -29,6 +29,11 @@ const (
 	blockQuiet  = 500 * time.Millisecond // a traceback block: since its last line
 	blockMax    = 2 * time.Second        // a traceback block: since its first line
 	causeWindow = 3 * time.Second        // an error this long before exit is not its cause
+	// lastCauseWindow: an error that was the worker's last output is its
+	// cause for longer. An uncaught exception is printed before the
+	// interpreter's teardown (finalization, threads joined, libraries'
+	// destructors), which takes seconds on a loaded machine.
+	lastCauseWindow = 10 * time.Second
 	// deferMax bounds how long an exit waits for a peer that printed its own
 	// traceback earlier (and so may be the real fault) to exit first.
 	deferMax = time.Second
@@ -48,10 +53,11 @@ type stderrState struct {
 	lastLine   time.Time
 	excSeen    bool // the block's exception line was seen (what follows is its message)
 
-	cause   string // latest exception or error line
-	causeAt time.Time
-	plain   string // latest other line at column 0 that is no warning
-	plainAt time.Time
+	cause     string // latest exception or error line
+	causeAt   time.Time
+	causeLast bool   // nothing but the cause's own traceback was printed since (stdout included)
+	plain     string // latest other line at column 0 that is no warning
+	plainAt   time.Time
 }
 
 // observe reads one stderr line: traceback structure and error lines.
@@ -78,16 +84,23 @@ func (s *stderrState) observe(text string, now time.Time) {
 	case s.inBlock && !s.excSeen:
 		// Frames are indented; the first line at column 0 is the exception.
 		if t != "" && text[0] != ' ' && text[0] != '\t' {
-			s.cause, s.causeAt, s.excSeen = t, now, true
+			s.cause, s.causeAt, s.excSeen, s.causeLast = t, now, true, true
 		}
 	case s.inBlock:
 		// The exception's message continues (torch's "At:" lines ...).
 	case isErrorLine(t):
-		s.cause, s.causeAt = t, now
-	case t != "" && text[0] != ' ' && text[0] != '\t' && !warningLine.MatchString(t):
-		s.plain, s.plainAt = t, now
+		s.cause, s.causeAt, s.causeLast = t, now, true
+	default:
+		s.causeLast = false
+		if t != "" && text[0] != ' ' && text[0] != '\t' && !warningLine.MatchString(t) {
+			s.plain, s.plainAt = t, now
+		}
 	}
 }
+
+// stdout notes a line on the worker's stdout: the error before it, if any,
+// was not its last word.
+func (s *stderrState) stdout() { s.causeLast = false }
 
 var torchRankPrefix = regexp.MustCompile(`^\[rank\d+\]: ?`)
 
@@ -126,7 +139,8 @@ func minTime(a, b time.Time) time.Time {
 // from outside (SIGKILL, SIGTERM ...) is its own cause: whatever the worker
 // printed before cannot have brought it on.
 func (s *stderrState) exitCause(code int, sig string, at time.Time) string {
-	if s.cause == "" || at.Sub(s.causeAt) > causeWindow {
+	age := at.Sub(s.causeAt)
+	if s.cause == "" || age > causeWindow && !(s.causeLast && age <= lastCauseWindow) {
 		if sig == "" && code != 0 && s.plain != "" && at.Sub(s.plainAt) <= plainWindow {
 			return s.plain
 		}

@@ -63,6 +63,17 @@ func TestExitCause(t *testing.T) {
 			return out
 		}(), 1, "", time.Second, "RuntimeError: loss is not a tensor"},
 		{"traceback long before a silent exit 1", tb(time.Second, "ValueError: caught and logged"), 1, "", 30 * time.Second, ""},
+		// An uncaught exception, then seconds of teardown under load.
+		{"traceback, the last output, 8 s before exit 1", tb(time.Second, "ValueError: bad batch 7", "", "At:", "  train.py(9)"),
+			1, "", 9 * time.Second, "ValueError: bad batch 7"},
+		{"traceback 8 s before exit 1, then a stderr line", cat(tb(time.Second, "ValueError: caught and logged"),
+			[]line{{2 * time.Second, "retrying with a smaller batch"}}), 1, "", 9 * time.Second, ""},
+		{"traceback 8 s before exit 1, then a stdout line", cat(tb(time.Second, "ValueError: caught and logged"),
+			[]line{{2 * time.Second, "1>epoch 3 loss 0.5"}}), 1, "", 9 * time.Second, ""},
+		{"traceback, then a warning, 8 s before exit 1", cat(tb(time.Second, "ValueError: caught and logged"),
+			[]line{{2 * time.Second, warn[0].text}, {2 * time.Second, warn[1].text}}),
+			1, "", 9 * time.Second, ""},
+		{"the last output, but killed from outside", tb(time.Second, "ValueError: bad batch 7"), 137, "SIGKILL", 2 * time.Second, ""},
 		{"traceback, then killed from outside", tb(time.Second, "ValueError: caught and logged"), 137, "SIGKILL", time.Second, ""},
 		{"uncaught C++ exception", []line{{time.Second, "terminate called after throwing an instance of 'c10::Error'"}},
 			134, "SIGABRT", time.Second, "terminate called after throwing an instance of 'c10::Error'"},
@@ -82,6 +93,10 @@ func TestExitCause(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var s stderrState
 			for _, l := range tt.lines {
+				if out, ok := strings.CutPrefix(l.text, "1>"); ok && out != "" {
+					s.stdout() // a line on stdout
+					continue
+				}
 				s.observe(l.text, t0.Add(l.at))
 			}
 			if got := s.exitCause(tt.code, tt.sig, t0.Add(tt.at)); got != tt.want {

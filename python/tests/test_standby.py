@@ -20,7 +20,7 @@ SHIM = os.path.join(PYDIR, "bulsajo", "_standby.py")
 
 # The target script reports what it sees as one JSON line on stdout.
 PROBE = textwrap.dedent("""\
-    import json, os, sys
+    import gc, json, os, sys
     fd_closed = None
     if os.environ.get("CHECK_FD"):
         try:
@@ -48,6 +48,7 @@ PROBE = textwrap.dedent("""\
                     if m in sys.modules],
         "fd_closed": fd_closed,
         "bulsajo_file": bulsajo_file,
+        "gc_frozen": gc.get_freeze_count(),
     }))
     sys.stdout.flush()
     if os.environ.get("RAISE"):
@@ -437,6 +438,7 @@ class ZygoteTest(unittest.TestCase):
             self.assertTrue(r["main_is_me"])
             self.assertIn("colorsys", r["modules"])  # preloaded once, by the zygote
             self.assertTrue(r["fd_closed"])
+            self.assertGreater(r["gc_frozen"], 0)  # the zygote's objects stay shared
 
     def test_exit_status_and_discard(self):
         pid, outr, errr, actw = self.fork()
@@ -453,6 +455,58 @@ class ZygoteTest(unittest.TestCase):
             self.assertEqual(f.read(), "")
         for fd in (outr, errr, errr2):
             os.close(fd)
+
+    def test_a_fork_skips_only_the_exit_handlers_loaded_before_it(self):
+        # A preloaded library's C exit handler (as torch's static destructors
+        # are) is skipped in a fork; one registered by the script still runs,
+        # C stdio buffers are flushed, Python's atexit runs, and the status
+        # is what the script exited with.
+        self.stop()
+        import socket
+        with open(os.path.join(self.tmp, "cexit.py"), "w") as f:
+            f.write(textwrap.dedent("""\
+                import ctypes
+                libc = ctypes.CDLL(None)
+                libc.strdup.restype = ctypes.c_void_p
+                libc.__cxa_atexit.argtypes = [ctypes.c_void_p] * 3
+                def on_exit(text):  # puts(text) at C exit; strdup outlives Python
+                    libc.__cxa_atexit(ctypes.cast(libc.puts, ctypes.c_void_p),
+                                      libc.strdup(text.encode()), None)
+                on_exit("preloaded handler")
+            """))
+        script = os.path.join(self.tmp, "exits.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent("""\
+                import atexit, ctypes, sys, cexit
+                cexit.on_exit("script handler")
+                atexit.register(lambda: print("python atexit", flush=True))
+                cexit.libc.printf(b"buffered in C stdio\\n")
+                sys.exit(5)
+            """))
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Not unbuffered: C stdout to a pipe keeps its line until flushed.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("BULSAJO_") and k != "PYTHONUNBUFFERED"}
+        env.update(PYTHONPATH=self.tmp, BULSAJO_PRELOAD="cexit", BULSAJO_ZYGOTE_FD=str(theirs.fileno()))
+        self.zygote = subprocess.Popen([sys.executable, SHIM, script], env=env,
+                                       pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
+        theirs.close()
+        self.sock.settimeout(60)
+        self.ready = False
+        pid, outr, errr, actw = self.fork()
+        os.write(actw, b'{"env": {}}\n')
+        os.close(actw)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 5)
+        with os.fdopen(outr) as f:
+            out = f.read().splitlines()
+        os.close(errr)
+        self.assertEqual(sorted(out), ["buffered in C stdio", "python atexit", "script handler"])
+        # The same program run by a plain interpreter runs them all.
+        del env["BULSAJO_ZYGOTE_FD"]
+        plain = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True)
+        self.assertEqual(plain.returncode, 5)
+        self.assertIn("preloaded handler", plain.stdout.splitlines())
 
     def test_a_request_without_its_files_is_refused(self):
         self.sock.recv(256)  # ready
