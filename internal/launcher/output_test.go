@@ -73,7 +73,7 @@ func TestExitCause(t *testing.T) {
 		{"traceback, then a warning, 8 s before exit 1", cat(tb(time.Second, "ValueError: caught and logged"),
 			[]line{{2 * time.Second, warn[0].text}, {2 * time.Second, warn[1].text}}),
 			1, "", 9 * time.Second, ""},
-		{"the last output, but killed from outside", tb(time.Second, "ValueError: bad batch 7"), 137, "SIGKILL", 2 * time.Second, ""},
+		{"the last output, but killed from outside", tb(time.Second, "ValueError: bad batch 7"), 137, "SIGKILL", 9 * time.Second, ""},
 		{"traceback, then killed from outside", tb(time.Second, "ValueError: caught and logged"), 137, "SIGKILL", time.Second, ""},
 		{"uncaught C++ exception", []line{{time.Second, "terminate called after throwing an instance of 'c10::Error'"}},
 			134, "SIGABRT", time.Second, "terminate called after throwing an instance of 'c10::Error'"},

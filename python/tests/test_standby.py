@@ -355,20 +355,26 @@ class ZygoteTest(unittest.TestCase):
     """The shim in zygote mode, with this test process as the launcher."""
 
     def setUp(self):
-        import socket
         self.tmp = tempfile.mkdtemp(prefix="bulsajo-zygote-")
         self.script = os.path.join(self.tmp, "probe.py")
         with open(self.script, "w") as f:
             f.write(PROBE)
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("BULSAJO_") and k not in ("RANK", "PYTHONPATH")}
-        env.update(PYTHONPATH=PYDIR, BULSAJO_PRELOAD="colorsys", BULSAJO_ZYGOTE_FD=str(theirs.fileno()),
-                   KEEP="kept")
-        self.zygote = subprocess.Popen([sys.executable, SHIM, self.script, "--flag"], env=env,
+        env.update(PYTHONPATH=PYDIR, BULSAJO_PRELOAD="colorsys", KEEP="kept")
+        self.start([self.script, "--flag"], env)
+
+    def start(self, args, env):
+        """Start the shim in zygote mode (args: the script and its arguments),
+        with this test process as its launcher."""
+        import socket
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.zygote = subprocess.Popen([sys.executable, SHIM] + args,
+                                       env=dict(env, BULSAJO_ZYGOTE_FD=str(theirs.fileno())),
                                        pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
         theirs.close()
         self.sock.settimeout(60)
+        self.ready = False
 
     def tearDown(self):
         self.stop()
@@ -462,7 +468,6 @@ class ZygoteTest(unittest.TestCase):
         # C stdio buffers are flushed, Python's atexit runs, and the status
         # is what the script exited with.
         self.stop()
-        import socket
         with open(os.path.join(self.tmp, "cexit.py"), "w") as f:
             f.write(textwrap.dedent("""\
                 import ctypes
@@ -483,16 +488,11 @@ class ZygoteTest(unittest.TestCase):
                 cexit.libc.printf(b"buffered in C stdio\\n")
                 sys.exit(5)
             """))
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Not unbuffered: C stdout to a pipe keeps its line until flushed.
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("BULSAJO_") and k != "PYTHONUNBUFFERED"}
-        env.update(PYTHONPATH=self.tmp, BULSAJO_PRELOAD="cexit", BULSAJO_ZYGOTE_FD=str(theirs.fileno()))
-        self.zygote = subprocess.Popen([sys.executable, SHIM, script], env=env,
-                                       pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
-        theirs.close()
-        self.sock.settimeout(60)
-        self.ready = False
+        env.update(PYTHONPATH=self.tmp, BULSAJO_PRELOAD="cexit")
+        self.start([script], env)
         pid, outr, errr, actw = self.fork()
         os.write(actw, b'{"env": {}}\n')
         os.close(actw)
@@ -503,7 +503,6 @@ class ZygoteTest(unittest.TestCase):
         os.close(errr)
         self.assertEqual(sorted(out), ["buffered in C stdio", "python atexit", "script handler"])
         # The same program run by a plain interpreter runs them all.
-        del env["BULSAJO_ZYGOTE_FD"]
         plain = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True)
         self.assertEqual(plain.returncode, 5)
         self.assertIn("preloaded handler", plain.stdout.splitlines())
@@ -523,18 +522,13 @@ class ZygoteTest(unittest.TestCase):
         # A stand-in torch whose CUDA is initialized (no GPU here): a fork
         # could not use that context, so the zygote says so and exits.
         self.stop()
-        import socket
         fake = os.path.join(self.tmp, "fake")
         os.makedirs(os.path.join(fake, "torch"))
         with open(os.path.join(fake, "torch", "__init__.py"), "w") as f:
             f.write("class cuda:\n    is_initialized = staticmethod(lambda: True)\n")
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BULSAJO_")}
-        env.update(PYTHONPATH=fake, BULSAJO_PRELOAD="torch", BULSAJO_ZYGOTE_FD=str(theirs.fileno()))
-        self.zygote = subprocess.Popen([sys.executable, SHIM, self.script], env=env,
-                                       pass_fds=(theirs.fileno(),), stderr=subprocess.PIPE)
-        theirs.close()
-        self.sock.settimeout(60)
+        env.update(PYTHONPATH=fake, BULSAJO_PRELOAD="torch")
+        self.start([self.script], env)
         self.assertEqual(self.sock.recv(256), b"err the preload initialized CUDA: a fork could not use it")
         self.assertEqual(self.zygote.wait(timeout=30), 0)
 
