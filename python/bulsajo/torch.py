@@ -187,7 +187,8 @@ class Job(object):
         self._switch_vote = None    # ((gen, step), switch?) of the last vote (_switch_now)
         self._switch_clean = None   # that vote's generation, if all formed and the old group healthy
         self._reaper = _Reaper()    # frees lazily left groups' backends
-        self._formed_ahead = False  # the current group was formed while training went on
+        self._formed_ahead = False  # the current group was formed by a thread (_forms_ahead)
+        self._grow = False          # the current group is a grow's (no member lost)
         self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
@@ -325,14 +326,20 @@ class Job(object):
     # ------------------------------------------------- a grow formed ahead
     def _forms_directly(self, msg):
         """Whether the group of generation ``msg`` is built directly (not by
-        init_process_group): a grow's, on gloo. The same answer on every
+        init_process_group): a regroup's (a grow's or a fault's, any
+        generation after the first), on gloo. The same answer on every
         member, from the message alone, so all meet in the same rendezvous."""
-        return bool(msg.get("grow")) and self.backend == "gloo" and _direct_gloo()
+        regroup = bool(msg.get("grow")) or int(msg.get("gen", 1)) > 1
+        return regroup and self.backend == "gloo" and _direct_gloo()
 
     def _forms_ahead(self, msg):
-        """A member (not a joiner) forms a grow's group in a thread."""
-        return (self._forms_directly(msg) and not msg.get("join")
-                and msg.get("at_step") is not None)
+        """A member (not a joiner) forms a regroup's group in a thread: a
+        grow's while it trains on in the old group; a fault's while it
+        finishes the step that failed (the rest of its backward, which no
+        failed collective cuts short: a large model's whole pause otherwise)."""
+        if not self._forms_directly(msg) or msg.get("join"):
+            return False
+        return msg.get("at_step") is not None if msg.get("grow") else True
 
     def _start_prepared(self, prep):
         t = threading.Thread(target=self._run_prepared, args=(prep,), daemon=True,
@@ -407,8 +414,8 @@ class Job(object):
         then waits for it, as a group formed at the switch would)."""
         with self._gens.cv:
             msg = dict(self._gens.latest)
-        if not self._forms_ahead(msg):
-            return True  # formed at the switch
+        if not (msg.get("grow") and self._forms_ahead(msg)):
+            return True  # formed at the switch, or not a grow (no switch to agree on)
         gen = int(msg["gen"])
         key = (gen, self._state.step)
         if self._switch_vote is not None and self._switch_vote[0] == key:
@@ -556,6 +563,7 @@ class Job(object):
         if ph is None:
             ph = {}
         self._formed_ahead = False
+        self._grow = bool(msg.get("grow"))
         prep = self._take_prepared(gen)
         if prep is not None:
             # Formed by a thread while training went on: wait for it (it has
@@ -630,9 +638,9 @@ class Job(object):
 
         lazy: a grow's switch, with every member's new group formed and the
         old one healthy (_switch_clean): its sockets are not shut (nobody
-        waits on them), there is no collection (DDP holds no reference cycle;
-        its reducers went with the wrappers), and its backend is freed by a
-        thread. Those 10-30 ms were a pause of every member at the switch."""
+        waits on them) and there is no collection (DDP holds no reference
+        cycle; its reducers went with the wrappers). Either way the backend
+        is freed by a thread: 10-30 ms that were a pause of every member."""
         ph = getattr(self, "_phases", None)
         if ph is None:
             ph = {}
@@ -672,12 +680,18 @@ class Job(object):
                 # What is left lives on (see steps()): the next regroup's
                 # collection scans only what this one and the steps after it make.
                 gc.freeze()
+            # The backend's destructor (joining its threads, closing its
+            # sockets: 15-20 ms on this machine) runs on another thread while
+            # this one takes the new group, which is formed by then or being
+            # formed (_forms_ahead).
+            holder, backend = [backend], None
             if stuck:
                 # Its worker threads still run a released collective: the backend
-                # goes when that ends (the group's timeout), not on this thread.
-                holder, backend = [backend], None
+                # goes when that ends (the group's timeout).
                 _free_when_done(holder, stuck)
-            del backend   # the last reference: freed without the GIL (see _hold_backend)
+            else:
+                self._reaper.free(holder)
+            del holder
             ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
@@ -1031,8 +1045,10 @@ class Job(object):
                 "source": source, "transferred_bytes": nbytes, "step": state.step,
                 "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
                 "states_differed": differ,
-                # the group was formed by a thread while training went on (a grow)
+                # the group was formed by a thread while training (a grow) or the
+                # failed step (a fault) went on
                 "formed_ahead": self._formed_ahead,
+                "grow": self._grow,
                 # where the regroup's time went, in seconds (this rank's view)
                 "phases": {k: round(v, 4) for k, v in ph.items()},
             })
