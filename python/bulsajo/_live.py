@@ -111,6 +111,8 @@ class GroupSockets(object):
     def _candidates(self):
         if self.sockets is not None:
             return self.sockets
+        if self.before is None:
+            return []  # not yet begun (Generations.begin_group)
         # Still being created: everything opened since the snapshot.
         return [(fd, ino) for fd, ino in socket_fds().items() if ino not in self.before]
 
@@ -144,6 +146,7 @@ class Generations(object):
         self.groups = []          # live GroupSockets, oldest first
         self.keep = set(keep_inodes)
         self.abandons = []        # (monotonic time, gen, sockets shut) for diagnostics
+        self.creating = None      # the GroupSockets being created (begin_group..end_group)
 
     def offer(self, msg, committed=None):
         """A generation message arrived.  Newer than every known one: adopt it
@@ -218,21 +221,48 @@ class Generations(object):
                 self.cv.wait(left)
             return dict(self.latest)
 
-    def begin_group(self, gen):
-        """Snapshot sockets before creating generation ``gen``'s group."""
+    def begin_group(self, gen, timeout=60.0):
+        """Snapshot sockets before creating generation ``gen``'s group.
+
+        One creation at a time: a group's sockets are those opened between
+        its begin and its end, so two that overlapped (one formed by a
+        thread, superseded, the next begun meanwhile) would each count the
+        other's, and the first one's end, abandoned, would shut the second's.
+        An older one still being created was abandoned when this generation
+        was offered, so it ends at once."""
+        deadline = time.monotonic() + timeout
+        with self.cv:
+            while True:
+                if self.latest is not None and int(self.latest["gen"]) > gen:
+                    raise Superseded("generation %d superseded by %s" % (gen, self.latest["gen"]))
+                if not self.creating:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError("generation %d: the group of generation %d was still "
+                                       "being created after %.0f s" % (gen, self.creating.gen, timeout))
+                self.cv.wait(left)
+            g = GroupSockets(gen, None)
+            self.groups.append(g)
+            self.creating = g
         before = set(socket_fds().values())
         with self.cv:
-            if self.latest is not None and int(self.latest["gen"]) > gen:
+            g.before = before
+            if g.abandoned:  # a newer generation came during the snapshot
+                self.creating = None
+                self.groups.remove(g)
+                self.cv.notify_all()
                 raise Superseded("generation %d superseded by %s" % (gen, self.latest["gen"]))
-            g = GroupSockets(gen, before)
-            self.groups.append(g)
-            return g
+        return g
 
     def end_group(self, g):
         """Creation returned (or failed): record the group's sockets.
         Returns False when the group was abandoned meanwhile."""
         after = socket_fds()
         with self.cv:
+            if self.creating is g:
+                self.creating = None
+                self.cv.notify_all()
             g.sockets = [(fd, ino) for fd, ino in after.items() if ino not in g.before]
             if g.abandoned:
                 g.shutdown(self.keep)  # sockets opened after the abandon too

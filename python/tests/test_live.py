@@ -182,6 +182,44 @@ class AbandonSocketsTest(unittest.TestCase):
         gens.offer({"type": "generation", "gen": 6})   # arrives during creation
         self.assertFalse(gens.end_group(g))
 
+    def test_one_creation_at_a_time(self):
+        """A group formed by a thread is superseded while it is still being
+        created, and the next one begins: that one waits until the first has
+        ended, so the first one's end (abandoned: it shuts every socket
+        opened since its snapshot) cannot shut the second one's sockets."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 2})
+        g2 = gens.begin_group(2)
+        first = socket.create_connection(("127.0.0.1", port))   # generation 2's
+        f_peer, _ = listener.accept()
+        self.assertTrue(gens.offer({"type": "generation", "gen": 3}))
+        begun = threading.Event()
+        out = {}
+
+        def second():
+            g3 = gens.begin_group(3)
+            begun.set()
+            out["sock"] = socket.create_connection(("127.0.0.1", port))
+            out["peer"], _ = listener.accept()
+            out["ok"] = gens.end_group(g3)
+        t = threading.Thread(target=second)
+        t.start()
+        self.assertFalse(begun.wait(0.3))    # waits for generation 2's creation to end
+        self.assertFalse(gens.end_group(g2))
+        self.assertTrue(begun.wait(5))
+        t.join(5)
+        self.assertTrue(out["ok"])
+        out["sock"].sendall(b"3")            # generation 3's connection works
+        self.assertEqual(out["peer"].recv(1), b"3")
+        f_peer.settimeout(5)
+        self.assertEqual(f_peer.recv(1), b"")  # generation 2's was shut
+        for x in (listener, first, f_peer, out["sock"], out["peer"]):
+            x.close()
+
     def test_abort_is_called_once_outside_the_lock(self):
         """A group's abort (NCCL communicators on torch 2.x) runs once when a
         newer generation abandons it, not again when the job leaves it, and
