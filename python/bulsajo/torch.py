@@ -189,6 +189,8 @@ class Job(object):
         self._reaper = _Reaper()    # frees lazily left groups' backends
         self._formed_ahead = False  # the current group was formed by a thread (_forms_ahead)
         self._grow = False          # the current group is a grow's (no member lost)
+        self._healing = None        # _Heal / _HealPeer: the next step is a healing one
+        self._sending = []          # the source's isend works to healing joiners
         self._running = None        # _InFlight of the current group (live, gloo)
         self._synced = False
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
@@ -221,6 +223,12 @@ class Job(object):
 
     @property
     def world_size(self):
+        """The number of ranks the current step's batch is split over: the
+        group's size, except in a grow's healing step, where the members
+        compute the step without the joiners (see _Heal)."""
+        h = self._healing
+        if h is not None and not h.joiner and self._in_step:
+            return h.contributors  # a healing step: split over the ranks that compute one
         return self._world
 
     @property
@@ -664,6 +672,11 @@ class Job(object):
         ph["leave_destroy"] = _now() - t
         running, self._running = self._running, None
         stuck = running.left() if running is not None else []
+        heal, self._healing = self._healing, None
+        if heal is not None and heal.joiner and not heal.done.is_set():
+            stuck.append(heal)  # its thread's receive ends when the sockets shut
+        stuck.extend(self._sending)  # never waited for: a fault came first
+        self._sending = []
         if lazy:
             # The destructor joins the backend's worker threads and closes
             # its sockets without the GIL (see _hold_backend), on the reaper.
@@ -726,6 +739,9 @@ class Job(object):
             if self._broken is None:
                 self._note_failure("all_reduce", RuntimeError("group abandoned"))
             return False
+        heal = self._healing
+        if heal is not None and heal.joiner and self._in_step:
+            _fill_identity(tensor, op)  # a healing step: the others' result, unchanged
         t = _now()
         try:
             running = self._running if self.live else None
@@ -761,6 +777,8 @@ class Job(object):
         the gradient all-reduce), it runs during the regroup that adopts that
         step, still with the rank/world/generation the step ran under.  A step
         that failed and is redone is reported once, for the run that committed.
+        A joiner's healing step (its first, with zero gradients) is not
+        reported: no share of it was this rank's.
         """
         self._commit_cbs.append(callback)
         return callback
@@ -800,6 +818,7 @@ class Job(object):
                 if not self._link.send({"type": "ready"}, timeout=10.0):
                     raise RuntimeError("bulsajo: could not tell the agent this replacement "
                                        "is ready within 10 s")
+                _warm_up(self._wrappers)  # while the members are told (they train on)
                 self._join_first()
             self._first_sync()
         while True:
@@ -811,13 +830,21 @@ class Job(object):
                 self._recover("generation %d superseded" % self._gen)
                 continue
             if step >= total:
+                if self._healing is not None:
+                    # A grow at the very end: a joiner loads the state now.
+                    ok = self._finish_heal(keep_grads=False)
+                    self._healing = None
+                    if not ok:
+                        self._recover(self._broken)
+                        continue
                 if self._finish(total):
                     return
                 continue
             self._broken = None
             self._opt_called = self._applied = self._skipped = False
-            self._inflight = (step, self._rank, self._world, self._gen)
+            healing = self._healing
             self._in_step = True
+            self._inflight = (step, self._rank, self.world_size, self._gen)
             meter = self._meter
             if meter is not None:
                 meter.begin()
@@ -829,6 +856,12 @@ class Job(object):
             if self._applied and self._skipped:
                 committed = False
                 self._dirty = True
+            if self._sending and healing is None and self._broken is None:
+                self._wait_sends()  # done: the joiners took part in this step
+            if committed and healing is not None and healing.joiner and not healing.loaded:
+                # No optimizer.step() in it: the state before it is the state after.
+                committed = self._finish_heal(keep_grads=False)
+            self._healing = None
             if meter is not None:
                 rep = meter.end(committed and self._broken is None)
                 if rep is not None:
@@ -840,8 +873,9 @@ class Job(object):
                         state.step = step
                 else:
                     state.step = step
-                self._inflight = None
-                self._committed(step, self._rank, self._world, self._gen)
+                inflight, self._inflight = self._inflight, None
+                if healing is None or not healing.joiner:  # a joiner's healing step had no share
+                    self._committed(*inflight)
                 if self.live:
                     self._send({"type": "step", "gen": self._gen, "rank": self._rank,
                                 "step": step})
@@ -858,6 +892,7 @@ class Job(object):
             return True
         t = torch.tensor([self._state.step], dtype=torch.int64, device=self._device)
         if self.all_reduce(t, op=dist.ReduceOp.MIN) and int(t.item()) >= total - 1:
+            self._wait_sends()  # every joiner has loaded the state by now
             # Teardown from here: no step will follow, and that is no hang.
             self._send({"type": "finished", "gen": self._gen, "rank": self._rank,
                         "step": self._state.step})
@@ -928,7 +963,8 @@ class Job(object):
         # both agrees and verifies.
         digest = state.digest() if holder else bytes(32)
         mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
-                             1 if counting else 0] + list(digest), dtype=torch.int64, device=dev)
+                             1 if counting else 0] + list(digest) + [1 if self._can_heal() else 0],
+                            dtype=torch.int64, device=dev)
         rows = [torch.zeros_like(mine) for _ in range(self._world)]
         dist.all_gather(rows, mine, group=self._pg)
         rows = [[int(v) for v in r.tolist()] for r in rows]
@@ -940,11 +976,11 @@ class Job(object):
         source = min(r for r, s in holders if s == best)
         # Holders of the same step whose states differ (models initialised
         # without a common seed; a silent corruption) all take the source's.
-        differ = any(rows[r][4:] != rows[source][4:] for r, s in holders if s == best)
+        differ = any(rows[r][4:36] != rows[source][4:36] for r, s in holders if s == best)
         # Who takes the source's state: replacements, holders behind it, and
         # holders at its step whose digest is not its.
         needy = [r for r, row in enumerate(rows)
-                 if row[1] or row[0] != best or row[4:] != rows[source][4:]]
+                 if row[1] or row[0] != best or row[4:36] != rows[source][4:36]]
         transfer = bool(needy)
         # A few (a grow's joiner, a rank behind) get it point to point and
         # check it against the source's digest (in the agreement's rows)
@@ -953,6 +989,13 @@ class Job(object):
         # while they compute it. Many (a first group whose models differ)
         # get one broadcast and one all-gathered check.
         p2p = 0 < len(needy) <= max(1, self._world // 4)
+        # Joiners (replacements, the last ranks: a grow's) that every rank can
+        # heal do not stop the others: they take part in their first step with
+        # zero gradients while the state arrives, and load it before that
+        # step's optimizer.step() (see _Heal).
+        contributors = self._world - len(needy)
+        heal = (p2p and needy == list(range(contributors, self._world))
+                and all(rows[r][1] for r in needy) and all(row[36] for row in rows))
         counting = any(row[3] for row in rows)
         if differ and counting and self._rank == 0:
             _live._warn("bulsajo: ranks at step %d held different parameters or optimizer "
@@ -961,10 +1004,21 @@ class Job(object):
         t = _now()
         nbytes = 0
         receives = self._rank in needy if p2p else (transfer and self._rank != source)
+        healing = None
+        if heal and receives:
+            # The source's state arrives on a thread; loaded in _finish_heal.
+            healing = _Heal(self._gen, source, bytes(rows[source][4:36]))
+            healing.start(self._pg, dev)
+            receives = False
+            state.step = best  # the step this one is yielded after
 
         def move(x):  # the source's tensor x to the receivers: each (few), or all
             if not p2p:
                 dist.broadcast(x, src=source, group=self._pg)
+            elif self._rank == source and heal:
+                # To healing joiners: sent while this rank goes on to its
+                # step (each work keeps x alive; dropped once completed).
+                self._sending.extend(dist.isend(x, dst=r, group=self._pg) for r in needy)
             elif self._rank == source:
                 for r in needy:
                     dist.send(x, dst=r, group=self._pg)
@@ -986,8 +1040,9 @@ class Job(object):
             if receives:
                 state._load(_tensor_bytes(buf))
                 digest = None  # replaced: hashed again below
-        self._has_state = True
-        self._dirty = False
+        if healing is None:
+            self._has_state = True
+            self._dirty = False
         ph["transfer"] = _now() - t
         t = _now()
         # Buffers are in no digest (broadcast_buffers=False keeps them per rank):
@@ -1000,10 +1055,11 @@ class Job(object):
         t = _now()
         if p2p:
             # A receiver whose state is not the source's stops here, before
-            # it trains: it fails, and the others go on without it.
-            if self._rank in needy:
+            # it trains: it fails, and the others go on without it. (A
+            # healing one checks when it has loaded it: _finish_heal.)
+            if self._rank in needy and healing is None:
                 digest = state.digest()
-                if list(digest) != rows[source][4:]:
+                if list(digest) != rows[source][4:36]:
                     raise StateDivergedError(
                         "bulsajo: after receiving rank %d's state in generation %d this rank's "
                         "parameters and optimizer state are not bit-identical to it" % (source, self._gen))
@@ -1029,6 +1085,10 @@ class Job(object):
             self._meter.reset()  # a new group warms up again (DDP rebuilds its buckets)
         self._synced = True
         self._broken = None
+        # The next step is a healing one: the joiners' gradients are zeros
+        # and the others' are averaged over themselves (_allreduce_hook),
+        # who see the world they split the batch over without the joiners.
+        self._healing = healing or (_HealPeer(self._gen, contributors) if heal else None)
         inflight, self._inflight = self._inflight, None
         lost = 0
         if inflight is not None:
@@ -1043,7 +1103,8 @@ class Job(object):
                 "seconds": round(_now() - t0, 4), "attempts": attempts,
                 "replacement": not holder,
                 "source": source, "transferred_bytes": nbytes, "step": state.step,
-                "lost_steps": lost, "verified": True, "digest": digest.hex()[:16],
+                "lost_steps": lost, "verified": healing is None,
+                "digest": digest.hex()[:16] if healing is None else None,
                 "states_differed": differ,
                 # the group was formed by a thread while training (a grow) or the
                 # failed step (a fault) went on
@@ -1051,7 +1112,68 @@ class Job(object):
                 "grow": self._grow,
                 # where the regroup's time went, in seconds (this rank's view)
                 "phases": {k: round(v, 4) for k, v in ph.items()},
+                # a joiner that took part in its first step with zero gradients
+                "healed": healing is not None,
             })
+            if healing is not None:
+                healing.record = self.history[-1]  # completed by _finish_heal
+        return True
+
+    def _wait_sends(self):
+        """The source: wait for its sends to healing joiners (gloo completes
+        a send's work only in wait()). Called once a joiner has loaded the
+        state (a step after its healing step committed, or the end), when it
+        returns at once; a fault hands them to _leave_group instead."""
+        sending, self._sending = self._sending, []
+        for w in sending:
+            w.wait()
+
+    def _can_heal(self):
+        """Whether this rank can take part in a healing step (_Heal): gloo,
+        the gradients all-reduced by our DDP hook, the state loaded at
+        optimizer.step(). BULSAJO_HEAL=0 turns it off."""
+        st = self._state
+        return (self.backend == "gloo" and bool(self._wrappers) and st is not None
+                and st.optimizer is not None and os.environ.get("BULSAJO_HEAL", "1") != "0")
+
+    def _finish_heal(self, keep_grads):
+        """A healing joiner: take the source's state (received by the
+        thread), check it against the source's digest. False: not received
+        (the group broke): the step fails. keep_grads: loaded inside the
+        step, before optimizer.step() applies the step's averaged gradient."""
+        h = self._healing
+        if h is None or not h.joiner or h.loaded:
+            return True
+        t = _now()
+        if not h.done.wait(GROUP_TIMEOUT_S):
+            self._note_failure("state transfer", RuntimeError(
+                "the state from rank %d did not arrive within %d s" % (h.source, GROUP_TIMEOUT_S)))
+            return False
+        if h.error is not None:
+            self._note_failure("state transfer", h.error)
+            return False
+        waited = _now() - t
+        t = _now()
+        state = self._state
+        state._apply(h.data, keep_grads=keep_grads)
+        h.data = None
+        self._has_state = True
+        self._dirty = False
+        loaded = _now() - t
+        t = _now()
+        digest = state.digest()
+        if digest != h.expect:
+            raise StateDivergedError(
+                "bulsajo: after receiving rank %d's state in generation %d this rank's "
+                "parameters and optimizer state are not bit-identical to it" % (h.source, h.gen))
+        h.loaded = True
+        rec = h.record
+        if rec is not None:
+            rec["transferred_bytes"] = h.nbytes
+            rec["verified"] = True
+            rec["digest"] = digest.hex()[:16]
+            rec["phases"].update({"heal_wait": round(waited, 4), "heal_load": round(loaded, 4),
+                                  "verify": round(_now() - t, 4)})
         return True
 
     def close(self):
@@ -1379,6 +1501,82 @@ class _InFlight(object):
             return [f for f in self.stuck if not f.done()]
 
 
+class _HealPeer(object):
+    """A rank that computes a healing step: its gradient is averaged over
+    the ``contributors`` ranks that compute one (the first ranks)."""
+    joiner = False
+    loaded = True
+
+    def __init__(self, gen, contributors):
+        self.gen = gen
+        self.contributors = contributors
+
+
+class _Heal(object):
+    """A grow's joiner in its healing step (torchft's name): the first step
+    of its group, in which it does not stop the others. It takes part in the
+    step's collectives with zero gradients (an identity for job.all_reduce)
+    while a thread receives the source's state point to point; at the
+    step's optimizer.step() it loads that state, checks it against the
+    source's digest from the agreement, and applies the gradient the others
+    averaged, so that it ends the step where they do. The others compute the
+    step as the world without the joiners (job.world_size), so it is the
+    same step they would have taken before the grow: no sample is skipped."""
+    joiner = True
+
+    def __init__(self, gen, source, expect):
+        self.gen = gen
+        self.source = source
+        self.expect = expect      # the source's digest (the agreement's row)
+        self.done = threading.Event()
+        self.data = None
+        self.nbytes = 0
+        self.error = None
+        self.loaded = False
+        self.record = None        # this regroup's history entry
+
+    def start(self, pg, device):
+        t = threading.Thread(target=self._run, args=([pg], device), daemon=True,
+                             name="bulsajo-heal-gen%d" % self.gen)
+        try:
+            t.start()
+        except RuntimeError as e:
+            self.error = e
+            self.done.set()
+
+    def _run(self, box, device):
+        try:
+            pg = box.pop()
+            n = torch.zeros(1, dtype=torch.int64, device=device)
+            dist.recv(n, src=self.source, group=pg)
+            buf = torch.empty(int(n.item()), dtype=torch.uint8, device=device)
+            dist.recv(buf, src=self.source, group=pg)
+            self.nbytes = int(n.item())
+            self.data = _decode_state(_tensor_bytes(buf))  # here, not in the step
+        except Exception as e:
+            self.error = e
+        finally:
+            pg = None  # never the last reference to the group (see _HookState)
+            self.done.set()
+
+    def wait(self):  # for _free_when_done
+        self.done.wait()
+
+
+def _fill_identity(tensor, op):
+    """Fill ``tensor`` with op's identity (SUM, PRODUCT, MIN, MAX)."""
+    R = dist.ReduceOp
+    if op == R.SUM:
+        tensor.zero_()
+    elif op == R.PRODUCT:
+        tensor.fill_(1)
+    elif op in (R.MIN, R.MAX):
+        big = torch.finfo(tensor.dtype).max if tensor.is_floating_point() else \
+            torch.iinfo(tensor.dtype).max
+        low = -big if tensor.is_floating_point() else torch.iinfo(tensor.dtype).min
+        tensor.fill_(big if op == R.MIN else low)
+
+
 class _Reaper(object):
     """One thread that frees the backends of groups left lazily (a clean
     grow's old group), so that the switch only hands one over: starting a
@@ -1423,6 +1621,27 @@ class _Reaper(object):
                 if ref is not None and ref() is None:
                     self.freed += 1
             del item
+
+
+def _warm_up(wrappers):
+    """A replacement's first backward costs 10-15 ms more than the next on
+    this machine (a fork's intra-op thread pool and autograd's first use
+    start then): at its first step, the members wait for it. A small
+    product and a backward through the model's parameters (their .grad put
+    back) take that cost while the replacement waits to be admitted. Uses
+    no random numbers and changes no parameter."""
+    try:
+        with torch.enable_grad():
+            w = torch.full((64, 64), 0.5, requires_grad=True)
+            (w @ w).relu().sum().backward()
+            params = [p for x in wrappers for p in x.module.parameters() if p.requires_grad]
+            if params:
+                saved = [p.grad for p in params]
+                sum(p.sum() for p in params).backward()
+                for p, g in zip(params, saved):
+                    p.grad = g
+    except Exception:
+        pass  # only a warm-up
 
 
 def _free_when_done(holder, futs):
@@ -1597,7 +1816,14 @@ def _allreduce_hook(hs, bucket):
                  or (group is not None and group.abandoned)):
         job._note_failure("gradient all-reduce", RuntimeError("group is gone"))
         return _done_future(buf)  # the group is already known broken
-    buf.div_(hs.world)
+    heal = job._healing
+    if live and heal is not None and heal.gen == hs.gen:
+        if heal.joiner:
+            buf.zero_()  # a healing step: this rank's gradient is not the model's
+        else:
+            buf.div_(heal.contributors)
+    else:
+        buf.div_(hs.world)
     meter = job._meter
     if meter is not None:
         meter.bucket_ready()
@@ -1755,6 +1981,11 @@ class State(object):
             if job.live and job._broken is not None:
                 job._skipped = True
                 return None
+            # A healing joiner: the state before this step, under the
+            # gradient the others averaged (in .grad, kept by the load).
+            if job.live and not job._finish_heal(keep_grads=True):
+                job._skipped = True
+                return None
             out = orig(*args, **kwargs)
             job._applied = True
             return out
@@ -1790,11 +2021,10 @@ class State(object):
         torch.save(payload, buf)
         return buf.getvalue()
 
-    def _load(self, data):
-        try:
-            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        except TypeError:  # torch without weights_only
-            payload = torch.load(io.BytesIO(data), map_location="cpu")
+    def _load(self, data, keep_grads=False):
+        self._apply(_decode_state(data), keep_grads)
+
+    def _apply(self, payload, keep_grads=False):
         _unwrap(self.model).load_state_dict(payload["model"])
         if self.optimizer is not None and payload["optimizer"] is not None:
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -1808,8 +2038,9 @@ class State(object):
                 cur.load_state_dict(v)
             else:
                 self.extra[k] = v
-        for p in _unwrap(self.model).parameters():
-            p.grad = None
+        if not keep_grads:
+            for p in _unwrap(self.model).parameters():
+                p.grad = None
 
     def digest(self):
         """SHA-256 over all parameters and optimizer state tensors (fixed order)."""
@@ -1831,6 +2062,14 @@ class State(object):
                         else:
                             h.update(repr(v).encode())
         return h.digest()
+
+
+def _decode_state(data):
+    """State._serialize's bytes back to its payload (tensors on the CPU)."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except TypeError:  # torch without weights_only
+        return torch.load(io.BytesIO(data), map_location="cpu")
 
 
 def _hash_tensor(h, t):

@@ -462,16 +462,22 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
     data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
     steps, go = int(sys.argv[2]), sys.argv[3]
     if os.environ.get("BAD_LOAD"):  # a receiver whose copy comes out different
-        load = bj.State._load
-        def bad_load(self, data):
-            load(self, data)
+        apply = bj.State._apply
+        def bad_apply(self, payload, keep_grads=False):
+            apply(self, payload, keep_grads)
             with torch.no_grad():
                 net.bias.add_(1e-3)
-        bj.State._load = bad_load
+        bj.State._apply = bad_apply
     gens = []
+    worlds = {}  # step -> the world size the step saw (job.world_size)
+    sums = {}    # step -> job.all_reduce's sum of rank + 1
     for step in job.steps(steps, state):
         if not gens or gens[-1][0] != job.generation:
             gens.append((job.generation, step))
+        worlds[step] = job.world_size
+        ranks = torch.tensor([float(job.rank + 1)])
+        if job.all_reduce(ranks):
+            sums[step] = ranks.item()  # a healing joiner adds nothing
         while job.generation == 2 and step >= 30 and not os.path.exists(go):
             time.sleep(0.01)  # the members wait for their joiner, however slow its start
         opt.zero_grad()
@@ -480,7 +486,8 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
         time.sleep(0.02)
     with open(out % job.rank, "w") as f:
         json.dump({"digest": state.digest().hex(), "history": job.history,
-                   "gens": gens, "step": state.step, "reaped": job._reaper.freed}, f)
+                   "gens": gens, "step": state.step, "reaped": job._reaper.freed,
+                   "worlds": worlds, "sums": sums}, f)
     job.close()
 """)
 
@@ -549,6 +556,44 @@ class GrowFormedAheadTest(FakeAgentCase):
         self.assertTrue(jh[0]["replacement"])
         self.assertGreater(jh[0]["transferred_bytes"], 0)
         self.assertEqual(res[2]["reaped"], 0)
+        # The joiner's first step was a healing one: it took part with zero
+        # gradients while the state came, loaded and checked it at that
+        # step's optimizer.step(); the members computed that step as the
+        # world of 2 they were, and then as 3.
+        s = min(first3)
+        self.assertTrue(jh[0]["healed"], jh)
+        self.assertTrue(jh[0]["verified"], jh)
+        src = [h for h in res[0]["history"] if h["gen"] == 3][0]
+        self.assertEqual(jh[0]["digest"], src["digest"])  # what it loaded is the source's
+        self.assertIn("heal_load", jh[0]["phases"], jh)
+        for r in range(2):
+            self.assertEqual(res[r]["worlds"][str(s)], 2, (s, res[r]["worlds"]))
+            self.assertEqual(res[r]["worlds"][str(s + 1)], 3)
+        self.assertEqual(res[2]["worlds"][str(s)], 3)
+        for r in range(3):  # the joiner's job.all_reduce gave the identity
+            self.assertEqual(res[r]["sums"][str(s)], 3.0, (r, s))
+            self.assertEqual(res[r]["sums"][str(s + 1)], 6.0, (r, s))
+
+    def test_a_joiner_that_cannot_heal_is_sent_the_state_first(self):
+        """One rank that cannot take part in a healing step (BULSAJO_HEAL=0
+        here) and nobody does: the joiner receives and checks the state
+        before its first step, which all compute as the world of 3."""
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        members, j, at = self.shrink_then_joiner(script, out, 200, 2,
+                                                 joiner_env={"BULSAJO_HEAL": "0"})
+        codes = a.wait_exit(members + [j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(3)]
+        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        jh = res[2]["history"]
+        self.assertFalse(jh[0]["healed"], jh)
+        self.assertTrue(jh[0]["verified"], jh)
+        self.assertGreater(jh[0]["transferred_bytes"], 0)
+        s = res[2]["gens"][0][1]
+        for r in range(3):
+            self.assertEqual(res[r]["worlds"][str(s)], 3, (r, s, res[r]["worlds"]))
 
     def test_fault_while_grow_pending_drops_its_group(self):
         a = self.agent
@@ -576,8 +621,9 @@ class GrowFormedAheadTest(FakeAgentCase):
     def test_a_receiver_whose_copy_differs_fails_alone(self):
         """The joiner checks the state it received against the source's
         digest itself; the members do not wait for that check. A copy that
-        comes out different ends the joiner before it trains a step, with
-        the error, and the members go on without it, unchanged."""
+        comes out different ends the joiner at its first (healing) step's
+        optimizer.step(), before it applies anything, with the error, and
+        the members go on without it, unchanged."""
         a = self.agent
         script = self.script("grow_worker.py", GROW_WORKER)
         out = os.path.join(self.tmp, "result%d.json")

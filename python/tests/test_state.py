@@ -20,6 +20,9 @@ class _StubJob(object):
         self._broken = broken
         self._opt_called = self._applied = self._skipped = False
 
+    def _finish_heal(self, keep_grads):
+        return True  # not a healing joiner
+
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
 class SchedulerWithStateTest(unittest.TestCase):
@@ -77,6 +80,31 @@ class SchedulerWithStateTest(unittest.TestCase):
                 opt.step()
                 self.assertFalse(self.torch.equal(before, model.weight))
                 self.assertTrue(state._job._applied)
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class HealIdentityTest(unittest.TestCase):
+    """A healing joiner's job.all_reduce contribution is the op's identity:
+    the others' result comes out unchanged."""
+
+    def test_identity_per_op_and_dtype(self):
+        import torch
+        import torch.distributed as dist
+        from bulsajo import torch as bj
+        R = dist.ReduceOp
+        cases = [
+            (R.SUM, torch.float32, 0.0), (R.SUM, torch.int64, 0),
+            (R.PRODUCT, torch.float32, 1.0), (R.PRODUCT, torch.int64, 1),
+            (R.MIN, torch.float32, torch.finfo(torch.float32).max),
+            (R.MIN, torch.int64, torch.iinfo(torch.int64).max),
+            (R.MAX, torch.float64, -torch.finfo(torch.float64).max),
+            (R.MAX, torch.int32, torch.iinfo(torch.int32).min),
+        ]
+        for op, dtype, want in cases:
+            with self.subTest(op=str(op), dtype=str(dtype)):
+                t = torch.full((3,), 7, dtype=dtype)
+                bj._fill_identity(t, op)
+                self.assertTrue(torch.equal(t, torch.full((3,), want, dtype=dtype)), t)
 
 
 if __name__ == "__main__":
