@@ -32,6 +32,7 @@ type rankResult struct {
 		Verified    bool    `json:"verified"`
 		Replacement bool    `json:"replacement"`
 		FormedAhead bool    `json:"formed_ahead"`
+		Healed      bool    `json:"healed"`
 	} `json:"history"`
 }
 
@@ -144,6 +145,19 @@ func TestLiveRecoveryInvariants(t *testing.T) {
 	}
 	if ahead == 0 {
 		t.Error("no member's history records a grow")
+	}
+	// A joiner took its first step as a healing one (zero gradients while
+	// the state came), so the sample check below covers that step.
+	healed := 0
+	for _, rr := range rs.ranks {
+		for _, h := range rr.History {
+			if h.Replacement && h.Healed {
+				healed++
+			}
+		}
+	}
+	if healed == 0 {
+		t.Error("no joiner's history records a healing step")
 	}
 
 	// No sample skipped or seen twice: each step's ids, over all ranks that
