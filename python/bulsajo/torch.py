@@ -71,6 +71,10 @@ __all__ = ["init", "current_job", "Job", "DistributedDataParallel", "State",
 
 FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling the agent
 GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
+# The agreement row (_sync): step, needs the state, regroups, counting, the
+# SHA-256 digest (32 values), can heal.
+_ROW_DIGEST = slice(4, 36)
+_ROW_HEAL = 36
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
 # After a newer generation abandons a group, a gloo collective still running
 # this long is stuck and is released (see _InFlight).  gloo fails the others
@@ -976,11 +980,12 @@ class Job(object):
         source = min(r for r, s in holders if s == best)
         # Holders of the same step whose states differ (models initialised
         # without a common seed; a silent corruption) all take the source's.
-        differ = any(rows[r][4:36] != rows[source][4:36] for r, s in holders if s == best)
+        differ = any(rows[r][_ROW_DIGEST] != rows[source][_ROW_DIGEST]
+                     for r, s in holders if s == best)
         # Who takes the source's state: replacements, holders behind it, and
         # holders at its step whose digest is not its.
         needy = [r for r, row in enumerate(rows)
-                 if row[1] or row[0] != best or row[4:36] != rows[source][4:36]]
+                 if row[1] or row[0] != best or row[_ROW_DIGEST] != rows[source][_ROW_DIGEST]]
         transfer = bool(needy)
         # A few (a grow's joiner, a rank behind) get it point to point and
         # check it against the source's digest (in the agreement's rows)
@@ -995,7 +1000,7 @@ class Job(object):
         # step's optimizer.step() (see _Heal).
         contributors = self._world - len(needy)
         heal = (p2p and needy == list(range(contributors, self._world))
-                and all(rows[r][1] for r in needy) and all(row[36] for row in rows))
+                and all(rows[r][1] for r in needy) and all(row[_ROW_HEAL] for row in rows))
         counting = any(row[3] for row in rows)
         if differ and counting and self._rank == 0:
             _live._warn("bulsajo: ranks at step %d held different parameters or optimizer "
@@ -1007,7 +1012,7 @@ class Job(object):
         healing = None
         if heal and receives:
             # The source's state arrives on a thread; loaded in _finish_heal.
-            healing = _Heal(self._gen, source, bytes(rows[source][4:36]))
+            healing = _Heal(self._gen, source, bytes(rows[source][_ROW_DIGEST]))
             healing.start(self._pg, dev)
             receives = False
             state.step = best  # the step this one is yielded after
@@ -1059,7 +1064,7 @@ class Job(object):
             # healing one checks when it has loaded it: _finish_heal.)
             if self._rank in needy and healing is None:
                 digest = state.digest()
-                if list(digest) != rows[source][4:36]:
+                if list(digest) != rows[source][_ROW_DIGEST]:
                     raise StateDivergedError(
                         "bulsajo: after receiving rank %d's state in generation %d this rank's "
                         "parameters and optimizer state are not bit-identical to it" % (source, self._gen))
@@ -1505,7 +1510,6 @@ class _HealPeer(object):
     """A rank that computes a healing step: its gradient is averaged over
     the ``contributors`` ranks that compute one (the first ranks)."""
     joiner = False
-    loaded = True
 
     def __init__(self, gen, contributors):
         self.gen = gen
