@@ -42,6 +42,7 @@ failed collective's process is a survivor.
 """
 
 import atexit
+import collections
 import contextlib
 import ctypes
 import datetime
@@ -72,9 +73,18 @@ __all__ = ["init", "current_job", "Job", "DistributedDataParallel", "State",
 FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling the agent
 GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 # The agreement row (_sync): step, needs the state, regroups, counting, the
-# SHA-256 digest (32 values), can heal.
+# SHA-256 digest (32 values), can heal (0 no, 1 if it pays, 2 always), a
+# step's time for the whole batch and the state's send cost (µs, _heal_pays).
 _ROW_DIGEST = slice(4, 36)
 _ROW_HEAL = 36
+_ROW_BATCH_US = 37
+_ROW_SEND_US = 38
+# A joiner that is sent the state before its first step stops the members for
+# the wire and its own decoding, loading and hashing of the state (each about
+# one pass over it, as long as a holder's digest: _heal_pays); the wire is
+# priced at 1 GB/s (10 Gb Ethernet; loopback is faster).
+SEND_PASSES = 3
+WIRE_BYTES_PER_S = 1e9
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
 # After a newer generation abandons a group, a gloo collective still running
 # this long is stuck and is released (see _InFlight).  gloo fails the others
@@ -867,7 +877,7 @@ class Job(object):
                 committed = self._finish_heal(keep_grads=False)
             self._healing = None
             if meter is not None:
-                rep = meter.end(committed and self._broken is None)
+                rep = meter.end(committed and self._broken is None, self._world)
                 if rep is not None:
                     rep.update({"type": "work", "gen": self._gen, "rank": self._rank})
                     self._send(rep)
@@ -965,9 +975,17 @@ class Job(object):
         # A holder's digest goes with its step: when nobody needs the state
         # (a shrink: every survivor holds the same step), this one round
         # both agrees and verifies.
+        t_digest = _now()
         digest = state.digest() if holder else bytes(32)
+        send_us = 0
+        if holder:
+            t_digest = _now() - t_digest
+            nbytes = getattr(state, "_digest_bytes", 0)
+            send_us = int(1e6 * (SEND_PASSES * t_digest + nbytes / WIRE_BYTES_PER_S))
+        batch = self._meter.batch_time() if self._meter is not None else 0.0
         mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
-                             1 if counting else 0] + list(digest) + [1 if self._can_heal() else 0],
+                             1 if counting else 0] + list(digest)
+                            + [self._can_heal(), int(1e6 * batch), send_us],
                             dtype=torch.int64, device=dev)
         rows = [torch.zeros_like(mine) for _ in range(self._world)]
         dist.all_gather(rows, mine, group=self._pg)
@@ -1001,6 +1019,12 @@ class Job(object):
         contributors = self._world - len(needy)
         heal = (p2p and needy == list(range(contributors, self._world))
                 and all(rows[r][1] for r in needy) and all(row[_ROW_HEAL] for row in rows))
+        estimate = None
+        if heal:
+            # Only where the members' extra compute costs less than stopping
+            # them for the state (the same rows on every rank: the same choice).
+            pays, estimate = _heal_pays(rows, len(needy), self._world)
+            heal = pays or any(row[_ROW_HEAL] == 2 for row in rows)
         counting = any(row[3] for row in rows)
         if differ and counting and self._rank == 0:
             _live._warn("bulsajo: ranks at step %d held different parameters or optimizer "
@@ -1119,6 +1143,9 @@ class Job(object):
                 "phases": {k: round(v, 4) for k, v in ph.items()},
                 # a joiner that took part in its first step with zero gradients
                 "healed": healing is not None,
+                # a grow that could heal: [the members' extra compute in a healing
+                # step, stopping them for the state] in ms, as estimated (_heal_pays)
+                "heal_estimate": estimate,
             })
             if healing is not None:
                 healing.record = self.history[-1]  # completed by _finish_heal
@@ -1136,10 +1163,13 @@ class Job(object):
     def _can_heal(self):
         """Whether this rank can take part in a healing step (_Heal): gloo,
         the gradients all-reduced by our DDP hook, the state loaded at
-        optimizer.step(). BULSAJO_HEAL=0 turns it off."""
+        optimizer.step(). 0: it cannot (or BULSAJO_HEAL=0); 1: where it pays
+        (_heal_pays); 2: always (BULSAJO_HEAL=1)."""
         st = self._state
-        return (self.backend == "gloo" and bool(self._wrappers) and st is not None
-                and st.optimizer is not None and os.environ.get("BULSAJO_HEAL", "1") != "0")
+        if not (self.backend == "gloo" and bool(self._wrappers) and st is not None
+                and st.optimizer is not None):
+            return 0
+        return {"0": 0, "1": 2}.get(os.environ.get("BULSAJO_HEAL", ""), 1)
 
     def _finish_heal(self, keep_grads):
         """A healing joiner: take the source's state (received by the
@@ -1678,6 +1708,24 @@ def _tensor_bytes(t):
 
 # ------------------------------------------------------------------ work time
 
+def _heal_pays(rows, k, world):
+    """Whether a grow's k joiners (of world) should heal rather than be sent
+    the state first, from the agreement's rows (so every rank decides alike),
+    and the estimate [extra ms, send ms].  In a healing step the members
+    compute the step as the world of world-k: batch/(world-k) each instead
+    of batch/world, k*batch/(world*(world-k)) more, where batch is a step's
+    time for the whole batch (a step's time times its world).  Sending first
+    stops them for the state's send cost, as its holders priced it.  No
+    timings yet (a grow before any step was timed): heal."""
+    holders = [row for row in rows if row[1] == 0]
+    batch = sorted(row[_ROW_BATCH_US] for row in holders if row[_ROW_BATCH_US] > 0)
+    if not batch:
+        return True, None
+    extra = batch[len(batch) // 2] * k / (world * (world - k))
+    send = max(row[_ROW_SEND_US] for row in holders)
+    return extra <= send, [round(extra / 1e3, 2), round(send / 1e3, 2)]
+
+
 class _WorkMeter(object):
     """A rank's work time: the time of its steps without the time it waited
     in collectives, reported to the agent once a second (live mode) for
@@ -1695,7 +1743,15 @@ class _WorkMeter(object):
 
     def __init__(self, cuda):
         self.cuda = cuda
+        # A committed step's wall time times its world (the whole batch's
+        # time, comparable across worlds), over regroups: _heal_pays.
+        self.batch_walls = collections.deque(maxlen=32)
         self.reset()
+
+    def batch_time(self):
+        """The median of batch_walls, seconds; 0.0 before any."""
+        w = sorted(self.batch_walls)
+        return w[len(w) // 2] if w else 0.0
 
     def reset(self):
         self.skip = WORK_WARMUP_STEPS
@@ -1731,8 +1787,9 @@ class _WorkMeter(object):
         if self.reduced_t is None or t > self.reduced_t:
             self.reduced_t = t
 
-    def end(self, committed):
-        """Account for the step just run; returns a report to send, or None."""
+    def end(self, committed, world=1):
+        """Account for the step just run (in a group of world ranks);
+        returns a report to send, or None."""
         t1 = _now()
         if self.t0 is None:
             return None
@@ -1744,6 +1801,7 @@ class _WorkMeter(object):
             self.skip -= 1
             self.t_window = t1
             return None
+        self.batch_walls.append(wall * world)
         if self.cuda:
             if self.ev1 is not None:
                 self.pending.append((self.ev0, self.ev1, wall))
@@ -1970,6 +2028,7 @@ class State(object):
         self.extra = dict(extra)
         self.step = -1
         self._job = None
+        self._digest_bytes = 0
         if optimizer is not None:
             self._wrap(optimizer)
 
@@ -2050,9 +2109,10 @@ class State(object):
         """SHA-256 over all parameters and optimizer state tensors (fixed order)."""
         h = hashlib.sha256()
         h.update(str(self.step).encode())
+        n = 0
         params = list(_unwrap(self.model).parameters())
         for p in params:
-            _hash_tensor(h, p)
+            n += _hash_tensor(h, p)
         opt = self.optimizer
         if opt is not None:
             for group in opt.param_groups:
@@ -2062,9 +2122,10 @@ class State(object):
                         h.update(str(k).encode())
                         v = st[k]
                         if torch.is_tensor(v):
-                            _hash_tensor(h, v)
+                            n += _hash_tensor(h, v)
                         else:
                             h.update(repr(v).encode())
+        self._digest_bytes = n  # what was hashed: about what a transfer sends
         return h.digest()
 
 
@@ -2077,11 +2138,14 @@ def _decode_state(data):
 
 
 def _hash_tensor(h, t):
+    """Hash t's dtype, shape and bytes into h; returns the bytes' count."""
     t = t.detach().cpu().contiguous()
     h.update(str(t.dtype).encode())
     h.update(str(tuple(t.shape)).encode())
-    if t.numel():
-        h.update(ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()))
+    n = t.numel() * t.element_size()
+    if n:
+        h.update(ctypes.string_at(t.data_ptr(), n))
+    return n
 
 
 # ---------------------------------------------------------------------- sampler

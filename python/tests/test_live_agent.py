@@ -382,11 +382,11 @@ class FakeAgentCase(unittest.TestCase):
             f.write(text)
         return path
 
-    def start_world(self, argv, world=3):
+    def start_world(self, argv, world=3, env=None):
         """Ranks 0..world-1 of generation 1 running ``argv``, each past its
         hello; returns their pids in rank order."""
         port = free_port()
-        pids = [self.agent.spawn(argv, gen=1, rank=r, world=world, port=port).pid
+        pids = [self.agent.spawn(argv, gen=1, rank=r, world=world, port=port, env=env).pid
                 for r in range(world)]
         self.agent.wait_hello(pids)
         return pids

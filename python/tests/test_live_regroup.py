@@ -500,14 +500,17 @@ class GrowFormedAheadTest(FakeAgentCase):
     grow is pending drops the group formed for it, and the job goes on."""
     tmp_prefix = "bulsajo-live-grow-"
 
-    def shrink_then_joiner(self, script, out, steps, at_ahead, joiner_env=None):
+    def shrink_then_joiner(self, script, out, steps, at_ahead, joiner_env=None, env=None):
         """3 ranks, rank 2 killed, the 2 survivors regrouped; a joiner made
         ready and the grow (generation 3) sent to all, at_ahead steps past
-        the survivors' latest step. Returns (survivors, joiner pid, at_step)."""
+        the survivors' latest step. Returns (survivors, joiner pid, at_step).
+        env: every rank's (BULSAJO_HEAL=1 by default: the grow heals)."""
         a = self.agent
         go = os.path.join(self.tmp, "go")
         argv = [script, out, str(steps), go]
-        pids = self.start_world(argv)
+        env = {"BULSAJO_HEAL": "1"} if env is None else env
+        joiner_env = dict(env, **(joiner_env or {}))
+        pids = self.start_world(argv, env=env)
         a.wait_for(lambda: a.all_reached(pids, 10), 60, "gen 1 steps")
         a.kill(pids[2])
         members = pids[:2]
@@ -573,6 +576,31 @@ class GrowFormedAheadTest(FakeAgentCase):
         for r in range(3):  # the joiner's job.all_reduce gave the identity
             self.assertEqual(res[r]["sums"][str(s)], 3.0, (r, s))
             self.assertEqual(res[r]["sums"][str(s + 1)], 6.0, (r, s))
+
+    def test_a_grow_heals_where_it_pays(self):
+        """BULSAJO_HEAL unset: every rank prices the grow alike from the
+        agreement's rows (the members' extra compute in a healing step
+        against stopping them for the state), and it heals exactly when
+        the first costs no more."""
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        members, j, at = self.shrink_then_joiner(script, out, 200, 2, env={})
+        codes = a.wait_exit(members + [j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(3)]
+        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        grow = [[h for h in res[r]["history"] if h["gen"] == 3][0] for r in range(3)]
+        est = grow[0]["heal_estimate"]
+        self.assertIsNotNone(est, grow)
+        extra, send = est
+        self.assertGreater(extra, 0, est)  # the members' steps were timed
+        self.assertGreater(send, 0, est)   # and the state priced
+        self.assertEqual([g["heal_estimate"] for g in grow], [est] * 3, grow)
+        self.assertEqual(grow[2]["healed"], extra <= send, grow)
+        s = res[2]["gens"][0][1]
+        for r in range(2):  # a healing step is computed as the world of 2
+            self.assertEqual(res[r]["worlds"][str(s)], 2 if extra <= send else 3, (r, s, est))
 
     def test_a_joiner_that_cannot_heal_is_sent_the_state_first(self):
         """One rank that cannot take part in a healing step (BULSAJO_HEAL=0

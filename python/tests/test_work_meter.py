@@ -84,3 +84,91 @@ class WorkMeterTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class BatchTimeTest(unittest.TestCase):
+    """A step's time times its world (the whole batch's time): what a
+    member puts in the agreement row for _heal_pays. It spans regroups."""
+
+    def setUp(self):
+        import bulsajo.torch as bj
+        self.bj = bj
+        self.t = 100.0
+        self._now = bj._now
+        bj._now = lambda: self.t
+        self.m = bj._WorkMeter(False)
+
+    def tearDown(self):
+        self.bj._now = self._now
+
+    def step(self, wall, world, committed=True):
+        self.m.begin()
+        self.t += wall
+        self.m.end(committed, world)
+
+    def test_median_over_worlds_and_regroups(self):
+        self.assertEqual(self.m.batch_time(), 0.0)
+        for _ in range(3):
+            self.step(9.0, 4)  # warm-up: left out
+        for _ in range(5):
+            self.step(0.1, 4)  # 0.4 s for the batch
+        self.step(5.0, 4, committed=False)  # a failed step: left out
+        self.m.reset()  # a regroup to 3: warms up again, keeps the times
+        for _ in range(3):
+            self.step(9.0, 3)
+        self.assertAlmostEqual(self.m.batch_time(), 0.4)
+        for _ in range(6):
+            self.step(0.15, 3)  # 0.45 s for the batch
+        self.assertAlmostEqual(self.m.batch_time(), 0.45)
+        for _ in range(100):
+            self.step(0.2, 2)  # bounded: the last 32 only
+        self.assertEqual(len(self.m.batch_walls), 32)
+        self.assertAlmostEqual(self.m.batch_time(), 0.4)
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class HealPaysTest(unittest.TestCase):
+    """_heal_pays: a grow's k joiners heal when the members' extra compute
+    in the healing step (k*batch/(N*(N-k))) costs no more than stopping
+    them for the state (its holders' price)."""
+
+    @staticmethod
+    def row(needs, batch_us, send_us):
+        import bulsajo.torch as bj
+        r = [0] * (bj._ROW_SEND_US + 1)
+        r[1], r[bj._ROW_BATCH_US], r[bj._ROW_SEND_US] = needs, batch_us, send_us
+        return r
+
+    def test_table(self):
+        import bulsajo.torch as bj
+        R = self.row
+        cases = [
+            # (name, rows, k, want heal, want estimate [extra ms, send ms])
+            ("small transformer: a third of a step against a small state",
+             [R(0, 760000, 9000)] * 3 + [R(1, 0, 0)], 1, False, [63.33, 9.0]),
+            ("mlp: even, heals when the extra is no more",
+             [R(0, 68000, 6000)] * 3 + [R(1, 0, 0)], 1, True, [5.67, 6.0]),
+            ("mlp: a cheaper state is sent first",
+             [R(0, 68000, 5000)] * 3 + [R(1, 0, 0)], 1, False, [5.67, 5.0]),
+            ("large world, large state: heal",
+             [R(0, 256 * 1000000, 4000000)] * 255 + [R(1, 0, 0)], 1, True, [3.92, 4000.0]),
+            ("large world, a tiny state, heavy steps",
+             [R(0, 256 * 1000000, 1000)] * 255 + [R(1, 0, 0)], 1, False, [3.92, 1.0]),
+            ("two joiners of 4: 2/(4*2) of the batch",
+             [R(0, 400000, 30000)] * 2 + [R(1, 0, 0)] * 2, 2, False, [100.0, 30.0]),
+            ("the median holder's batch, the dearest holder's send",
+             [R(0, 100000, 1000), R(0, 900000, 2000), R(0, 200000, 40000), R(1, 0, 0)],
+             1, True, [16.67, 40.0]),
+            ("joiners' rows are not timings",
+             [R(0, 120000, 1000)] * 3 + [R(1, 1, 99999999)], 1, False, [10.0, 1.0]),
+            ("no step timed yet: heal", [R(0, 0, 5000)] * 3 + [R(1, 0, 0)], 1, True, None),
+        ]
+        for name, rows, k, want, est in cases:
+            with self.subTest(name):
+                pays, got = bj._heal_pays(rows, k, len(rows))
+                self.assertEqual(pays, want, got)
+                if est is None:
+                    self.assertIsNone(got)
+                else:
+                    self.assertEqual(got, est)
