@@ -480,6 +480,11 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
             sums[step] = ranks.item()  # a healing joiner adds nothing
         while job.generation == 2 and step >= 30 and not os.path.exists(go):
             time.sleep(0.01)  # the members wait for their joiner, however slow its start
+        hold = os.environ.get("HOLD_HEAL")
+        if hold and gens[-1] == (3, step):  # a joiner held in its healing step
+            open(hold + ".in", "w").close()
+            while not os.path.exists(hold):
+                time.sleep(0.01)
         opt.zero_grad()
         model(data).pow(2).mean().backward()
         opt.step()
@@ -645,6 +650,65 @@ class GrowFormedAheadTest(FakeAgentCase):
         self.assertFalse(h[1]["grow"], h)
         self.assertTrue(h[1]["formed_ahead"], h)
         self.assertEqual([x["gen"] for x in res[1]["history"]], [4], res[1]["history"])
+
+    def test_a_grow_past_the_last_step_heals_at_the_end(self):
+        """A grow whose boundary lies past the last step: the members switch
+        when done, and the joiner, which has no step left to heal in, loads
+        and checks the state before the job ends."""
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        members, j, at = self.shrink_then_joiner(script, out, 120, 10000)
+        codes = a.wait_exit(members + [j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(3)]
+        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        self.assertEqual({x["step"] for x in res}, {119})
+        self.assertEqual(res[2]["gens"], [])  # no step left for it
+        jh = res[2]["history"]
+        self.assertEqual([x["gen"] for x in jh], [3], jh)
+        self.assertTrue(jh[0]["healed"] and jh[0]["verified"], jh)
+        self.assertIn("heal_load", jh[0]["phases"], jh)
+        for r in range(2):
+            self.assertEqual([x["gen"] for x in res[r]["history"]], [2, 3], res[r]["history"])
+
+    def fault_in_healing_step(self, victim):
+        """The joiner held in its healing step (the source's state sent, not
+        yet loaded) while member ``victim`` (0: the source) is killed: the
+        step fails everywhere, the joiner is needy again in the next
+        agreement and takes the surviving member's state, and both end
+        bit-identical."""
+        a = self.agent
+        script = self.script("grow_worker.py", GROW_WORKER)
+        out = os.path.join(self.tmp, "result%d.json")
+        hold = os.path.join(self.tmp, "hold")
+        members, j, at = self.shrink_then_joiner(script, out, 200, 2,
+                                                 joiner_env={"HOLD_HEAL": hold})
+        a.wait_for(lambda: os.path.exists(hold + ".in"), 60, "the joiner's healing step")
+        a.kill(members[victim])
+        survivor = members[1 - victim]
+        a.regroup(4, [survivor, j], free_port())
+        open(hold, "w").close()
+        codes = a.wait_exit([survivor, j], 90)
+        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
+        res = [json.loads(read(out % r)) for r in range(2)]
+        self.assertEqual(res[0]["digest"], res[1]["digest"])
+        self.assertEqual({x["step"] for x in res}, {199})
+        jh = res[1]["history"]
+        self.assertEqual([x["gen"] for x in jh], [3, 4], jh)
+        self.assertTrue(jh[0]["healed"], jh)
+        self.assertNotIn("heal_load", jh[0]["phases"], jh)  # never loaded in generation 3
+        self.assertTrue(jh[1]["replacement"], jh)  # so it needed the state again
+        self.assertTrue(jh[1]["verified"], jh)
+        self.assertEqual(jh[1]["source"], 0, jh)
+        # the healing step failed: the joiner's first committed step is in generation 4
+        self.assertEqual([g for g, _ in res[1]["gens"]], [3, 4], res[1]["gens"])
+
+    def test_fault_in_the_healing_step_of_a_member(self):
+        self.fault_in_healing_step(1)
+
+    def test_fault_in_the_healing_step_of_the_source(self):
+        self.fault_in_healing_step(0)
 
     def test_a_receiver_whose_copy_differs_fails_alone(self):
         """The joiner checks the state it received against the source's
