@@ -1021,7 +1021,7 @@ class Job(object):
                 and all(rows[r][1] for r in needy) and all(row[_ROW_HEAL] for row in rows))
         estimate = None
         if heal:
-            # Only where the members' extra compute costs less than stopping
+            # Only where the members' extra compute costs no more than stopping
             # them for the state (the same rows on every rank: the same choice).
             pays, estimate = _heal_pays(rows, len(needy), self._world)
             heal = pays or any(row[_ROW_HEAL] == 2 for row in rows)
