@@ -530,16 +530,22 @@ class GrowFormedAheadTest(FakeAgentCase):
         open(go, "w").close()
         return members, j, at
 
-    def test_grow_switches_once_all_formed(self):
+    def grow_to_the_end(self, steps, at_ahead, **kw):
+        """shrink_then_joiner, then all 3 exit 0 at the last step with
+        identical state. Returns (results by rank, at_step)."""
         a = self.agent
         script = self.script("grow_worker.py", GROW_WORKER)
         out = os.path.join(self.tmp, "result%d.json")
-        members, j, at = self.shrink_then_joiner(script, out, 200, 2)
+        members, j, at = self.shrink_then_joiner(script, out, steps, at_ahead, **kw)
         codes = a.wait_exit(members + [j], 90)
         self.assertEqual(set(codes.values()), {0}, a.dump_logs())
         res = [json.loads(read(out % r)) for r in range(3)]
         self.assertEqual(len({x["digest"] for x in res}), 1, res)
-        self.assertEqual({x["step"] for x in res}, {199})
+        self.assertEqual({x["step"] for x in res}, {steps - 1})
+        return res, at
+
+    def test_grow_switches_once_all_formed(self):
+        res, at = self.grow_to_the_end(200, 2)
         first3 = set()
         for r in range(2):
             grow = [h for h in res[r]["history"] if h["gen"] == 3]
@@ -587,14 +593,7 @@ class GrowFormedAheadTest(FakeAgentCase):
         agreement's rows (the members' extra compute in a healing step
         against stopping them for the state), and it heals exactly when
         the first costs no more."""
-        a = self.agent
-        script = self.script("grow_worker.py", GROW_WORKER)
-        out = os.path.join(self.tmp, "result%d.json")
-        members, j, at = self.shrink_then_joiner(script, out, 200, 2, env={})
-        codes = a.wait_exit(members + [j], 90)
-        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
-        res = [json.loads(read(out % r)) for r in range(3)]
-        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        res, _ = self.grow_to_the_end(200, 2, env={})
         grow = [[h for h in res[r]["history"] if h["gen"] == 3][0] for r in range(3)]
         est = grow[0]["heal_estimate"]
         self.assertIsNotNone(est, grow)
@@ -611,15 +610,7 @@ class GrowFormedAheadTest(FakeAgentCase):
         """One rank that cannot take part in a healing step (BULSAJO_HEAL=0
         here) and nobody does: the joiner receives and checks the state
         before its first step, which all compute as the world of 3."""
-        a = self.agent
-        script = self.script("grow_worker.py", GROW_WORKER)
-        out = os.path.join(self.tmp, "result%d.json")
-        members, j, at = self.shrink_then_joiner(script, out, 200, 2,
-                                                 joiner_env={"BULSAJO_HEAL": "0"})
-        codes = a.wait_exit(members + [j], 90)
-        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
-        res = [json.loads(read(out % r)) for r in range(3)]
-        self.assertEqual(len({x["digest"] for x in res}), 1, res)
+        res, _ = self.grow_to_the_end(200, 2, joiner_env={"BULSAJO_HEAL": "0"})
         jh = res[2]["history"]
         self.assertFalse(jh[0]["healed"], jh)
         self.assertTrue(jh[0]["verified"], jh)
@@ -655,15 +646,7 @@ class GrowFormedAheadTest(FakeAgentCase):
         """A grow whose boundary lies past the last step: the members switch
         when done, and the joiner, which has no step left to heal in, loads
         and checks the state before the job ends."""
-        a = self.agent
-        script = self.script("grow_worker.py", GROW_WORKER)
-        out = os.path.join(self.tmp, "result%d.json")
-        members, j, at = self.shrink_then_joiner(script, out, 120, 10000)
-        codes = a.wait_exit(members + [j], 90)
-        self.assertEqual(set(codes.values()), {0}, a.dump_logs())
-        res = [json.loads(read(out % r)) for r in range(3)]
-        self.assertEqual(len({x["digest"] for x in res}), 1, res)
-        self.assertEqual({x["step"] for x in res}, {119})
+        res, _ = self.grow_to_the_end(120, 10000)
         self.assertEqual(res[2]["gens"], [])  # no step left for it
         jh = res[2]["history"]
         self.assertEqual([x["gen"] for x in jh], [3], jh)

@@ -10,8 +10,9 @@ import unittest
 from tests.test_live_agent import have_torch
 
 
-@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
-class WorkMeterTest(unittest.TestCase):
+class ClockedMeterCase(unittest.TestCase):
+    """A CPU meter read by a scripted clock (self.t)."""
+
     def setUp(self):
         import bulsajo.torch as bj
         self.bj = bj
@@ -22,6 +23,10 @@ class WorkMeterTest(unittest.TestCase):
 
     def tearDown(self):
         self.bj._now = self._now
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class WorkMeterTest(ClockedMeterCase):
 
     def step(self, compute, wait, committed=True, buckets=2):
         """One step: compute s of work, the last bucket ready at its end,
@@ -87,20 +92,9 @@ if __name__ == "__main__":
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
-class BatchTimeTest(unittest.TestCase):
+class BatchTimeTest(ClockedMeterCase):
     """A step's time times its world (the whole batch's time): what a
     member puts in the agreement row for _heal_pays. It spans regroups."""
-
-    def setUp(self):
-        import bulsajo.torch as bj
-        self.bj = bj
-        self.t = 100.0
-        self._now = bj._now
-        bj._now = lambda: self.t
-        self.m = bj._WorkMeter(False)
-
-    def tearDown(self):
-        self.bj._now = self._now
 
     def step(self, wall, world, committed=True):
         self.m.begin()
