@@ -975,13 +975,13 @@ class Job(object):
         # A holder's digest goes with its step: when nobody needs the state
         # (a shrink: every survivor holds the same step), this one round
         # both agrees and verifies.
-        t_digest = _now()
+        t_hash = _now()
         digest = state.digest() if holder else bytes(32)
         send_us = 0
-        if holder:
-            t_digest = _now() - t_digest
+        if holder:  # the state's send priced by this digest's time (_heal_pays)
+            hashed = _now() - t_hash
             nbytes = getattr(state, "_digest_bytes", 0)
-            send_us = int(1e6 * (SEND_PASSES * t_digest + nbytes / WIRE_BYTES_PER_S))
+            send_us = int(1e6 * (SEND_PASSES * hashed + nbytes / WIRE_BYTES_PER_S))
         batch = self._meter.batch_time() if self._meter is not None else 0.0
         mine = torch.tensor([state.step, 0 if holder else 1, self.regroups,
                              1 if counting else 0] + list(digest)
