@@ -272,12 +272,11 @@ func (a *Launcher) Regroup(spec RegroupSpec) error {
 		return ErrClosed
 	}
 	old := a.gens[spec.From]
-	if old == nil && len(spec.AdmitRanks) > 0 {
-		old = &generation{gen: spec.From} // a node that only admits joiners
-	}
 	if old == nil {
-		a.mu.Unlock()
-		return fmt.Errorf("agent: regroup from unknown generation %d", spec.From)
+		// A node that only admits joiners, or one whose members of that
+		// generation have all exited (and were reported) since the regroup
+		// was decided: none is carried over, the policy hears of each.
+		old = &generation{gen: spec.From}
 	}
 	for _, r := range spec.Kill {
 		for _, w := range old.workers {

@@ -127,3 +127,55 @@ time.sleep(60)
 		t.Fatal("no JoinerReady within 10 s of the joiner saying ready")
 	}
 }
+
+// A regroup decided from a generation whose members have all exited since
+// (each reported under it: every rank failed at start within milliseconds)
+// forms the new one with none carried over, rather than failing the job
+// with an unknown generation. Real processes.
+func TestRegroupFromAGenerationThatHasEnded(t *testing.T) {
+	py, dir, sdk := shimEnv(t)
+	script := filepath.Join(dir, "w.py")
+	os.WriteFile(script, []byte("import sys\nsys.exit(1)\n"), 0o644)
+	a, err := New(Config{Command: []string{py, script}, RunID: "regrouptest", RunDir: dir, SDKDir: sdk,
+		Live: true, StopGrace: 100 * time.Millisecond, Console: console.New(io.Discard)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	spec := GenerationSpec{Gen: 1, WorldSize: 2, Ranks: []int{0, 1}, GroupWorldSize: 1,
+		MasterAddr: "127.0.0.1", MasterPort: 1}
+	if err := a.StartGeneration(spec); err != nil {
+		t.Fatal(err)
+	}
+	exited := 0
+	for stopped := false; !stopped; {
+		select {
+		case ev := <-a.Events():
+			switch e := ev.(type) {
+			case Exited:
+				exited++
+			case Stopped:
+				stopped = e.Gen == 1
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("generation 1 did not end (%d exited)", exited)
+		}
+	}
+	if exited != 2 {
+		t.Fatalf("%d exits, want 2", exited)
+	}
+	if err := a.Regroup(RegroupSpec{From: 1, Gen: 2, WorldSize: 1, Survivors: []int{1},
+		MasterAddr: "127.0.0.1", MasterPort: 1}); err != nil {
+		t.Fatalf("regroup: %v", err)
+	}
+	for {
+		select {
+		case ev := <-a.Events():
+			if l, ok := ev.(Launched); ok && l.Gen == 2 {
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("generation 2 was not launched")
+		}
+	}
+}

@@ -354,6 +354,10 @@ type Machine struct {
 
 	stoppedSince map[int]time.Duration // rank -> first seen stopped (ProcState)
 	diagnosing   FaultKind             // the fault a Diagnose was sent for
+
+	// carried[g]: where live regroups took generation g's members in
+	// generation g+1 (old rank -> new rank), since the last full launch.
+	carried map[int]map[int]int
 }
 
 // New returns a machine for cfg, filling defaults.
@@ -492,6 +496,7 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 }
 
 func (m *Machine) launch(now time.Duration) []Decision {
+	m.carried = nil // the old generations' processes are gone with them
 	m.newGeneration(m.target())
 	return []Decision{Launch{Gen: m.gen, WorldSize: m.world, RestartCount: m.gen - 1}}
 }
@@ -564,6 +569,7 @@ func (m *Machine) admit() []Decision {
 	m.joinersReady -= n
 	at := m.genStep + admitAhead
 	from := m.world
+	m.carryOver(survivors)
 	m.newGeneration(m.world + n)
 	m.growFrom, m.growAt = from, at
 	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Admit: n, Grow: true, AtStep: at}}
@@ -584,6 +590,9 @@ func (m *Machine) recovered(now time.Duration, firstStep int) Decision {
 }
 
 func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
+	if ev.Gen < m.gen {
+		ev = m.carry(ev)
+	}
 	if ev.Gen != m.gen || (m.phase != running && m.phase != starting) {
 		return nil // a stale generation, or the consequence of a stop
 	}
@@ -642,6 +651,51 @@ func (m *Machine) exited(now time.Duration, ev Exited) []Decision {
 		sig, observed{foreign: ev.Injected || foreignSignal[ev.Signal], nodeLost: ev.Signal == SignalNodeLost,
 			output: ev.Output, newOutput: ev.NewOutput})
 }
+
+// carry renumbers an exit reported under an older generation into the
+// current one when live regroups carried that rank over: it died after the
+// regroup was decided and before its node moved it, so its exit could only
+// name the generation it was in. Dropped as stale, the new generation would
+// wait for a member that is gone (a rendezvous that never completes, taken
+// for a hang), and a node whose members had all gone would not know the
+// generation the regroup came from. Not carried: stale.
+func (m *Machine) carry(ev Exited) Exited {
+	rank, also := ev.Rank, ev.Also
+	for g := ev.Gen; g < m.gen; g++ {
+		moved, ok := m.carried[g][rank]
+		if !ok {
+			return ev
+		}
+		rank = moved
+		var next []int
+		for _, r := range also {
+			if moved, ok := m.carried[g][r]; ok {
+				next = append(next, moved)
+			}
+		}
+		also = next
+	}
+	ev.Gen, ev.Rank, ev.Also = m.gen, rank, also
+	return ev
+}
+
+// carryOver records that survivors[i], of the current generation, becomes
+// rank i of the next one.
+func (m *Machine) carryOver(survivors []int) {
+	if m.carried == nil {
+		m.carried = map[int]map[int]int{}
+	}
+	moved := make(map[int]int, len(survivors))
+	for i, r := range survivors {
+		moved[r] = i
+	}
+	m.carried[m.gen] = moved
+	// An exit is late by the time a regroup takes to reach its node: a
+	// few generations back at most (a map per regroup would grow without end).
+	delete(m.carried, m.gen-carriedGens)
+}
+
+const carriedGens = 8
 
 // membersDone: every member of a pending grow has exited 0.
 func (m *Machine) membersDone() bool {
@@ -962,6 +1016,7 @@ func (m *Machine) regroup(dead, kill []int) []Decision {
 	admit := min(m.joinersReady, m.target()-len(survivors))
 	m.joiners -= admit
 	m.joinersReady -= admit
+	m.carryOver(survivors)
 	m.newGeneration(len(survivors) + admit)
 	return []Decision{Regroup{Gen: m.gen, WorldSize: m.world, Survivors: survivors, Admit: admit, Spawn: spawn, Kill: kill}}
 }

@@ -453,6 +453,10 @@ func (r *run) fault(f policy.Fault) {
 		r.con.Printf("! rank %d exited (%s) · detected in %s%s", rank, f.Detail, human(detect), see)
 	case policy.FaultNodeLost:
 		r.con.Printf("! %s · detected in %s", f.Detail, human(detect))
+	case policy.FaultCollective:
+		// Every rank alive, a group broken (a regroup that could not form):
+		// one line too, the ranks' own words in their logs.
+		r.con.Printf("! collective failed, no rank lost (%s)", clip(f.Detail, 160))
 	case policy.FaultGPU:
 		detect = now.Sub(r.gpuAt)
 		ev.DetectMS = ms(detect)
@@ -553,6 +557,15 @@ func (r *run) record(e events.Event) {
 func (r *run) prefix() string { return "/bulsajo/runs/" + r.cfg.RunID }
 
 func freePort(addr string) (int, error) { return ports.Free(addr) }
+
+// clip is s's first line, cut to n runes.
+func clip(s string, n int) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
 
 // displayPath is p relative to the working directory when it lies below it.
 func displayPath(p string) string {

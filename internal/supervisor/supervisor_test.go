@@ -1,11 +1,13 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -156,10 +158,15 @@ func TestCollectiveFailureBlamesOnlyAStoppedRank(t *testing.T) {
 						n.ev <- launcher.Exited{Gen: s.Gen, Rank: r, At: time.Now()}
 					}
 				}}
+			var out bytes.Buffer
 			res := Run(Config{RunID: "t", Policy: policy.Config{WorldSize: 4, MaxRestarts: 3, Live: true, MinWorld: 1},
-				Console: console.New(io.Discard)}, node, nil)
+				Console: console.New(&out)}, node, nil)
 			if res.Outcome != policy.Succeeded {
 				t.Fatalf("outcome %v (%s)", res.Outcome, res.Reason)
+			}
+			// the fault has its line on the terminal, as every fault does
+			if n := strings.Count(out.String(), "! collective failed, no rank lost (rank 0: store never listened)\n"); n != 1 {
+				t.Errorf("%d fault lines, want 1:\n%s", n, out.String())
 			}
 			if len(node.regroups) != 1 {
 				t.Fatalf("regroups %+v, want one", node.regroups)
