@@ -679,6 +679,17 @@ func (m *Machine) carry(ev Exited) Exited {
 	return ev
 }
 
+// RankNow is the rank under which an exit reported as generation gen's rank
+// will be counted (see carry): rank itself unless a regroup renumbered it.
+func (m *Machine) RankNow(gen, rank int) int {
+	if gen < m.gen {
+		if ev := m.carry(Exited{Gen: gen, Rank: rank}); ev.Gen == m.gen {
+			return ev.Rank
+		}
+	}
+	return rank
+}
+
 // carryOver records that survivors[i], of the current generation, becomes
 // rank i of the next one.
 func (m *Machine) carryOver(survivors []int) {

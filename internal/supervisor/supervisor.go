@@ -222,8 +222,10 @@ func (r *run) handle(ev launcher.Event) {
 		}
 		r.apply(r.m.Step(r.now(), policy.Progress{Gen: e.Gen, Rank: e.Rank, Step: e.Step}))
 	case launcher.Exited:
-		r.exitAt[e.Rank] = e.At
-		r.exitLog[e.Rank] = e.Log
+		// Under the rank its fault will name (a regroup may have renumbered it).
+		now := r.m.RankNow(e.Gen, e.Rank)
+		r.exitAt[now] = e.At
+		r.exitLog[now] = e.Log
 		injected := r.inject != nil && r.inject.gen == e.Gen && r.inject.rank == e.Rank
 		r.apply(r.m.Step(r.now(), policy.Exited{Gen: e.Gen, Rank: e.Rank, Code: e.Code, Signal: e.Signal, LastError: e.LastError, Also: e.Also,
 			Injected: injected, Output: e.Output, NewOutput: e.NewOutput}))

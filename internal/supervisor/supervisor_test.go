@@ -178,3 +178,41 @@ func TestCollectiveFailureBlamesOnlyAStoppedRank(t *testing.T) {
 		})
 	}
 }
+
+// A survivor that died before its node moved it into the regroup's
+// generation reports its exit under the old one; the policy counts it as
+// the new generation's rank (renumbered), and its fault line still names
+// its own log and its own error.
+func TestAnExitCarriedIntoTheNextGenerationNamesItsOwnLog(t *testing.T) {
+	node := &scriptedNode{ev: make(chan launcher.Event, 64),
+		onGen: func(n *scriptedNode, s launcher.GenerationSpec) {
+			n.ev <- launcher.Launched{Gen: s.Gen, At: time.Now()}
+			n.ev <- launcher.Exited{Gen: 1, Rank: 0, Code: 1, LastError: "E0", Log: "/x/rank0.log", At: time.Now()}
+			n.ev <- launcher.Exited{Gen: 1, Rank: 1, Code: 1, LastError: "E1", Log: "/x/rank1.log", At: time.Now()}
+		},
+		onRegroup: func(n *scriptedNode, s launcher.RegroupSpec) {
+			n.ev <- launcher.Launched{Gen: s.Gen, At: time.Now()}
+			if s.WorldSize == 1 {
+				n.ev <- launcher.Exited{Gen: s.Gen, Rank: 0, At: time.Now()}
+			}
+		}}
+	var out bytes.Buffer
+	res := Run(Config{RunID: "t", Policy: policy.Config{WorldSize: 3, MaxRestarts: 3, Live: true, MinWorld: 1},
+		Console: console.New(&out)}, node, nil)
+	if res.Outcome != policy.Succeeded {
+		t.Fatalf("outcome %v (%s):\n%s", res.Outcome, res.Reason, out.String())
+	}
+	if len(node.regroups) != 2 || !slices.Equal(node.regroups[1].Survivors, []int{1}) {
+		t.Fatalf("regroups %+v, want [1 2] and then [1] (old rank 2, now rank 1)", node.regroups)
+	}
+	for _, want := range []string{
+		"! rank 0 exited (exit code 1: E0) · detected in ",
+		"· see /x/rank0.log\n",
+		"! rank 0 exited (exit code 1: E1) · detected in ", // old rank 1 is rank 0 of generation 2
+		"· see /x/rank1.log\n",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q on the terminal:\n%s", want, out.String())
+		}
+	}
+}
