@@ -33,6 +33,10 @@ import sys
 import threading
 import time
 
+# How often a group abandoned while being created has the sockets it opened
+# since shut (Generations._sweep).
+SWEEP_S = 0.02
+
 # ---------------------------------------------------------------- /proc helpers
 
 def socket_fds():
@@ -98,10 +102,15 @@ class GroupSockets(object):
     def __init__(self, gen, before):
         self.gen = gen
         self.before = before      # set of socket inodes that predate the group
+        # Inodes that predate the next group's creation, when that began
+        # before this one's ended (Generations.begin_group): what this
+        # one can own.
+        self.until = None
         self.sockets = None       # [(fd, inode)] once creation finished
         self.abandoned = False
         self.shut = 0             # how many sockets an abandon shut down
         self.abort = None         # callable: abort the group's communicators (or None)
+        self._shut_rd = set()     # inodes already read-shut (a sweep repeats it)
 
     def take_abort(self):
         """The abort callable, once (called under Generations.cv)."""
@@ -114,15 +123,20 @@ class GroupSockets(object):
         if self.before is None:
             return []  # not yet begun (Generations.begin_group)
         # Still being created: everything opened since the snapshot.
-        return [(fd, ino) for fd, ino in socket_fds().items() if ino not in self.before]
+        return [(fd, ino) for fd, ino in socket_fds().items() if self._owns(ino)]
+
+    def _owns(self, ino):
+        return ino not in self.before and (self.until is None or ino in self.until)
 
     def shutdown(self, keep=(), how=socket.SHUT_RDWR):
         n = 0
         for fd, ino in self._candidates():
-            if ino in keep:
+            if ino in keep or (how == socket.SHUT_RD and ino in self._shut_rd):
                 continue
             if shutdown_fd(fd, ino, how):
                 n += 1
+                if how == socket.SHUT_RD:
+                    self._shut_rd.add(ino)
         self.shut += n
         return n
 
@@ -173,6 +187,7 @@ class Generations(object):
         except (KeyError, TypeError, ValueError):
             return False
         aborts = []
+        sweep = []
         with self.cv:
             if self.latest is not None and gen <= int(self.latest["gen"]):
                 return False
@@ -187,9 +202,32 @@ class Generations(object):
                         n = g.shutdown(self.keep, socket.SHUT_RD)
                         self.abandons.append((time.monotonic(), g.gen, n))
                         aborts.append(g.take_abort())
+                        if g.sockets is None and g.before is not None:
+                            sweep.append(g)  # still being created
             self.cv.notify_all()
         _call_aborts(aborts)
+        for g in sweep:
+            self._start_sweep(g)
         return True
+
+    def _start_sweep(self, g):
+        t = threading.Thread(target=self._sweep, args=(g,), daemon=True,
+                             name="bulsajo-sweep-gen%d" % g.gen)
+        try:
+            t.start()
+        except RuntimeError:  # no thread: its creation ends at its own timeout
+            pass
+
+    def _sweep(self, g):
+        """Thread: group ``g``, abandoned while it was being created, can
+        still open sockets after the abandon's snapshot (a store client that
+        connects a moment later), and wait on it for the group's whole
+        timeout in a rendezvous nobody else attends: shut what it opens
+        until its creation ends (end_group)."""
+        with self.cv:
+            while g.sockets is None:
+                g.shutdown(self.keep, socket.SHUT_RD)
+                self.cv.wait(SWEEP_S)
 
     def pending_boundary(self, gen):
         """The step after which to switch to a newer grow generation, or None
@@ -224,18 +262,21 @@ class Generations(object):
     def begin_group(self, gen, timeout=60.0):
         """Snapshot sockets before creating generation ``gen``'s group.
 
-        One creation at a time: a group's sockets are those opened between
-        its begin and its end, so two that overlapped (one formed by a
-        thread, superseded, the next begun meanwhile) would each count the
-        other's, and the first one's end, abandoned, would shut the second's.
-        An older one still being created was abandoned when this generation
-        was offered, so it ends at once."""
+        A group's sockets are those opened between its begin and its end.
+        An older creation still going on was abandoned when this generation
+        was offered, but it may not end for the group's whole timeout: a
+        rendezvous waiting for a peer that died before it connected waits
+        on gloo's listener, which no shutdown wakes. This one begins at
+        once; the old one is left what it opened before now (``until``),
+        so that its end, abandoned, cannot shut this one's sockets. A
+        creation not abandoned (none should overlap) is waited for."""
         deadline = time.monotonic() + timeout
         with self.cv:
             while True:
                 if self.latest is not None and int(self.latest["gen"]) > gen:
                     raise Superseded("generation %d superseded by %s" % (gen, self.latest["gen"]))
-                if not self.creating:
+                old = self.creating
+                if old is None or old.abandoned:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -248,6 +289,8 @@ class Generations(object):
         before = set(socket_fds().values())
         with self.cv:
             g.before = before
+            if old is not None and old.sockets is None:
+                old.until = before
             if g.abandoned:  # a newer generation came during the snapshot
                 self.creating = None
                 self.groups.remove(g)
@@ -262,8 +305,8 @@ class Generations(object):
         with self.cv:
             if self.creating is g:
                 self.creating = None
-                self.cv.notify_all()
-            g.sockets = [(fd, ino) for fd, ino in after.items() if ino not in g.before]
+            self.cv.notify_all()  # begin_group, a sweep
+            g.sockets = [(fd, ino) for fd, ino in after.items() if g._owns(ino)]
             if g.abandoned:
                 g.shutdown(self.keep)  # sockets opened after the abandon too
                 return False

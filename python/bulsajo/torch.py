@@ -418,11 +418,15 @@ class Job(object):
             self._gens.forget(prep.group)
 
     def _take_prepared(self, gen):
-        """The group prepared for generation ``gen``, if any; any other is released."""
+        """The group prepared for generation ``gen``, if any; an older one is
+        released. A newer one stays for its generation: the reader thread
+        prepared it just now, and this one is superseded (taken, it would be
+        formed a second time, on a port its own thread holds). None: all go."""
         with self._prep_lock:
-            prep, self._prepared = self._prepared, None
-        if prep is None:
-            return None
+            prep = self._prepared
+            if prep is None or (gen is not None and prep.gen > gen):
+                return None
+            self._prepared = None
         if prep.gen == gen:
             return prep
         self._release(prep)
@@ -587,15 +591,34 @@ class Job(object):
         self._formed_ahead = False
         self._grow = bool(msg.get("grow"))
         prep = self._take_prepared(gen)
+        ahead = prep is not None
+        if prep is None and self._gens.newer_than(gen):
+            # The message was the latest when taken; a newer one came since.
+            raise _live.Superseded("generation %d superseded before forming" % gen)
+        if prep is None and self._forms_directly(msg):
+            # Formed by a thread here too, so that a newer generation ends
+            # this wait at once: a formation that waits for a peer that died
+            # mid-rendezvous would otherwise hold this process (a joiner, a
+            # member at its switch) for the group's whole timeout.
+            prep = _Prepared(msg)
+            self._start_prepared(prep)
         if prep is not None:
-            # Formed by a thread while training went on: wait for it (it has
-            # its own timeouts), then make it the default group.
+            # Formed by a thread (while training went on, when ahead): wait
+            # for it (it has its own timeouts) or a newer generation, then
+            # make it the default group.
             t = _now()
-            prep.done.wait(GROUP_TIMEOUT_S + 10)
-            ph["form_wait"] = _now() - t
+            deadline = t + GROUP_TIMEOUT_S + 10
+            while not prep.done.wait(0.05):
+                if self._gens.newer_than(gen) or _now() > deadline:
+                    break
+            ph["form_wait" if ahead else "form_direct"] = _now() - t
             group = prep.group
-            err = prep.error if prep.done.is_set() else RuntimeError(
-                "bulsajo: the group of generation %d was not formed" % gen)
+            if prep.done.is_set():
+                err = prep.error
+            elif self._gens.newer_than(gen):
+                err = _live.Superseded("generation %d superseded while forming" % gen)
+            else:
+                err = RuntimeError("bulsajo: the group of generation %d was not formed" % gen)
             if err is None and group.abandoned:
                 err = _live.Superseded("generation %d superseded" % gen)
             if err is not None:
@@ -608,8 +631,9 @@ class Job(object):
             self._gen, self._rank, self._world = gen, rank, world
             _install_default(pg, store, world)
             del store, pg
-            self._formed_ahead = True
-            ph["formed_ahead_s"] = prep.seconds
+            self._formed_ahead = ahead
+            if ahead:
+                ph["formed_ahead_s"] = prep.seconds
         else:
             group = self._gens.begin_group(gen)
             self._group = group
@@ -617,21 +641,14 @@ class Job(object):
             ok = False
             timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
             try:
-                if self._forms_directly(msg):
-                    t = _now()
-                    store, pg = self._form_direct(msg)
-                    _install_default(pg, store, world)
-                    del pg
-                    ph["form_direct"] = _now() - t
-                else:
-                    t = _now()
-                    store = self._open_store(msg, timeout)
-                    ph["form_store"] = _now() - t  # rank > 0: waiting for rank 0 too
-                    t = _now()
-                    with _prompt_init_barrier():
-                        dist.init_process_group(self.backend, store=store, rank=rank,
-                                                world_size=world, timeout=timeout)
-                    ph["form_init"] = _now() - t
+                t = _now()
+                store = self._open_store(msg, timeout)
+                ph["form_store"] = _now() - t  # rank > 0: waiting for rank 0 too
+                t = _now()
+                with _prompt_init_barrier():
+                    dist.init_process_group(self.backend, store=store, rank=rank,
+                                            world_size=world, timeout=timeout)
+                ph["form_init"] = _now() - t
                 del store
                 ok = True
             finally:
@@ -1344,9 +1361,12 @@ def _tcp_store(addr, port, world, is_master, timeout):
 
 
 class _Prepared(object):
-    """A grow generation's group, formed by a thread (Job._run_prepared)
-    while the members train on in the old one. ``lock`` orders the thread's
-    hand-over with a release."""
+    """A generation's group, formed by a thread (Job._run_prepared): a
+    grow's or a fault's ahead, while the members train on or finish the
+    failed step; any other direct formation too, so that the training
+    thread's wait for it can end when a newer generation comes (it may not:
+    see Generations.begin_group). ``lock`` orders the thread's hand-over
+    with a release."""
 
     def __init__(self, msg):
         self.msg = msg

@@ -182,11 +182,12 @@ class AbandonSocketsTest(unittest.TestCase):
         gens.offer({"type": "generation", "gen": 6})   # arrives during creation
         self.assertFalse(gens.end_group(g))
 
-    def test_one_creation_at_a_time(self):
+    def test_an_abandoned_creation_keeps_only_its_own_sockets(self):
         """A group formed by a thread is superseded while it is still being
-        created, and the next one begins: that one waits until the first has
-        ended, so the first one's end (abandoned: it shuts every socket
-        opened since its snapshot) cannot shut the second one's sockets."""
+        created (waiting, say, for a peer that died mid-rendezvous, which no
+        shutdown wakes), and the next one begins at once, without waiting
+        for it. The first one's end, abandoned, shuts the sockets it opened
+        and not the second one's."""
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -197,27 +198,50 @@ class AbandonSocketsTest(unittest.TestCase):
         first = socket.create_connection(("127.0.0.1", port))   # generation 2's
         f_peer, _ = listener.accept()
         self.assertTrue(gens.offer({"type": "generation", "gen": 3}))
-        begun = threading.Event()
-        out = {}
-
-        def second():
-            g3 = gens.begin_group(3)
-            begun.set()
-            out["sock"] = socket.create_connection(("127.0.0.1", port))
-            out["peer"], _ = listener.accept()
-            out["ok"] = gens.end_group(g3)
-        t = threading.Thread(target=second)
-        t.start()
-        self.assertFalse(begun.wait(0.3))    # waits for generation 2's creation to end
+        g3 = gens.begin_group(3, timeout=1)  # at once: generation 2's still runs
+        sock = socket.create_connection(("127.0.0.1", port))   # generation 3's
+        peer, _ = listener.accept()
         self.assertFalse(gens.end_group(g2))
-        self.assertTrue(begun.wait(5))
-        t.join(5)
-        self.assertTrue(out["ok"])
-        out["sock"].sendall(b"3")            # generation 3's connection works
-        self.assertEqual(out["peer"].recv(1), b"3")
+        self.assertTrue(gens.end_group(g3))
+        owned = [i for _, i in g3.sockets]
+        self.assertIn(os.fstat(sock.fileno()).st_ino, owned)
+        self.assertNotIn(os.fstat(first.fileno()).st_ino, owned)
+        sock.sendall(b"3")                   # generation 3's connection works
+        self.assertEqual(peer.recv(1), b"3")
         f_peer.settimeout(5)
         self.assertEqual(f_peer.recv(1), b"")  # generation 2's was shut
-        for x in (listener, first, f_peer, out["sock"], out["peer"]):
+        for x in (listener, first, f_peer, sock, peer):
+            x.close()
+
+    def test_a_socket_opened_after_the_abandon_is_shut_too(self):
+        """A group abandoned while it is being created can open a socket
+        just after the abandon (its store client connecting a moment later)
+        and wait on it in a rendezvous nobody else attends. That socket is
+        shut as well: the creation fails at once."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 2})
+        g2 = gens.begin_group(2)
+        self.assertTrue(gens.offer({"type": "generation", "gen": 3}))  # nothing open yet
+        late = socket.create_connection(("127.0.0.1", port))
+        peer, _ = listener.accept()
+        late.settimeout(30)                  # the rendezvous' own timeout
+        out = {}
+
+        def creation():                      # blocked on the store, then ends
+            try:
+                out["got"] = late.recv(10)
+            except OSError as e:
+                out["got"] = e
+            out["ended"] = gens.end_group(g2)
+        t = threading.Thread(target=creation)
+        t.start()
+        t.join(10)
+        self.assertEqual(out, {"got": b"", "ended": False})
+        for x in (listener, late, peer):
             x.close()
 
     def test_abort_is_called_once_outside_the_lock(self):
@@ -327,6 +351,47 @@ CLOSE_WORKER = textwrap.dedent("""\
         dist.all_reduce(t, group=job._pg)
         job.close()
 """)
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class PreparedGroupTest(unittest.TestCase):
+    """The training thread takes the generation that was the latest when it
+    looked; the reader thread may have prepared a newer one's group since
+    (a second fault right after the first). Forming the older one must
+    neither release the newer one's nor form one itself: the newer one's
+    thread holds its store's port, and a second formation of it found
+    that port in use, which failed the regroup after 3 s."""
+
+    def job(self):
+        import bulsajo.torch as bt
+        job = bt.Job.__new__(bt.Job)  # the few fields _create_group reads first
+        job._prep_lock = threading.Lock()
+        job._prepared = None
+        job._gens = _live.Generations()
+        return bt, job
+
+    def test_a_newer_generations_group_stays_for_it(self):
+        bt, job = self.job()
+        msg = lambda gen: {"type": "generation", "gen": gen, "rank": 0, "world_size": 2,
+                           "master_port": 1, "grow": gen == 3, "at_step": 100}
+        job._gens.offer(msg(3))
+        newer = bt._Prepared(msg(4))   # what _on_message registers before offering
+        job._prepared = newer
+        job._gens.offer(msg(4))
+        with self.assertRaises(_live.Superseded):
+            job._create_group(msg(3))
+        self.assertIs(job._prepared, newer)
+        self.assertFalse(newer.released)
+        self.assertIs(job._take_prepared(4), newer)  # taken by its own generation
+        self.assertIsNone(job._prepared)
+
+    def test_an_older_generations_group_is_released(self):
+        bt, job = self.job()
+        older = bt._Prepared({"gen": 3})
+        job._prepared = older
+        self.assertIsNone(job._take_prepared(4))
+        self.assertTrue(older.released)
+        self.assertIsNone(job._prepared)
 
 
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -352,4 +353,106 @@ func TestLiveFaultInTheLastSteps(t *testing.T) {
 	}
 	checkLiveResults(t, results, len(ents))
 	t.Logf("%s; summary: %s", regexp.MustCompile(`grow: .*`).FindString(r.out), s.Line())
+}
+
+// Two faults close together, three times in one run: a rank is killed, and
+// a second one 10-30 ms after the grow that admits the first one's
+// replacement, while the members' threads form that grow's group. Before
+// the SDK let a newer generation end such a formation's wait, begin the
+// next one beside it, and keep a newer generation's prepared group for it,
+// the next generation hung 15 s (a formation waiting for the dead peer held
+// the process) or failed after 3 s (one generation formed twice, on one
+// port) in 5 of 8 tries, and three hangs in a row ended the job as a crash
+// loop. Every fault must be a rank's exit, each followed by a regroup in
+// place, and training must go on after the last one.
+func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
+	requireTorch(t)
+	cmd, out, runDir := startBulsajo(t, "--recovery", "live", "--nproc-per-node", "4", "--max-restarts", "100",
+		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	running := func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("bulsajo ended (%v) before the test was done:\n%s", err, out.String())
+		default:
+		}
+		return true
+	}
+	logPath := filepath.Join(runDir, "events.jsonl")
+	read := func() []events.Event {
+		evs, _ := events.ReadFile(logPath)
+		return evs
+	}
+	count := func(match func(events.Event) bool) int {
+		n := 0
+		for _, e := range read() {
+			if match(e) {
+				n++
+			}
+		}
+		return n
+	}
+	// fourTraining: the latest generation has all four ranks alive (the
+	// replacements admitted); its number.
+	fourTraining := func() (int, bool) {
+		var last events.Event
+		for _, e := range read() {
+			if e.Type == events.GenerationStart {
+				last = e
+			}
+		}
+		for r := 0; r < 4; r++ {
+			if running() && livePID(runDir, r) == 0 {
+				return 0, false
+			}
+		}
+		return last.Gen, last.WorldSize == 4
+	}
+	waitFor(t, 3*time.Minute, "training", func() bool { return strings.Contains(out.String(), "[rank0] step 20 ") })
+	for i, delay := range []time.Duration{10, 20, 30} {
+		var gen int
+		waitFor(t, 3*time.Minute, "four ranks", func() (ok bool) { gen, ok = fourTraining(); return ok })
+		time.Sleep(time.Second) // training in that generation
+		killRank(t, runDir, 1)
+		// The replacement is admitted by a grow once it is ready (a standby
+		// at once, a fresh process after its imports). Polled tightly: the
+		// window is the grow's formation, tens of ms.
+		for deadline := time.Now().Add(3 * time.Minute); running() && count(func(e events.Event) bool {
+			return e.Type == events.GenerationStart && e.Cause == "grow" && e.Gen > gen
+		}) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no grow after fault %d:\n%s", 2*i+1, out.String())
+			}
+		}
+		time.Sleep(delay * time.Millisecond)
+		killRank(t, runDir, 2)
+	}
+	// Training goes on, all four ranks again, after the last fault.
+	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := fourTraining(); return ok })
+	time.Sleep(time.Second)
+	running()
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("bulsajo did not stop after SIGINT:\n%s", out.String())
+	}
+	var faults int
+	for _, e := range read() {
+		switch {
+		case e.Type == events.FaultDetected:
+			faults++
+			if e.Cause != "worker_exit" {
+				t.Errorf("fault %d is %s (%s), want only the ranks' exits:\n%s", faults, e.Cause, e.Detail, out.String())
+			}
+		case e.Type == events.GenerationStart && e.Gen > 1 && e.Cause == "":
+			t.Errorf("a full restart (generation %d):\n%s", e.Gen, out.String())
+		case e.Type == events.RunFinished && e.Outcome != "interrupted":
+			t.Errorf("outcome %s (%s), want interrupted by the test:\n%s", e.Outcome, e.Detail, out.String())
+		}
+	}
+	if faults != 6 {
+		t.Errorf("%d faults, want the 6 kills:\n%s", faults, out.String())
+	}
 }
