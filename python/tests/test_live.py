@@ -182,19 +182,22 @@ class AbandonSocketsTest(unittest.TestCase):
         gens.offer({"type": "generation", "gen": 6})   # arrives during creation
         self.assertFalse(gens.end_group(g))
 
+    def creating_gen2(self):
+        """A listener to connect to, and generation 2's group being created."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        gens = _live.Generations()
+        gens.offer({"type": "generation", "gen": 2})
+        return listener, listener.getsockname()[1], gens, gens.begin_group(2)
+
     def test_an_abandoned_creation_keeps_only_its_own_sockets(self):
         """A group formed by a thread is superseded while it is still being
         created (waiting, say, for a peer that died mid-rendezvous, which no
         shutdown wakes), and the next one begins at once, without waiting
         for it. The first one's end, abandoned, shuts the sockets it opened
         and not the second one's."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        port = listener.getsockname()[1]
-        gens = _live.Generations()
-        gens.offer({"type": "generation", "gen": 2})
-        g2 = gens.begin_group(2)
+        listener, port, gens, g2 = self.creating_gen2()
         first = socket.create_connection(("127.0.0.1", port))   # generation 2's
         f_peer, _ = listener.accept()
         self.assertTrue(gens.offer({"type": "generation", "gen": 3}))
@@ -218,13 +221,7 @@ class AbandonSocketsTest(unittest.TestCase):
         just after the abandon (its store client connecting a moment later)
         and wait on it in a rendezvous nobody else attends. That socket is
         shut as well: the creation fails at once."""
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        port = listener.getsockname()[1]
-        gens = _live.Generations()
-        gens.offer({"type": "generation", "gen": 2})
-        g2 = gens.begin_group(2)
+        listener, port, gens, g2 = self.creating_gen2()
         self.assertTrue(gens.offer({"type": "generation", "gen": 3}))  # nothing open yet
         late = socket.create_connection(("127.0.0.1", port))
         peer, _ = listener.accept()
