@@ -161,6 +161,7 @@ class Generations(object):
         self.keep = set(keep_inodes)
         self.abandons = []        # (monotonic time, gen, sockets shut) for diagnostics
         self.creating = None      # the GroupSockets being created (begin_group..end_group)
+        self.closed = False       # the job is leaving: no group begins
 
     def offer(self, msg, committed=None):
         """A generation message arrived.  Newer than every known one: adopt it
@@ -207,8 +208,18 @@ class Generations(object):
             self.cv.notify_all()
         _call_aborts(aborts)
         for g in sweep:
-            self._start_sweep(g)
+            self.sweep(g)
         return True
+
+    def close(self):
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+
+    def sweep(self, g):
+        """Shut what group ``g``, abandoned, still opens until its creation ends."""
+        if g.sockets is None and g.before is not None:
+            self._start_sweep(g)
 
     def _start_sweep(self, g):
         t = threading.Thread(target=self._sweep, args=(g,), daemon=True,
@@ -275,6 +286,8 @@ class Generations(object):
             while True:
                 if self.latest is not None and int(self.latest["gen"]) > gen:
                     raise Superseded("generation %d superseded by %s" % (gen, self.latest["gen"]))
+                if self.closed:
+                    raise Superseded("generation %d: the job is leaving" % gen)
                 old = self.creating
                 if old is None or old.abandoned:
                     break

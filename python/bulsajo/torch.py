@@ -86,6 +86,8 @@ _ROW_SEND_US = 38
 SEND_PASSES = 3
 WIRE_BYTES_PER_S = 1e9
 GROUP_TIMEOUT_S = 60.0    # process-group timeout (store and collectives)
+# How long close() waits for a group formation it dropped (_end_prepared).
+CLOSE_FORMING_S = 10.0
 # After a newer generation abandons a group, a gloo collective still running
 # this long is stuck and is released (see _InFlight).  gloo fails the others
 # within tens of milliseconds of the sockets' shutdown.
@@ -210,6 +212,7 @@ class Job(object):
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
         self._stacks_lock = threading.Lock()
         self._closed = False
+        self._ending = False        # training done: no group is formed ahead any more
         # per-step bookkeeping (training thread; the comm hook may set _broken
         # from a gloo thread)
         self._in_step = False
@@ -327,7 +330,7 @@ class Job(object):
         # the message is offered: the training thread, once it sees the
         # generation, must find it rather than form a second one.
         prep = None
-        if self._synced and self._forms_ahead(msg):
+        if self._synced and not self._ending and self._forms_ahead(msg):
             prep = _Prepared(msg)
             with self._prep_lock:
                 old, self._prepared = self._prepared, prep
@@ -431,6 +434,24 @@ class Job(object):
             return prep
         self._release(prep)
         return None
+
+    def _end_prepared(self):
+        """Drop a group still being formed ahead (a grow that came as the job
+        finished) and wait for its thread: a process that exits while a
+        thread is inside gloo's or the store's constructor aborts
+        ("terminate called without an active exception"). Its sockets are
+        shut so that it fails at once: nobody will use it."""
+        with self._prep_lock:
+            prep, self._prepared = self._prepared, None
+        if prep is None:
+            return
+        self._release(prep)
+        self._gens.close()  # a formation not yet begun does not begin
+        g = prep.group
+        if g is not None and not prep.done.is_set():
+            self._gens.abandon(g)
+            self._gens.sweep(g)
+        prep.done.wait(CLOSE_FORMING_S)
 
     def _switch_now(self):
         """Past a grow's boundary: switch after this step? The members decide
@@ -924,6 +945,7 @@ class Job(object):
         t = torch.tensor([self._state.step], dtype=torch.int64, device=self._device)
         if self.all_reduce(t, op=dist.ReduceOp.MIN) and int(t.item()) >= total - 1:
             self._wait_sends()  # every joiner has loaded the state by now
+            self._ending = True
             # Teardown from here: no step will follow, and that is no hang.
             self._send({"type": "finished", "gen": self._gen, "rank": self._rank,
                         "step": self._state.step})
@@ -1235,7 +1257,8 @@ class Job(object):
             return
         if self.live:
             self._disarm_stacks()
-            self._take_prepared(None)  # a grow the job ended before: dropped
+            self._ending = True
+            self._end_prepared()  # a grow the job ended before: dropped
             self._leave_group(abandon=False)  # graceful: peers may still be finishing
             self._reaper.drain(10)  # a group left lazily goes before the interpreter
             self._closed = True
