@@ -487,6 +487,12 @@ func (m *Machine) Step(now time.Duration, in Input) []Decision {
 	case Straggler:
 		return m.straggler(now, ev)
 	case CollectiveFailed:
+		// Once a rank has finished (every rank agreed the last step, or one
+		// exited 0) a broken group is the teardown's: a replacement whose
+		// grow the job ended before, left forming it alone. Exits decide.
+		if m.finishing || len(m.doneRanks) > 0 {
+			return nil
+		}
 		if ev.Gen == m.gen && m.phase == running {
 			return m.fail(now, Fault{Gen: m.gen, Kind: FaultCollective, Rank: -1,
 				Detail: fmt.Sprintf("rank %d: %s", ev.Rank, ev.Detail), Step: m.jobStep}, "collective")
