@@ -203,8 +203,7 @@ class Generations(object):
                         n = g.shutdown(self.keep, socket.SHUT_RD)
                         self.abandons.append((time.monotonic(), g.gen, n))
                         aborts.append(g.take_abort())
-                        if g.sockets is None and g.before is not None:
-                            sweep.append(g)  # still being created
+                        sweep.append(g)  # if still being created (sweep)
             self.cv.notify_all()
         _call_aborts(aborts)
         for g in sweep:
@@ -217,11 +216,10 @@ class Generations(object):
             self.cv.notify_all()
 
     def sweep(self, g):
-        """Shut what group ``g``, abandoned, still opens until its creation ends."""
-        if g.sockets is None and g.before is not None:
-            self._start_sweep(g)
-
-    def _start_sweep(self, g):
+        """Shut what group ``g``, abandoned, still opens until its creation
+        ends (a thread: _sweep). Nothing when it is not being created."""
+        if g.sockets is not None or g.before is None:
+            return
         t = threading.Thread(target=self._sweep, args=(g,), daemon=True,
                              name="bulsajo-sweep-gen%d" % g.gen)
         try:
