@@ -241,6 +241,24 @@ class AbandonSocketsTest(unittest.TestCase):
         for x in (listener, late, peer):
             x.close()
 
+    def test_closed_no_group_begins_and_one_being_created_is_shut(self):
+        """The job leaving (close() with a grow's group still forming): no
+        creation begins any more, and what the one under way opened, or
+        opens after, is shut, so its thread ends before the process does."""
+        listener, port, gens, g2 = self.creating_gen2()
+        gens.close()
+        with self.assertRaises(_live.Superseded):
+            gens.begin_group(3)
+        gens.abandon(g2)
+        gens.sweep(g2)
+        late = socket.create_connection(("127.0.0.1", port))  # opened after the abandon
+        peer, _ = listener.accept()
+        late.settimeout(30)
+        self.assertEqual(late.recv(10), b"")
+        self.assertFalse(gens.end_group(g2))
+        for x in (listener, late, peer):
+            x.close()
+
     def test_abort_is_called_once_outside_the_lock(self):
         """A group's abort (NCCL communicators on torch 2.x) runs once when a
         newer generation abandons it, not again when the job leaves it, and
