@@ -559,16 +559,23 @@ class GrowFormedAheadTest(FakeAgentCase):
             # reference), as was the backend of the group the shrink left
             self.assertEqual(res[r]["reaped"], 2, res[r])
             first3 |= {s for g, s in res[r]["gens"] if g == 3}
-        # the members switched after the same step, at or past the boundary,
-        # and the joiner's first step is that one's successor
+        # the members switched after the same step, past the boundary, and
+        # the joiner's first step is that one's successor. The first vote is
+        # taken after the boundary step and read after the next one (it runs
+        # while that step computes): the switch is one step after its view.
         self.assertEqual(len(first3), 1, [x["gens"] for x in res])
-        self.assertGreater(min(first3), at, (first3, at))
+        self.assertGreater(min(first3), at + 1, (first3, at))
         self.assertEqual([g for g in res[2]["gens"]], [[3, min(first3)]])
         jh = res[2]["history"]
         self.assertEqual(len(jh), 1, jh)
         self.assertFalse(jh[0]["formed_ahead"])
         self.assertTrue(jh[0]["replacement"])
         self.assertGreater(jh[0]["transferred_bytes"], 0)
+        # the source serialized the state before the agreement, which gave
+        # its length: the joiner received one message
+        self.assertTrue(jh[0]["length_agreed"], jh)
+        # the joiner built its DDP before the agreement (waiting there anyway)
+        self.assertIn("ddp_build_early", jh[0]["phases"], jh)
         self.assertEqual(res[2]["reaped"], 0)
         # The joiner's first step was a healing one: it took part with zero
         # gradients while the state came, loaded and checked it at that
@@ -615,6 +622,9 @@ class GrowFormedAheadTest(FakeAgentCase):
         self.assertFalse(jh[0]["healed"], jh)
         self.assertTrue(jh[0]["verified"], jh)
         self.assertGreater(jh[0]["transferred_bytes"], 0)
+        self.assertTrue(jh[0]["length_agreed"], jh)
+        self.assertIn("ddp_build_early", jh[0]["phases"], jh)
+        self.assertEqual(jh[0]["phases"]["ddp_build"], 0.0, jh)  # built only once
         s = res[2]["gens"][0][1]
         for r in range(3):
             self.assertEqual(res[r]["worlds"][str(s)], 3, (r, s, res[r]["worlds"]))
