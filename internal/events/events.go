@@ -67,7 +67,10 @@ type Event struct {
 	RolledBack int     `json:"rolled_back_steps,omitempty"`
 	WorldSize  int     `json:"world_size,omitempty"`
 	Outcome    string  `json:"outcome,omitempty"`
-	Node       string  `json:"node,omitempty"`
+	// NoProgressGens (run_finished): the last generations ran without
+	// progress (a crash loop): their whole time is lost.
+	NoProgressGens int    `json:"no_progress_gens,omitempty"`
+	Node           string `json:"node,omitempty"`
 	// Stretch is set on steps events.
 	Stretch *Stretch `json:"stretch,omitempty"`
 	GPU     *int     `json:"gpu,omitempty"` // GPU index on Node (the worker's slot)

@@ -420,6 +420,31 @@ func TestSummarize(t *testing.T) {
 			{Time: at(4), Type: GenerationStart, Gen: 1},
 			{Time: at(8), Type: GenerationStop, Gen: 1},
 		}, 0, Summary{WallS: 8, Generations: 1, Goodput: 1}},
+		{"crash loop at start: the loop's generations are lost whole", []Event{
+			{Time: at(0), Type: RunStarted},
+			{Time: at(0.1), Type: GenerationStart, Gen: 1},
+			{Time: at(0.7), Type: FaultDetected, Gen: 1, DetectMS: 3},
+			{Time: at(0.7), Type: GenerationStart, Gen: 2},
+			{Time: at(1.3), Type: FaultDetected, Gen: 2, DetectMS: 4},
+			{Time: at(1.3), Type: GenerationStart, Gen: 3},
+			{Time: at(1.9), Type: FaultDetected, Gen: 3, DetectMS: 3},
+			{Time: at(2), Type: RunFinished, Outcome: "crash_loop", NoProgressGens: 3},
+		}, 0, Summary{Outcome: "crash_loop", WallS: 2, Generations: 3, Faults: 3,
+			DetectS: 0.01, RestartS: 1.89, LostS: 1.9, Goodput: 0.05}},
+		{"crash loop after an unmodified job ran: only the loop is lost", []Event{
+			{Time: at(0), Type: RunStarted},
+			{Time: at(1), Type: GenerationStart, Gen: 1},
+			{Time: at(50), Type: FaultDetected, Gen: 1, DetectMS: 1000},
+			{Time: at(51), Type: GenerationStart, Gen: 2},
+			{Time: at(52), Type: Recovered, Gen: 2, RecoverMS: 2000},
+			{Time: at(60), Type: FaultDetected, Gen: 2, DetectMS: 500},
+			{Time: at(60), Type: GenerationStart, Gen: 3},
+			{Time: at(70), Type: FaultDetected, Gen: 3, DetectMS: 500},
+			{Time: at(70), Type: RunFinished, Outcome: "crash_loop", NoProgressGens: 2},
+		}, 0, Summary{Outcome: "crash_loop", WallS: 70, Generations: 3, Faults: 3, Recoveries: 1,
+			// gen 1's fault and gen 2's restart as timed; gens 2 and 3 (51..70 s) lost
+			// whole, less the 2 s restart and 1 s of detection already counted in them
+			DetectS: 2, RestartS: 2 + 16, LostS: 20, Goodput: 50.0 / 70}},
 		{"injected faults and standbys do not count", []Event{
 			{Time: at(0), Type: RunStarted},
 			{Time: at(2), Type: FaultInjected, Rank: Int(1)},

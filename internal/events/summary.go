@@ -111,16 +111,19 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 	var recovers []Event
 	world := 0
 	var launches, grows []time.Time // generations started as new processes; grows
+	var genStarts []time.Time       // every generation's start
+	noProgress := 0                 // the last generations ran without progress
 	for _, e := range evs {
 		switch e.Type {
 		case RunStarted:
 			// A run dir used again: account the latest run only.
 			s, start, end = Summary{}, e.Time, e.Time
 			stretches, faults, recovers = nil, nil, nil
-			launches, grows = nil, nil
+			launches, grows, genStarts, noProgress = nil, nil, nil, 0
 			world = e.WorldSize
 		case GenerationStart:
 			s.Generations++
+			genStarts = append(genStarts, e.Time)
 			switch e.Cause {
 			case "": // a launch: all processes new
 				launches = append(launches, e.Time)
@@ -143,6 +146,7 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 		case RunFinished:
 			end = e.Time
 			s.Outcome = e.Outcome
+			noProgress = e.NoProgressGens
 			if e.Step != nil && *e.Step > s.Steps {
 				s.Steps = *e.Step
 			}
@@ -162,6 +166,24 @@ func Summarize(evs []Event, stepTime time.Duration) Summary {
 		for _, r := range recovers {
 			s.RestartS += r.RecoverMS / 1000
 			s.RollbackS += float64(r.RolledBack) * stepTime.Seconds()
+		}
+		if n := noProgress; n > 0 && n <= len(genStarts) {
+			// A crash loop: its generations did nothing (the policy judged
+			// so), however long each lived. Their time is restart time, less
+			// the detection and restarts already counted in it.
+			from := genStarts[len(genStarts)-n]
+			counted := 0.0
+			for _, f := range faults {
+				if !f.Time.Before(from) {
+					counted += f.DetectMS / 1000
+				}
+			}
+			for _, r := range recovers {
+				if !r.Time.Before(from) {
+					counted += r.RecoverMS / 1000
+				}
+			}
+			s.RestartS += max(0, end.Sub(from).Seconds()-counted)
 		}
 		s.LostS = s.DetectS + s.RestartS + s.RollbackS
 		if s.WallS > 0 {

@@ -284,6 +284,10 @@ type Busy struct {
 type Finish struct {
 	Outcome Outcome
 	Reason  string
+	// NoProgress: how many generations at the end ran without progress (a
+	// crash loop's), so that the summary counts their time as lost even for
+	// a job whose steps it cannot see.
+	NoProgress int
 }
 
 func (Launch) decision()    {}
@@ -966,7 +970,8 @@ func (m *Machine) failObserved(now time.Duration, f Fault, signature string, o o
 	switch {
 	case m.sameFailures >= m.cfg.CrashLoopLimit:
 		m.finishAfter = &Finish{Outcome: CrashLoop, Reason: fmt.Sprintf(
-			"crash loop: %d generations in a row failed without progress (rank %d, %s)", m.sameFailures, f.Rank, f.Detail)}
+			"crash loop: %d generations in a row failed without progress (rank %d, %s)", m.sameFailures, f.Rank, f.Detail),
+			NoProgress: m.sameFailures}
 	case m.restarts >= m.cfg.MaxRestarts:
 		m.finishAfter = &Finish{Outcome: Failed, Reason: fmt.Sprintf(
 			"max restarts (%d) exhausted; last fault: rank %d %s", m.cfg.MaxRestarts, f.Rank, f.Detail)}

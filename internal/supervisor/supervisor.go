@@ -482,7 +482,8 @@ func (r *run) fault(f policy.Fault) {
 }
 
 func (r *run) finish(f policy.Finish) {
-	ev := events.Event{Type: events.RunFinished, Outcome: string(f.Outcome), Detail: f.Reason}
+	ev := events.Event{Type: events.RunFinished, Outcome: string(f.Outcome), Detail: f.Reason,
+		NoProgressGens: f.NoProgress}
 	if s := r.m.JobStep(); s >= 0 {
 		ev.Step = events.Int(s)
 	}

@@ -108,8 +108,15 @@ func TestTorchTrueCrashLoopsEndWithinThreeGenerations(t *testing.T) {
 			if !strings.Contains(r.out, tt.shows) {
 				t.Errorf("the error %q is not on the terminal:\n%s", tt.shows, r.out)
 			}
-			if n := r.count(events.GenerationStart, r.events(t)); n > 3 {
+			evs := r.events(t)
+			if n := r.count(events.GenerationStart, evs); n > 3 {
 				t.Errorf("%d generations before giving up, want at most 3:\n%s", n, r.out)
+			}
+			// Nothing was trained: the summary must not say otherwise (it
+			// said 0.94-1.00 when it had no steps to measure by).
+			if last := evs[len(evs)-1]; last.Type != events.RunFinished || last.Summary == nil ||
+				last.Summary.Goodput > 0.05 {
+				t.Errorf("a crash loop's summary: %+v, want goodput near 0:\n%s", last.Summary, r.out)
 			}
 			t.Logf("crash loop %q ended after %.1f s", tt.fail, took.Seconds())
 		})
