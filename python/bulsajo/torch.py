@@ -74,12 +74,13 @@ FAILED_NOTICE_S = 3.0     # wait this long for a new generation before telling t
 GENERATION_WAIT_S = 60.0  # give up waiting for a new generation after this long
 # The agreement row (_sync): step, needs the state, regroups, counting, the
 # SHA-256 digest (32 values), can heal (0 no, 1 if it pays, 2 always), a
-# step's time for the whole batch and the state's send cost (µs, _heal_pays).
+# step's time for the whole batch and the state's send cost (µs, _heal_pays),
+# the length of the state a grow's source serialized ahead (0: none).
 _ROW_DIGEST = slice(4, 36)
 _ROW_HEAL = 36
 _ROW_BATCH_US = 37
 _ROW_SEND_US = 38
-_ROW_PAYLOAD = 39   # the length of the state this rank serialized ahead, or 0
+_ROW_PAYLOAD = 39
 # A joiner that is sent the state before its first step stops the members for
 # the wire and its own decoding, loading and hashing of the state (each about
 # one pass over it, as long as a holder's digest: _heal_pays); the wire is
@@ -2109,13 +2110,15 @@ class DistributedDataParallel(nn.Module):
 
 # ------------------------------------------------------------------------ state
 
+# DDP's constructor collectives (module-level functions of its module).
+_DDP_INIT_SYNC = ("_verify_param_shape_across_processes", "_sync_module_states")
+
+
 def _ddp_init_sync_skippable():
     """Whether _no_ddp_init_sync skips both of DDP's constructor collectives
     on this torch (so a DDP built under it runs none)."""
     mod = sys.modules.get(_TorchDDP.__module__)
-    return mod is not None and all(
-        callable(getattr(mod, n, None))
-        for n in ("_verify_param_shape_across_processes", "_sync_module_states"))
+    return mod is not None and all(callable(getattr(mod, n, None)) for n in _DDP_INIT_SYNC)
 
 
 @contextlib.contextmanager
@@ -2128,12 +2131,11 @@ def _no_ddp_init_sync():
     torch.nn.parallel.distributed in 1.13 and 2.x; if either is missing,
     nothing is skipped."""
     mod = sys.modules.get(_TorchDDP.__module__)
-    names = ("_verify_param_shape_across_processes", "_sync_module_states")
-    saved = {n: getattr(mod, n, None) for n in names}
-    if mod is None or not all(callable(f) for f in saved.values()):
+    saved = {n: getattr(mod, n, None) for n in _DDP_INIT_SYNC}
+    if not _ddp_init_sync_skippable():
         yield
         return
-    for n in names:
+    for n in _DDP_INIT_SYNC:
         setattr(mod, n, _skip)
     try:
         yield
