@@ -1090,7 +1090,7 @@ class Job(object):
         ph["digest"] = _now() - t_hash
         send_us = 0
         if holder:  # the state's send priced by this digest's time (_heal_pays)
-            hashed = _now() - t_hash
+            hashed = ph["digest"]
             nbytes = getattr(state, "_digest_bytes", 0)
             send_us = int(1e6 * (SEND_PASSES * hashed + nbytes / WIRE_BYTES_PER_S))
         batch = self._meter.batch_time() if self._meter is not None else 0.0
