@@ -16,6 +16,9 @@ Uses exactly the public API of bulsajo.torch.  Properties the tests rely on:
   committed step, from a job.on_commit callback: a step that failed and was
   redone appears once (for the run that committed), so across the file every
   step's ids are exactly its global batch.
+* --step-log FILE: every rank appends "time step rank world_size gen" once
+  per committed step (time.time() at the commit), for measuring what a
+  fault costs from the steps' own timeline (bench/live_cost.py).
 * Output: rank 0 prints `step {s} loss {x}` every --log-every steps and at the
   end exactly one line
   `done steps={N} loss={x:.6f} params_sha256={hex} regroups={K}`.
@@ -57,6 +60,8 @@ def parse_args():
                    help="sleep per step before computing (simulates data loading)")
     p.add_argument("--sample-log", default=None,
                    help="append 'gen step rank sample_ids...' per committed step and rank")
+    p.add_argument("--step-log", default=None,
+                   help="append 'time step rank world_size gen' per committed step and rank")
     p.add_argument("--result-dir", default=None,
                    help="write rank{R}.json (params hash, history) per rank at the end")
     return p.parse_args()
@@ -147,6 +152,13 @@ def main():
             ids = sampler.indices(step, rank, world_size)
             line = "%s %d %d %s\n" % (gen, step, rank, " ".join(map(str, ids)))
             os.write(fd, line.encode())  # one O_APPEND write: lines never interleave
+
+    if args.step_log:
+        sfd = os.open(args.step_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+        @job.on_commit
+        def log_step(step, rank, world_size, gen):
+            os.write(sfd, ("%.6f %d %d %d %s\n" % (time.time(), step, rank, world_size, gen)).encode())
 
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     for step in job.steps(args.steps, state):
