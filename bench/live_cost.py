@@ -192,6 +192,13 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def by_binary_and_rate(runs, bins, kills):
+    """(binary name, kill-every, its faulty runs) for each table row."""
+    for k in kills:
+        for name, _ in bins:
+            yield name, k, [x for x in runs if x.get("kill_every_s") == k and x["name"] == name]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bin", action="append", required=True, metavar="NAME=PATH",
@@ -292,37 +299,33 @@ def main():
           "recover ms (median) | shrink pause s | grow pause s | steal s (max) | "
           "healthy step unmeasured |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for k in kills:
-        for name, _ in bins:
-            xs = [x for x in runs if x.get("kill_every_s") == k and x["name"] == name]
-            diff = max(abs((x["summary_goodput"] or 0) - x["wall_goodput"]) for x in xs)
-            pm = [abs((x["summary_goodput"] or 0) - x["pace_matched_wall_goodput"])
-                  for x in xs if x["pace_matched_wall_goodput"] is not None]
-            print("| %s | %d s | %d | %s | %.2f | %.3f | %.3f | %.3f | %s | %.0f | %.3f | %.3f | %.1f | %d of %d |" % (
-                name, k, len(xs), "/".join(str(x["faults"]) for x in xs),
-                med(x["cost_per_fault_s"] for x in xs), med(x["summary_goodput"] for x in xs),
-                med(x["wall_goodput"] for x in xs), diff, "%.3f" % max(pm) if pm else "—",
-                med([v for x in xs for v in x["recover_ms"]]),
-                med([v for x in xs for v in x["shrink_pause_s"]]),
-                med([v for x in xs for v in x["grow_pause_s"]]),
-                max(x["steal_s"] for x in xs),
-                sum(1 for x in xs if x.get("healthy_from") == "median_step"), len(xs)))
+    for name, k, xs in by_binary_and_rate(runs, bins, kills):
+        diff = max(abs((x["summary_goodput"] or 0) - x["wall_goodput"]) for x in xs)
+        pm = [abs((x["summary_goodput"] or 0) - x["pace_matched_wall_goodput"])
+              for x in xs if x["pace_matched_wall_goodput"] is not None]
+        print("| %s | %d s | %d | %s | %.2f | %.3f | %.3f | %.3f | %s | %.0f | %.3f | %.3f | %.1f | %d of %d |" % (
+            name, k, len(xs), "/".join(str(x["faults"]) for x in xs),
+            med(x["cost_per_fault_s"] for x in xs), med(x["summary_goodput"] for x in xs),
+            med(x["wall_goodput"] for x in xs), diff, "%.3f" % max(pm) if pm else "—",
+            med([v for x in xs for v in x["recover_ms"]]),
+            med([v for x in xs for v in x["shrink_pause_s"]]),
+            med([v for x in xs for v in x["grow_pause_s"]]),
+            max(x["steal_s"] for x in xs),
+            sum(1 for x in xs if x.get("healthy_from") == "median_step"), len(xs)))
     if args.in_run:
         print("\n| binary | kill every | runs | faults | in-run s per fault (median, range) | "
               "null s per fault (median abs, max abs) | summary lost s per fault (median) | "
               "raw s per fault (median) |")
         print("|---|---|---|---|---|---|---|---|")
-        for k in kills:
-            for name, _ in bins:
-                xs = [x for x in runs if x.get("kill_every_s") == k and x["name"] == name]
-                ys = [x["in_run_cost_per_fault_s"] for x in xs if "in_run_cost_per_fault_s" in x]
-                ns = [abs(v) for x in xs for v in x.get("null_per_fault_s") or [] if v is not None]
-                print("| %s | %d s | %d of %d | %s | %.3f (%s) | %s | %.3f | %.2f |" % (
-                    name, k, len(ys), len(xs), "/".join(str(x["faults"]) for x in xs), med(ys),
-                    "%.3f..%.3f" % (min(ys), max(ys)) if ys else "—",
-                    "%.3f, %.3f" % (med(ns), max(ns)) if ns else "—",
-                    med((x["summary_lost_s"] or 0) / max(x["faults"], 1) for x in xs),
-                    med(x["cost_per_fault_s"] for x in xs)))
+        for name, k, xs in by_binary_and_rate(runs, bins, kills):
+            ys = [x["in_run_cost_per_fault_s"] for x in xs if "in_run_cost_per_fault_s" in x]
+            ns = [abs(v) for x in xs for v in x.get("null_per_fault_s") or [] if v is not None]
+            print("| %s | %d s | %d of %d | %s | %.3f (%s) | %s | %.3f | %.2f |" % (
+                name, k, len(ys), len(xs), "/".join(str(x["faults"]) for x in xs), med(ys),
+                "%.3f..%.3f" % (min(ys), max(ys)) if ys else "—",
+                "%.3f, %.3f" % (med(ns), max(ns)) if ns else "—",
+                med((x["summary_lost_s"] or 0) / max(x["faults"], 1) for x in xs),
+                med(x["cost_per_fault_s"] for x in xs)))
     if any(x["rc"] != 0 for x in runs):
         sys.exit(1)
 
