@@ -151,6 +151,7 @@ def _close_at_exit():
             job.close()
         except Exception:
             pass
+    _drop_kept_stores(everything=True)
 
 
 def _env_int(name, default):
@@ -1465,7 +1466,41 @@ def _tcp_store(addr, port, world, is_master, timeout):
     kw = {"wait_for_workers": False}
     if _HAS_USE_LIBUV and (os.environ.get("USE_LIBUV") == "0" or _libuv_missing()):
         kw["use_libuv"] = False
-    return dist.TCPStore(addr, port, world, is_master, timeout, **kw)
+    if is_master and _TORCH_MAJOR < 2:
+        _drop_kept_stores(port)
+    store = dist.TCPStore(addr, port, world, is_master, timeout, **kw)
+    if is_master and _TORCH_MAJOR < 2:
+        with _kept_lock:
+            _kept_stores.append((_now(), port, store))
+    return store
+
+
+# torch 1.x: a TCPStore client's background thread (its callback channel)
+# aborts the whole process ("terminate called after throwing an instance of
+# 'std::system_error' what(): Connection reset by peer") when that
+# connection is reset, and a server store that closes while a client's
+# connection still waits in its listen backlog resets it: rank 0 dropping a
+# formation superseded while the others connect (seen once in
+# TestLiveSecondFaultWhileAGrowForms, which lost the joiner to it). So a
+# server store lives STORE_KEEP_S after it was made at least: its
+# generation's clients connect as soon as it listens, or give up when a newer
+# generation exists. torch 2.x's client has no such thread.
+STORE_KEEP_S = 5.0
+_kept_stores = collections.deque()  # (made at, port, store), oldest first
+_kept_lock = threading.Lock()
+
+
+def _drop_kept_stores(port=None, everything=False):
+    """Let go of the server stores kept past STORE_KEEP_S, those on ``port``
+    (a fixed --master-port: the next generation's store binds it), or all.
+    A store still in use stays alive through its group."""
+    now = _now()
+    with _kept_lock:
+        drop = [e for e in _kept_stores
+                if everything or now - e[0] > STORE_KEEP_S or (port and e[1] == port)]
+        for e in drop:
+            _kept_stores.remove(e)
+    del drop  # destructors outside the lock
 
 
 class _Prepared(object):

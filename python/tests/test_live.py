@@ -19,6 +19,66 @@ from bulsajo import _live
 from tests.test_live_agent import TINY_JOB, FakeAgentCase, free_port, have_torch, proc_state
 
 
+def _torch_major():
+    import torch
+    return int(torch.__version__.split(".")[0])
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class ServerStoreKeptTest(unittest.TestCase):
+    """torch 1.x: a server store outlives its last reference by STORE_KEEP_S,
+    so that no client connecting to a superseded formation is reset (which
+    aborts the client process: torch 1.x's callback thread)."""
+
+    def setUp(self):
+        if _torch_major() >= 2:
+            self.skipTest("torch 2.x's store client has no callback thread: nothing kept")
+        import bulsajo.torch as bt
+        self.bt = bt
+        self.addCleanup(bt._drop_kept_stores, everything=True)
+
+    def server(self, port):
+        import datetime
+        return self.bt._tcp_store("127.0.0.1", port, 2, True, datetime.timedelta(seconds=5))
+
+    def listens(self, port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
+
+    def test_a_dropped_server_store_still_serves_its_clients(self):
+        import datetime
+        port = free_port()
+        s = self.server(port)
+        s.set("k", b"v")
+        del s  # a formation superseded on rank 0
+        c = self.bt._tcp_store("127.0.0.1", port, 2, False, datetime.timedelta(seconds=5))
+        self.assertEqual(c.get("k"), b"v")
+
+    def test_a_server_on_the_same_port_replaces_the_kept_one(self):
+        port = free_port()
+        s = self.server(port)
+        del s
+        s2 = self.server(port)  # a fixed --master-port: the next generation binds it
+        s2.set("k", b"2")
+        self.assertEqual(s2.get("k"), b"2")
+
+    def test_kept_stores_go_after_the_keep(self):
+        saved = self.bt.STORE_KEEP_S
+        self.addCleanup(setattr, self.bt, "STORE_KEEP_S", saved)
+        self.bt.STORE_KEEP_S = 0.05
+        port = free_port()
+        s = self.server(port)
+        del s
+        self.assertTrue(self.listens(port))
+        time.sleep(0.1)
+        keep = self.server(free_port())  # the next store lets the old one go
+        self.assertFalse(self.listens(port))
+        del keep
+
+
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
 class ElasticSamplerTest(unittest.TestCase):
     def sampler(self, n=1000, b=64, seed=0):
