@@ -19,11 +19,6 @@ from bulsajo import _live
 from tests.test_live_agent import TINY_JOB, FakeAgentCase, free_port, have_torch, proc_state
 
 
-def _torch_major():
-    import torch
-    return int(torch.__version__.split(".")[0])
-
-
 @unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
 class ServerStoreKeptTest(unittest.TestCase):
     """torch 1.x: a server store outlives its last reference by STORE_KEEP_S,
@@ -31,9 +26,9 @@ class ServerStoreKeptTest(unittest.TestCase):
     aborts the client process: torch 1.x's callback thread)."""
 
     def setUp(self):
-        if _torch_major() >= 2:
-            self.skipTest("torch 2.x's store client has no callback thread: nothing kept")
         import bulsajo.torch as bt
+        if bt._TORCH_MAJOR >= 2:
+            self.skipTest("torch 2.x's store client has no callback thread: nothing kept")
         self.bt = bt
         self.addCleanup(bt._drop_kept_stores, everything=True)
 
