@@ -344,7 +344,31 @@ func (a *Launcher) startSlot(g *generation, spec GenerationSpec, slot int, env m
 // writePID records which process holds rank now, for operators and tools
 // (py-spy, a fault script): a standby's /proc/PID/environ predates its rank.
 func (a *Launcher) writePID(rank, pid int) {
-	os.WriteFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), []byte(strconv.Itoa(pid)+"\n"), 0o644)
+	writePIDFile(filepath.Join(a.cfg.RunDir, "pids", "rank"+strconv.Itoa(rank)), pid)
+}
+
+// writePIDFile replaces path through a rename: a tool that reads it while a
+// grow rewrites every rank's file sees the old pid or the new, never an
+// empty file (os.WriteFile truncates first). No fsync: after a crash the
+// file names a dead process anyway.
+func writePIDFile(path string, pid int) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return
+	}
+	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
 }
 
 // Prewarm fills the standby pool before any generation runs here: a spare

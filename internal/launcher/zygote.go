@@ -91,7 +91,7 @@ func (a *Launcher) startZygote() (*zygote, error) {
 	// Beside pids/rankN, for operators and tools: a fork is named
 	// bulsajo-zygote too for the moment before it renames itself.
 	pidFile := filepath.Join(a.cfg.RunDir, "pids", "zygote")
-	os.WriteFile(pidFile, []byte(strconv.Itoa(z.pid)+"\n"), 0o644)
+	writePIDFile(pidFile, z.pid)
 	// Its import is a standby's import (priority.go, and the step clock's
 	// importTracker); its forks inherit the nice value until activated.
 	lowerPriority(z.pid)
