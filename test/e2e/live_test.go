@@ -405,9 +405,11 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 		}
 		return n
 	}
-	// fourTraining: the latest generation has all four ranks alive (the
-	// replacements admitted); its number.
-	fourTraining := func() (int, bool) {
+	// fourTraining: the latest generation is newer than after and has all
+	// four ranks alive (the replacements admitted); its number. Newer: just
+	// after a kill the log still ends in the grow and the killed rank can
+	// still be tearing down (not yet a zombie), which would pass for four.
+	fourTraining := func(after int) (int, bool) {
 		var last events.Event
 		for _, e := range read() {
 			if e.Type == events.GenerationStart {
@@ -419,12 +421,22 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 				return 0, false
 			}
 		}
-		return last.Gen, last.WorldSize == 4
+		return last.Gen, last.Gen > after && last.WorldSize == 4
+	}
+	latestGen := func() int {
+		gen := 0
+		for _, e := range read() {
+			if e.Type == events.GenerationStart {
+				gen = e.Gen
+			}
+		}
+		return gen
 	}
 	waitFor(t, 3*time.Minute, "training", func() bool { return strings.Contains(out.String(), "[rank0] step 20 ") })
+	after := 0 // the generation the last kill of rank 2 landed in (or a later one)
 	for i, delay := range []time.Duration{10, 20, 30} {
 		var gen int
-		waitFor(t, 3*time.Minute, "four ranks", func() (ok bool) { gen, ok = fourTraining(); return ok })
+		waitFor(t, 3*time.Minute, "four ranks", func() (ok bool) { gen, ok = fourTraining(after); return ok })
 		time.Sleep(time.Second) // training in that generation
 		killRank(t, runDir, 1)
 		// The replacement is admitted by a grow once it is ready (a standby
@@ -438,10 +450,11 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 			}
 		}
 		time.Sleep(delay * time.Millisecond)
+		after = latestGen()
 		killRank(t, runDir, 2)
 	}
 	// Training goes on, all four ranks again, after the last fault.
-	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := fourTraining(); return ok })
+	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := fourTraining(after); return ok })
 	time.Sleep(time.Second)
 	running()
 	cmd.Process.Signal(syscall.SIGINT)
