@@ -20,6 +20,7 @@ Properties the bulsajo tests rely on:
   separately (see per_param_allreduce): bit-identical resumes with >2 ranks.
 * --fail-at-step S makes rank 0 raise at step S on every run: a deterministic
   crash loop (a resumed run restarts from a checkpoint before S).
+  --abort-at-step S makes it abort() there instead (a native crash).
 * Output (rank 0): `step {s} loss {loss:.4f}` every --log-every steps, then
   `timing steps_run={n} secs={t} step_ms={ms}` for the steps this run did, and
   finally exactly one line `done steps={N} loss={final_loss:.6f} params_sha256={hex}`.
@@ -68,6 +69,9 @@ def parse_args():
                         "at a multiple of 100 steps and at the end, as a large model's save would")
     p.add_argument("--fail-at-step", type=int, default=None,
                    help="rank 0 raises RuntimeError on reaching this step (every run)")
+    p.add_argument("--abort-at-step", type=int, default=None,
+                   help="rank 0 calls abort() on reaching this step (every run): a native "
+                        "crash, SIGABRT, as an uncaught C++ exception in torch ends")
     return p.parse_args()
 
 
@@ -211,6 +215,8 @@ def main():
     for step in range(start, args.steps):
         if args.fail_at_step is not None and step == args.fail_at_step and rank == 0:
             raise RuntimeError("injected failure at step %d" % step)
+        if args.abort_at_step is not None and step == args.abort_at_step and rank == 0:
+            os.abort()
         ids, x, y = batch_for(args.seed, step, rank, args.batch, teacher)
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)

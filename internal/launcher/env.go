@@ -63,6 +63,12 @@ func (a *Launcher) baseEnv() []string {
 	if a.cfg.Live {
 		set["BULSAJO_RECOVERY"] = "live"
 	}
+	if _, ok := os.LookupEnv("PYTHONFAULTHANDLER"); !ok {
+		// A worker killed by a signal it raised itself (a C++ exception
+		// inside torch ending in abort, a segfault) leaves every thread's
+		// Python stack in its rank log: nothing else says where it was.
+		set["PYTHONFAULTHANDLER"] = "1"
+	}
 	for k, v := range a.cfg.Env {
 		if os.Getenv(k) == "" {
 			set[k] = v

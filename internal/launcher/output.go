@@ -89,6 +89,11 @@ func (s *stderrState) observe(text string, now time.Time) {
 	case s.inBlock:
 		// The exception's message continues (torch's "At:" lines ...).
 	case isErrorLine(t):
+		if strings.HasPrefix(t, "Fatal Python error") && cppAbort.MatchString(s.cause) && now.Sub(s.causeAt) <= time.Second {
+			// faulthandler's stacks after a C++ exception's abort: that
+			// exception is the cause, "Fatal Python error: Aborted" its echo.
+			break
+		}
 		s.cause, s.causeAt, s.causeLast = t, now, true
 	default:
 		s.causeLast = false
@@ -119,6 +124,9 @@ var errorLine = regexp.MustCompile(`^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|E
 	`^(?i:error|fatal)\b|^Fatal Python error|^terminate called|^what\(\):|^\S+: error: `)
 
 func isErrorLine(t string) bool { return errorLine.MatchString(t) }
+
+// cppAbort: the lines an uncaught C++ exception prints before abort().
+var cppAbort = regexp.MustCompile(`^terminate called|^what\(\):`)
 
 // deadline is when the held lines go out, given the line just added.
 func (s *stderrState) deadline() time.Time {

@@ -33,6 +33,15 @@ func TestExitCause(t *testing.T) {
 		}
 		return out
 	}
+	// faulthandler's report of a fatal signal (Python 3.11).
+	faultDump := func(at time.Duration, what string) []line {
+		return []line{{at, "Fatal Python error: " + what}, {at, ""},
+			{at, "Thread 0x00007f1c2a3fe6c0 (most recent call first):"},
+			{at, `  File "/usr/lib/python3.11/threading.py", line 320 in wait`},
+			{at, ""}, {at, "Current thread 0x00007f1c3b2e7740 (most recent call first):"},
+			{at, `  File "train.py", line 9 in <module>`}, {at, ""},
+			{at, "Extension modules: numpy.core._multiarray_umath, torch._C (total: 2)"}}
+	}
 	cat := func(ls ...[]line) []line {
 		var out []line
 		for _, l := range ls {
@@ -77,6 +86,20 @@ func TestExitCause(t *testing.T) {
 		{"traceback, then killed from outside", tb(time.Second, "ValueError: caught and logged"), 137, "SIGKILL", time.Second, ""},
 		{"uncaught C++ exception", []line{{time.Second, "terminate called after throwing an instance of 'c10::Error'"}},
 			134, "SIGABRT", time.Second, "terminate called after throwing an instance of 'c10::Error'"},
+		// Python's faulthandler (PYTHONFAULTHANDLER, which workers get) dumps
+		// every thread's stack when the process raises a fatal signal.
+		{"uncaught C++ exception, then faulthandler's stacks", cat([]line{
+			{time.Second, "terminate called after throwing an instance of 'std::runtime_error'"},
+			{time.Second, "  what():  pybind11_object_dealloc(): Tried to deallocate unregistered instance!"}},
+			faultDump(time.Second, "Aborted")), 134, "SIGABRT", time.Second,
+			"what():  pybind11_object_dealloc(): Tried to deallocate unregistered instance!"},
+		{"os.abort() with faulthandler", faultDump(time.Second, "Aborted"), 134, "SIGABRT", time.Second, "Fatal Python error: Aborted"},
+		{"segfault with faulthandler", faultDump(time.Second, "Segmentation fault"), 139, "SIGSEGV", time.Second,
+			"Fatal Python error: Segmentation fault"},
+		{"C++ exception long before faulthandler's stacks", cat([]line{
+			{time.Second, "terminate called after throwing an instance of 'std::runtime_error'"}},
+			faultDump(5*time.Second, "Segmentation fault")), 139, "SIGSEGV", 5 * time.Second,
+			"Fatal Python error: Segmentation fault"},
 		{"argparse", []line{{0, "usage: train.py [-h] [--steps STEPS]"}, {0, "train.py: error: unrecognized arguments: --stpes"}},
 			2, "", 0, "train.py: error: unrecognized arguments: --stpes"},
 		{"a warning is no error", warn, 1, "", 0, ""},

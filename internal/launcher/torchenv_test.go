@@ -53,3 +53,36 @@ func TestNoLibuvDatagram(t *testing.T) {
 		}
 	}
 }
+
+// Workers get Python's faulthandler (their stacks in the rank log when they
+// die of a signal they raised), unless the user set PYTHONFAULTHANDLER,
+// to anything (even empty, which turns it off).
+func TestFaultHandlerUnlessTheUserSetIt(t *testing.T) {
+	tests := []struct {
+		name string
+		user *string // nil: unset
+		want string
+	}{
+		{"default", nil, "1"},
+		{"user turned it off", ptr(""), ""},
+		{"user set it", ptr("1"), "1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("PYTHONFAULTHANDLER", "") // restored after the test
+			if tt.user == nil {
+				os.Unsetenv("PYTHONFAULTHANDLER")
+			} else {
+				os.Setenv("PYTHONFAULTHANDLER", *tt.user)
+			}
+			for _, live := range []bool{false, true} {
+				a := &Launcher{cfg: Config{RunID: "r", RunDir: t.TempDir(), Live: live}, ctl: &control{}}
+				if got, ok := envMap(t, a.baseEnv())["PYTHONFAULTHANDLER"]; !ok || got != tt.want {
+					t.Errorf("live=%v: PYTHONFAULTHANDLER=%q (set: %v), want %q", live, got, ok, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func ptr(s string) *string { return &s }

@@ -126,8 +126,36 @@ func startBulsajo(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer, string)
 		if t.Failed() {
 			logStacks(t, runDir)
 		}
+		keepCrashes(t, runDir)
 	})
 	return cmd, out, runDir
+}
+
+// keepCrashes reports every worker that died of a fatal signal it raised
+// (faulthandler's "Fatal Python error" in its rank log) whether or not the
+// test failed: a survivor that aborts inside torch is lost work even when
+// bulsajo recovers, and its stacks go with the test's temp dir. With
+// BULSAJO_E2E_KEEP=DIR set, the run's logs are copied there.
+func keepCrashes(t *testing.T, runDir string) {
+	logs, _ := filepath.Glob(filepath.Join(runDir, "logs", "rank*.log"))
+	crashed := false
+	for _, l := range logs {
+		b, _ := os.ReadFile(l)
+		if i := bytes.Index(b, []byte("Fatal Python error")); i >= 0 {
+			crashed = true
+			from := max(0, bytes.LastIndex(b[:i], []byte("\n"))-4000)
+			t.Logf("%s: a worker died of a fatal signal:\n%s", filepath.Base(l), b[from:])
+		}
+	}
+	keep := os.Getenv("BULSAJO_E2E_KEEP")
+	if !crashed || keep == "" {
+		return
+	}
+	dst := filepath.Join(keep, strings.NewReplacer("/", "_").Replace(t.Name())+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := os.MkdirAll(dst, 0o755); err == nil {
+		exec.Command("cp", "-a", filepath.Join(runDir, "logs"), filepath.Join(runDir, "events.jsonl"), dst).Run()
+		t.Logf("logs kept in %s", dst)
+	}
 }
 
 // logStacks prints the stack dumps the SDK wrote for regroups that got

@@ -88,3 +88,33 @@ func index(s, re string) int {
 	}
 	return -1
 }
+
+// A worker that dies of a native crash (abort(), as an uncaught C++
+// exception inside torch ends) leaves every thread's Python stack in its
+// rank log, through the faulthandler bulsajo turns on for its workers; the
+// fault line names the crash and where that log is.
+func TestTorchNativeCrashLeavesItsStacks(t *testing.T) {
+	requireTorch(t)
+	r := bulsajo(t, 3*time.Minute, append([]string{"--nproc-per-node", "3", "--max-restarts", "0"},
+		trainArgs(t, "200", "--abort-at-step", "30")...)...)
+	if r.code == 0 {
+		t.Fatalf("exit 0, want a failure:\n%s", r.out)
+	}
+	want := regexp.MustCompile(`(?m)^! rank 0 exited \(SIGABRT: Fatal Python error: Aborted\) · detected in [0-9.]+ m?s · see \S*/logs/rank0\.log$`)
+	if !want.MatchString(r.out) {
+		t.Errorf("no fault line %v:\n%s", want, r.out)
+	}
+	b, err := os.ReadFile(filepath.Join(r.runDir, "logs", "rank0.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The main thread's stack, down to the line that aborted.
+	stack := regexp.MustCompile(`(?s)Fatal Python error: Aborted.*Current thread 0x[0-9a-f]+ \(most recent call first\):\n\s+File "[^"]*ddp_train\.py", line \d+ in main`)
+	if !stack.Match(b) {
+		t.Errorf("rank0.log has no Python stack of the abort:\n%s", b)
+	}
+	if peerError.MatchString(r.out) {
+		t.Errorf("the survivors' errors reached the terminal:\n%s", r.out)
+	}
+	t.Logf("terminal:\n%s", r.out)
+}

@@ -166,7 +166,8 @@ with open(os.path.join(sys.argv[1], "env%s.json" % os.environ["RANK"]), "w") as 
 				t.Errorf("rank %s: %s=%q, torchrun gives %q", rank, k, g, v)
 			}
 		}
-		// ...and nothing else but bulsajo's own, Python's output settings,
+		// ...and nothing else but bulsajo's own, Python's output and crash
+		// report settings (PYTHONFAULTHANDLER: a native crash's stacks),
 		// USE_LIBUV=0 where torch lacks libuv, and the other torch version's
 		// name of a variable torchrun sets, with the same value.
 		var extra []string
@@ -177,7 +178,8 @@ with open(os.path.join(sys.argv[1], "env%s.json" % os.environ["RANK"]), "w") as 
 			if k == "USE_LIBUV" && g == "0" {
 				continue
 			}
-			if _, ok := want[k]; !ok && !strings.HasPrefix(k, "BULSAJO_") && k != "PYTHONUNBUFFERED" && k != "PYTHONPATH" {
+			if _, ok := want[k]; !ok && !strings.HasPrefix(k, "BULSAJO_") && k != "PYTHONUNBUFFERED" && k != "PYTHONPATH" &&
+				k != "PYTHONFAULTHANDLER" {
 				if _, inParent := os.LookupEnv(k); !inParent {
 					extra = append(extra, k)
 				}
