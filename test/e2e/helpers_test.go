@@ -152,10 +152,18 @@ func keepCrashes(t *testing.T, runDir string) {
 		return
 	}
 	dst := filepath.Join(keep, strings.NewReplacer("/", "_").Replace(t.Name())+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-	if err := os.MkdirAll(dst, 0o755); err == nil {
-		exec.Command("cp", "-a", filepath.Join(runDir, "logs"), filepath.Join(runDir, "events.jsonl"), dst).Run()
-		t.Logf("logs kept in %s", dst)
+	err := os.CopyFS(filepath.Join(dst, "logs"), os.DirFS(filepath.Join(runDir, "logs")))
+	if err == nil {
+		var ev []byte
+		if ev, err = os.ReadFile(filepath.Join(runDir, "events.jsonl")); err == nil {
+			err = os.WriteFile(filepath.Join(dst, "events.jsonl"), ev, 0o644)
+		}
 	}
+	if err != nil {
+		t.Logf("keeping the logs in %s: %v", dst, err)
+		return
+	}
+	t.Logf("logs kept in %s", dst)
 }
 
 // logStacks prints the stack dumps the SDK wrote for regroups that got
