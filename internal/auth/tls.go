@@ -20,6 +20,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/bulsajo/bulsajo/internal/atomicfile"
 )
 
 // Files LoadOrCreateServerTLS keeps in its directory.
@@ -209,7 +211,7 @@ func newCA(caFile, caKeyFile string) (*x509.Certificate, crypto.Signer, error) {
 	if err := writeKey(caKeyFile, key); err != nil {
 		return nil, nil, err
 	}
-	if err := writeAtomic(caFile, pemBlock("CERTIFICATE", der), 0o644); err != nil {
+	if err := atomicfile.WriteDurable(caFile, pemBlock("CERTIFICATE", der), 0o644); err != nil {
 		return nil, nil, err
 	}
 	return ca, key, nil
@@ -246,7 +248,7 @@ func issueServer(ca *x509.Certificate, caKey crypto.Signer, certFile, keyFile st
 	if err := writeKey(keyFile, key); err != nil {
 		return err
 	}
-	return writeAtomic(certFile, pemBlock("CERTIFICATE", der), 0o644)
+	return atomicfile.WriteDurable(certFile, pemBlock("CERTIFICATE", der), 0o644)
 }
 
 func loadCA(caFile, caKeyFile string) (*x509.Certificate, crypto.Signer, error) {
@@ -272,7 +274,7 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, pemBlock("PRIVATE KEY", der), 0o600)
+	return atomicfile.WriteDurable(path, pemBlock("PRIVATE KEY", der), 0o600)
 }
 
 func pemBlock(typ string, der []byte) []byte {
@@ -283,33 +285,6 @@ func pemBlock(typ string, der []byte) []byte {
 
 func serialNumber() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-}
-
-// writeAtomic writes path through a temporary file in the same directory,
-// so that a reader sees the old contents or the new, never a part.
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 func exists(path string) bool {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/bulsajo/bulsajo/internal/atomicfile"
 	"github.com/bulsajo/bulsajo/internal/config"
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/gpu"
@@ -134,10 +135,7 @@ func (h *gpuHealth) save() {
 	defer h.saveMu.Unlock()
 	st := h.mon.Status()
 	b, _ := json.MarshalIndent(st, "", "  ")
-	tmp := h.file + ".tmp"
-	if os.WriteFile(tmp, append(b, '\n'), 0o644) == nil {
-		os.Rename(tmp, h.file)
-	}
+	atomicfile.Write(h.file, append(b, '\n'), 0o644)
 }
 
 func (h *gpuHealth) close() {

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bulsajo/bulsajo/internal/atomicfile"
 	"github.com/bulsajo/bulsajo/internal/events"
 	"github.com/bulsajo/bulsajo/internal/health"
 	"github.com/bulsajo/bulsajo/internal/launcher"
@@ -273,11 +274,10 @@ func seedLog(path string, evs []events.Event) error {
 		line, _ := json.Marshal(e)
 		b = append(append(b, line...), '\n')
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	if err := atomicfile.WriteDurable(path, b, 0o644); err != nil {
 		return fmt.Errorf("coordinator: event log: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 func (s *Server) newJob(rec jobRecord) (*job, error) {

@@ -28,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bulsajo/bulsajo/internal/atomicfile"
+
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/health"
 )
@@ -349,26 +351,9 @@ func (a *Launcher) writePID(rank, pid int) {
 
 // writePIDFile replaces path through a rename: a tool that reads it while a
 // grow rewrites every rank's file sees the old pid or the new, never an
-// empty file (os.WriteFile truncates first). No fsync: after a crash the
-// file names a dead process anyway.
+// empty file. Not synced: after a crash the file names a dead process anyway.
 func writePIDFile(path string, pid int) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return
-	}
-	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
+	atomicfile.Write(path, []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }
 
 // Prewarm fills the standby pool before any generation runs here: a spare
