@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/bulsajo/bulsajo/internal/atomicfile"
-
 	"github.com/bulsajo/bulsajo/internal/console"
 	"github.com/bulsajo/bulsajo/internal/health"
 )
