@@ -214,6 +214,7 @@ class Job(object):
         self._healing = None        # _Heal / _HealPeer: the next step is a healing one
         self._sending = []          # the source's isend works to healing joiners
         self._running = None        # _InFlight of the current group (live, gloo)
+        self._own_store = None      # rank 0: the current group's server store (_forget_store)
         self._synced = False
         self._stacks = None      # (gen, file, path): the armed stack dump (_arm_stacks)
         self._stacks_lock = threading.Lock()
@@ -702,6 +703,7 @@ class Job(object):
             self._group = group
             self._gen, self._rank, self._world = gen, rank, world
             _install_default(pg, store, world)
+            self._own_store = store if rank == 0 else None
             del store, pg
             self._formed_ahead = ahead
             if ahead:
@@ -721,6 +723,7 @@ class Job(object):
                     dist.init_process_group(self.backend, store=store, rank=rank,
                                             world_size=world, timeout=timeout)
                 ph["form_init"] = _now() - t
+                self._own_store = store if rank == 0 else None
                 del store
                 ok = True
             finally:
@@ -761,6 +764,7 @@ class Job(object):
         ph["leave_drop"] = _now() - t
         group, self._group = self._group, None
         self._vote = None  # a vote in flight on it: its future goes with running.left()
+        own_store, self._own_store = self._own_store, None
         if group is not None and abandon and not lazy:
             self._gens.abandon(group)
         self._pg = None
@@ -812,6 +816,12 @@ class Job(object):
             ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
+        if own_store is not None and (abandon or lazy):
+            # Not kept (see STORE_KEEP_S): it formed, so every client has
+            # connected. Kept, torch 1.x's own client of it spins on the
+            # socket the abandon shut. At close it goes with the process.
+            _forget_store(own_store)
+        del own_store
 
     # ------------------------------------------------------------- failures
     def _note_failure(self, what, exc):
@@ -1485,6 +1495,13 @@ def _tcp_store(addr, port, world, is_master, timeout):
 # server store lives STORE_KEEP_S after it was made at least: its
 # generation's clients connect as soon as it listens, or give up when a newer
 # generation exists. torch 2.x's client has no such thread.
+#
+# That thread also spins at full speed once its connection is at EOF (it
+# peeks 0 bytes and polls again): rank 0's own client of a kept store, whose
+# socket an abandon shut (_live.GroupSockets), took half a core until the
+# store was dropped, up to one more fault later at faults 5 s apart. So a
+# group's store is let go when the group is left (_forget_store): it formed,
+# so no client of it is left to connect.
 STORE_KEEP_S = 5.0
 _kept_stores = collections.deque()  # (made at, port, store), oldest first
 _kept_lock = threading.Lock()
@@ -1501,6 +1518,17 @@ def _drop_kept_stores(port=None, everything=False):
         for e in drop:
             _kept_stores.remove(e)
     del drop  # destructors outside the lock
+
+
+def _forget_store(store):
+    """Let go of ``store`` (by identity: a fixed --master-port is reused)
+    and of those kept past STORE_KEEP_S."""
+    now = _now()
+    with _kept_lock:
+        drop = [e for e in _kept_stores if e[2] is store or now - e[0] > STORE_KEEP_S]
+        for e in drop:
+            _kept_stores.remove(e)
+    del drop
 
 
 class _Prepared(object):

@@ -105,12 +105,18 @@ func zygotes(runDir string) []int {
 
 // statField is field n (1-based, as proc(5) counts) of /proc/PID/stat.
 func statField(pid, n int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
+	return statFileField("/proc/"+strconv.Itoa(pid)+"/stat", n)
+}
+
+// statFileField is field n of a stat file (a process's, or a thread's
+// /proc/PID/task/TID/stat).
+func statFileField(path string, n int) string {
+	b, err := os.ReadFile(path)
+	i := strings.LastIndexByte(string(b), ')')
+	if err != nil || i < 0 {
 		return ""
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	f := strings.Fields(string(b)[i+1:])
 	if n-3 < 0 || n-3 >= len(f) {
 		return ""
 	}
