@@ -129,6 +129,7 @@ type Launcher struct {
 	refilling     bool     // a refillStandbys is running
 	zyg           *zygote  // forks standbys (zygote.go); nil until first used
 	zygoteOff     bool     // BULSAJO_ZYGOTE=0, or the zygote failed
+	importTmp     string   // the shims' temporary directory while they import (shimEnv)
 	book          lineBook // lines printed, by generation (outputcount.go)
 	noStagger     atomic.Bool
 	preloaded     sync.Map // pids of shims whose preload is done (listen.go)
@@ -182,8 +183,32 @@ func New(cfg Config) (*Launcher, error) {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
 	}
+	if a.shim != nil {
+		if d, err := os.MkdirTemp("", "bulsajo-imports-"); err == nil {
+			a.importTmp = d
+		}
+	}
 	go a.readProgress()
 	return a, nil
+}
+
+// shimEnv is the environment a shim starts with (a standby, the zygote).
+//
+// BULSAJO_IMPORT_TMPDIR: what the preload's imports make in the temporary
+// directory goes to one of ours, removed at Close. torch 2.x's import makes
+// a directory there (torch.distributed.nn.jit.instantiator) that only a
+// normal exit removes, and a worker killed by a fault, a standby discarded
+// and the zygote end with SIGKILL: /tmp gained one for each. The script's
+// own temporary files go where they would without bulsajo.
+func (a *Launcher) shimEnv(extra ...string) []string {
+	env := append(a.base[:len(a.base):len(a.base)], extra...)
+	if a.cfg.Preload != "" {
+		env = append(env, "BULSAJO_PRELOAD="+a.cfg.Preload)
+	}
+	if a.importTmp != "" {
+		env = append(env, "BULSAJO_IMPORT_TMPDIR="+a.importTmp)
+	}
+	return env
 }
 
 // Events is the stream of what happens to workers.
@@ -597,6 +622,9 @@ func (a *Launcher) Close() {
 	a.progress.Close()
 	a.ctl.ln.Close()
 	a.removeEmptyStacks()
+	if a.importTmp != "" {
+		os.RemoveAll(a.importTmp) // every shim has ended
+	}
 }
 
 // removeEmptyStacks deletes the stack-dump files (logs/stacks-*.txt) that
@@ -733,11 +761,7 @@ func (a *Launcher) startProcess(args []string, standby bool, gen, rank int, log 
 	if err != nil {
 		return nil, err
 	}
-	env := append(a.base[:len(a.base):len(a.base)], "BULSAJO_ACTIVATE_FD=3")
-	if a.cfg.Preload != "" {
-		env = append(env, "BULSAJO_PRELOAD="+a.cfg.Preload)
-	}
-	w, err := a.startProcessEnv(args, env, r, gen, rank, log)
+	w, err := a.startProcessEnv(args, a.shimEnv("BULSAJO_ACTIVATE_FD=3"), r, gen, rank, log)
 	r.Close()
 	if err != nil {
 		wr.Close()

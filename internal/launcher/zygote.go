@@ -75,10 +75,7 @@ func (a *Launcher) startZygote() (*zygote, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(a.shim[0], a.shim[1:]...)
-	cmd.Env = append(a.base[:len(a.base):len(a.base)], "BULSAJO_ZYGOTE_FD=3")
-	if a.cfg.Preload != "" {
-		cmd.Env = append(cmd.Env, "BULSAJO_PRELOAD="+a.cfg.Preload)
-	}
+	cmd.Env = a.shimEnv("BULSAJO_ZYGOTE_FD=3")
 	cmd.Dir = a.cfg.Dir
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -44,14 +44,25 @@ def _preload():
     names = os.environ.get("BULSAJO_PRELOAD")
     if names is None:
         names = "torch,torch.distributed,torch.nn.parallel,torch._dynamo"
-    for name in names.split(","):
-        name = name.strip()
-        if not name:
-            continue
-        try:
-            __import__(name)
-        except Exception:
-            pass
+    # What the imports make in the temporary directory goes to the
+    # launcher's, which it removes at its end (shimEnv in launcher.go).
+    tmp = os.environ.pop("BULSAJO_IMPORT_TMPDIR", "")
+    tempfile = None
+    if tmp and os.path.isdir(tmp):
+        import tempfile
+        saved, tempfile.tempdir = tempfile.tempdir, tmp
+    try:
+        for name in names.split(","):
+            name = name.strip()
+            if not name:
+                continue
+            try:
+                __import__(name)
+            except Exception:
+                pass
+    finally:
+        if tempfile is not None:
+            tempfile.tempdir = saved
 
 
 def _torch_env():
@@ -197,6 +208,15 @@ def _zygote_child(libc, sock, fds, launcher, comm):
             os.close(f)
     os.environ["BULSAJO_ACTIVATE_FD"] = "3"
     _skip_inherited_exit(libc)
+    # torch 2.x's temporary directory (see _preload) is the zygote's, shared
+    # by every fork: the first fork to exit normally would remove it under
+    # the others. The launcher removes it at its end.
+    tmp = getattr(sys.modules.get("torch.distributed.nn.jit.instantiator"), "_TEMP_DIR", None)
+    if tmp is not None:
+        try:
+            tmp._finalizer.detach()
+        except AttributeError:
+            pass
     # What a fresh interpreter would not share with its siblings.
     np = sys.modules.get("numpy.random")
     if np is not None:

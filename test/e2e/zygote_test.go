@@ -162,3 +162,38 @@ func TestTorchZygoteLostStandbysImportAgain(t *testing.T) {
 		t.Errorf("exit %d after SIGINT, want 130:\n%s", exitCode(err), out.String())
 	}
 }
+
+// Nothing a run's shims import is left in the temporary directory, however
+// the processes end: torch 2.x's import (torch._dynamo, in the default
+// preload) makes a directory there that only a normal exit removes, and
+// /tmp gained one for each rank a fault killed, each standby discarded and
+// each zygote. Named in the preload here, the same module makes it on
+// torch 1.x too. The run gets a TMPDIR of its own.
+func TestTorchImportsLeaveNoTemporaryFiles(t *testing.T) {
+	requireTorch(t)
+	tmp := t.TempDir()
+	runDir := filepath.Join(t.TempDir(), "run")
+	cmd := exec.Command(bulsajoBin, "run", "--run-dir", runDir, "--recovery", "live", "--nproc-per-node", "4",
+		"--standby-preload", "torch,torch.distributed,torch.nn.parallel,torch._dynamo,torch.distributed.nn.jit.instantiator",
+		"--chaos", "kill-at-step=60,kill-at-step=140", "--",
+		torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "240", "--sleep-ms", "10")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "2 faults, 2 recoveries") {
+		t.Fatalf("%v, want a success after the 2 faults:\n%s", err, out)
+	}
+	ents, _ := os.ReadDir(tmp)
+	var left []string
+	for _, e := range ents {
+		inside, _ := os.ReadDir(filepath.Join(tmp, e.Name()))
+		var names []string
+		for _, f := range inside {
+			names = append(names, f.Name())
+		}
+		left = append(left, e.Name()+"/"+strings.Join(names, ","))
+	}
+	if len(left) > 0 {
+		t.Errorf("left in TMPDIR: %v", left)
+	}
+}
