@@ -816,12 +816,20 @@ class Job(object):
             ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
-        if own_store is not None and (abandon or lazy):
+        if own_store is not None and abandon and not lazy:
             # Not kept (see STORE_KEEP_S): it formed, so every client has
             # connected. Kept, torch 1.x's own client of it spins on the
-            # socket the abandon shut. At close it goes with the process.
-            _forget_store(own_store)
-        del own_store
+            # socket the abandon shut. Freed by the reaper, after the
+            # backend (which holds it too). A group left lazily keeps its
+            # store a while: nothing of it was shut, and closed now it would
+            # end the other members' connections to it while they switch
+            # (their 1.x callback threads spin on that EOF until they let go).
+            holder = _forget_store(own_store)  # [] on torch 2.x: none kept
+            del own_store
+            if holder:
+                self._reaper.free(holder)
+        else:
+            del own_store
 
     # ------------------------------------------------------------- failures
     def _note_failure(self, what, exc):
@@ -1500,8 +1508,8 @@ def _tcp_store(addr, port, world, is_master, timeout):
 # peeks 0 bytes and polls again): rank 0's own client of a kept store, whose
 # socket an abandon shut (_live.GroupSockets), took half a core until the
 # store was dropped, up to one more fault later at faults 5 s apart. So a
-# group's store is let go when the group is left (_forget_store): it formed,
-# so no client of it is left to connect.
+# group's store is let go when the group is abandoned (_forget_store): it
+# formed, so no client of it is left to connect.
 STORE_KEEP_S = 5.0
 _kept_stores = collections.deque()  # (made at, port, store), oldest first
 _kept_lock = threading.Lock()
@@ -1521,14 +1529,14 @@ def _drop_kept_stores(port=None, everything=False):
 
 
 def _forget_store(store):
-    """Let go of ``store`` (by identity: a fixed --master-port is reused)
-    and of those kept past STORE_KEEP_S."""
+    """Stop keeping ``store`` (by identity: a fixed --master-port is reused)
+    and those kept past STORE_KEEP_S; returns them, for the caller to drop."""
     now = _now()
     with _kept_lock:
         drop = [e for e in _kept_stores if e[2] is store or now - e[0] > STORE_KEEP_S]
         for e in drop:
             _kept_stores.remove(e)
-    del drop
+    return _Stores(e[2] for e in drop)
 
 
 class _Prepared(object):
@@ -1806,6 +1814,10 @@ def _fill_identity(tensor, op):
         tensor.fill_(big if op == R.MIN else low)
 
 
+class _Stores(list):
+    """Stores for the reaper to drop (_forget_store): not counted as backends."""
+
+
 class _Reaper(object):
     """One thread that frees the backends of groups left lazily (a clean
     grow's old group), so that the switch only hands one over: starting a
@@ -1847,7 +1859,7 @@ class _Reaper(object):
                 except TypeError:
                     ref = None
                 del item[:]  # the last reference: freed without the GIL
-                if ref is not None and ref() is None:
+                if ref is not None and ref() is None and not isinstance(item, _Stores):
                     self.freed += 1
             del item
 
