@@ -778,6 +778,18 @@ class Job(object):
             pass
         _reset_group_counter()
         ph["leave_destroy"] = _now() - t
+        if own_store is not None and abandon and not lazy:
+            # Not kept (see STORE_KEEP_S): it formed, so every client has
+            # connected. Kept, torch 1.x's own client of it spins on the
+            # socket the abandon shut. The backend, which holds it too, is
+            # its last owner: it goes with it, on the reaper, without the
+            # GIL (a destructor that joins the store's threads under the GIL
+            # would hold up this thread). A group left lazily keeps its
+            # store a while: nothing of it was shut, and closed now it would
+            # end the other members' connections to it while they switch
+            # (their 1.x callback threads spin on that EOF until they let go).
+            _forget_store(own_store)
+        del own_store
         running, self._running = self._running, None
         stuck = running.left() if running is not None else []
         heal, self._healing = self._healing, None
@@ -816,20 +828,6 @@ class Job(object):
             ph["leave_gc"] = _now() - t
         if group is not None:
             self._gens.forget(group)
-        if own_store is not None and abandon and not lazy:
-            # Not kept (see STORE_KEEP_S): it formed, so every client has
-            # connected. Kept, torch 1.x's own client of it spins on the
-            # socket the abandon shut. Freed by the reaper, after the
-            # backend (which holds it too). A group left lazily keeps its
-            # store a while: nothing of it was shut, and closed now it would
-            # end the other members' connections to it while they switch
-            # (their 1.x callback threads spin on that EOF until they let go).
-            holder = _forget_store(own_store)  # [] on torch 2.x: none kept
-            del own_store
-            if holder:
-                self._reaper.free(holder)
-        else:
-            del own_store
 
     # ------------------------------------------------------------- failures
     def _note_failure(self, what, exc):
@@ -1529,14 +1527,11 @@ def _drop_kept_stores(port=None, everything=False):
 
 
 def _forget_store(store):
-    """Stop keeping ``store`` (by identity: a fixed --master-port is reused)
-    and those kept past STORE_KEEP_S; returns them, for the caller to drop."""
-    now = _now()
+    """Stop keeping ``store`` (by identity: a fixed --master-port is reused).
+    The caller holds it still: its destructor does not run here."""
     with _kept_lock:
-        drop = [e for e in _kept_stores if e[2] is store or now - e[0] > STORE_KEEP_S]
-        for e in drop:
+        for e in [e for e in _kept_stores if e[2] is store]:
             _kept_stores.remove(e)
-    return _Stores(e[2] for e in drop)
 
 
 class _Prepared(object):
@@ -1814,10 +1809,6 @@ def _fill_identity(tensor, op):
         tensor.fill_(big if op == R.MIN else low)
 
 
-class _Stores(list):
-    """Stores for the reaper to drop (_forget_store): not counted as backends."""
-
-
 class _Reaper(object):
     """One thread that frees the backends of groups left lazily (a clean
     grow's old group), so that the switch only hands one over: starting a
@@ -1859,7 +1850,7 @@ class _Reaper(object):
                 except TypeError:
                     ref = None
                 del item[:]  # the last reference: freed without the GIL
-                if ref is not None and ref() is None and not isinstance(item, _Stores):
+                if ref is not None and ref() is None:
                     self.freed += 1
             del item
 
