@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -84,18 +83,7 @@ func TestCPULimitScript(t *testing.T) {
 
 	// Where it cannot make a cgroup (here: as nobody), it says so, runs
 	// nothing, and exits 0: the check it serves is skipped, not failed.
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody")
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
-	dir, err := os.MkdirTemp("", "bulsajo-cpu-limit-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
+	uid, gid, dir := nobodyDir(t, "bulsajo-cpu-limit-")
 	copyScript := filepath.Join(dir, "cpu-limit.sh")
 	if b, err := os.ReadFile(script); err != nil || os.WriteFile(copyScript, b, 0o755) != nil {
 		t.Fatalf("copy the script: %v", err)

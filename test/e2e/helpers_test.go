@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -297,4 +298,27 @@ func killRank(t *testing.T, runDir string, rank int) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill rank %d (pid %d): %v", rank, pid, err)
 	}
+}
+
+// nobodyDir: the uid and gid of the user nobody, and a directory it can
+// reach (t.TempDir's parents are root's alone), removed after the test.
+// Skips the test where it cannot run processes as nobody.
+func nobodyDir(t *testing.T, prefix string) (uid, gid int, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root, to run as the unprivileged user nobody")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	uid, _ = strconv.Atoi(nobody.Uid)
+	gid, _ = strconv.Atoi(nobody.Gid)
+	dir, err = os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	return uid, gid, dir
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -379,23 +380,9 @@ func TestLiveFaultInTheLastSteps(t *testing.T) {
 // place, and training must go on after the last one.
 func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 	requireTorch(t)
-	cmd, out, runDir := startBulsajo(t, "--recovery", "live", "--nproc-per-node", "4", "--max-restarts", "100",
-		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000")
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	running := func() bool {
-		select {
-		case err := <-done:
-			t.Fatalf("bulsajo ended (%v) before the test was done:\n%s", err, out.String())
-		default:
-		}
-		return true
-	}
-	logPath := filepath.Join(runDir, "events.jsonl")
-	read := func() []events.Event {
-		evs, _ := events.ReadFile(logPath)
-		return evs
-	}
+	j := startLiveJob(t, "--steps", "1000000")
+	running, runDir, out := j.running, j.runDir, j.out
+	read := j.events
 	count := func(match func(events.Event) bool) int {
 		n := 0
 		for _, e := range read() {
@@ -404,24 +391,6 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 			}
 		}
 		return n
-	}
-	// fourTraining: the latest generation is newer than after and has all
-	// four ranks alive (the replacements admitted); its number. Newer: just
-	// after a kill the log still ends in the grow and the killed rank can
-	// still be tearing down (not yet a zombie), which would pass for four.
-	fourTraining := func(after int) (int, bool) {
-		var last events.Event
-		for _, e := range read() {
-			if e.Type == events.GenerationStart {
-				last = e
-			}
-		}
-		for r := 0; r < 4; r++ {
-			if running() && livePID(runDir, r) == 0 {
-				return 0, false
-			}
-		}
-		return last.Gen, last.Gen > after && last.WorldSize == 4
 	}
 	latestGen := func() int {
 		gen := 0
@@ -436,7 +405,7 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 	after := 0 // the generation the last kill of rank 2 landed in (or a later one)
 	for i, delay := range []time.Duration{10, 20, 30} {
 		var gen int
-		waitFor(t, 3*time.Minute, "four ranks", func() (ok bool) { gen, ok = fourTraining(after); return ok })
+		waitFor(t, 3*time.Minute, "four ranks", func() (ok bool) { gen, ok = j.fourTraining(after); return ok })
 		time.Sleep(time.Second) // training in that generation
 		killRank(t, runDir, 1)
 		// The replacement is admitted by a grow once it is ready (a standby
@@ -454,15 +423,9 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 		killRank(t, runDir, 2)
 	}
 	// Training goes on, all four ranks again, after the last fault.
-	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := fourTraining(after); return ok })
+	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := j.fourTraining(after); return ok })
 	time.Sleep(time.Second)
-	running()
-	cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-done:
-	case <-time.After(time.Minute):
-		t.Fatalf("bulsajo did not stop after SIGINT:\n%s", out.String())
-	}
+	j.interrupt()
 	var faults int
 	for _, e := range read() {
 		switch {
@@ -494,46 +457,18 @@ func TestLiveSecondFaultWhileAGrowForms(t *testing.T) {
 // sampled. torch 2.x's client has no such thread: it passes there either way.
 func TestLiveNoThreadSpinsAfterAFault(t *testing.T) {
 	requireTorch(t)
-	cmd, out, runDir := startBulsajo(t, "--recovery", "live", "--nproc-per-node", "4", "--max-restarts", "100",
-		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py"), "--steps", "1000000",
-		"--sleep-ms", "20")
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	running := func() bool {
-		select {
-		case err := <-done:
-			t.Fatalf("bulsajo ended (%v) before the test was done:\n%s", err, out.String())
-		default:
-		}
-		return true
-	}
-	// fourTraining: the latest generation is newer than after, has four
-	// ranks, and each has a live process; its number.
-	fourTraining := func(after int) (int, bool) {
-		evs, _ := events.ReadFile(filepath.Join(runDir, "events.jsonl"))
-		var last events.Event
-		for _, e := range evs {
-			if e.Type == events.GenerationStart {
-				last = e
-			}
-		}
-		for r := 0; r < 4; r++ {
-			if running() && livePID(runDir, r) == 0 {
-				return 0, false
-			}
-		}
-		return last.Gen, last.Gen > after && last.WorldSize == 4
-	}
+	j := startLiveJob(t, "--steps", "1000000", "--sleep-ms", "20")
+	runDir, out := j.runDir, j.out
 	waitFor(t, 3*time.Minute, "training", func() bool { return strings.Contains(out.String(), "[rank0] step 20 ") })
 	rank0 := livePID(runDir, 0)
 	gen := 0
 	for _, rank := range []int{1, 2} {
 		var ok bool
-		waitFor(t, 3*time.Minute, "four ranks", func() bool { gen, ok = fourTraining(gen); return ok })
+		waitFor(t, 3*time.Minute, "four ranks", func() bool { gen, ok = j.fourTraining(gen); return ok })
 		time.Sleep(500 * time.Millisecond)
 		killRank(t, runDir, rank)
 	}
-	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := fourTraining(gen); return ok })
+	waitFor(t, 3*time.Minute, "four ranks after the last fault", func() bool { _, ok := j.fourTraining(gen); return ok })
 	if livePID(runDir, 0) != rank0 {
 		t.Fatalf("rank 0 is a new process: the test needs the one that led every group")
 	}
@@ -546,7 +481,7 @@ func TestLiveNoThreadSpinsAfterAFault(t *testing.T) {
 	before := threadTicks(pids)
 	time.Sleep(window)
 	after := threadTicks(pids)
-	running()
+	j.running()
 	// A thread that waits uses next to nothing; the main threads train (a
 	// step sleeps 20 ms). The spinning listener took 50-100 % of a core.
 	busiest := 0.0
@@ -561,11 +496,71 @@ func TestLiveNoThreadSpinsAfterAFault(t *testing.T) {
 		}
 	}
 	t.Logf("the busiest thread other than a main one used %.0f%% of a core", 100*busiest)
-	cmd.Process.Signal(syscall.SIGINT)
+	j.interrupt()
+}
+
+// liveJob is a live-mode run of examples/live_ddp.py, 4 ranks, that a test
+// drives (kills ranks, interrupts it) while it trains.
+type liveJob struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	runDir string
+	done   chan error
+}
+
+func startLiveJob(t *testing.T, scriptArgs ...string) *liveJob {
+	t.Helper()
+	args := append([]string{"--recovery", "live", "--nproc-per-node", "4", "--max-restarts", "100",
+		"--", torchPython, filepath.Join(repoRoot, "examples", "live_ddp.py")}, scriptArgs...)
+	cmd, out, runDir := startBulsajo(t, args...)
+	j := &liveJob{t: t, cmd: cmd, out: out, runDir: runDir, done: make(chan error, 1)}
+	go func() { j.done <- cmd.Wait() }()
+	return j
+}
+
+// running fails the test if bulsajo has ended.
+func (j *liveJob) running() bool {
 	select {
-	case <-done:
+	case err := <-j.done:
+		j.t.Fatalf("bulsajo ended (%v) before the test was done:\n%s", err, j.out.String())
+	default:
+	}
+	return true
+}
+
+func (j *liveJob) events() []events.Event {
+	evs, _ := events.ReadFile(filepath.Join(j.runDir, "events.jsonl"))
+	return evs
+}
+
+// fourTraining: the latest generation is newer than after and has all four
+// ranks alive (the replacements admitted); its number. Newer: just after a
+// kill the log still ends in the grow and the killed rank can still be
+// tearing down (not yet a zombie), which would pass for four.
+func (j *liveJob) fourTraining(after int) (int, bool) {
+	var last events.Event
+	for _, e := range j.events() {
+		if e.Type == events.GenerationStart {
+			last = e
+		}
+	}
+	for r := 0; r < 4; r++ {
+		if j.running() && livePID(j.runDir, r) == 0 {
+			return 0, false
+		}
+	}
+	return last.Gen, last.Gen > after && last.WorldSize == 4
+}
+
+// interrupt stops the job with SIGINT, as a user's ^C, and waits for its end.
+func (j *liveJob) interrupt() {
+	j.running()
+	j.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-j.done:
 	case <-time.After(time.Minute):
-		t.Fatalf("bulsajo did not stop after SIGINT:\n%s", out.String())
+		j.t.Fatalf("bulsajo did not stop after SIGINT:\n%s", j.out.String())
 	}
 }
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,23 +18,8 @@ import (
 // nice 19 would be a straggler for the rest of the job.
 func TestUnprivilegedReplacementTrainsAtNormalPriority(t *testing.T) {
 	requireTorch(t)
-	if os.Geteuid() != 0 {
-		t.Skip("needs root, to run bulsajo as the unprivileged user nobody")
-	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody")
-	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(nobody.Gid)
-	// Everything nobody needs, in a directory it can reach (t.TempDir's
-	// parents are root's alone).
-	dir, err := os.MkdirTemp("", "bulsajo-unpriv-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
+	// Everything nobody needs, in a directory it can reach.
+	uid, gid, dir := nobodyDir(t, "bulsajo-unpriv-")
 	bin := filepath.Join(dir, "bulsajo")
 	if b, err := os.ReadFile(bulsajoBin); err != nil || os.WriteFile(bin, b, 0o755) != nil {
 		t.Fatalf("copy bulsajo: %v", err)
