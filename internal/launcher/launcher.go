@@ -184,7 +184,9 @@ func New(cfg Config) (*Launcher, error) {
 		}
 	}
 	if a.shim != nil {
-		if d, err := os.MkdirTemp("", "bulsajo-imports-"); err == nil {
+		// In the run dir, not /tmp: an agent killed with SIGKILL never
+		// reaches Close, and what it leaves is then with its logs.
+		if d, err := os.MkdirTemp(cfg.RunDir, "imports-"); err == nil {
 			a.importTmp = d
 		}
 	}
@@ -195,7 +197,7 @@ func New(cfg Config) (*Launcher, error) {
 // shimEnv is the environment a shim starts with (a standby, the zygote).
 //
 // BULSAJO_IMPORT_TMPDIR: what the preload's imports make in the temporary
-// directory goes to one of ours, removed at Close. torch 2.x's import makes
+// directory goes to one of ours (RUN_DIR/imports-*), removed at Close. torch 2.x's import makes
 // a directory there (torch.distributed.nn.jit.instantiator) that only a
 // normal exit removes, and a worker killed by a fault, a standby discarded
 // and the zygote end with SIGKILL: /tmp gained one for each. The script's
