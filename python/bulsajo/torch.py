@@ -111,6 +111,22 @@ _TORCH_MAJOR = int(torch.__version__.split(".")[0])
 # torch >= 2.4's TCPStore takes use_libuv (and defaults to True).
 _HAS_USE_LIBUV = "use_libuv" in (getattr(dist.TCPStore.__init__, "__doc__", None) or "")
 _NO_LIBUV = None   # this torch was built without libuv (probed once)
+# pybind11 (pybind11#5473; torch fixed its bindings in 2.7, pytorch#143598)
+# records a new Python object in its instance table without the GIL when the
+# binding is a factory that releases the GIL: torch 2.x's TCPStore(...) and,
+# on 1.13 and 2.x, ProcessGroupGloo(store, rank, size, timeout). Another
+# thread that makes or drops a pybind11 object meanwhile (the training
+# thread: every collective's Work and Future) corrupts the table, and the
+# process aborts later: "pybind11_object_dealloc(): Tried to deallocate
+# unregistered instance!" (rank 0 at a grow, twice; reproduced in a few
+# seconds by bench/pybind_race.py). So gloo groups are made with the
+# Options overload (a plain constructor: recorded with the GIL held), and on
+# torch 2.x a store a forming thread needs is made by the training thread,
+# where it makes no other (_StoreMaker). _QUIET is held by what drops a
+# pybind11 object on another thread (a backend, a group formed for
+# nothing) and by the training thread while it makes a store.
+_STORE_CTOR_RELEASES_GIL = _TORCH_MAJOR >= 2
+_QUIET = threading.Lock()
 
 
 class StateDivergedError(RuntimeError):
@@ -209,6 +225,7 @@ class Job(object):
         self._vote_wait = 0.0       # how long the switch waited for it
         self._first_after = None    # (end of the last _sync, its history entry)
         self._reaper = _Reaper()    # frees lazily left groups' backends
+        self._stores = _StoreMaker()  # forming threads' stores, made here (torch 2.x)
         self._formed_ahead = False  # the current group was formed by a thread (_forms_ahead)
         self._grow = False          # the current group is a grow's (no member lost)
         self._healing = None        # _Heal / _HealPeer: the next step is a healing one
@@ -408,7 +425,9 @@ class Job(object):
                 prep.store, prep.pg = store, box.pop()
             prep.done.set()
             released = prep.released
-        store = None
+        self._stores.poke()  # the training thread may be waiting for it
+        with _QUIET:
+            store = None  # the last reference when not kept
         if box:
             _free_group(box)  # formed for nothing
         if released:
@@ -421,7 +440,9 @@ class Job(object):
             prep.released = True
             done = prep.done.is_set()
             box = [prep.pg] if prep.pg is not None else []
-            prep.pg = prep.store = None
+            store, prep.pg, prep.store = prep.store, None, None
+        with _QUIET:
+            store = None
         if box:
             _free_group(box)
         if done and prep.group is not None:
@@ -635,10 +656,12 @@ class Job(object):
         addr = str(msg.get("master_addr") or "127.0.0.1")
         port = int(msg["master_port"])
         if rank == 0:
-            return _tcp_store(addr, port, world, True, timeout)
+            return self._stores.make(lambda: _tcp_store(addr, port, world, True, timeout),
+                                     lambda: self._gens.newer_than(gen), gen)
         self._wait_store(addr, port, gen)
         if _TORCH_MAJOR >= 2:
-            return _tcp_store(addr, port, world, False, timeout)
+            return self._stores.make(lambda: _tcp_store(addr, port, world, False, timeout),
+                                     lambda: self._gens.newer_than(gen), gen)
         # torch 1.x's constructor holds the GIL while a client retries its
         # connect, which would stop the reader thread from abandoning this
         # group: connect with a short timeout.
@@ -652,7 +675,13 @@ class Job(object):
         group still trains (_install_default makes it the default later)."""
         timeout = datetime.timedelta(seconds=GROUP_TIMEOUT_S)
         store = self._open_store(msg, timeout)
-        return store, _direct_gloo_group(store, int(msg["rank"]), int(msg["world_size"]), timeout)
+        try:
+            return store, _direct_gloo_group(store, int(msg["rank"]), int(msg["world_size"]),
+                                             timeout)
+        except BaseException:
+            with _QUIET:
+                store = None  # not by the traceback, later, on this thread
+            raise
 
     def _create_group(self, msg):
         gen = int(msg["gen"])
@@ -681,7 +710,9 @@ class Job(object):
             # make it the default group.
             t = _now()
             deadline = t + GROUP_TIMEOUT_S + 10
-            while not prep.done.wait(0.05):
+            while not prep.done.is_set():
+                self._stores.wait(0.05)  # a store asked for, the group formed, or 50 ms
+                self._stores.serve()
                 if self._gens.newer_than(gen) or _now() > deadline:
                     break
             ph["form_wait" if ahead else "form_direct"] = _now() - t
@@ -924,6 +955,7 @@ class Job(object):
             raise TypeError("steps() needs a bulsajo.torch.State")
         self._state = state
         state._job = self
+        self._stores.owner = threading.get_ident()  # the thread that serves (_StoreMaker)
         if not self._synced:
             if self.live:
                 # Every regroup runs gc.collect() to drop the old group and
@@ -943,6 +975,7 @@ class Job(object):
             self._first_sync()
         while True:
             step = state.step + 1
+            self._stores.serve()  # between steps: a store a forming thread needs
             # A newer generation is joined before anything else; at the end
             # even a grow whose boundary lies beyond the last step (the
             # joiners must not be left waiting for members that are done).
@@ -1360,6 +1393,7 @@ class Job(object):
         if self.live:
             self._disarm_stacks()
             self._ending = True
+            self._stores.close()  # a formation still asking for its store ends
             self._end_prepared()  # a grow the job ended before: dropped
             self._leave_group(abandon=False)  # graceful: peers may still be finishing
             self._reaper.drain(10)  # a group left lazily goes before the interpreter
@@ -1534,6 +1568,65 @@ def _forget_store(store):
             _kept_stores.remove(e)
 
 
+class _StoreMaker(object):
+    """Makes the TCPStores that forming threads need on the training thread,
+    between steps or while it waits for a group (serve), where it makes and
+    drops no pybind11 object itself (see _QUIET): torch 2.x's constructor
+    records the store without the GIL. A client's store is asked for once
+    its server listens (_wait_store), so making it takes a millisecond.
+    On torch 1.x (its constructor holds the GIL) and on the training thread
+    itself the caller makes it; once the job ends (close) none is made."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._asked = []          # [make, result, error, done Event]
+        self.wake = threading.Event()  # something asked for, or a group formed (poke)
+        self.owner = threading.get_ident()
+        self.closed = False
+
+    def make(self, fn, gave_up, gen):
+        if not _STORE_CTOR_RELEASES_GIL or threading.get_ident() == self.owner:
+            return fn()
+        req = [fn, None, None, threading.Event()]
+        with self._lock:
+            self._asked.append(req)
+        self.wake.set()
+        while not req[3].wait(0.01):
+            with self._lock:
+                if req in self._asked and (self.closed or gave_up()):
+                    self._asked.remove(req)
+                    raise _live.Superseded("generation %d %s" % (
+                        gen, "not formed: the job is ending" if self.closed else "superseded"))
+        if req[2] is not None:
+            raise req[2]
+        return req[1]
+
+    def wait(self, timeout):
+        self.wake.wait(timeout)
+        self.wake.clear()
+
+    def poke(self):
+        self.wake.set()
+
+    def serve(self):
+        """Training thread: make what is asked for."""
+        if not self._asked:
+            return
+        with self._lock:
+            asked, self._asked = self._asked, []
+        for req in asked:
+            with _QUIET:
+                try:
+                    req[1] = req[0]()
+                except Exception as e:
+                    req[2] = e
+            req[3].set()
+
+    def close(self):
+        """No more serving (the job is ending): what is asked for is not made."""
+        self.closed = True
+
+
 class _Prepared(object):
     """A generation's group, formed by a thread (Job._run_prepared): a
     grow's or a fault's ahead, while the members train on or finish the
@@ -1590,12 +1683,28 @@ def _direct_gloo_group(store, rank, world, timeout, prefix="0"):
     (bench/ uses it too.)"""
     ps = dist.PrefixStore(prefix, store)
     if _TORCH_MAJOR < 2:
-        return dist.ProcessGroupGloo(ps, rank, world, timeout)
+        return dist.ProcessGroupGloo(ps, rank, world, _gloo_options(timeout))
     pg = dist.ProcessGroup(ps, rank, world)
-    be = dist.ProcessGroupGloo(ps, rank, world, timeout)
+    be = dist.ProcessGroupGloo(ps, rank, world, _gloo_options(timeout))
     pg._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
     pg._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, be)
     return pg
+
+
+def _gloo_options(timeout):
+    """What ProcessGroupGloo(store, rank, size, timeout) builds, for its
+    Options overload: that one records the new object with the GIL held,
+    the timeout one without it (see _QUIET)."""
+    G = dist.ProcessGroupGloo
+    o = G._Options()
+    o._timeout = timeout
+    names = os.environ.get("GLOO_SOCKET_IFNAME", "")
+    if len(names) > 1:  # as torch: interfaces listed there, else the hostname's
+        o._devices = [G.create_device(interface=n) for n in names.split(",") if n]
+    else:
+        o._devices = [G.create_default_device()]
+    o._threads = 2 * len(o._devices)
+    return o
 
 
 def _install_default(pg, store, world):
@@ -1631,15 +1740,16 @@ def _free_group(box):
     """Free the group in ``box`` (a list holding its only reference), one
     that never became the default group, so that its gloo backend's
     destructor runs without the GIL (see _hold_backend)."""
-    pg = box.pop()
-    be = pg
-    if _TORCH_MAJOR >= 2:
-        try:
-            be = pg._get_backend(torch.device("cpu"))
-        except Exception:
-            be = None
-    del pg   # 2.x: the ProcessGroup goes; the backend lives on in be
-    del be   # the last reference: freed without the GIL
+    with _QUIET:
+        pg = box.pop()
+        be = pg
+        if _TORCH_MAJOR >= 2:
+            try:
+                be = pg._get_backend(torch.device("cpu"))
+            except Exception:
+                be = None
+        del pg   # 2.x: the ProcessGroup goes; the backend lives on in be
+        del be   # the last reference: freed without the GIL
 
 
 def _nccl_abort(pg):
@@ -1849,7 +1959,8 @@ class _Reaper(object):
                     ref = weakref.ref(item[0])
                 except TypeError:
                     ref = None
-                del item[:]  # the last reference: freed without the GIL
+                with _QUIET:
+                    del item[:]  # the last reference: freed without the GIL
                 if ref is not None and ref() is None:
                     self.freed += 1
             del item
@@ -1886,7 +1997,8 @@ def _free_when_done(holder, futs):
                 f.wait()
             except Exception:
                 pass  # the group's timeout: what ends a stuck send
-        del holder[:]
+        with _QUIET:
+            del holder[:]
     threading.Thread(target=run, name="bulsajo-free-backend", daemon=True).start()
 
 

@@ -457,6 +457,13 @@ if __name__ == "__main__":
 
 
 GROW_WORKER = TINY_JOB + textwrap.dedent("""\
+    import threading
+    made_on_main = []  # each regroup's TCPStore: made by the main thread?
+    tcp_store = bj._tcp_store
+    def recording_tcp_store(*a, **kw):
+        made_on_main.append(threading.current_thread() is threading.main_thread())
+        return tcp_store(*a, **kw)
+    bj._tcp_store = recording_tcp_store
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     state = bj.State(model=model, optimizer=opt)
     data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
@@ -492,6 +499,8 @@ GROW_WORKER = TINY_JOB + textwrap.dedent("""\
     with open(out % job.rank, "w") as f:
         json.dump({"digest": state.digest().hex(), "history": job.history,
                    "gens": gens, "step": state.step, "reaped": job._reaper.freed,
+                   "stores_on_main": made_on_main,
+                   "torch_major": int(torch.__version__.split(".")[0]),
                    "worlds": worlds, "sums": sums}, f)
     job.close()
 """)
@@ -558,6 +567,13 @@ class GrowFormedAheadTest(FakeAgentCase):
             # ... and its backend freed by the reaper thread (the last
             # reference), as was the backend of the group the shrink left
             self.assertEqual(res[r]["reaped"], 2, res[r])
+            # Both regroups were formed by a thread. On torch 2.x their stores
+            # were made by the training thread (the constructor records the
+            # object without the GIL: bulsajo.torch._StoreMaker); on 1.x,
+            # whose constructor keeps the GIL, by the forming thread.
+            made = res[r]["stores_on_main"]
+            self.assertEqual(len(made), 2, res[r])
+            self.assertEqual(set(made), {res[r]["torch_major"] >= 2}, res[r])
             first3 |= {s for g, s in res[r]["gens"] if g == 3}
         # the members switched after the same step, past the boundary, and
         # the joiner's first step is that one's successor. The first vote is
