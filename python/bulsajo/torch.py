@@ -398,6 +398,7 @@ class Job(object):
         except RuntimeError as e:  # no thread: formed at the switch instead
             prep.error = e
             prep.done.set()
+            self._stores.poke()
 
     def _run_prepared(self, prep):
         """Thread: form generation prep.gen's group while training goes on."""
@@ -406,6 +407,7 @@ class Job(object):
         except Exception as e:
             prep.error = e
             prep.done.set()
+            self._stores.poke()
             return
         box = []
         store = None
@@ -660,8 +662,14 @@ class Job(object):
                                      lambda: self._gens.newer_than(gen), gen)
         self._wait_store(addr, port, gen)
         if _TORCH_MAJOR >= 2:
-            return self._stores.make(lambda: _tcp_store(addr, port, world, False, timeout),
-                                     lambda: self._gens.newer_than(gen), gen)
+            # Made by the training thread (_StoreMaker): its server listens, so
+            # this takes a millisecond; a server gone since holds that thread
+            # for the connect timeout, not the group's.
+            def connect():
+                store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
+                store.set_timeout(timeout)
+                return store
+            return self._stores.make(connect, lambda: self._gens.newer_than(gen), gen)
         # torch 1.x's constructor holds the GIL while a client retries its
         # connect, which would stop the reader thread from abandoning this
         # group: connect with a short timeout.
