@@ -24,9 +24,10 @@ churns Futures. Prints "KIND ok: N made" and exits 0, or aborts (exit 134).
                    thread makes the store between its churns (as the SDK's
                    training thread does between steps)
 
-Seen on 2026-12-07 (2-core EPYC, 15-40 s a run): store aborted 2 of 2 runs on
-torch 2.6 and passed 3 of 3 on 1.13; gloo-timeout aborted 3 of 6 runs on 2.6
-and 2 of 3 on 1.13; the Options overload passed 4 of 4 on 2.6.
+Seen on 2026-12-07 (2-core EPYC, 30 s runs): on torch 2.6 store failed 3 of 5
+(2 aborts, 1 hang), gloo-timeout aborted 2 of 5, sdk-gloo and sdk-store passed
+5 of 5; on 1.13 gloo-timeout aborted 2 of 3, store, sdk-gloo and sdk-store
+passed 3 of 3.
 """
 import datetime
 import os

@@ -113,8 +113,9 @@ class StoreMakerTest(unittest.TestCase):
 class PybindRaceTest(unittest.TestCase):
     """The SDK's ways of making gloo groups and stores on a thread, against a
     thread that makes and drops pybind11 objects the whole time (as training
-    does). Each of the constructors they replace aborted within 30 s in 1 to
-    2 runs of 3 on this machine (bench/pybind_race.py)."""
+    does). The constructors they replace failed within 30 s in 2 or 3 runs of
+    5 on torch 2.6, gloo's in 2 of 3 on 1.13 (bench/pybind_race.py); so this
+    guards with a probability, not a proof."""
 
     def churn(self, kind):
         p = subprocess.run([sys.executable, os.path.join(REPO, "bench", "pybind_race.py"),
