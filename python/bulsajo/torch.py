@@ -657,25 +657,22 @@ class Job(object):
         gen, rank, world = int(msg["gen"]), int(msg["rank"]), int(msg["world_size"])
         addr = str(msg.get("master_addr") or "127.0.0.1")
         port = int(msg["master_port"])
+        gave_up = lambda: self._gens.newer_than(gen)  # noqa: E731
         if rank == 0:
             return self._stores.make(lambda: _tcp_store(addr, port, world, True, timeout),
-                                     lambda: self._gens.newer_than(gen), gen)
+                                     gave_up, gen)
         self._wait_store(addr, port, gen)
-        if _TORCH_MAJOR >= 2:
-            # Made by the training thread (_StoreMaker): its server listens, so
-            # this takes a millisecond; a server gone since holds that thread
-            # for the connect timeout, not the group's.
-            def connect():
-                store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
-                store.set_timeout(timeout)
-                return store
-            return self._stores.make(connect, lambda: self._gens.newer_than(gen), gen)
-        # torch 1.x's constructor holds the GIL while a client retries its
-        # connect, which would stop the reader thread from abandoning this
-        # group: connect with a short timeout.
-        store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
-        store.set_timeout(timeout)
-        return store
+
+        def connect():
+            # Its server listens, so this takes a millisecond. The short
+            # connect timeout bounds what a server gone since costs: the
+            # training thread that makes it (torch 2.x, _StoreMaker), or on
+            # torch 1.x, whose constructor holds the GIL while it retries, the
+            # reader thread that would abandon this group.
+            store = _tcp_store(addr, port, world, False, datetime.timedelta(seconds=5))
+            store.set_timeout(timeout)
+            return store
+        return self._stores.make(connect, gave_up, gen)
 
     def _form_direct(self, msg):
         """(store, gloo group) of generation ``msg``, built without
