@@ -5,6 +5,7 @@ the GIL, and a thread making pybind11 objects meanwhile corrupts its table
 (the process aborts: "pybind11_object_dealloc(): Tried to deallocate
 unregistered instance!"). Run with /usr/bin/python3 (torch 1.13) and under
 scripts/in-torch2.sh (torch 2.6)."""
+import datetime
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import threading
 import time
 import unittest
 
-from tests.test_live_agent import have_torch
+from tests.test_live_agent import free_port, have_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -128,6 +129,64 @@ class PybindRaceTest(unittest.TestCase):
 
     def test_stores(self):
         self.churn("sdk-store")
+
+
+@unittest.skipUnless(have_torch(), "needs torch (run with /usr/bin/python3)")
+class StoreClientConnectTest(unittest.TestCase):
+    """A client's store is made once the probe (_wait_store) saw its server
+    listen. If that server is gone since (rank 0 died in between), torch's
+    constructor retries until its timeout while holding the thread that makes
+    it: the training thread (torch 2.x: _StoreMaker.serve) or, on torch 1.x,
+    the reader thread that would abandon the group. Its connect timeout is
+    5 s, not the group's (GROUP_TIMEOUT_S)."""
+
+    BOUND_S = 15.0  # 5 s and torch's last retry, well under the group's 60 s
+
+    def job(self, port):
+        import bulsajo._live as live
+        import bulsajo.torch as bt
+        self.assertGreater(bt.GROUP_TIMEOUT_S, 2 * self.BOUND_S)
+        job = bt.Job.__new__(bt.Job)  # only what _open_store uses
+        job._gens = live.Generations()
+        job._stores = bt._StoreMaker()
+        job._wait_store = lambda addr, port, gen: None  # it listened, and is gone since
+        msg = {"gen": 3, "rank": 1, "world_size": 2,
+               "master_addr": "127.0.0.1", "master_port": port}
+        timeout = datetime.timedelta(seconds=bt.GROUP_TIMEOUT_S)
+        return job, lambda: job._open_store(msg, timeout)
+
+    def test_in_place(self):
+        # torch 1.x, or the training thread forming a group itself.
+        job, open_store = self.job(free_port())  # nothing listens there
+        t = time.monotonic()
+        with self.assertRaises(Exception):
+            open_store()
+        self.assertLess(time.monotonic() - t, self.BOUND_S)
+
+    def test_served_by_the_training_thread(self):
+        import bulsajo.torch as bt
+        saved, bt._STORE_CTOR_RELEASES_GIL = bt._STORE_CTOR_RELEASES_GIL, True
+        self.addCleanup(setattr, bt, "_STORE_CTOR_RELEASES_GIL", saved)
+        job, open_store = self.job(free_port())
+        out = {}
+
+        def forming():
+            try:
+                out["value"] = open_store()
+            except Exception as e:
+                out["error"] = e
+        th = threading.Thread(target=forming)
+        th.start()
+        longest, deadline = 0.0, time.monotonic() + 2 * self.BOUND_S
+        while th.is_alive() and time.monotonic() < deadline:
+            job._stores.wait(0.05)
+            t = time.monotonic()
+            job._stores.serve()  # as the training thread does between steps
+            longest = max(longest, time.monotonic() - t)
+        th.join(1)
+        self.assertFalse(th.is_alive(), "the forming thread never got its answer")
+        self.assertIn("error", out)
+        self.assertLess(longest, self.BOUND_S)
 
 
 if __name__ == "__main__":
