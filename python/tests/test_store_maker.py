@@ -138,14 +138,15 @@ class StoreClientConnectTest(unittest.TestCase):
     constructor retries until its timeout while holding the thread that makes
     it: the training thread (torch 2.x: _StoreMaker.serve) or, on torch 1.x,
     the reader thread that would abandon the group. Its connect timeout is
-    5 s, not the group's (GROUP_TIMEOUT_S)."""
+    5 s, not the group's (GROUP_TIMEOUT_S). torch 2.6 tries twice: 7-12 s
+    measured here, 112 s with the group's 60 s (torch 1.13: 5 s and 59 s)."""
 
-    BOUND_S = 15.0  # 5 s and torch's last retry, well under the group's 60 s
+    BOUND_S = 25.0  # twice the slowest 2.6 failure seen; half the group's timeout
 
     def job(self, port):
         import bulsajo._live as live
         import bulsajo.torch as bt
-        self.assertGreater(bt.GROUP_TIMEOUT_S, 2 * self.BOUND_S)
+        self.assertGreaterEqual(bt.GROUP_TIMEOUT_S, 2 * self.BOUND_S)
         job = bt.Job.__new__(bt.Job)  # only what _open_store uses
         job._gens = live.Generations()
         job._stores = bt._StoreMaker()
